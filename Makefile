@@ -1,0 +1,29 @@
+# Two entry points that set themselves up on a fresh machine with Python 3.11:
+#   make train   create .venv, install, prepare data, train (local Ray), forecast
+#   make test    create .venv, install, run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: train test bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python train.py $(ARGS)
+	$(BIN)/python infer.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/training.py
+	$(BIN)/python bench/inference.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,67 @@
+"""Command-line plumbing shared by train.py and infer.py: config flags and readable logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from lit_forecast import config as cfg
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --data, --storage, --name, --set, --print-config."""
+    parser.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    parser.add_argument("--data", help="CSV to use instead of data.source: local path, URL or pyarrow.fs URI")
+    parser.add_argument("--storage", help="where runs live (run.storage): a folder or a URI such as s3://bucket/prefix")
+    parser.add_argument("--name", help="run name (run.name): the run lives in <storage>/<name>")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set model.d_model=128 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def load_config(args: argparse.Namespace) -> cfg.Config:
+    """The config file with --set overrides, then the dedicated flags (which win)."""
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"data.source={args.data}")
+    if args.storage:
+        overrides.append(f"run.storage={args.storage}")
+    if args.name:
+        overrides.append(f"run.name={args.name}")
+    return cfg.load(args.config, overrides)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One readable line per event on stderr; third-party chatter down to warnings."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    quiet_third_parties()
+
+
+def quiet_third_parties() -> None:
+    """Silence the known-noisy loggers and warnings of Lightning, Ray and friends."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "ray", "urllib3", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # inherited by Ray workers
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*litlogger.*",
+        ".*The number of training batches.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*enable_nested_tensor.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def die(message: str) -> "NoReturn":  # noqa: F821
+    """Print a user-facing error and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,290 @@
+"""Typed configuration tree: YAML in, validated dataclasses out.
+
+Every key is checked before anything runs: unknown keys and wrong types fail with the dotted
+key and the closest valid name, and cross-field rules (split order, ``d_model % nhead``) are
+checked in :func:`validate`. Configs cross process boundaries as plain dicts (:func:`to_dict`)
+and are re-validated on arrival (:func:`from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+
+NAB_NYC_TAXI_URL = (
+    "https://raw.githubusercontent.com/numenta/NAB/master/data/realKnownCause/nyc_taxi.csv"
+)
+NAB_NYC_TAXI_SHA256 = "d8fa6f7f0734bf5c8be12c52a94e20a82664c397d9dec4449156bd453d32856d"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or inconsistent."""
+
+
+@dataclass
+class DataConfig:
+    """Where the series comes from and how it becomes windows."""
+
+    source: str = NAB_NYC_TAXI_URL  # URL, local path or pyarrow.fs URI of a CSV
+    sha256: str | None = NAB_NYC_TAXI_SHA256  # checked for downloads; None: record only
+    cache_dir: str = "~/.cache/lit_forecast"  # downloads land here (env LIT_FORECAST_CACHE wins)
+    timestamp_column: str = "timestamp"
+    value_column: str = "value"
+    series_column: str | None = None  # e.g. "series_id" for many series in long format
+    freq: str = "30min"
+    aggregation: Literal["sum", "mean"] = "sum"  # how finer or irregular readings fold into a slot
+    max_gap: str = "2h"  # gaps up to this long are interpolated
+    long_gaps: Literal["error", "drop"] = "error"  # drop: skip windows that touch a longer gap
+    train_end: str = "2014-12-01"  # first timestamp that is not training data
+    val_end: str = "2015-01-01"  # first timestamp that is not validation data
+    test_end: str | None = None  # None: the end of the data
+    input_window: int = 336  # past steps the model sees (336 half-hours = one week)
+    horizon: int = 48  # future steps it forecasts (48 half-hours = one day)
+    stride: int = 1  # steps between consecutive training windows
+    eval_stride: int = 1  # steps between consecutive validation/test windows
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the seq2seq Transformer (see lit_forecast.models.transformer)."""
+
+    d_model: int = 64
+    nhead: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    dim_feedforward: int = 128
+    dropout: float = 0.1
+    patch_len: int = 8  # past steps per encoder token; 1 = one token per step (tutorial)
+    covariates: bool = True  # time-of-day and day-of-week embeddings
+    seasonal_lag: int = 336  # decoder also sees the value this many steps earlier; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, per training worker."""
+
+    max_epochs: int = 10
+    batch_size: int = 64  # per worker
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    loss: Literal["smooth_l1", "mse", "mae"] = "smooth_l1"
+    grad_clip: float = 1.0
+    sampling_max_prob: float = 0.5  # scheduled sampling: final share of own predictions fed back
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    seed: int = 42
+    limit_train_batches: int | float = 1.0  # Lightning's; shrink for smoke tests
+
+
+@dataclass
+class ClusterConfig:
+    """Ray Train scaling, fault tolerance and checkpointing."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used only with use_gpu
+    backend: Literal["gloo", "nccl"] = "gloo"
+    timeout_s: int = 600  # collective-operation timeout (TorchConfig)
+    max_failures: int = 3  # worker-group restarts before the run fails
+    checkpoint_every_n_epochs: int = 1
+    num_to_keep: int = 2  # best checkpoints kept, ranked by val/mae
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives: <storage>/<name>."""
+
+    storage: str = "runs"  # local folder or pyarrow.fs URI (s3://bucket/prefix)
+    name: str | None = None  # None: dataset name plus a timestamp
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from plain values
+
+
+def from_dict(raw: dict[str, Any] | None, cls: type = Config, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key '{dotted}'{_suggest(key, names, prefix)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = from_dict(value, hint, f"{dotted}.")
+        else:
+            values[key] = _coerce(value, hint, dotted)
+    return cls(**values)
+
+
+def _suggest(key: str, names: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+
+
+def _coerce(value: Any, hint: Any, dotted: str) -> Any:
+    """Return ``value`` if it fits type ``hint`` (ints widen to floats), else raise."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, dotted)
+            except ConfigError:
+                pass
+        raise ConfigError(f"'{dotted}' must be {_type_name(hint)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"'{dotted}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (datetime.date, datetime.datetime)):  # unquoted YAML dates
+        return str(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"'{dotted}' must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict of primitives (safe for YAML, Ray and Lightning hyperparameters)."""
+    return dataclasses.asdict(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding, checking
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (default configs/local.yaml), apply ``key=value`` overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    try:
+        config = from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    validate(config)
+    return config
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node, parts = raw, dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks that single types cannot express; returns ``config``."""
+    d, m, t, c = config.data, config.model, config.train, config.cluster
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    for key in ("input_window", "horizon", "stride", "eval_stride"):
+        need(getattr(d, key) >= 1, f"'data.{key}' must be >= 1, got {getattr(d, key)}")
+    try:
+        step = pd.Timedelta(d.freq)
+        max_gap = pd.Timedelta(d.max_gap)
+    except ValueError as err:
+        raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {err}")
+    need(step > pd.Timedelta(0), f"'data.freq' must be positive, got {d.freq!r}")
+    need(max_gap >= pd.Timedelta(0), f"'data.max_gap' must be >= 0, got {d.max_gap!r}")
+    bounds = {}
+    for key in ("train_end", "val_end", "test_end"):
+        text = getattr(d, key)
+        if text is None:
+            continue
+        try:
+            bounds[key] = pd.Timestamp(text)
+        except ValueError:
+            raise ConfigError(f"'data.{key}' is not a timestamp: {text!r}") from None
+    ordered = list(bounds.items())
+    for (k1, v1), (k2, v2) in zip(ordered, ordered[1:]):
+        need(v1 < v2, f"split boundaries out of order: data.{k1}={v1} must be before data.{k2}={v2}")
+
+    for key in ("d_model", "nhead", "dim_feedforward"):
+        need(getattr(m, key) >= 1, f"'model.{key}' must be >= 1, got {getattr(m, key)}")
+    need(m.d_model % m.nhead == 0, f"'model.d_model' ({m.d_model}) must be divisible by 'model.nhead' ({m.nhead})")
+    need(m.encoder_layers >= 1 and m.decoder_layers >= 1, "'model.encoder_layers' and 'model.decoder_layers' must be >= 1")
+    need(0.0 <= m.dropout < 1.0, f"'model.dropout' must be in [0, 1), got {m.dropout}")
+    need(m.patch_len >= 1, f"'model.patch_len' must be >= 1, got {m.patch_len}")
+    need(d.input_window % m.patch_len == 0,
+         f"'data.input_window' ({d.input_window}) must be a multiple of 'model.patch_len' ({m.patch_len})")
+    if m.seasonal_lag:
+        need(d.horizon <= m.seasonal_lag <= d.input_window,
+             f"'model.seasonal_lag' ({m.seasonal_lag}) must lie between 'data.horizon' ({d.horizon}) "
+             f"and 'data.input_window' ({d.input_window}), or be 0")
+
+    need(t.max_epochs >= 1 and t.batch_size >= 1, "'train.max_epochs' and 'train.batch_size' must be >= 1")
+    need(t.lr > 0, f"'train.lr' must be positive, got {t.lr}")
+    need(0.0 <= t.sampling_max_prob <= 1.0, f"'train.sampling_max_prob' must be in [0, 1], got {t.sampling_max_prob}")
+    need(t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
+         f"'train.precision' must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got {t.precision!r}")
+
+    need(c.num_workers >= 1, f"'cluster.num_workers' must be >= 1, got {c.num_workers}")
+    need(c.max_failures >= 0, f"'cluster.max_failures' must be >= 0, got {c.max_failures}")
+    need(c.checkpoint_every_n_epochs >= 1, "'cluster.checkpoint_every_n_epochs' must be >= 1")
+    need(c.num_to_keep >= 1, f"'cluster.num_to_keep' must be >= 1, got {c.num_to_keep}")
+    need(not (c.backend == "nccl" and not c.use_gpu), "'cluster.backend: nccl' needs 'cluster.use_gpu: true'")
+    return config
+
+
+def dump(config: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,224 @@
+"""CSV -> validated regular series -> splits and scaler -> per-worker Parquet shards + manifest.
+
+Layout of a prepared dataset folder (local or any pyarrow.fs URI)::
+
+    manifest.json                  written last: its presence means every file below is complete
+    config.yaml                    the resolved config that produced it
+    train-00000-of-00002.parquet   one per training worker, equal window counts
+    val.parquet, test.parquet      read by every rank, each rank taking every N-th window
+
+Each Parquet file holds *segments*, not windows: rows of ``series_id``, ``start`` (first slot),
+``values`` (raw passengers, list<float32>) and ``window_starts`` (target-start offsets inside
+the segment). Windows are cut on the fly, so storage is O(series length), not O(windows x window).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from lit_forecast import storage
+from lit_forecast.config import Config, DataConfig, dump
+from lit_forecast.data.source import DataError, LoadReport, Series, fetch, load_series
+from lit_forecast.data.windows import SPLITS, fit_scaler, split_bounds, window_starts
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SEGMENT_SCHEMA = pa.schema(
+    [
+        ("series_id", pa.string()),
+        ("start", pa.timestamp("ns")),
+        ("values", pa.list_(pa.float32())),
+        ("window_starts", pa.list_(pa.int32())),
+    ]
+)
+
+
+def train_shard_name(rank: int, num_shards: int) -> str:
+    return f"train-{rank:05d}-of-{num_shards:05d}.parquet"
+
+
+def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
+    """Identity of a prepared dataset: same source bytes, data config and shard count."""
+    settings = dataclasses.asdict(data)
+    settings.pop("cache_dir")  # where a download is cached does not change the data
+    settings.pop("source")  # the bytes (sha256) matter, not where they came from
+    blob = json.dumps({"format": FORMAT_VERSION, "sha256": source_sha256, "data": settings, "shards": num_shards}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> dict:
+    """Prepare (or reuse) the dataset for ``num_shards`` training workers in ``data_dir``.
+
+    Returns the manifest. Idempotent: a complete dataset with the same fingerprint is reused.
+    Atomic: every file is written under a temporary name and moved into place, and the manifest
+    comes last, so an interrupted prepare leaves no manifest pointing at partial files.
+    """
+    num_shards = num_shards or config.cluster.num_workers
+    source = fetch(config.data)
+    key = fingerprint(config.data, source.sha256, num_shards)
+    manifest_path = storage.join(data_dir, MANIFEST)
+    if storage.exists(manifest_path):
+        old = storage.read_json(manifest_path)
+        if old.get("fingerprint") == key and all(storage.exists(storage.join(data_dir, f)) for f in _files(old)):
+            log.info("reusing prepared dataset in %s (same source and config)", data_dir)
+            old["reused"] = True
+            return old
+        log.info("dataset in %s was prepared from another source or config: preparing again", data_dir)
+
+    series, report = load_series(source, config.data)  # validates everything before any write
+    storage.delete(manifest_path)  # before any file is replaced: no manifest points at partial files
+    manifest = _write(config, data_dir, num_shards, series, report)
+    manifest.update(
+        fingerprint=key,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source={"origin": source.origin, "location": source.location, "sha256": source.sha256},
+    )
+    storage.write_text(storage.join(data_dir, "config.yaml"), dump(config))
+    storage.write_json(manifest_path, manifest)
+    manifest["reused"] = False
+    return manifest
+
+
+def _files(manifest: dict) -> list[str]:
+    return [*manifest["files"]["train"], manifest["files"]["val"], manifest["files"]["test"]]
+
+
+def _write(config: Config, data_dir: str, num_shards: int, series: list[Series], report: LoadReport) -> dict:
+    data = config.data
+    scalers = {s.series_id: fit_scaler(s, data) for s in series}
+    starts = {split: [(s, window_starts(s, split, data)) for s in series] for split in SPLITS}
+    counts = {split: sum(len(w) for _, w in starts[split]) for split in SPLITS}
+    if counts["train"] < num_shards:
+        raise DataError(
+            f"only {counts['train']} training windows for {num_shards} workers: move data.train_end "
+            f"later, lower data.stride, or use fewer workers"
+        )
+    for split in ("val", "test"):
+        if counts[split] < num_shards:
+            lo, hi = split_bounds(data)[split]
+            raise DataError(
+                f"only {counts[split]} {split} windows (targets in [{lo}, {hi or 'end of data'})) for "
+                f"{num_shards} workers; every rank needs at least one: check data.train_end/val_end/test_end"
+            )
+
+    # Training: split the time-ordered windows into equal contiguous chunks, one per worker,
+    # dropping the remainder so every DDP rank runs the same number of steps.
+    flat = [(s, int(t)) for s, ws in starts["train"] for t in ws]
+    per_shard = len(flat) // num_shards
+    dropped = len(flat) - per_shard * num_shards
+    train_files = []
+    for rank in range(num_shards):
+        chunk = flat[rank * per_shard : (rank + 1) * per_shard]
+        name = train_shard_name(rank, num_shards)
+        storage.write_parquet(storage.join(data_dir, name), _segments(chunk, data))
+        train_files.append(name)
+    for split in ("val", "test"):
+        chunk = [(s, int(t)) for s, ws in starts[split] for t in ws]
+        storage.write_parquet(storage.join(data_dir, f"{split}.parquet"), _segments(chunk, data))
+
+    times = {split: [_target_range(s, ws, data) for s, ws in starts[split] if len(ws)] for split in SPLITS}
+    return {
+        "format": FORMAT_VERSION,
+        "data_config": dataclasses.asdict(data),
+        "window": {
+            "input_window": data.input_window,
+            "horizon": data.horizon,
+            "freq": data.freq,
+            "stride": data.stride,
+            "eval_stride": data.eval_stride,
+            "slots_per_day": slots_per_day(data.freq),
+        },
+        "splits": {
+            split: {
+                "bounds": [str(b) if b is not None else None for b in split_bounds(data)[split]],
+                "windows": counts[split],
+                "first_target": min(t[0] for t in times[split]) if times[split] else None,
+                "last_target": max(t[1] for t in times[split]) if times[split] else None,
+            }
+            for split in SPLITS
+        },
+        "series": {
+            s.series_id: {**scalers[s.series_id].to_dict(), "start": str(s.start), "slots": len(s.values)} for s in series
+        },
+        "num_shards": num_shards,
+        "shard_windows": [per_shard] * num_shards,
+        "files": {"train": train_files, "val": "val.parquet", "test": "test.parquet"},
+        "stats": {
+            "rows": report.rows,
+            "points": int(sum(len(s.values) for s in series)),
+            "interpolated_gaps": report.interpolated_gaps,
+            "interpolated_slots": report.interpolated_slots,
+            "long_gaps": report.long_gaps,
+            "dropped_for_balance": dropped,
+        },
+    }
+
+
+def slots_per_day(freq: str) -> int:
+    """Slots in one day at ``freq`` (48 for 30 min); calendar embeddings are sized by it."""
+    day, step = pd.Timedelta("1D"), pd.Timedelta(freq)
+    if day % step:
+        raise DataError(f"data.freq={freq!r} does not divide a day")
+    return int(day / step)
+
+
+def _target_range(series: Series, starts: np.ndarray, data: DataConfig) -> tuple[str, str]:
+    step = pd.Timedelta(data.freq)
+    first = series.start + int(starts[0]) * step
+    last = series.start + (int(starts[-1]) + data.horizon - 1) * step
+    return str(first), str(last)
+
+
+def _segments(windows: list[tuple[Series, int]], data: DataConfig) -> pa.Table:
+    """One row per series: the slots its windows cover, and their target starts in it."""
+    W, H, step = data.input_window, data.horizon, pd.Timedelta(data.freq)
+    rows: dict[str, list] = {name: [] for name in SEGMENT_SCHEMA.names}
+    by_series: dict[str, tuple[Series, list[int]]] = {}
+    for series, s in windows:
+        by_series.setdefault(series.series_id, (series, []))[1].append(s)
+    for series, targets in by_series.values():
+        lo, hi = min(targets) - W, max(targets) + H
+        rows["series_id"].append(series.series_id)
+        rows["start"].append(series.start + lo * step)
+        rows["values"].append(series.values[lo:hi].astype(np.float32))
+        rows["window_starts"].append(np.asarray(targets, dtype=np.int32) - lo)
+    return pa.Table.from_pydict(rows, schema=SEGMENT_SCHEMA)
+
+
+def read_manifest(data_dir: str) -> dict:
+    """The manifest of a prepared dataset, or a clear error if there is none."""
+    path = storage.join(data_dir, MANIFEST)
+    if not storage.exists(path):
+        raise DataError(f"no prepared dataset in {data_dir} (missing {MANIFEST}); run `python train.py --prepare-only`")
+    return storage.read_json(path)
+
+
+def summary(manifest: dict, data_dir: str) -> str:
+    """Human-readable summary of a prepared dataset."""
+    st, sp = manifest["stats"], manifest["splits"]
+    w = manifest["window"]
+    lines = [
+        f"dataset  {data_dir} ({'reused' if manifest.get('reused') else 'prepared'}, fingerprint {manifest['fingerprint']})",
+        f"source   {manifest['source']['origin']} (sha256 {manifest['source']['sha256'][:12]}...)",
+        f"series   {len(manifest['series'])}, {st['rows']} rows -> {st['points']} slots of {w['freq']}; "
+        f"{st['interpolated_slots']} slots interpolated in {st['interpolated_gaps']} gaps"
+        + (f"; {len(st['long_gaps'])} long gaps dropped" if st["long_gaps"] else ""),
+        f"windows  {w['input_window']} past -> {w['horizon']} future, stride {w['stride']} (eval {w['eval_stride']})",
+    ]
+    for split, info in sp.items():
+        lines.append(f"  {split:<5}  {info['windows']:>6} windows, targets {info['first_target']} .. {info['last_target']}")
+    lines.append(
+        f"shards   {manifest['num_shards']} training shards x {manifest['shard_windows'][0]} windows"
+        + (f" ({st['dropped_for_balance']} dropped to balance)" if st["dropped_for_balance"] else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""LightningModule around the Transformer: loss, scheduled sampling, optimiser, metrics.
+
+A thin layer, as in GluonTS: the network lives in :mod:`lit_forecast.models.transformer`. The
+module is built from plain values only (``save_hyperparameters`` of dicts of primitives), so a
+checkpoint carries the model config, window parameters and scaler statistics and loads with
+``torch.load(weights_only=True)`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+
+from lit_forecast.models.transformer import Seq2SeqTransformer
+
+LOSSES = {"smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss, "mae": F.l1_loss}
+STAGES = ("val", "test")
+
+
+def passenger_metrics() -> torchmetrics.MetricCollection:
+    """MAE, RMSE, MAPE and sMAPE (the last two as fractions), synchronised across ranks."""
+    return torchmetrics.MetricCollection(
+        {
+            "mae": torchmetrics.MeanAbsoluteError(),
+            "rmse": torchmetrics.MeanSquaredError(squared=False),
+            "mape": torchmetrics.MeanAbsolutePercentageError(),
+            "smape": torchmetrics.SymmetricMeanAbsolutePercentageError(),
+        }
+    )
+
+
+class ForecastModule(L.LightningModule):
+    """Trains with teacher forcing (plus scheduled sampling); evaluates the autoregressive forecast.
+
+    Args (all plain values):
+        model: ``ModelConfig`` fields (d_model, nhead, layers, patch_len, ...).
+        window: ``input_window``, ``horizon``, ``freq``, ``slots_per_day``.
+        train: ``TrainConfig`` fields (lr, loss, warm-up, scheduled sampling, ...).
+        series: ``{series_id: {"mean": .., "std": ..}}`` training statistics, kept for inference.
+    """
+
+    def __init__(self, model: dict, window: dict, train: dict, series: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = Seq2SeqTransformer(
+            input_window=window["input_window"], horizon=window["horizon"], slots_per_day=window["slots_per_day"], **model
+        )
+        self.loss_fn = LOSSES[train["loss"]]
+        self.metrics = torch.nn.ModuleDict({stage: passenger_metrics() for stage in STAGES})
+        self._epoch_start, self._epoch_windows = 0.0, 0
+
+    # -- training -------------------------------------------------------------------------------
+
+    def sampling_probability(self) -> float:
+        """Share of decoder inputs replaced by own predictions: 0 at the start, rising linearly."""
+        total = max(1, self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        return self.hparams.train["sampling_max_prob"] * min(1.0, self.global_step / total)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        past, future = batch["past_target"], batch["future_target"]
+        decoder_input = self.net.shift(past, future)
+        p = self.sampling_probability()
+        if p > 0:
+            # Parallel scheduled sampling: a first teacher-forced pass gives the model's own
+            # predictions, and a random share p of the fed-back inputs is replaced by them.
+            with torch.no_grad():
+                own = self.net(past, batch["past_time"], batch["future_time"], decoder_input)
+            replace = torch.rand_like(decoder_input) < p
+            replace[:, 0] = False  # step 0 is fed the last observed value, which is always known
+            decoder_input = torch.where(replace, self.net.shift(past, own), decoder_input)
+        prediction = self.net(past, batch["past_time"], batch["future_time"], decoder_input)
+        loss = self.loss_fn(prediction, future)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(past))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self._epoch_windows += len(past)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start, self._epoch_windows = time.perf_counter(), 0
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = time.perf_counter() - self._epoch_start
+        # Windows across all ranks: every rank holds an equal shard, so multiply by world size.
+        self.log("train/windows_per_s", self._epoch_windows * self.trainer.world_size / max(elapsed, 1e-9))
+        self.log("train/epoch_time_s", elapsed)
+        self.log("train/sampling_p", self.sampling_probability())
+
+    # -- evaluation: the same autoregressive path as inference -----------------------------------
+
+    def forecast(self, batch: dict) -> torch.Tensor:
+        """Autoregressive forecast (B, H) in passengers."""
+        scaled = self.net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
+        return scaled * batch["scale"][:, None] + batch["loc"][:, None]
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        past, future = batch["past_target"], batch["future_target"]
+        teacher_forced = self.net(past, batch["past_time"], batch["future_time"], self.net.shift(past, future))
+        scaled = self.net.forecast(past, batch["past_time"], batch["future_time"])
+        n = len(past)
+        self.log(f"{stage}/loss_tf", self.loss_fn(teacher_forced, future), sync_dist=True, batch_size=n)
+        self.log(f"{stage}/loss", self.loss_fn(scaled, future), sync_dist=True, batch_size=n)
+        scale, loc = batch["scale"][:, None], batch["loc"][:, None]
+        metrics = self.metrics[stage]
+        metrics.update(scaled * scale + loc, future * scale + loc)
+        self.log_dict({f"{stage}/{k}": m for k, m in metrics.items()}, batch_size=n)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.forecast(batch)
+
+    # -- optimisation ---------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        cfg = self.hparams.train
+        decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and "calendar" not in n]
+        no_decay = [p for n, p in self.net.named_parameters() if not (p.dim() >= 2 and "calendar" not in n)]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg["lr"],
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup, floor = min(cfg["warmup_steps"], total // 2), cfg["min_lr_ratio"]
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine decay to lr * floor
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

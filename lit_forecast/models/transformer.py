@@ -1,0 +1,223 @@
+"""Sequence-to-sequence Transformer for multi-step forecasting (plain PyTorch).
+
+Encoder: the past window cut into patches of ``patch_len`` steps (as in PatchTST), one token
+per patch, so attention over a week of half-hours costs 42 tokens instead of 336.
+Decoder: one token per future step. Its input at step k is the value at step k-1 (the last
+observed value at k = 0): the ground truth under teacher forcing, the model's own prediction
+when forecasting. It also gets inputs that are known in advance, so it does not depend
+on its own, drifting, predictions: the value ``seasonal_lag`` steps earlier (same slot last
+week) and calendar embeddings (slot of day, day of week).
+
+Positions are sinusoidal over absolute step indices: past step i sits at position i and
+future step k at ``input_window + k``, so the decoder's positions continue after the
+encoder's. A causal mask keeps step k from seeing decoder inputs after k.
+
+Shapes: B batch, W input_window, H horizon, D d_model, N = W / patch_len encoder tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(T,) positions -> (T, dim) sinusoidal encodings, as in 'Attention is all you need'."""
+    half = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+    freq = torch.exp(-math.log(10000.0) * half / dim)
+    angles = positions.float()[:, None] * freq[None, :]  # (T, dim/2)
+    enc = torch.zeros(len(positions), dim, device=positions.device)
+    enc[:, 0::2], enc[:, 1::2] = torch.sin(angles), torch.cos(angles)
+    return enc
+
+
+class CalendarEmbedding(nn.Module):
+    """[slot of day, day of week] -> (..., D), the sum of two learned embeddings."""
+
+    def __init__(self, slots_per_day: int, d_model: int):
+        super().__init__()
+        self.slot = nn.Embedding(slots_per_day, d_model)
+        self.weekday = nn.Embedding(7, d_model)
+
+    def forward(self, time: torch.Tensor) -> torch.Tensor:
+        return self.slot(time[..., 0]) + self.weekday(time[..., 1])
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose keys/values can be cached for step-by-step decoding."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float):
+        super().__init__()
+        self.nhead, self.dropout = nhead, dropout
+        self.query = nn.Linear(d_model, d_model)
+        self.key_value = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, h, T, D/h)
+        B, T, D = x.shape
+        return x.view(B, T, self.nhead, D // self.nhead).transpose(1, 2)
+
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, D) -> keys and values, each (B, h, S, D/h)."""
+        k, v = self.key_value(source).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], causal: bool = False) -> torch.Tensor:
+        """(B, T, D) queries attend to cached (keys, values) -> (B, T, D)."""
+        B, T, D = x.shape
+        q = self._heads(self.query(x))
+        y = F.scaled_dot_product_attention(
+            q, kv[0], kv[1], is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: causal self-attention, cross-attention to the encoder, feed-forward."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.self_attn = Attention(d_model, nhead, dropout)
+        self.cross_attn = Attention(d_model, nhead, dropout)
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, dim_feedforward), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim_feedforward, d_model)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, memory_kv: tuple, cache: dict | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D). Without ``cache``: all T steps at once under a causal mask.
+
+        With ``cache`` (a dict kept by the caller): T new steps that follow the cached ones;
+        their keys/values are appended, so earlier steps are never recomputed.
+        """
+        h = self.norm1(x)
+        k, v = self.self_attn.keys_values(h)
+        if cache is None:
+            x = x + self.drop(self.self_attn(h, (k, v), causal=True))
+        else:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+            # New steps attend to every cached step and to themselves; with T=1 that is causal.
+            x = x + self.drop(self.self_attn(h, (k, v), causal=False))
+        x = x + self.drop(self.cross_attn(self.norm2(x), memory_kv))
+        return x + self.drop(self.ff(self.norm3(x)))
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Encoder over patches of the past, autoregressive decoder over the horizon."""
+
+    def __init__(
+        self,
+        input_window: int,
+        horizon: int,
+        d_model: int = 64,
+        nhead: int = 4,
+        encoder_layers: int = 2,
+        decoder_layers: int = 2,
+        dim_feedforward: int = 128,
+        dropout: float = 0.1,
+        patch_len: int = 8,
+        covariates: bool = True,
+        seasonal_lag: int = 336,
+        slots_per_day: int = 48,
+    ):
+        super().__init__()
+        if input_window % patch_len:
+            raise ValueError(f"input_window {input_window} is not a multiple of patch_len {patch_len}")
+        if seasonal_lag and not horizon <= seasonal_lag <= input_window:
+            raise ValueError(f"seasonal_lag {seasonal_lag} must lie in [horizon {horizon}, input_window {input_window}]")
+        self.input_window, self.horizon, self.patch_len = input_window, horizon, patch_len
+        self.d_model, self.covariates, self.seasonal_lag = d_model, covariates, seasonal_lag
+
+        self.patch_embed = nn.Linear(patch_len, d_model)
+        self.step_embed = nn.Linear(2 if seasonal_lag else 1, d_model)  # [previous value, seasonal lag]
+        self.calendar = CalendarEmbedding(slots_per_day, d_model) if covariates else None
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+        self.decoder = nn.ModuleList(DecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(decoder_layers))
+        self.decoder_norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, 1)
+        self.drop = nn.Dropout(dropout)
+        # Fixed position tables: encoder token j starts at step j * patch_len, decoder step k at W + k.
+        steps = torch.arange(input_window + horizon)
+        self.register_buffer("enc_pos", sinusoidal(steps[:input_window:patch_len], d_model), persistent=False)
+        self.register_buffer("dec_pos", sinusoidal(steps[input_window:], d_model), persistent=False)
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def encode(self, past_target: torch.Tensor, past_time: torch.Tensor) -> torch.Tensor:
+        """(B, W) scaled past and (B, W, 2) calendar -> memory (B, N, D)."""
+        B, W = past_target.shape
+        patches = past_target.view(B, W // self.patch_len, self.patch_len)
+        x = self.patch_embed(patches) + self.enc_pos
+        if self.calendar is not None:
+            x = x + self.calendar(past_time[:, :: self.patch_len])  # calendar of each patch's first step
+        return self.encoder(self.drop(x))
+
+    def seasonal_inputs(self, past_target: torch.Tensor) -> torch.Tensor | None:
+        """(B, W) -> (B, H): for future step k, the past value ``seasonal_lag`` steps before it."""
+        if not self.seasonal_lag:
+            return None
+        start = self.input_window - self.seasonal_lag
+        return past_target[:, start : start + self.horizon]
+
+    def _decoder_tokens(self, prev: torch.Tensor, seasonal: torch.Tensor | None, future_time: torch.Tensor, first: int) -> torch.Tensor:
+        """(B, T) previous values for steps first..first+T-1 -> decoder input tokens (B, T, D)."""
+        T = prev.shape[1]
+        values = prev[..., None] if seasonal is None else torch.stack([prev, seasonal[:, first : first + T]], dim=-1)
+        x = self.step_embed(values) + self.dec_pos[first : first + T]
+        if self.calendar is not None:
+            x = x + self.calendar(future_time[:, first : first + T])
+        return self.drop(x)
+
+    def _memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [layer.cross_attn.keys_values(memory) for layer in self.decoder]
+
+    # -- the two paths --------------------------------------------------------------------------
+
+    def forward(
+        self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor, decoder_input: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced pass: predictions (B, H) for all steps in parallel.
+
+        ``decoder_input`` (B, H) is the value fed at each step: ``[last past value, y_1 .. y_{H-1}]``
+        under teacher forcing (see :meth:`shift`), possibly mixed with the model's own predictions
+        (scheduled sampling). The causal mask keeps step k from seeing inputs after k.
+        """
+        memory_kv = self._memory_kv(self.encode(past_target, past_time))
+        x = self._decoder_tokens(decoder_input, self.seasonal_inputs(past_target), future_time, 0)
+        for layer, kv in zip(self.decoder, memory_kv):
+            x = layer(x, kv)
+        return self.head(self.decoder_norm(x)).squeeze(-1)
+
+    @staticmethod
+    def shift(past_target: torch.Tensor, future_target: torch.Tensor) -> torch.Tensor:
+        """Teacher-forcing decoder input: (B, W), (B, H) -> [last past value, y_1 .. y_{H-1}] (B, H)."""
+        return torch.cat([past_target[:, -1:], future_target[:, :-1]], dim=1)
+
+    @torch.no_grad()
+    def forecast(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
+        """Autoregressive forecast (B, H) in scaled units: each step is fed the previous prediction.
+
+        The encoder runs once; each decoder layer caches its keys/values, so step k costs one
+        token's work instead of recomputing steps 0..k-1.
+        """
+        memory_kv = self._memory_kv(self.encode(past_target, past_time))
+        seasonal = self.seasonal_inputs(past_target)
+        caches = [{} for _ in self.decoder]
+        prev = past_target[:, -1:]  # (B, 1)
+        outputs = []
+        for k in range(self.horizon):
+            x = self._decoder_tokens(prev, seasonal, future_time, k)
+            for layer, kv, cache in zip(self.decoder, memory_kv, caches):
+                x = layer(x, kv, cache)
+            prev = self.head(self.decoder_norm(x)).squeeze(-1)  # (B, 1)
+            outputs.append(prev)
+        return torch.cat(outputs, dim=1)

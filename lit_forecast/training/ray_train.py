@@ -1,0 +1,245 @@
+"""The one module that imports Ray Train: TorchTrainer + Lightning, checkpoints, resume.
+
+Model and data code do not change for Ray; only the Lightning Trainer's arguments do
+(``strategy``, ``plugins``, ``callbacks``, ``devices="auto"``), and each worker builds its own
+data module for its rank's shard. The driver hands workers plain dicts and gets plain dicts back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import ray
+import ray.train
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from lit_forecast import cli, storage
+from lit_forecast.config import Config, from_dict, to_dict, validate
+from lit_forecast.data.datamodule import ShardDataModule
+from lit_forecast.models.module import ForecastModule
+from lit_forecast.training.runs import data_dir, tensorboard_dir
+
+log = logging.getLogger(__name__)
+
+SCORE = "val/mae"  # autoregressive validation MAE in passengers ranks checkpoints
+CHECKPOINT_FILE = RayTrainReportCallback.CHECKPOINT_NAME  # "checkpoint.ckpt"
+
+# Ray's known-noisy lines, silenced where a setting exists.
+RAY_QUIET_ENV = {
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+# -- configuration objects (pure: CI builds them for configs/8gpu.yaml without GPUs) -------------
+
+
+def scaling_config(config: Config) -> ScalingConfig:
+    c = config.cluster
+    resources = {"CPU": c.cpus_per_worker}
+    if c.use_gpu:
+        resources["GPU"] = c.gpus_per_worker
+    return ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources)
+
+
+def torch_config(config: Config) -> TorchConfig:
+    # RayDDPStrategy ignores its own process-group settings: backend and timeout live here.
+    return TorchConfig(backend=config.cluster.backend, timeout_s=config.cluster.timeout_s)
+
+
+def run_config(config: Config, run: str) -> RunConfig:
+    parent, name = run.rsplit("/", 1)
+    return RunConfig(
+        name=name,
+        storage_path=parent,
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=config.cluster.num_to_keep, checkpoint_score_attribute=SCORE, checkpoint_score_order="min"
+        ),
+        failure_config=FailureConfig(max_failures=config.cluster.max_failures),
+    )
+
+
+def trainer_arguments(config: Config) -> dict:
+    """Lightning Trainer arguments other than the Ray plugins (which need a live worker)."""
+    t = config.train
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if config.cluster.use_gpu else "32-true")
+    return {
+        "max_epochs": t.max_epochs,
+        "accelerator": "gpu" if config.cluster.use_gpu else "cpu",
+        "devices": "auto",
+        "precision": precision,
+        "gradient_clip_val": t.grad_clip,
+        "limit_train_batches": t.limit_train_batches,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,  # Ray's report callback checkpoints
+        "log_every_n_steps": 10,
+        "deterministic": False,
+    }
+
+
+# -- inside each worker ---------------------------------------------------------------------------
+
+
+class ReportCallback(RayTrainReportCallback):
+    """Reports metrics every epoch and a checkpoint every ``every_n_epochs`` (and at the end).
+
+    Only rank 0 uploads the checkpoint (Lightning writes it on rank 0 alone); every rank reports,
+    as Ray Train requires. The checkpoint also carries the full resolved config.
+    """
+
+    def __init__(self, every_n_epochs: int, config: dict):
+        super().__init__()
+        self.every_n_epochs, self.config = every_n_epochs, config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["lit_forecast_config"] = self.config
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+        metrics.update(epoch=trainer.current_epoch, step=trainer.global_step)
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
+            ray.train.report(metrics=metrics)
+            return
+        tmpdir = Path(self.tmpdir_prefix, str(trainer.current_epoch))
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmpdir / CHECKPOINT_FILE, weights_only=False)
+        checkpoint = Checkpoint.from_directory(tmpdir) if trainer.global_rank == 0 else None
+        ray.train.report(metrics=metrics, checkpoint=checkpoint)
+        trainer.strategy.barrier()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class EpochLine(L.Callback):
+    """One readable line per epoch from rank 0."""
+
+    def __init__(self):
+        self.start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for key, fmt in (("train/loss_epoch", ".4f"), ("val/loss", ".4f"), ("val/mae", ".0f"), ("val/smape", ".3f"), ("train/windows_per_s", ".0f")):
+            if key in m:
+                parts.append(f"{key} {format(m[key].item(), fmt)}")
+        parts.append(f"({time.perf_counter() - self.start:.1f} s)")
+        log.info("  ".join(parts))
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point: one Lightning Trainer per worker over its rank's shard."""
+    _worker_logging()
+    config = validate(from_dict(loop_config["config"]))
+    run = loop_config["run"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    torch.set_num_threads(max(1, int(config.cluster.cpus_per_worker)))
+
+    datamodule = ShardDataModule(data_dir(run), config.train.batch_size)
+    plain = to_dict(config)
+    module = ForecastModule(plain["model"], datamodule.manifest["window"], plain["train"], datamodule.manifest["series"])
+    trainer = L.Trainer(
+        **trainer_arguments(config),
+        strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()],
+        callbacks=[EpochLine(), ReportCallback(config.cluster.checkpoint_every_n_epochs, plain)],
+        logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),
+    )
+    trainer = prepare_trainer(trainer)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.fit(module, datamodule=datamodule)
+        return
+    with checkpoint.as_directory() as folder:
+        path = os.path.join(folder, CHECKPOINT_FILE)
+        epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+        if rank == 0:
+            log.warning("RESUMED from checkpoint %s (epoch %d done); continuing at epoch %d", checkpoint.path, epoch, epoch + 1)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=path)
+
+
+def _worker_logging() -> None:
+    cli.quiet_third_parties()
+    package = logging.getLogger("lit_forecast")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+        package.propagate = False
+
+
+# -- the driver -----------------------------------------------------------------------------------
+
+
+def init_ray(config: Config) -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start a quiet local Ray sized to this machine."""
+    for key, value in RAY_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {k: os.environ[k] for k in ("PYTHONWARNINGS", *RAY_QUIET_ENV) if k in os.environ}}
+    if os.environ.get("RAY_ADDRESS"):
+        log.info("connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
+        ray.init(runtime_env=runtime_env, logging_level=logging.WARNING)
+        return
+    needed = config.cluster.num_workers * config.cluster.cpus_per_worker
+    cpus = os.cpu_count() or 1
+    if needed > cpus or config.cluster.use_gpu and not torch.cuda.is_available():
+        raise ValueError(
+            f"this machine has {cpus} CPU(s){'' if torch.cuda.is_available() else ' and no GPU'} but the config asks for "
+            f"{config.cluster.num_workers} workers x {config.cluster.cpus_per_worker} CPU"
+            f"{' + GPU' if config.cluster.use_gpu else ''}; Ray would wait forever. Lower cluster.num_workers or "
+            f"cluster.cpus_per_worker, or set RAY_ADDRESS to use a cluster"
+        )
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env=runtime_env,
+    )
+
+
+def fit(config: Config, run: str) -> dict:
+    """Train ``config`` into the run folder ``run``; returns a plain summary of the result."""
+    init_ray(config)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(config), "run": run},
+        scaling_config=scaling_config(config),
+        torch_config=torch_config(config),
+        run_config=run_config(config, run),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    ranked = sorted(result.best_checkpoints, key=lambda pair: pair[1].get(SCORE, float("inf")))
+    best, best_metrics = ranked[0] if ranked else (result.checkpoint, result.metrics or {})
+    return {
+        "run_dir": run,
+        "epochs": config.train.max_epochs,
+        "best_checkpoint": storage.join(best.path, CHECKPOINT_FILE) if best else None,
+        "best_metrics": {k: v for k, v in (best_metrics or {}).items() if isinstance(v, (int, float))},
+        "latest_checkpoint": storage.join(result.checkpoint.path, CHECKPOINT_FILE) if result.checkpoint else None,
+        "tensorboard": tensorboard_dir(run),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }

@@ -1,0 +1,135 @@
+"""The network and its LightningModule: causality, positions, one decoding path, checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lit_forecast import config as cfg
+from lit_forecast.models.module import ForecastModule
+from lit_forecast.models.transformer import Seq2SeqTransformer, sinusoidal
+
+TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
+W, H = TINY.data.input_window, TINY.data.horizon
+WINDOW = {"input_window": W, "horizon": H, "freq": "30min", "slots_per_day": 48}
+SERIES = {"0": {"mean": 1000.0, "std": 200.0}}
+
+
+def make_module(**model_overrides) -> ForecastModule:
+    torch.manual_seed(0)
+    plain = cfg.to_dict(TINY)
+    return ForecastModule({**plain["model"], **model_overrides}, WINDOW, plain["train"], SERIES).eval()
+
+
+def make_batch(batch_size: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.arange(W + H) + 7  # start at 03:30 on a Tuesday
+    times = torch.stack([slots % 48, (slots // 48 + 1) % 7], dim=-1).expand(batch_size, -1, -1)
+    values = torch.randn(batch_size, W + H, generator=g)
+    return {
+        "past_target": values[:, :W],
+        "future_target": values[:, W:],
+        "past_time": times[:, :W],
+        "future_time": times[:, W:],
+        "loc": torch.full((batch_size,), 1000.0),
+        "scale": torch.full((batch_size,), 200.0),
+    }
+
+
+def teacher_forced(net: Seq2SeqTransformer, batch: dict, future: torch.Tensor) -> torch.Tensor:
+    decoder_input = net.shift(batch["past_target"], future)
+    return net(batch["past_target"], batch["past_time"], batch["future_time"], decoder_input)
+
+
+def test_changing_target_k_changes_no_teacher_forced_output_before_k():
+    net, batch = make_module().net, make_batch()
+    base = teacher_forced(net, batch, batch["future_target"])
+    for k in range(H):
+        future = batch["future_target"].clone()
+        future[:, k] += 5.0
+        out = teacher_forced(net, batch, future)
+        # target k is fed to step k+1: outputs up to and including k must not move
+        torch.testing.assert_close(out[:, : k + 1], base[:, : k + 1])
+        if k + 1 < H:
+            assert not torch.allclose(out[:, k + 1 :], base[:, k + 1 :]), f"target {k} never reaches later steps"
+
+
+def test_reordering_past_patches_changes_the_forecast():
+    # Without calendar or seasonal inputs, only positional encodings tell patches apart:
+    # attention over an unordered set would give the same forecast for any patch order.
+    net = make_module(covariates=False, seasonal_lag=0).net
+    batch = make_batch()
+    P = TINY.model.patch_len
+    patches = batch["past_target"].view(len(batch["past_target"]), W // P, P)
+    shuffled = patches.flip(1).reshape(len(patches), W)
+    base = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
+    moved = net.forecast(shuffled, batch["past_time"], batch["future_time"])
+    assert (base - moved).abs().max() > 1e-3
+
+
+def test_decoder_positions_continue_after_the_encoder():
+    net = make_module().net
+    torch.testing.assert_close(net.dec_pos, sinusoidal(torch.arange(W, W + H), net.d_model))
+    torch.testing.assert_close(net.enc_pos, sinusoidal(torch.arange(0, W, TINY.model.patch_len), net.d_model))
+
+
+def test_teacher_forced_and_autoregressive_agree_on_the_first_step():
+    net, batch = make_module().net, make_batch()
+    forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
+    forced = teacher_forced(net, batch, batch["future_target"])
+    torch.testing.assert_close(forecast[:, 0], forced[:, 0])
+    assert not torch.allclose(forecast[:, 1:], forced[:, 1:])  # later steps differ: inputs differ
+
+
+def test_cached_decoding_equals_a_full_pass_over_its_own_predictions():
+    # Feeding the forecast back as teacher-forcing input must reproduce it exactly:
+    # proves the key/value cache and the causal mask compute the same function.
+    net, batch = make_module().net, make_batch()
+    forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
+    torch.testing.assert_close(teacher_forced(net, batch, forecast), forecast, rtol=1e-5, atol=1e-5)
+
+
+def test_overfits_one_small_batch():
+    module = make_module().train()
+    batch = make_batch(batch_size=8)
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(300):
+        loss = module.loss_fn(teacher_forced(module.net, batch, batch["future_target"]), batch["future_target"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_checkpoint_round_trip_needs_only_the_checkpoint(tmp_path):
+    module, batch = make_module(), make_batch()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    raw = torch.load(path, weights_only=True)  # plain tensors and primitives only
+    assert raw["hyper_parameters"]["series"] == SERIES
+    assert raw["hyper_parameters"]["window"]["horizon"] == H
+    loaded = ForecastModule.load_from_checkpoint(path, map_location="cpu").eval()
+    torch.testing.assert_close(loaded.forecast(batch), module.forecast(batch), rtol=0, atol=0)
+
+
+def test_metrics_are_in_passengers_and_match_a_hand_computation():
+    module = make_module()
+    batch = make_batch(batch_size=2)
+    scaled_forecast = torch.zeros(2, H)  # forecast = loc = 1000 passengers at every step
+    module.net.forecast = lambda *args: scaled_forecast
+    truth = batch["future_target"] * 200.0 + 1000.0
+    with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: logging is skipped
+        module.validation_step(batch, 0)
+    got = {k: v.item() for k, v in module.metrics["val"].compute().items()}
+    error = (truth - 1000.0).abs()
+    assert got["mae"] == pytest.approx(error.mean().item(), rel=1e-5)
+    assert got["rmse"] == pytest.approx(((truth - 1000.0) ** 2).mean().sqrt().item(), rel=1e-5)
+    assert got["mape"] == pytest.approx((error / truth.abs()).mean().item(), rel=1e-5)
+    assert got["smape"] == pytest.approx((2 * error / (truth.abs() + 1000.0)).mean().item(), rel=1e-5)
+    torch.testing.assert_close(module.forecast(batch), scaled_forecast * 200.0 + 1000.0)
