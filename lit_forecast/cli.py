@@ -34,14 +34,18 @@ def load_config(args: argparse.Namespace) -> cfg.Config:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """One readable line per event on stderr; third-party chatter down to warnings."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+    """One readable line per event on stderr; third-party chatter down to warnings.
+
+    The handler sits on the package logger, not the root, because ``ray.init`` reconfigures
+    the root logger.
+    """
+    package = logging.getLogger("lit_forecast")
+    package.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG if verbose else logging.INFO)
+    package.propagate = False
     quiet_third_parties()
 
 

@@ -83,7 +83,11 @@ class ForecastModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_windows = time.perf_counter(), 0
 
-    def on_train_epoch_end(self) -> None:
+    def on_validation_epoch_start(self) -> None:
+        # The training part of the epoch ends where its validation starts. Logged here rather
+        # than in on_train_epoch_end, which runs after callbacks have read the epoch's metrics.
+        if self.trainer.state.fn != "fit" or self._epoch_windows == 0:
+            return
         elapsed = time.perf_counter() - self._epoch_start
         # Windows across all ranks: every rank holds an equal shard, so multiply by world size.
         self.log("train/windows_per_s", self._epoch_windows * self.trainer.world_size / max(elapsed, 1e-9))

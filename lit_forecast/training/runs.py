@@ -102,12 +102,12 @@ def _comparable(config: Config) -> dict:
 def train(config: Config, resume: bool = False) -> dict:
     """Prepare the data, train on Ray Train, and write and print the run summary."""
     run = run_dir(config)
+    config, resumed = open_run(config, resume)
     if storage.exists(storage.join(run, SUMMARY_FILE)):
         result = storage.read_json(storage.join(run, SUMMARY_FILE))
         log.info("run %s already finished; nothing to do (use --name NEW for a new run)", run)
         print(format_summary(result))
         return result
-    config, resumed = open_run(config, resume)
     # Validate data in the driver: Ray Train V2 retries every worker error max_failures times.
     manifest = prepare(config, data_dir(run))
     for line in summary(manifest, data_dir(run)).splitlines():

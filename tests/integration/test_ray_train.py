@@ -1,0 +1,196 @@
+"""Real Ray Train runs of train.py on a tiny synthetic series: end to end, and real faults.
+
+Each test starts ``python train.py`` as its own process (its own local Ray), so a hang or a
+crash stays inside the test, and each carries a timeout: a Ray resource deadlock waits
+forever instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def taxi_like_csv(tmp_path_factory) -> Path:
+    """Eight weeks of half-hourly counts with daily and weekly cycles and noise."""
+    slots = pd.date_range("2024-01-01", periods=8 * 7 * 48, freq="30min")
+    hour = slots.hour + slots.minute / 60
+    weekday = slots.dayofweek.to_numpy()
+    rng = np.random.default_rng(0)
+    values = 10_000 + 6_000 * np.sin((hour - 6) / 24 * 2 * np.pi) + 1_500 * (weekday >= 5) + rng.normal(0, 300, len(slots))
+    path = tmp_path_factory.mktemp("data") / "taxi_like.csv"
+    pd.DataFrame({"timestamp": slots, "value": values.round()}).to_csv(path, index=False)
+    return path
+
+
+def command(csv: Path, storage: Path, name: str, epochs: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "train.py", "--config", "configs/tiny.yaml", "--data", str(csv),
+        "--storage", str(storage), "--name", name,
+        "--set", "data.train_end=2024-02-12", "--set", "data.val_end=2024-02-19",
+        "--set", f"train.max_epochs={epochs}", *extra,
+    ]  # fmt: skip
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done
+
+
+def epoch_lines(output: str) -> list[tuple[int, int]]:
+    """(epoch, max_epochs) of every per-epoch console line, in order."""
+    return [(int(a), int(b)) for a, b in re.findall(r"\bepoch (\d+)/(\d+)  train/", output)]
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("checkpoint_*/checkpoint.ckpt"))
+
+
+def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float) -> None:
+    """Until Ray has registered a checkpoint (its snapshot file lists one)."""
+    deadline = time.monotonic() + timeout
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    while not (checkpoints(run_dir) and snapshot.is_file() and "checkpoint_" in snapshot.read_text()):
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every process below ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list] = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return scalars
+
+
+@pytest.mark.timeout(240)
+def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
+    done = run(command(taxi_like_csv, tmp_path, "e2e", 3), timeout=220)
+    run_dir = tmp_path / "e2e"
+    assert epoch_lines(done.stderr + done.stdout) == [(1, 3), (2, 3), (3, 3)]
+    assert "Failed to query Ray Train Controller" not in done.stderr + done.stdout
+
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "data" / "manifest.json").is_file()
+    assert len(checkpoints(run_dir)) == 2  # num_to_keep from tiny.yaml defaults
+    latest = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
+    assert latest["epoch"] == 2 and latest["hyper_parameters"]["window"]["horizon"] == 4
+    assert latest["lit_forecast_config"]["run"]["name"] == "e2e"
+    assert set(latest["hyper_parameters"]["series"]) == {"0"}
+
+    summary = (run_dir / "summary.json").read_text()
+    assert '"val/mae"' in summary and "checkpoint.ckpt" in summary
+
+    scalars = read_scalars(run_dir / "tensorboard")
+    for tag in ("train/loss_epoch", "val/loss", "val/mae", "val/rmse", "val/mape", "val/smape", "train/lr", "train/windows_per_s", "train/epoch_time_s"):
+        assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
+    assert len(scalars["val/mae"]) == 3 and all(v > 0 for _, v in scalars["val/mae"])
+
+    again = run(command(taxi_like_csv, tmp_path, "e2e", 3), timeout=60)  # finished: nothing to do
+    assert "already finished" in again.stderr and not epoch_lines(again.stderr + again.stdout)
+
+
+@pytest.mark.timeout(300)
+def test_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(taxi_like_csv, tmp_path):
+    epochs = 8
+    run_dir = tmp_path / "kill_worker"
+    proc = subprocess.Popen(
+        command(taxi_like_csv, tmp_path, "kill_worker", epochs, "--set", "cluster.max_failures=2"),
+        cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_checkpoint(run_dir, proc, timeout=180)
+        workers = [pid for pid in descendants(proc.pid) if cmdline(pid).startswith("ray::RayTrainWorker")]
+        assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
+        os.kill(workers[-1], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-5000:]
+
+    resumed = re.search(r"RESUMED from checkpoint \S+ \(epoch (\d+)/(\d+) done\); continuing with epoch (\d+)", output)
+    assert resumed, output[-5000:]
+    done_epochs, continuing = int(resumed.group(1)), int(resumed.group(3))
+    assert done_epochs >= 1 and continuing == done_epochs + 1
+    after = epoch_lines(output[resumed.end():])
+    assert after[0] == (continuing, epochs), "the resumed attempt did not start after the checkpointed epoch"
+    assert after[-1] == (epochs, epochs)
+    final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
+    assert final["epoch"] == epochs - 1
+    assert (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.timeout(360)
+def test_killed_driver_reruns_from_the_last_checkpoint(taxi_like_csv, tmp_path):
+    epochs = 6
+    run_dir = tmp_path / "kill_driver"
+    cmd = command(taxi_like_csv, tmp_path, "kill_driver", epochs)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_checkpoint(run_dir, proc, timeout=180)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.communicate(timeout=30)
+    assert not (run_dir / "summary.json").exists()
+
+    refused = subprocess.run(cmd[:-1] + ["train.max_epochs=7"], cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "exists with a different config" in refused.stderr
+    assert "train.max_epochs: 6 -> 7" in refused.stderr
+
+    done = run(cmd, timeout=240)
+    output = done.stderr + done.stdout
+    assert "RESUMING run" in output
+    resumed = re.search(r"RESUMED from checkpoint \S+ \(epoch (\d+)/(\d+) done\)", output)
+    assert resumed and int(resumed.group(1)) >= 1
+    lines = epoch_lines(output)
+    assert lines[0] == (int(resumed.group(1)) + 1, epochs) and lines[-1] == (epochs, epochs)
+    assert (run_dir / "summary.json").is_file()
