@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import NoReturn
 
 from lit_forecast import config as cfg
 
@@ -65,7 +66,7 @@ def quiet_third_parties() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def die(message: str) -> "NoReturn":  # noqa: F821
+def die(message: str) -> NoReturn:
     """Print a user-facing error and exit with status 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)

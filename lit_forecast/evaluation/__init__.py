@@ -1,0 +1,1 @@
+"""Metrics, seasonal-naive baselines, rolling-origin backtests and forecast plots (numpy, matplotlib)."""

@@ -23,7 +23,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lit_forecast import cli, storage
+from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict, validate
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.models.module import ForecastModule
@@ -33,18 +33,6 @@ log = logging.getLogger(__name__)
 
 SCORE = "val/mae"  # autoregressive validation MAE in passengers ranks checkpoints
 CHECKPOINT_FILE = RayTrainReportCallback.CHECKPOINT_NAME  # "checkpoint.ckpt"
-
-# Ray's known-noisy lines, silenced where a setting exists (read by the driver and forwarded).
-RAY_QUIET_ENV = {
-    # Reports queue one deep and are drained at this interval: the 2 s default costs up to
-    # 2 s per epoch on small data.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_DEDUP_LOGS": "1",
-}
-# Only for a local Ray that we start: the preemption watcher is a cluster concern. (Ray's
-# one-line token-authentication notice stays: it is worth knowing.)
-LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
 
 # -- configuration objects (pure: CI builds them for configs/8gpu.yaml without GPUs) -------------
 
@@ -209,36 +197,12 @@ def _worker_logging() -> None:
 
 
 def init_ray(config: Config) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a quiet local Ray sized to this machine."""
-    for key, value in RAY_QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return
-    # Without ray[default] a cleaner polls the missing State API every second and logs each
-    # failure as a warning: errors only.
-    quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="ERROR")}
-    if os.environ.get("RAY_ADDRESS"):
-        log.info("connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        ray.init(**quiet)
-        return
-    needed = config.cluster.num_workers * config.cluster.cpus_per_worker
-    cpus = os.cpu_count() or 1
-    if needed > cpus or config.cluster.use_gpu and not torch.cuda.is_available():
-        raise RayResourceError(
-            f"this machine has {cpus} CPU(s){'' if torch.cuda.is_available() else ' and no GPU'} but the config asks for "
-            f"{config.cluster.num_workers} workers x {config.cluster.cpus_per_worker} CPU"
-            f"{' + GPU' if config.cluster.use_gpu else ''}; Ray would wait forever. Lower cluster.num_workers or "
-            f"cluster.cpus_per_worker, or set RAY_ADDRESS to use a cluster"
-        )
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    started = time.perf_counter()
-    ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count(), include_dashboard=False, **quiet)
-    log.info("started a local Ray (%d CPUs, %d GPUs) in %.1f s", cpus, torch.cuda.device_count(), time.perf_counter() - started)
-
-
-class RayResourceError(RunError):
-    """The config asks for more than the local machine has."""
+    """Join RAY_ADDRESS or start a local Ray that can hold every worker."""
+    c = config.cluster
+    try:
+        ray_cluster.init_ray(c.num_workers * c.cpus_per_worker, c.num_workers * c.gpus_per_worker if c.use_gpu else 0)
+    except ray_cluster.ResourceError as err:
+        raise RunError(f"{err} (config: {c.num_workers} workers)") from None
 
 
 def fit(config: Config, run: str) -> dict:

@@ -22,6 +22,7 @@ from lit_forecast.data.prepare import prepare, summary
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of reported checkpoints
 
 
 class RunError(RuntimeError):
@@ -112,10 +113,12 @@ def train(config: Config, resume: bool = False) -> dict:
     manifest = prepare(config, data_dir(run))
     for line in summary(manifest, data_dir(run)).splitlines():
         log.info(line)
-    if resumed:
+    if resumed and storage.exists(storage.join(run, RAY_SNAPSHOT_FILE)):
         log.warning("=" * 70)
         log.warning("RESUMING run %s from its latest checkpoint", run)
         log.warning("=" * 70)
+    elif resumed:
+        log.warning("run %s exists but holds no checkpoint yet: starting it from epoch 1", run)
     log.info("run %s: resume after an interruption with the same command (--name %s)", run, config.run.name)
 
     from lit_forecast.training import ray_train  # the only module that imports Ray Train

@@ -1,0 +1,60 @@
+"""The headline backtest: January 2015, a cutoff at every midnight (31 cutoffs x 48 steps).
+
+    python bench/accuracy.py                          # best checkpoint of the latest finished run in runs/
+    python bench/accuracy.py --run runs/nyc_taxi_local
+    python bench/accuracy.py --checkpoint PATH --data nyc_taxi.csv
+
+The same as ``python infer.py --run RUN --cutoffs 2015-01-01..2015-01-31/1D``: the model and the
+daily (lag 48) and weekly (lag 336) seasonal-naive forecasts scored on the same windows; MASE is
+scaled by the weekly seasonal-naive in-sample error on the training period. Target (issue 5):
+model MAE <= 0.85 x weekly seasonal-naive MAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lit_forecast import cli
+from lit_forecast.config import ConfigError
+from lit_forecast.data.source import DataError
+from lit_forecast.evaluation.backtest import format_table
+from lit_forecast.inference.checkpoint import CheckpointError
+from lit_forecast.inference.pipeline import InferenceRequest, infer
+from lit_forecast.inference.windows import CutoffError, parse_cutoffs
+
+HEADLINE_CUTOFFS = "2015-01-01..2015-01-31/1D"  # the test period of the default split
+TARGET_RATIO = 0.85
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", help="run folder (default: latest finished run in --storage)")
+    source.add_argument("--checkpoint", help="a Ray checkpoint folder or .ckpt file")
+    parser.add_argument("--storage", default="runs")
+    parser.add_argument("--data", help="CSV (default: the checkpoint's data.source)")
+    parser.add_argument("--cutoffs", default=HEADLINE_CUTOFFS, help=f"see infer.py --help (default {HEADLINE_CUTOFFS})")
+    parser.add_argument("--output", help="forecasts file (default: <run>/forecasts/forecast_<cutoffs>.csv)")
+    parser.add_argument("--ray", action="store_true", help="forecast through the Ray tasks (default: a plain call)")
+    args = parser.parse_args()
+    cli.setup_logging()
+    try:
+        result = infer(InferenceRequest(
+            run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
+            cutoffs=parse_cutoffs([args.cutoffs]), output=args.output, use_ray=args.ray,
+        ))
+    except (ConfigError, DataError, CheckpointError, CutoffError) as err:
+        cli.die(str(err))
+    if not result.table:
+        cli.die(f"no actual values after the cutoffs {args.cutoffs} in the data: nothing to score")
+    ratio = result.table["mae_ratio_model_vs_naive_weekly"]
+    print(f"checkpoint  {result.checkpoint}")
+    print(format_table(result.table))
+    print()
+    print(f"model MAE / weekly seasonal-naive MAE = {ratio:.3f}   target <= {TARGET_RATIO}: "
+          f"{'MET' if ratio <= TARGET_RATIO else 'NOT MET'}")
+    print(f"table {result.table_path}\nplot  {result.plot}")
+
+
+if __name__ == "__main__":
+    main()

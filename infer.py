@@ -1,0 +1,78 @@
+"""Forecast from a trained run, locally or fanned out over a Ray cluster.
+
+    python infer.py                                   # best checkpoint of the latest run in runs/,
+                                                      # the 48 half-hours after the end of the data
+    python infer.py --run runs/nyc_taxi_local --cutoffs 2015-01-01..2015-01-31/1D   # backtest
+    python infer.py --checkpoint runs/x/checkpoint_000009 --data newer.csv --output f.parquet
+    RAY_ADDRESS=auto python infer.py --num-gpus 1 --windows-per-task 4096           # on a cluster
+
+--cutoffs: the first slot of each forecast, as timestamps (2015-01-05 or 2015-01-05T12:00),
+comma-separated lists of them, or ranges START..END/STEP with END included and STEP a duration
+such as 30min, 6h or 1D (default 1D): 2015-01-01..2015-01-31/1D is every midnight of January
+2015. A forecast at cutoff t uses only data strictly before t. Where the data holds actual
+values after a cutoff, a backtest table (model vs daily and weekly seasonal-naive) is printed
+and saved as JSON next to the forecasts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lit_forecast import cli
+from lit_forecast.config import ConfigError
+from lit_forecast.data.source import DataError
+from lit_forecast.evaluation.backtest import format_table
+from lit_forecast.inference.checkpoint import CheckpointError
+from lit_forecast.inference.pipeline import InferenceRequest, format_forecasts, infer
+from lit_forecast.inference.windows import CutoffError, parse_cutoffs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", help="run folder <storage>/<name>: its best checkpoint (default: latest finished run)")
+    source.add_argument("--checkpoint", help="a Ray checkpoint folder (checkpoint_*/) or a .ckpt file")
+    parser.add_argument("--storage", default="runs", help="where to look for the latest run (default: runs)")
+    parser.add_argument("--data", help="CSV in the training format: path, URL or pyarrow.fs URI (default: the checkpoint's data.source)")
+    parser.add_argument("--cutoffs", nargs="+", metavar="WHEN", help="timestamps, lists or START..END/STEP ranges (see above); default: after the end of the data")
+    parser.add_argument("--horizon", type=int, help="steps to forecast; must match the checkpoint (default: the checkpoint's)")
+    parser.add_argument("--output", help="forecasts file, .csv or .parquet (default: <run>/forecasts/forecast_<cutoff>.csv)")
+    parser.add_argument("--plot", help="PNG file (default: next to --output)")
+    parser.add_argument("--plot-cutoff", metavar="WHEN", help="cutoff drawn in the plot (default: the last one)")
+    parser.add_argument("--num-cpus", type=float, default=1, help="CPUs per Ray task (default 1)")
+    parser.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray task, e.g. 1 or 0.25; CPU if the cluster has none (default 0)")
+    parser.add_argument("--windows-per-task", type=int, default=256, help="windows each Ray task forecasts (default 256)")
+    parser.add_argument("--batch-size", type=int, default=256, help="windows per forward pass (default 256)")
+    parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if args.output and not args.output.endswith((".csv", ".parquet")):
+        parser.error(f"--output {args.output}: the file name must end in .csv or .parquet")
+    if args.windows_per_task < 1 or args.batch_size < 1:
+        parser.error("--windows-per-task and --batch-size must be >= 1")
+    cli.setup_logging(args.verbose)
+    try:
+        request = InferenceRequest(
+            run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
+            cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None, horizon=args.horizon,
+            output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
+            use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+            windows_per_task=args.windows_per_task, batch_size=args.batch_size,
+        )
+        result = infer(request)
+    except (ConfigError, DataError, CheckpointError, CutoffError) as err:
+        cli.die(str(err))
+    print(format_forecasts(result.frame))
+    if result.table:
+        print()
+        print(format_table(result.table))
+    print()
+    print(f"checkpoint  {result.checkpoint}")
+    print(f"forecasts   {result.output}")
+    if result.table_path:
+        print(f"backtest    {result.table_path}")
+    print(f"plot        {result.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""One PNG per call: history, forecast and actuals at one cutoff; for a backtest, error by step too."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed (servers, Ray workers, CI)
+import matplotlib.dates as mdates  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from lit_forecast import storage  # noqa: E402
+
+PASSENGERS = FuncFormatter(lambda v, _: f"{v:,.0f}")
+COLORS = {"history": "0.45", "actual": "black", "model": "tab:blue", "naive_daily": "tab:orange", "naive_weekly": "tab:green"}
+
+
+def plot_forecast(
+    location: str,
+    history: pd.Series,
+    forecast: pd.Series,
+    actual: pd.Series | None = None,
+    errors_by_step: dict[str, list[float]] | None = None,
+    title: str = "",
+    freq: str = "30min",
+) -> None:
+    """Write a PNG to ``location`` (path or URI).
+
+    history, forecast, actual: passengers indexed by slot timestamp (history: e.g. the last
+    week before the cutoff; forecast: the horizon from the cutoff). errors_by_step: per method
+    (model, naive_daily, ...), the MAE at each horizon step; adds a second panel.
+    """
+    panels = 2 if errors_by_step else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 4.2 * panels), squeeze=False, layout="constrained")
+    ax = axes[0, 0]
+    ax.plot(history.index, history.to_numpy(), color=COLORS["history"], lw=1.0, label="history")
+    if actual is not None and actual.notna().any():
+        ax.plot(actual.index, actual.to_numpy(), color=COLORS["actual"], lw=1.3, label="actual")
+    ax.plot(forecast.index, forecast.to_numpy(), color=COLORS["model"], lw=1.8, label="forecast")
+    ax.axvline(forecast.index[0], color="0.6", ls="--", lw=0.8)
+    ax.annotate(f"cutoff {forecast.index[0]:%a %d %b %H:%M}", (forecast.index[0], 1.0), xycoords=("data", "axes fraction"),
+                xytext=(4, -12), textcoords="offset points", fontsize=8, color="0.35")
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, formats=["%Y", "%b", "%a %d", "%H:%M", "%H:%M", "%S"]))
+    ax.yaxis.set_major_formatter(PASSENGERS)
+    ax.set_ylabel(f"passengers per {freq}")
+    ax.set_title(title or "forecast", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    if errors_by_step:
+        ax = axes[1, 0]
+        step_minutes = pd.Timedelta(freq).total_seconds() / 60
+        for name, errors in errors_by_step.items():
+            hours = [(k + 1) * step_minutes / 60 for k in range(len(errors))]
+            ax.plot(hours, errors, marker=".", lw=1.5, color=COLORS.get(name), label=name)
+        ax.set_xlabel("hours after the cutoff (horizon step)")
+        ax.set_ylabel("MAE (passengers)")
+        ax.yaxis.set_major_formatter(PASSENGERS)
+        ax.set_title("error by horizon step over all cutoffs", fontsize=11)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    storage.write_bytes(location, buffer.getvalue())

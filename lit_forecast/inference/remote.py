@@ -1,0 +1,74 @@
+"""The one inference module that imports Ray: stateless tasks that forecast chunks of windows.
+
+Each task gets the checkpoint's bytes (or a URI every node can read) and a chunk of windows
+as numpy arrays, loads the model once, and forecasts the chunk in batches with the same plain
+call as :func:`lit_forecast.inference.forecaster.forecast`. Results come back in window order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import ray
+import torch
+
+from lit_forecast import ray_cluster, storage
+from lit_forecast.inference.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
+from lit_forecast.inference.forecaster import forecast
+from lit_forecast.inference.windows import ForecastWindows
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+def forecast_chunk(
+    checkpoint: str | bytes, name: str, inputs: dict[str, np.ndarray], batch_size: int, use_gpu: bool, threads: int
+) -> np.ndarray:
+    """One task: load the checkpoint, forecast the chunk's windows -> (n, H) float64 passengers."""
+    torch.set_num_threads(max(1, threads))
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    module = load_checkpoint(checkpoint, device, name=name).module
+    return forecast(module, inputs, batch_size)
+
+
+def forecast_remote(
+    checkpoint: str,
+    windows: ForecastWindows,
+    windows_per_task: int = 256,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    batch_size: int = 256,
+    max_retries: int = 3,
+) -> np.ndarray:
+    """Forecasts (N, H) float64 in passengers, from ceil(N / windows_per_task) Ray tasks.
+
+    ``num_gpus`` > 0 asks each task for that share of a GPU when the cluster has GPUs; without
+    any, tasks run on CPU. A task whose worker dies, or which fails reading the checkpoint
+    (an OSError, e.g. from remote storage), is retried up to ``max_retries`` times; a checkpoint
+    that reads but cannot be used fails at once with a CheckpointError naming it.
+    """
+    if windows_per_task < 1:
+        raise ValueError(f"windows per task must be >= 1, got {windows_per_task}")
+    ray_cluster.init_ray()
+    if num_gpus and not ray.cluster_resources().get("GPU"):
+        log.warning("--num-gpus %s asked, but the Ray cluster has no GPU: forecasting on CPU", num_gpus)
+        num_gpus = 0
+    path = checkpoint_file(checkpoint)
+    # Workers on other nodes cannot read a local path: ship local checkpoints as bytes, once.
+    payload = path if storage.is_uri(path) else ray.put(storage.read_bytes(path))
+    task = forecast_chunk.options(
+        num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries, retry_exceptions=[OSError]
+    )
+    refs = [
+        task.remote(payload, path, windows.model_inputs(lo, lo + windows_per_task), batch_size, num_gpus > 0, int(num_cpus))
+        for lo in range(0, len(windows), windows_per_task)
+    ]
+    log.info("forecasting %d windows in %d Ray tasks (%s CPU%s each)", len(windows), len(refs), num_cpus,
+             f", {num_gpus} GPU" if num_gpus else "")
+    try:
+        return np.concatenate(ray.get(refs))
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, CheckpointError):  # a user error, not a crash: no Ray traceback
+            raise err.cause from None
+        raise

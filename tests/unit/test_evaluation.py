@@ -1,0 +1,94 @@
+"""Metrics, seasonal-naive baselines, the backtest table and plots, checked against hand computations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lit_forecast.evaluation.backtest import backtest, format_table, save_table, training_scale
+from lit_forecast.evaluation.baselines import seasonal_naive
+from lit_forecast.evaluation.metrics import evaluate, seasonal_naive_mae
+from lit_forecast.evaluation.plots import plot_forecast
+
+
+def test_seasonal_naive_takes_the_value_one_lag_back_and_repeats_the_last_season():
+    history = np.arange(10.0)[None, :] * np.array([[1.0], [10.0]])  # (2, 10): slot i holds i (and 10 i)
+    forecast = seasonal_naive(history, horizon=7, lag=3)
+    # step k forecasts slot c + k with slot c + k - 3, i.e. history index 7 + (k mod 3)
+    np.testing.assert_array_equal(forecast[0], [7, 8, 9, 7, 8, 9, 7])
+    np.testing.assert_array_equal(forecast[1], [70, 80, 90, 70, 80, 90, 70])
+
+
+def test_seasonal_naive_needs_a_full_season_of_history():
+    with pytest.raises(ValueError, match="lag 5 needs 5 values"):
+        seasonal_naive(np.zeros((1, 4)), horizon=2, lag=5)
+
+
+def test_baseline_metrics_equal_a_hand_computation():
+    history = np.array([[1.0, 2.0, 3.0, 4.0]])
+    forecast = seasonal_naive(history, horizon=3, lag=2)  # [3, 4, 3]
+    actual = np.array([[4.0, 2.0, 6.0]])  # errors -1, 2, -3
+    scale = seasonal_naive_mae(np.array([1.0, 2.0, 4.0, 8.0]), lag=2)  # |4-1|, |8-2| -> 4.5
+    assert scale == 4.5
+    result = evaluate(forecast, actual, np.array([scale]))
+    overall = result["overall"]
+    assert overall["mae"] == pytest.approx(2.0)
+    assert overall["rmse"] == pytest.approx(math.sqrt(14 / 3))
+    assert overall["mape"] == pytest.approx((1 / 4 + 2 / 2 + 3 / 6) / 3)
+    assert overall["smape"] == pytest.approx((2 * 1 / 7 + 2 * 2 / 6 + 2 * 3 / 9) / 3)
+    assert overall["mase"] == pytest.approx(2.0 / 4.5)
+    assert result["by_step"]["mae"] == pytest.approx([1.0, 2.0, 3.0])
+    assert result["points"] == 3
+
+
+def test_unknown_actuals_are_left_out_per_step_and_overall():
+    forecast = np.array([[10.0, 10.0], [10.0, 10.0]])
+    actual = np.array([[12.0, np.nan], [16.0, np.nan]])
+    result = evaluate(forecast, actual, np.array([1.0, 2.0]))
+    assert result["overall"]["mae"] == pytest.approx(4.0)
+    assert result["overall"]["mase"] == pytest.approx((2 / 1 + 6 / 2) / 2)  # each window's own series scale
+    assert result["by_step"]["mae"][0] == pytest.approx(4.0) and math.isnan(result["by_step"]["mae"][1])
+    assert result["points"] == 2
+
+
+def test_backtest_scores_model_and_baselines_on_the_same_windows():
+    # A daily profile plus a trend of 0.01 per slot: the daily naive is off by 48 x 0.01 = 0.48
+    # at every step, the weekly naive by 336 x 0.01 = 3.36, and the in-sample weekly MAE is 3.36.
+    t = np.arange(4 * 336, dtype=np.float64)
+    values = 100 + 20 * np.sin(2 * np.pi * t / 48) + 0.01 * t
+    times = pd.date_range("2024-01-01", periods=len(t), freq="30min")
+    scale = training_scale(values, times, times[2 * 336])
+    assert scale == pytest.approx(3.36)
+    H, cutoffs = 48, [2 * 336 + 48 * i for i in range(5)]
+    history = np.stack([values[c - 336 : c] for c in cutoffs])
+    actual = np.stack([values[c : c + H] for c in cutoffs])
+    table = backtest(actual + 1.0, history, actual, ["0"] * 5, pd.DatetimeIndex(times[cutoffs]), {"0": scale})
+    methods = table["methods"]
+    assert methods["model"]["overall"]["mae"] == pytest.approx(1.0)
+    assert methods["naive_daily"]["overall"]["mae"] == pytest.approx(0.48)
+    assert methods["naive_weekly"]["overall"]["mae"] == pytest.approx(3.36)
+    assert methods["naive_weekly"]["overall"]["mase"] == pytest.approx(1.0)
+    assert methods["model"]["by_step"]["rmse"] == pytest.approx([1.0] * H)
+    assert table["mae_ratio_model_vs_naive_weekly"] == pytest.approx(1 / 3.36)
+    assert table["windows"] == 5 and len(table["cutoffs"]) == 5
+    text = format_table(table)
+    assert "naive_weekly" in text and "0.298" in text
+
+
+def test_saved_table_is_json_with_nulls_for_unknown_values(tmp_path):
+    table = {"methods": {"model": {"overall": {"mae": float("nan")}}}}
+    save_table(str(tmp_path / "t.json"), table)
+    assert json.loads((tmp_path / "t.json").read_text()) == {"methods": {"model": {"overall": {"mae": None}}}}
+
+
+def test_plot_writes_one_png(tmp_path):
+    history = pd.Series(np.arange(336.0), index=pd.date_range("2024-01-01", periods=336, freq="30min"))
+    future = pd.date_range("2024-01-08", periods=48, freq="30min")
+    path = tmp_path / "plot.png"
+    plot_forecast(str(path), history, pd.Series(np.ones(48), index=future), pd.Series(np.ones(48), index=future),
+                  {"model": [1.0] * 48, "naive_weekly": [2.0] * 48}, "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

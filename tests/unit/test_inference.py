@@ -1,0 +1,273 @@
+"""Checkpoint loading, windows at cutoffs, the plain and Ray-task forecasts, and user errors.
+
+A tiny model (configs/tiny.yaml: 16 past -> 4 future slots) with random weights, saved the way
+training saves it, and a synthetic CSV of three weeks of half-hours from Monday 2024-01-01.
+"""
+
+from __future__ import annotations
+
+import logging
+import runpy
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lit_forecast import config as cfg
+from lit_forecast import storage
+from lit_forecast.data.dataset import Segment, WindowDataset
+from lit_forecast.inference.checkpoint import CheckpointError, best_checkpoint, latest_run, load_checkpoint
+from lit_forecast.inference.forecaster import forecast
+from lit_forecast.inference.pipeline import InferenceRequest, infer
+from lit_forecast.inference.windows import CutoffError, build_windows, parse_cutoffs, read_series
+from lit_forecast.models.module import ForecastModule
+
+TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
+W, H = TINY.data.input_window, TINY.data.horizon
+START, STEP = pd.Timestamp("2024-01-01"), pd.Timedelta("30min")
+SLOTS = 3 * 336
+STATS = {"0": {"mean": 1000.0, "std": 300.0}}  # the checkpoint's, deliberately not the data's
+
+
+def at(slot: int) -> pd.Timestamp:
+    return START + slot * STEP
+
+
+def taxi_like(slots: int = SLOTS, seed: int = 0) -> np.ndarray:
+    t = np.arange(slots)
+    # whole passengers, as in the real data: values survive the CSV round trip exactly
+    return (1200 + 600 * np.sin(2 * np.pi * t / 48) + np.random.default_rng(seed).normal(0, 30, slots)).round()
+
+
+def save_checkpoint(folder, horizon: int = H, with_config: bool = True) -> str:
+    """A Ray-style checkpoint folder (``folder/checkpoint.ckpt``) of a random tiny model."""
+    plain = cfg.to_dict(TINY)
+    plain["data"].update(horizon=horizon, train_end=str(at(2 * 336)), val_end=str(at(SLOTS - 48)))
+    torch.manual_seed(0)
+    window = {"input_window": W, "horizon": horizon, "freq": "30min", "slots_per_day": 48}
+    module = ForecastModule(plain["model"], window, plain["train"], STATS)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(folder / "checkpoint.ckpt")
+    if with_config:  # as training's ReportCallback.on_save_checkpoint does
+        raw = torch.load(folder / "checkpoint.ckpt", weights_only=True)
+        raw["lit_forecast_config"] = plain
+        torch.save(raw, folder / "checkpoint.ckpt")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return save_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_000000")
+
+
+@pytest.fixture
+def csv(synthetic_csv):
+    """Write values (default taxi_like()) from START as a CSV; NaN slots become missing rows (gaps)."""
+
+    def make(values=None, name: str = "series.csv") -> str:
+        values = taxi_like() if values is None else values
+        rows = [(f"{at(i):%Y-%m-%d %H:%M:%S}", repr(float(v))) for i, v in enumerate(values) if not np.isnan(v)]
+        return str(synthetic_csv(rows=rows, name=name))
+
+    return make
+
+
+def windows_for(path: str, cutoffs, history: int | None = None, max_gap: str = "2h"):
+    data = cfg.DataConfig(source=path, sha256=None, input_window=W, horizon=H)
+    return build_windows(read_series(data), STATS, W, H, "30min", cutoffs, max_gap, history)
+
+
+def plain_forecast(checkpoint: str, windows) -> np.ndarray:
+    return forecast(load_checkpoint(checkpoint).module, windows.model_inputs())
+
+
+# -- windows -----------------------------------------------------------------------------------------
+
+
+def test_windows_equal_the_training_windows_scaled_with_the_checkpoint_statistics(csv):
+    values = taxi_like()
+    slots = [W, 100, 500, SLOTS - H]
+    windows = windows_for(csv(values), [at(s) for s in slots])
+    training = WindowDataset([Segment("0", START, values, np.array(slots))], STATS, W, H, "30min")
+    inputs = windows.model_inputs()
+    for i in range(len(slots)):
+        item = training[i]
+        np.testing.assert_array_equal(inputs["past_target"][i], item["past_target"].numpy())
+        np.testing.assert_array_equal(inputs["past_time"][i], item["past_time"].numpy())
+        np.testing.assert_array_equal(inputs["future_time"][i], item["future_time"].numpy())
+        np.testing.assert_array_equal(windows.actual[i], values[slots[i] : slots[i] + H])
+    np.testing.assert_allclose(inputs["past_target"][1], (values[100 - W : 100] - 1000.0) / 300.0, rtol=1e-6)
+
+
+def test_default_cutoff_forecasts_the_slots_after_the_end_of_the_data(csv):
+    windows = windows_for(csv(), None)
+    assert list(windows.cutoffs) == [at(SLOTS)]
+    assert list(pd.DatetimeIndex(windows.timestamps()[0])) == [at(SLOTS + k) for k in range(H)]
+    assert np.isnan(windows.actual).all()
+    assert windows.future_time[0, 0].tolist() == [0, 0]  # 00:00 (slot 0) on Monday 2024-01-22 (day 0)
+
+
+def test_no_look_ahead_data_after_the_cutoff_changes_nothing(csv, checkpoint):
+    values = taxi_like()
+    values[496:498] = np.nan  # a short gap before the cutoff, filled from earlier slots only
+    cutoff = 500
+    original = csv(values, name="original.csv")
+    altered_values = values.copy()
+    altered_values[cutoff:] = altered_values[cutoff:] * 3 + 777
+    altered_values[cutoff + 1 : cutoff + 4] = np.nan  # and a gap right after the cutoff
+    altered = csv(altered_values, name="altered.csv")
+    truncated = csv(values[:cutoff], name="truncated.csv")  # the data ends just before the cutoff
+    results = [plain_forecast(checkpoint, windows_for(path, [at(cutoff)])) for path in (original, altered, truncated)]
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+    inputs = [windows_for(path, [at(cutoff)]).model_inputs()["past_target"] for path in (original, altered)]
+    np.testing.assert_array_equal(*inputs)
+
+
+def test_a_gap_reaching_the_cutoff_is_refused(csv):
+    values = taxi_like()
+    values[498:500] = np.nan  # filling these would need the value at slot 500, the cutoff
+    with pytest.raises(CutoffError, match=f"cutoff {at(500)}: slot {at(499)} just before it is missing"):
+        windows_for(csv(values), [at(500)])
+
+
+def test_too_little_history_before_a_cutoff(csv):
+    with pytest.raises(CutoffError, match=rf"too little history before cutoff {at(W - 1)}: {W - 1} slots .* needs {W}"):
+        windows_for(csv(), [at(W - 1)])
+    with pytest.raises(CutoffError, match="seasonal-naive baselines 336"):
+        windows_for(csv(), [at(300)], history=336)
+
+
+def test_cutoffs_outside_the_data_or_off_the_grid(csv):
+    path = csv()
+    with pytest.raises(CutoffError, match=f"cutoff {at(SLOTS + 1)} is outside the data.*{at(SLOTS - 1)}"):
+        windows_for(path, [at(SLOTS + 1)])
+    with pytest.raises(CutoffError, match=f"cutoff {at(-2)} is outside the data"):
+        windows_for(path, [at(-2)])
+    with pytest.raises(CutoffError, match="not on the 0 days 00:30:00 grid"):
+        windows_for(path, [at(100) + pd.Timedelta("10min")])
+
+
+def test_cutoff_syntax():
+    midnights = parse_cutoffs(["2015-01-01..2015-01-31/1D"])
+    assert len(midnights) == 31 and midnights[0] == pd.Timestamp("2015-01-01") and midnights[-1] == pd.Timestamp("2015-01-31")
+    assert parse_cutoffs(["2015-01-02T12:00,2015-01-01", "2015-01-01"]) == [pd.Timestamp("2015-01-01"), pd.Timestamp("2015-01-02 12:00")]
+    assert len(parse_cutoffs(["2015-01-01..2015-01-01T03:00/30min"])) == 7
+    with pytest.raises(CutoffError, match="cannot read 'yesterday'"):
+        parse_cutoffs(["yesterday"])
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+
+
+def test_unknown_checkpoint_path_is_named(tmp_path):
+    missing = tmp_path / "nowhere" / "checkpoint.ckpt"
+    with pytest.raises(CheckpointError, match=f"checkpoint not found: {missing}"):
+        load_checkpoint(str(missing))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="folder without checkpoint.ckpt"):
+        load_checkpoint(str(tmp_path / "empty"))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'junk.ckpt'} is not a readable PyTorch checkpoint"):
+        load_checkpoint(str(tmp_path / "junk.ckpt"))
+
+
+def test_a_checkpoint_for_another_horizon_is_refused(checkpoint, csv):
+    with pytest.raises(CheckpointError, match=rf"{checkpoint}/checkpoint.ckpt forecasts {H} steps, but 8 were asked"):
+        load_checkpoint(checkpoint, horizon=8)
+    with pytest.raises(CheckpointError, match=f"forecasts {H} steps, but 8 were asked"):
+        infer(InferenceRequest(checkpoint=checkpoint, data=csv(), horizon=8, use_ray=False))
+
+
+def test_a_checkpoint_without_stored_config_falls_back_to_its_window(tmp_path):
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "ck", with_config=False))
+    assert (loaded.config.data.input_window, loaded.config.data.horizon) == (W, H)
+    assert loaded.series_stats == STATS
+
+
+def test_latest_finished_run_and_its_best_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("old", "unfinished", "new"):
+        save_checkpoint(runs / name / "checkpoint_000001")
+    storage.write_json(str(runs / "old" / "summary.json"), {"best_checkpoint": "/gone/old/checkpoint_000001/checkpoint.ckpt"})
+    storage.write_json(str(runs / "new" / "summary.json"), {"best_checkpoint": str(runs / "new" / "checkpoint_000001" / "checkpoint.ckpt")})
+    assert latest_run(str(runs)) == str(runs / "new")
+    assert best_checkpoint(str(runs / "new")) == str(runs / "new" / "checkpoint_000001" / "checkpoint.ckpt")
+    # a moved run: the summary's absolute path is stale, the same checkpoint is found inside
+    assert best_checkpoint(str(runs / "old")) == str(runs / "old" / "checkpoint_000001" / "checkpoint.ckpt")
+    assert best_checkpoint(str(runs / "unfinished")).endswith("unfinished/checkpoint_000001/checkpoint.ckpt")
+    with pytest.raises(CheckpointError, match=f"no finished run in {tmp_path / 'elsewhere'}"):
+        latest_run(str(tmp_path / "elsewhere"))
+
+
+# -- end to end --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_backtest_writes_forecasts_table_and_plot(checkpoint, csv, tmp_path, suffix):
+    output = str(tmp_path / f"out{suffix}")
+    cutoffs = parse_cutoffs([f"{at(2 * 336)}..{at(SLOTS - H)}/12h"])
+    result = infer(InferenceRequest(checkpoint=checkpoint, data=csv(), cutoffs=cutoffs, output=output, use_ray=False))
+    frame = pd.read_csv(output, parse_dates=["cutoff", "timestamp"]) if suffix == ".csv" else pd.read_parquet(output)
+    assert list(frame.columns) == ["cutoff", "timestamp", "forecast", "actual"]
+    assert len(frame) == len(cutoffs) * H and frame["actual"].notna().all()
+    assert set(result.table["methods"]) == {"model", "naive_daily", "naive_weekly"}
+    assert result.table_path == str(tmp_path / "out.backtest.json") and storage.exists(result.table_path)
+    assert (tmp_path / "out.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- Ray ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_ray_tasks_forecast_exactly_what_the_plain_call_does(local_ray, checkpoint, csv, tmp_path):
+    from lit_forecast.inference.remote import forecast_remote
+
+    windows = windows_for(csv(), [at(s) for s in range(400, 400 + 11 * 37, 37)])  # 11 windows
+    plain = forecast(load_checkpoint(checkpoint).module, windows.model_inputs(), batch_size=2)
+    # 4 windows per task: 3 tasks, the last one short, batched as the plain call batches them;
+    # results must come back in window order, bit for bit.
+    remote = forecast_remote(checkpoint, windows, windows_per_task=4, num_cpus=1, batch_size=2)
+    np.testing.assert_array_equal(remote, plain)
+    # Other batch boundaries change only float32 rounding (matrix kernels depend on the batch size).
+    regrouped = forecast_remote(checkpoint, windows, windows_per_task=3, num_cpus=1, batch_size=3)
+    np.testing.assert_allclose(regrouped, plain, rtol=1e-6)
+
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"{junk} is not a readable PyTorch checkpoint"):
+        forecast_remote(str(junk), windows, windows_per_task=6)
+
+
+@pytest.fixture
+def package_logger():
+    """Restore the package logger that the command line's setup_logging reconfigures."""
+    logger = logging.getLogger("lit_forecast")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_infer_command_line(checkpoint, csv, tmp_path, capsys, package_logger):
+    main = runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))["main"]
+    main(["--checkpoint", checkpoint, "--data", csv(), "--no-ray", "--output", str(tmp_path / "f.csv")])
+    out = capsys.readouterr().out
+    assert f"forecast from cutoff Mon {at(SLOTS):%Y-%m-%d %H:%M}" in out and f"forecasts   {tmp_path / 'f.csv'}" in out
+    assert pd.read_csv(tmp_path / "f.csv").columns.tolist() == ["cutoff", "timestamp", "forecast"]
+    assert (tmp_path / "f.png").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(tmp_path / "nope"), "--no-ray"])
+    assert exit_.value.code == 2 and f"checkpoint not found: {tmp_path / 'nope'}" in capsys.readouterr().err
