@@ -121,10 +121,15 @@ class ReportCallback(RayTrainReportCallback):
 
 
 class EpochLine(L.Callback):
-    """One readable line per epoch from rank 0."""
+    """One readable line per epoch from rank 0, and one when the first step is done."""
 
-    def __init__(self):
-        self.start = 0.0
+    def __init__(self, launched_at: float):
+        self.start, self.launched_at, self.stepped = 0.0, launched_at, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.stepped and trainer.global_rank == 0:
+            log.info("first training step done, %.1f s after launch", time.time() - self.launched_at)
+        self.stepped = True
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
@@ -158,7 +163,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         **trainer_arguments(config),
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
-        callbacks=[EpochLine(), ReportCallback(config.cluster.checkpoint_every_n_epochs, plain)],
+        callbacks=[EpochLine(loop_config["launched_at"]), ReportCallback(config.cluster.checkpoint_every_n_epochs, plain)],
         logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),
     )
     trainer = prepare_trainer(trainer)
@@ -210,7 +215,7 @@ def fit(config: Config, run: str) -> dict:
     init_ray(config)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(config), "run": run},
+        train_loop_config={"config": to_dict(config), "run": run, "launched_at": time.time()},
         scaling_config=scaling_config(config),
         torch_config=torch_config(config),
         run_config=run_config(config, run),

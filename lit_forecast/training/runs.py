@@ -138,7 +138,7 @@ def format_summary(result: dict) -> str:
         [
             "",
             f"run          {result['run_dir']}",
-            f"epochs       {result.get('epochs')}" + (f" (epoch {metrics.get('epoch')} best)" if "epoch" in metrics else ""),
+            f"epochs       {result.get('epochs')}" + (f" (epoch {int(metrics['epoch']) + 1} best)" if "epoch" in metrics else ""),  # Lightning counts from 0
             f"best         {best}",
             f"metrics      {shown}  (passengers; mape/smape as fractions)",
             f"tensorboard  tensorboard --logdir {result['tensorboard']}",
