@@ -224,12 +224,22 @@ def fit(config: Config, run: str) -> dict:
     result = trainer.fit()
     ranked = sorted(result.best_checkpoints, key=lambda pair: pair[1].get(SCORE, float("inf")))
     best, best_metrics = ranked[0] if ranked else (result.checkpoint, result.metrics or {})
+
+    def location(checkpoint: Checkpoint | None) -> str | None:
+        # Ray gives paths inside its filesystem: put the URI scheme back for remote storage.
+        if checkpoint is None:
+            return None
+        path = checkpoint.path
+        if storage.is_uri(run) and "://" not in path:
+            path = f"{run.split('://', 1)[0]}://{path.lstrip('/')}"
+        return storage.join(path, CHECKPOINT_FILE)
+
     return {
         "run_dir": run,
         "epochs": config.train.max_epochs,
-        "best_checkpoint": storage.join(best.path, CHECKPOINT_FILE) if best else None,
+        "best_checkpoint": location(best),
         "best_metrics": {k: v for k, v in (best_metrics or {}).items() if isinstance(v, (int, float))},
-        "latest_checkpoint": storage.join(result.checkpoint.path, CHECKPOINT_FILE) if result.checkpoint else None,
+        "latest_checkpoint": location(result.checkpoint),
         "tensorboard": tensorboard_dir(run),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
