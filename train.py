@@ -12,6 +12,7 @@ import argparse
 
 from lit_forecast import cli
 from lit_forecast.config import ConfigError, dump
+from lit_forecast.data.prepare import summary
 from lit_forecast.data.source import DataError
 from lit_forecast.training import runs
 
@@ -30,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         cli.setup_logging(args.verbose)
         if args.prepare_only:
-            runs.prepare_only(config)
+            manifest, folder = runs.prepare_only(config)
+            print(summary(manifest, folder))
         else:
-            runs.train(config, resume=args.resume)
+            print(runs.format_summary(runs.train(config, resume=args.resume)))
     except (ConfigError, DataError, runs.RunError) as err:
         cli.die(str(err))
 

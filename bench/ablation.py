@@ -38,6 +38,8 @@ VARIANTS = {
     "full": [],
     "no_covariates": ["model.covariates=false"],
     "no_seasonal_lag": ["model.seasonal_lag=0"],
+    "window_norm": ["model.window_norm=true"],
+    "holidays": ["model.holidays=true"],
     "no_scheduled_sampling": ["train.sampling_max_prob=0"],
     # The reference tutorial's setup (one token per step, a 3.5-day window, nothing but the
     # series itself), with our causal decoder mask.

@@ -36,7 +36,7 @@ def main() -> None:
     w = manifest["window"]
     table = storage.read_parquet(storage.join(run, "data", manifest["files"]["val"]))
     dataset = WindowDataset(segments_from_table(table), manifest["series"], w["input_window"], w["horizon"], w["freq"])
-    W, H = w["input_window"], w["horizon"]
+    W, H, day = w["input_window"], w["horizon"], w["slots_per_day"]
     errors = {name: torch.zeros(H) for name in ("teacher-forced", "autoregressive", "repeat last day", "repeat last week")}
     net = module.net
     with torch.inference_mode():
@@ -47,8 +47,8 @@ def main() -> None:
             for name, prediction in (
                 ("teacher-forced", forced),
                 ("autoregressive", forecast),
-                ("repeat last day", past[:, W - 48 : W - 48 + H]),
-                ("repeat last week", past[:, W - 336 : W - 336 + H] if W >= 336 else torch.full_like(future, float("nan"))),
+                ("repeat last day", past[:, W - day : W - day + H]),
+                ("repeat last week", past[:, W - 7 * day : W - 7 * day + H] if W >= 7 * day else torch.full_like(future, float("nan"))),
             ):
                 errors[name] += (prediction - future).abs().sum(dim=0)
     steps = [1, 6, 12, 24, 36, 48]

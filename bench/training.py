@@ -193,10 +193,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override for every run (key=value)")
     parser.add_argument("--plain-steps", type=int, default=60)
     parser.add_argument("--skip-kill", action="store_true")
+    parser.add_argument("--storage", help="keep the runs in this folder (default: a temporary one)")
     args = parser.parse_args()
     extra = [a for kv in args.set for a in ("--set", kv)]
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="lit-bench-") as storage:
+    with tempfile.TemporaryDirectory(prefix="lit-bench-") as scratch:
+        storage = args.storage or scratch
         print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} at start; torch {torch.__version__}", flush=True)
         full = full_run(storage, extra)
         plain = plain_loop(storage, args.set, args.plain_steps)

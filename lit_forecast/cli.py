@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from typing import NoReturn
@@ -23,15 +22,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> cfg.Config:
-    """The config file with --set overrides, then the dedicated flags (which win)."""
-    overrides = list(args.set)
+    """The config file with --set overrides, then the dedicated flags (which win).
+
+    --data, --storage and --name are taken as plain strings (``--name 2024`` stays a name).
+    """
+    config = cfg.load(args.config, list(args.set))
     if args.data:
-        overrides.append(f"data.source={args.data}")
+        config.data.source = args.data
+        if args.data != cfg.NAB_NYC_TAXI_URL:
+            config.data.sha256 = None  # the configured checksum belongs to the NAB file
     if args.storage:
-        overrides.append(f"run.storage={args.storage}")
+        config.run.storage = args.storage
     if args.name:
-        overrides.append(f"run.name={args.name}")
-    return cfg.load(args.config, overrides)
+        config.run.name = args.name
+    return cfg.validate(config)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -54,7 +58,6 @@ def quiet_third_parties() -> None:
     """Silence the known-noisy loggers and warnings of Lightning, Ray and friends."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "ray", "urllib3", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # inherited by Ray workers
     for pattern in (
         ".*does not have many workers.*",
         ".*isinstance\\(treespec, LeafSpec\\).*",

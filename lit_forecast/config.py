@@ -66,7 +66,9 @@ class ModelConfig:
     dropout: float = 0.1
     patch_len: int = 8  # past steps per encoder token; 1 = one token per step (tutorial)
     covariates: bool = True  # time-of-day and day-of-week embeddings
+    holidays: bool = False  # with covariates: a US federal holiday embedding too
     seasonal_lag: int = 336  # decoder also sees the value this many steps earlier; 0 = off
+    window_norm: bool = False  # scale each window by its own past mean and std (level shifts)
 
 
 @dataclass
@@ -99,7 +101,7 @@ class ClusterConfig:
     timeout_s: int = 600  # collective-operation timeout (TorchConfig)
     max_failures: int = 3  # worker-group restarts before the run fails
     checkpoint_every_n_epochs: int = 1
-    num_to_keep: int = 2  # best checkpoints kept, ranked by val/mae
+    num_to_keep: int = 2  # best checkpoints kept, ranked by val/mae (Ray also keeps the latest)
 
 
 @dataclass

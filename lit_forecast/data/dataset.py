@@ -4,8 +4,8 @@ A batch is a dict of named tensors (B = batch, W = input_window, H = horizon)::
 
     past_target    (B, W)    float32  scaled values before the cutoff
     future_target  (B, H)    float32  scaled values from the cutoff on (the target)
-    past_time      (B, W, 2) int64    [slot of day, day of week] of each past slot
-    future_time    (B, H, 2) int64    the same for each future slot (known in advance)
+    past_time      (B, W, 3) int64    [slot of day, day of week, holiday] of each past slot
+    future_time    (B, H, 3) int64    the same for each future slot (known in advance)
     loc, scale     (B,)      float32  the series' training mean and std: passengers = x * scale + loc
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from pandas.tseries.holiday import USFederalHolidayCalendar
 from torch.utils.data import Dataset
 
 
@@ -40,9 +41,15 @@ def segments_from_table(table: pa.Table) -> list[Segment]:
 
 
 def calendar_features(times: pd.DatetimeIndex, freq: str) -> np.ndarray:
-    """(T, 2) int64: slot of the day (0 .. slots_per_day-1) and day of the week (Monday 0)."""
+    """(T, 3) int64: slot of the day (0 .. slots_per_day-1), day of the week (Monday 0), and
+    1 on US federal holidays (New Year, Thanksgiving, Christmas, ...), else 0."""
     slot = (times - times.normalize()) // pd.Timedelta(freq)
-    return np.stack([np.asarray(slot, dtype=np.int64), np.asarray(times.day_of_week, dtype=np.int64)], axis=1)
+    days = times.normalize()
+    holidays = USFederalHolidayCalendar().holidays(days.min(), days.max()) if len(times) else []
+    return np.stack(
+        [np.asarray(slot, dtype=np.int64), np.asarray(times.day_of_week, dtype=np.int64), np.asarray(days.isin(holidays), dtype=np.int64)],
+        axis=1,
+    )
 
 
 class WindowDataset(Dataset):
@@ -70,7 +77,7 @@ class WindowDataset(Dataset):
             series_ids.extend([seg.series_id] * len(seg.window_starts))
             base += len(seg.values)
         self.values = torch.as_tensor(np.concatenate(values) if values else np.zeros(0), dtype=torch.float32)
-        self.times = torch.as_tensor(np.concatenate(times) if times else np.zeros((0, 2)), dtype=torch.int64)
+        self.times = torch.as_tensor(np.concatenate(times) if times else np.zeros((0, 3)), dtype=torch.int64)
         self.targets = torch.as_tensor(np.concatenate(offsets) if offsets else np.zeros(0), dtype=torch.int64)
         self.loc = torch.as_tensor(np.concatenate(locs) if locs else np.zeros(0), dtype=torch.float32)
         self.scale = torch.as_tensor(np.concatenate(scales) if scales else np.zeros(0), dtype=torch.float32)

@@ -13,17 +13,19 @@ import numpy as np
 import pandas as pd
 
 from lit_forecast import storage
-from lit_forecast.evaluation.baselines import SEASONAL_NAIVE_LAGS, seasonal_naive
+from lit_forecast.evaluation.baselines import seasonal_naive
 from lit_forecast.evaluation.metrics import METRICS, evaluate, seasonal_naive_mae
 
-MASE_LAG = 336  # one week of half-hours: the MASE denominator is the weekly seasonal-naive error
 MODEL = "model"
 DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2}  # decimals shown in the printed table
 PERCENT = {"mape", "smape"}  # fractions in the JSON, percentages when printed
 
 
-def training_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, lag: int = MASE_LAG) -> float:
-    """MASE denominator of one series: in-sample lag-``lag`` seasonal-naive MAE on slots before ``train_end``."""
+def training_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, lag: int) -> float:
+    """MASE denominator of one series: in-sample lag-``lag`` seasonal-naive MAE on slots before ``train_end``.
+
+    The project scales by the weekly seasonal-naive error: ``lag`` is one week of slots.
+    """
     return seasonal_naive_mae(values[times < train_end], lag)
 
 
@@ -34,16 +36,18 @@ def backtest(
     series_ids: list[str],
     cutoffs: pd.DatetimeIndex,
     mase_scale: dict[str, float],
+    lags: dict[str, int],
 ) -> dict:
     """Scores of the model and each seasonal-naive baseline on the same windows.
 
     forecast (N, H) and actual (N, H) in passengers; history (N, P) the slots before each cutoff,
-    P at least the longest baseline lag. Returns a plain dict (JSON-ready): per method the
+    P at least the longest baseline lag; ``lags`` names each seasonal-naive baseline and its
+    lag (see baselines.seasonal_naive_lags). Returns a plain dict (JSON-ready): per method the
     overall and per-step metrics, plus the model's MAE over the weekly baseline's.
     """
     H = forecast.shape[1]
     scale = np.array([mase_scale[sid] for sid in series_ids], dtype=np.float64)
-    forecasts = {MODEL: forecast} | {name: seasonal_naive(history, H, lag) for name, lag in SEASONAL_NAIVE_LAGS.items()}
+    forecasts = {MODEL: forecast} | {name: seasonal_naive(history, H, lag) for name, lag in lags.items()}
     methods = {name: evaluate(f, actual, scale) for name, f in forecasts.items()}
     ratio = methods[MODEL]["overall"]["mae"] / methods["naive_weekly"]["overall"]["mae"]
     return {
@@ -52,7 +56,7 @@ def backtest(
         "cutoffs": [str(c) for c in cutoffs.unique()],
         "series": sorted(set(series_ids)),
         "mase_scale": {sid: mase_scale[sid] for sid in sorted(set(series_ids))},
-        "lags": dict(SEASONAL_NAIVE_LAGS),
+        "lags": dict(lags),
         "methods": methods,
         "mae_ratio_model_vs_naive_weekly": ratio,
     }

@@ -1,4 +1,4 @@
-"""Seasonal-naive forecasts: tomorrow looks like today (lag 48), or like the same day last week (lag 336).
+"""Seasonal-naive forecasts: tomorrow looks like today, or like the same day last week.
 
 With cutoff c (the first forecast slot) and lag L, step k (0-based) forecasts slot c + k with
 the value of slot c + k - L. For k >= L that slot is itself in the future, so the last season
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# Name in tables -> lag in slots of 30 min.
-SEASONAL_NAIVE_LAGS = {"naive_daily": 48, "naive_weekly": 336}
+
+def seasonal_naive_lags(slots_per_day: int) -> dict[str, int]:
+    """Name in tables -> lag in slots: one day and one week (48 and 336 at 30 min)."""
+    return {"naive_daily": slots_per_day, "naive_weekly": 7 * slots_per_day}
 
 
 def seasonal_naive(history: np.ndarray, horizon: int, lag: int) -> np.ndarray:

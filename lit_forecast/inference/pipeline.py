@@ -20,9 +20,10 @@ import torch
 
 from lit_forecast import storage
 from lit_forecast.config import DataConfig
+from lit_forecast.data.prepare import slots_per_day
 from lit_forecast.data.source import Series
 from lit_forecast.evaluation import backtest as bt
-from lit_forecast.evaluation.baselines import SEASONAL_NAIVE_LAGS
+from lit_forecast.evaluation.baselines import seasonal_naive_lags
 from lit_forecast.evaluation.plots import plot_forecast
 from lit_forecast.inference.checkpoint import best_checkpoint, latest_run, load_checkpoint, run_of
 from lit_forecast.inference.forecaster import forecast
@@ -30,7 +31,6 @@ from lit_forecast.inference.windows import CutoffError, ForecastWindows, build_w
 
 log = logging.getLogger(__name__)
 
-PLOT_HISTORY = 336  # slots of history drawn before the cutoff: one week of half-hours
 
 
 @dataclass
@@ -79,8 +79,8 @@ def infer(request: InferenceRequest) -> InferenceResult:
     windows = build_windows(series, loaded.series_stats, W, H, freq, request.cutoffs, data.max_gap)
     evaluating = bool(np.isfinite(windows.actual).any())
     if evaluating:  # the baselines need their full lag of history before every cutoff
-        lags = max(SEASONAL_NAIVE_LAGS.values())
-        windows = build_windows(series, loaded.series_stats, W, H, freq, request.cutoffs, data.max_gap, history=max(W, lags))
+        lags = seasonal_naive_lags(loaded.window["slots_per_day"])
+        windows = build_windows(series, loaded.series_stats, W, H, freq, request.cutoffs, data.max_gap, history=max(W, *lags.values()))
 
     if request.use_ray:
         from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
@@ -95,8 +95,8 @@ def infer(request: InferenceRequest) -> InferenceResult:
     write_frame(output, frame)
     result = InferenceResult(loaded.path, frame, output, request.plot or _sibling(output, ".png"), windows=windows)
     if evaluating:
-        scales = {s.series_id: _mase_scale(s, data, windows.cutoffs.min()) for s in series}
-        result.table = bt.backtest(forecasts, windows.history, windows.actual, windows.series_ids, windows.cutoffs, scales)
+        scales = {s.series_id: _mase_scale(s, data, windows.cutoffs.min(), lags["naive_weekly"]) for s in series}
+        result.table = bt.backtest(forecasts, windows.history, windows.actual, windows.series_ids, windows.cutoffs, scales, lags)
         result.table_path = _sibling(output, ".backtest.json")
         bt.save_table(result.table_path, result.table)
     _plot(result, series, forecasts, data, request.plot_cutoff)
@@ -114,7 +114,7 @@ def _label(s: Series) -> str:
     return "" if s.series_id == "0" else f"series {s.series_id}: "
 
 
-def _mase_scale(s: Series, data: DataConfig, first_cutoff: pd.Timestamp) -> float:
+def _mase_scale(s: Series, data: DataConfig, first_cutoff: pd.Timestamp, week: int) -> float:
     """Weekly seasonal-naive in-sample MAE on the series' training period (before data.train_end).
 
     Newer data without that period is scaled on its history before the first cutoff instead;
@@ -123,12 +123,12 @@ def _mase_scale(s: Series, data: DataConfig, first_cutoff: pd.Timestamp) -> floa
     values = fill_short_gaps(s.values, int(pd.Timedelta(data.max_gap) / pd.Timedelta(data.freq)))
     times = pd.date_range(s.start, periods=len(values), freq=data.freq)
     end = pd.Timestamp(data.train_end)
-    if (times < end).sum() <= bt.MASE_LAG:
+    if (times < end).sum() <= week:
         log.warning("%sless than a week of data before data.train_end=%s: MASE is scaled on the data before %s",
                     _label(s), end, first_cutoff)
         end = first_cutoff
     try:
-        return bt.training_scale(values, times, end)
+        return bt.training_scale(values, times, end, week)
     except ValueError as err:
         log.warning("%sno MASE: %s", _label(s), err)
         return float("nan")
@@ -190,7 +190,7 @@ def _plot(result: InferenceResult, series: list[Series], forecasts: np.ndarray, 
     s = next(s for s in series if s.series_id == first)
     step = pd.Timedelta(data.freq)
     c = int((windows.cutoffs[i] - s.start) / step)
-    lo = max(0, c - PLOT_HISTORY)
+    lo = max(0, c - 7 * slots_per_day(data.freq))  # one week of history before the cutoff
     values = fill_short_gaps(s.values[:c], int(pd.Timedelta(data.max_gap) / step))  # only data before the cutoff
     history = pd.Series(values[lo:c], index=pd.date_range(s.start + lo * step, periods=c - lo, freq=data.freq))
     times = pd.DatetimeIndex(windows.timestamps()[i])

@@ -41,8 +41,8 @@ class ForecastWindows:
     series_ids: list[str]  # (N,)
     cutoffs: pd.DatetimeIndex  # (N,) first forecast slot of each window
     history: np.ndarray  # (N, P) float64 passengers in the P slots before the cutoff
-    past_time: np.ndarray  # (N, W, 2) int64 [slot of day, day of week] of the last W of them
-    future_time: np.ndarray  # (N, H, 2) int64 the same for the H forecast slots
+    past_time: np.ndarray  # (N, W, 3) int64 [slot of day, day of week, holiday] of the last W of them
+    future_time: np.ndarray  # (N, H, 3) int64 the same for the H forecast slots
     actual: np.ndarray  # (N, H) float64 passengers, NaN where the data does not have them
     loc: np.ndarray  # (N,) float64 the checkpoint's training mean of each window's series
     scale: np.ndarray  # (N,) float64 ... and its standard deviation
@@ -62,7 +62,7 @@ class ForecastWindows:
     def model_inputs(self, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
         """Windows lo..hi-1 as the model's batch, in numpy (cheap to ship to Ray tasks).
 
-        past_target (n, W) float32 scaled, past_time (n, W, 2), future_time (n, H, 2), loc and scale (n,) float32.
+        past_target (n, W) float32 scaled, past_time (n, W, 3), future_time (n, H, 3), loc and scale (n,) float32.
         """
         part = slice(lo, hi)
         loc, scale = self.loc[part], self.scale[part]
@@ -134,7 +134,7 @@ def build_windows(
             )
         T = len(s.values)
         filled = fill_short_gaps(s.values, max_slots)
-        calendar = calendar_features(pd.date_range(s.start, periods=T + horizon, freq=freq), freq)  # (T + H, 2)
+        calendar = calendar_features(pd.date_range(s.start, periods=T + horizon, freq=freq), freq)  # (T + H, 3)
         end = s.start + T * step  # the slot after the last one: the latest possible cutoff
         for cutoff in cutoffs if cutoffs is not None else [end]:
             c = _slot(s, pd.Timestamp(cutoff), step, history, input_window, end)

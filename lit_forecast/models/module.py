@@ -52,6 +52,10 @@ class ForecastModule(L.LightningModule):
         )
         self.loss_fn = LOSSES[train["loss"]]
         self.metrics = torch.nn.ModuleDict({stage: passenger_metrics() for stage in STAGES})
+        # Window-weighted means, so ranks with unequal window counts still give the global value.
+        self.losses = torch.nn.ModuleDict(
+            {stage: torch.nn.ModuleDict({"loss": torchmetrics.MeanMetric(), "loss_tf": torchmetrics.MeanMetric()}) for stage in STAGES}
+        )
         self._epoch_start, self._epoch_windows = 0.0, 0
 
     # -- training -------------------------------------------------------------------------------
@@ -75,7 +79,8 @@ class ForecastModule(L.LightningModule):
             decoder_input = torch.where(replace, self.net.shift(past, own), decoder_input)
         prediction = self.net(past, batch["past_time"], batch["future_time"], decoder_input)
         loss = self.loss_fn(prediction, future)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(past))
+        # sync_dist: the epoch value is the mean over all ranks, not rank 0's shard alone.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(past), sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self._epoch_windows += len(past)
         return loss
@@ -90,9 +95,9 @@ class ForecastModule(L.LightningModule):
             return
         elapsed = time.perf_counter() - self._epoch_start
         # Windows across all ranks: every rank holds an equal shard, so multiply by world size.
-        self.log("train/windows_per_s", self._epoch_windows * self.trainer.world_size / max(elapsed, 1e-9))
-        self.log("train/epoch_time_s", elapsed)
-        self.log("train/sampling_p", self.sampling_probability())
+        self.log("train/windows_per_s", self._epoch_windows * self.trainer.world_size / max(elapsed, 1e-9), sync_dist=True)
+        self.log("train/epoch_time_s", elapsed, sync_dist=True)  # mean over ranks
+        self.log("train/sampling_p", self.sampling_probability(), sync_dist=True)
 
     # -- evaluation: the same autoregressive path as inference -----------------------------------
 
@@ -106,8 +111,10 @@ class ForecastModule(L.LightningModule):
         teacher_forced = self.net(past, batch["past_time"], batch["future_time"], self.net.shift(past, future))
         scaled = self.net.forecast(past, batch["past_time"], batch["future_time"])
         n = len(past)
-        self.log(f"{stage}/loss_tf", self.loss_fn(teacher_forced, future), sync_dist=True, batch_size=n)
-        self.log(f"{stage}/loss", self.loss_fn(scaled, future), sync_dist=True, batch_size=n)
+        losses = self.losses[stage]
+        losses["loss_tf"].update(self.loss_fn(teacher_forced, future), weight=n)
+        losses["loss"].update(self.loss_fn(scaled, future), weight=n)
+        self.log_dict({f"{stage}/{k}": m for k, m in losses.items()}, batch_size=n)
         scale, loc = batch["scale"][:, None], batch["loc"][:, None]
         metrics = self.metrics[stage]
         metrics.update(scaled * scale + loc, future * scale + loc)

@@ -35,15 +35,17 @@ def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class CalendarEmbedding(nn.Module):
-    """[slot of day, day of week] -> (..., D), the sum of two learned embeddings."""
+    """[slot of day, day of week, holiday] -> (..., D), the sum of learned embeddings."""
 
-    def __init__(self, slots_per_day: int, d_model: int):
+    def __init__(self, slots_per_day: int, d_model: int, holidays: bool):
         super().__init__()
         self.slot = nn.Embedding(slots_per_day, d_model)
         self.weekday = nn.Embedding(7, d_model)
+        self.holiday = nn.Embedding(2, d_model) if holidays else None
 
     def forward(self, time: torch.Tensor) -> torch.Tensor:
-        return self.slot(time[..., 0]) + self.weekday(time[..., 1])
+        x = self.slot(time[..., 0]) + self.weekday(time[..., 1])
+        return x if self.holiday is None else x + self.holiday(time[..., 2])
 
 
 class Attention(nn.Module):
@@ -99,10 +101,11 @@ class DecoderLayer(nn.Module):
         if cache is None:
             x = x + self.drop(self.self_attn(h, (k, v), causal=True))
         else:
+            # One new step at a time: it may attend to every cached step and to itself.
+            assert x.shape[1] == 1, "cached decoding takes one step at a time"
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-            # New steps attend to every cached step and to themselves; with T=1 that is causal.
             x = x + self.drop(self.self_attn(h, (k, v), causal=False))
         x = x + self.drop(self.cross_attn(self.norm2(x), memory_kv))
         return x + self.drop(self.ff(self.norm3(x)))
@@ -125,6 +128,8 @@ class Seq2SeqTransformer(nn.Module):
         covariates: bool = True,
         seasonal_lag: int = 336,
         slots_per_day: int = 48,
+        window_norm: bool = False,
+        holidays: bool = False,
     ):
         super().__init__()
         if input_window % patch_len:
@@ -133,10 +138,11 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"seasonal_lag {seasonal_lag} must lie in [horizon {horizon}, input_window {input_window}]")
         self.input_window, self.horizon, self.patch_len = input_window, horizon, patch_len
         self.d_model, self.covariates, self.seasonal_lag = d_model, covariates, seasonal_lag
+        self.window_norm = window_norm
 
         self.patch_embed = nn.Linear(patch_len, d_model)
         self.step_embed = nn.Linear(2 if seasonal_lag else 1, d_model)  # [previous value, seasonal lag]
-        self.calendar = CalendarEmbedding(slots_per_day, d_model) if covariates else None
+        self.calendar = CalendarEmbedding(slots_per_day, d_model, holidays) if covariates else None
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, dim_feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
         )
@@ -152,8 +158,19 @@ class Seq2SeqTransformer(nn.Module):
 
     # -- pieces ---------------------------------------------------------------------------------
 
+    def window_stats(self, past_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, W) -> loc, scale (B, 1): the window's own mean and std with ``window_norm``, else 0 and 1.
+
+        Per-window scaling (as in RevIN) lets the network see shapes rather than levels, so a
+        week that runs busier or quieter than the training period does not shift its inputs.
+        """
+        if not self.window_norm:
+            zero = past_target.new_zeros(len(past_target), 1)
+            return zero, zero + 1.0
+        return past_target.mean(dim=1, keepdim=True), past_target.std(dim=1, keepdim=True).clamp_min(1e-3)
+
     def encode(self, past_target: torch.Tensor, past_time: torch.Tensor) -> torch.Tensor:
-        """(B, W) scaled past and (B, W, 2) calendar -> memory (B, N, D)."""
+        """(B, W) scaled past and (B, W, 3) calendar -> memory (B, N, D)."""
         B, W = past_target.shape
         patches = past_target.view(B, W // self.patch_len, self.patch_len)
         x = self.patch_embed(patches) + self.enc_pos
@@ -191,11 +208,13 @@ class Seq2SeqTransformer(nn.Module):
         under teacher forcing (see :meth:`shift`), possibly mixed with the model's own predictions
         (scheduled sampling). The causal mask keeps step k from seeing inputs after k.
         """
+        loc, scale = self.window_stats(past_target)
+        past_target, decoder_input = (past_target - loc) / scale, (decoder_input - loc) / scale
         memory_kv = self._memory_kv(self.encode(past_target, past_time))
         x = self._decoder_tokens(decoder_input, self.seasonal_inputs(past_target), future_time, 0)
         for layer, kv in zip(self.decoder, memory_kv):
             x = layer(x, kv)
-        return self.head(self.decoder_norm(x)).squeeze(-1)
+        return self.head(self.decoder_norm(x)).squeeze(-1) * scale + loc
 
     @staticmethod
     def shift(past_target: torch.Tensor, future_target: torch.Tensor) -> torch.Tensor:
@@ -209,6 +228,8 @@ class Seq2SeqTransformer(nn.Module):
         The encoder runs once; each decoder layer caches its keys/values, so step k costs one
         token's work instead of recomputing steps 0..k-1.
         """
+        loc, scale = self.window_stats(past_target)
+        past_target = (past_target - loc) / scale
         memory_kv = self._memory_kv(self.encode(past_target, past_time))
         seasonal = self.seasonal_inputs(past_target)
         caches = [{} for _ in self.decoder]
@@ -220,4 +241,4 @@ class Seq2SeqTransformer(nn.Module):
                 x = layer(x, kv, cache)
             prev = self.head(self.decoder_norm(x)).squeeze(-1)  # (B, 1)
             outputs.append(prev)
-        return torch.cat(outputs, dim=1)
+        return torch.cat(outputs, dim=1) * scale + loc

@@ -79,6 +79,9 @@ def trainer_arguments(config: Config) -> dict:
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "enable_checkpointing": False,  # Ray's report callback checkpoints
+        # Each rank already reads its own shard (and its own val/test windows): Lightning's
+        # DistributedSampler would split every rank's data again.
+        "use_distributed_sampler": False,
         "log_every_n_steps": 10,
         "deterministic": False,
     }

@@ -61,26 +61,23 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_only(config: Config) -> dict:
-    """Prepare the run's data shards and print their summary."""
-    run = run_dir(config)
-    manifest = prepare(config, data_dir(run))
-    print(summary(manifest, data_dir(run)))
-    return manifest
+def prepare_only(config: Config) -> tuple[dict, str]:
+    """Prepare the run's data shards; returns the manifest and where they are."""
+    config, _ = check_run(config, resume=False)  # never re-prepare under another run's config
+    folder = data_dir(run_dir(config))
+    return prepare(config, folder), folder
 
 
-def open_run(config: Config, resume: bool) -> tuple[Config, bool]:
-    """Check a run folder against ``config``; returns (config to use, whether it resumes).
+def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
+    """Check ``config`` against its run folder, writing nothing; returns (config to use, resumes).
 
     A new name starts a run. The same name with the same config resumes it. The same name with
     another config is refused unless ``resume`` is set, which continues with the saved config.
     """
     run = run_dir(config)
-    config_path = storage.join(run, CONFIG_FILE)
-    if not storage.exists(config_path):
+    if not storage.exists(storage.join(run, CONFIG_FILE)):
         if resume:
             raise RunError(f"nothing to resume: {run} holds no run")
-        storage.write_text(config_path, dump(config))
         return config, False
     saved = read_config(run)
     changed = _differences(_comparable(saved), _comparable(config))
@@ -101,23 +98,25 @@ def _comparable(config: Config) -> dict:
 
 
 def train(config: Config, resume: bool = False) -> dict:
-    """Prepare the data, train on Ray Train, and write and print the run summary."""
+    """Prepare the data, train on Ray Train, write the run summary and return it."""
     run = run_dir(config)
-    config, resumed = open_run(config, resume)
+    config, resumed = check_run(config, resume)
     if storage.exists(storage.join(run, SUMMARY_FILE)):
-        result = storage.read_json(storage.join(run, SUMMARY_FILE))
         log.info("run %s already finished; nothing to do (use --name NEW for a new run)", run)
-        print(format_summary(result))
-        return result
-    # Validate data in the driver: Ray Train V2 retries every worker error max_failures times.
+        return storage.read_json(storage.join(run, SUMMARY_FILE))
+    # Validate the data and storage before the run folder gets anything, and before Ray:
+    # Ray Train V2 retries every worker error max_failures times.
+    _check_tensorboard_storage(run)
     manifest = prepare(config, data_dir(run))
     for line in summary(manifest, data_dir(run)).splitlines():
         log.info(line)
-    if resumed and storage.exists(storage.join(run, RAY_SNAPSHOT_FILE)):
+    if not resumed:
+        storage.write_text(storage.join(run, CONFIG_FILE), dump(config))
+    elif storage.exists(storage.join(run, RAY_SNAPSHOT_FILE)):
         log.warning("=" * 70)
         log.warning("RESUMING run %s from its latest checkpoint", run)
         log.warning("=" * 70)
-    elif resumed:
+    else:
         log.warning("run %s exists but holds no checkpoint yet: starting it from epoch 1", run)
     log.info("run %s: resume after an interruption with the same command (--name %s)", run, config.run.name)
 
@@ -125,8 +124,20 @@ def train(config: Config, resume: bool = False) -> dict:
 
     result = ray_train.fit(config, run)
     storage.write_json(storage.join(run, SUMMARY_FILE), result)
-    print(format_summary(result))
     return result
+
+
+def _check_tensorboard_storage(run: str) -> None:
+    """TensorBoard writes through fsspec, which needs a package per URI scheme (s3fs for s3://)."""
+    if not storage.is_uri(run):
+        return
+    import fsspec
+
+    scheme = run.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as err:
+        raise RunError(f"TensorBoard logs for {run} go through fsspec, which cannot write {scheme}:// here ({err})") from None
 
 
 def format_summary(result: dict) -> str:

@@ -115,9 +115,12 @@ def test_window_alignment_exact_on_arange(prepared):
 
 def test_calendar_features_exact():
     times = pd.DatetimeIndex(["2024-01-01 00:00", "2024-01-01 00:30", "2024-01-06 13:30", "2024-01-07 23:30"])
-    expected = [[0, 0], [1, 0], [27, 5], [47, 6]]  # [slot of day, day of week (Monday 0)]
+    # [slot of day, day of week (Monday 0), US federal holiday]: 2024-01-01 is New Year's Day
+    expected = [[0, 0, 1], [1, 0, 1], [27, 5, 0], [47, 6, 0]]
     np.testing.assert_array_equal(calendar_features(times, "30min"), expected)
-    np.testing.assert_array_equal(calendar_features(pd.DatetimeIndex(["2024-01-03 13:00"]), "1h"), [[13, 2]])
+    np.testing.assert_array_equal(calendar_features(pd.DatetimeIndex(["2024-01-03 13:00"]), "1h"), [[13, 2, 0]])
+    thanksgiving = pd.DatetimeIndex(["2014-11-26 23:30", "2014-11-27 00:00", "2014-11-27 23:30", "2014-11-28 00:00"])
+    np.testing.assert_array_equal(calendar_features(thanksgiving, "30min")[:, 2], [0, 1, 1, 0])
 
 
 def test_window_calendar_features_follow_slots(prepared):
@@ -127,7 +130,7 @@ def test_window_calendar_features_follow_slots(prepared):
         for i, s in enumerate(target_starts(ds)):
             item = ds[i]
             slots = np.arange(s - W, s + H)  # START is Monday midnight
-            expected = np.stack([slots % 48, (slots // 48) % 7], axis=1)
+            expected = np.stack([slots % 48, (slots // 48) % 7, slots // 48 == 0], axis=1)  # day 0: 2024-01-01
             np.testing.assert_array_equal(item["past_time"].numpy(), expected[:W])
             np.testing.assert_array_equal(item["future_time"].numpy(), expected[W:])
 
@@ -595,8 +598,8 @@ def test_dataloaders_yield_named_tensors_without_trainer(prepared):
     module.setup()
     batch = next(iter(module.train_dataloader()))
     shapes = {k: tuple(v.shape) for k, v in batch.items()}
-    assert shapes == {"past_target": (4, W), "future_target": (4, H), "past_time": (4, W, 2),
-                      "future_time": (4, H, 2), "loc": (4,), "scale": (4,)}
+    assert shapes == {"past_target": (4, W), "future_target": (4, H), "past_time": (4, W, 3),
+                      "future_time": (4, H, 3), "loc": (4,), "scale": (4,)}
     assert {k for k, v in batch.items() if v.dtype == torch.float32} == {"past_target", "future_target", "loc", "scale"}
     assert batch["past_time"].dtype == batch["future_time"].dtype == torch.int64
     val = next(iter(module.val_dataloader()))  # not shuffled: time order

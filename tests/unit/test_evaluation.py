@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from lit_forecast.evaluation.backtest import backtest, format_table, save_table, training_scale
-from lit_forecast.evaluation.baselines import seasonal_naive
+from lit_forecast.evaluation.baselines import seasonal_naive, seasonal_naive_lags
 from lit_forecast.evaluation.metrics import evaluate, seasonal_naive_mae
 from lit_forecast.evaluation.plots import plot_forecast
 
@@ -61,12 +61,12 @@ def test_backtest_scores_model_and_baselines_on_the_same_windows():
     t = np.arange(4 * 336, dtype=np.float64)
     values = 100 + 20 * np.sin(2 * np.pi * t / 48) + 0.01 * t
     times = pd.date_range("2024-01-01", periods=len(t), freq="30min")
-    scale = training_scale(values, times, times[2 * 336])
+    scale = training_scale(values, times, times[2 * 336], 336)
     assert scale == pytest.approx(3.36)
     H, cutoffs = 48, [2 * 336 + 48 * i for i in range(5)]
     history = np.stack([values[c - 336 : c] for c in cutoffs])
     actual = np.stack([values[c : c + H] for c in cutoffs])
-    table = backtest(actual + 1.0, history, actual, ["0"] * 5, pd.DatetimeIndex(times[cutoffs]), {"0": scale})
+    table = backtest(actual + 1.0, history, actual, ["0"] * 5, pd.DatetimeIndex(times[cutoffs]), {"0": scale}, seasonal_naive_lags(48))
     methods = table["methods"]
     assert methods["model"]["overall"]["mae"] == pytest.approx(1.0)
     assert methods["naive_daily"]["overall"]["mae"] == pytest.approx(0.48)

@@ -108,7 +108,7 @@ def test_default_cutoff_forecasts_the_slots_after_the_end_of_the_data(csv):
     assert list(windows.cutoffs) == [at(SLOTS)]
     assert list(pd.DatetimeIndex(windows.timestamps()[0])) == [at(SLOTS + k) for k in range(H)]
     assert np.isnan(windows.actual).all()
-    assert windows.future_time[0, 0].tolist() == [0, 0]  # 00:00 (slot 0) on Monday 2024-01-22 (day 0)
+    assert windows.future_time[0, 0].tolist() == [0, 0, 0]  # 00:00 (slot 0) on Monday 2024-01-22 (day 0), no holiday
 
 
 def test_no_look_ahead_data_after_the_cutoff_changes_nothing(csv, checkpoint):

@@ -25,7 +25,7 @@ def make_module(**model_overrides) -> ForecastModule:
 def make_batch(batch_size: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     slots = torch.arange(W + H) + 7  # start at 03:30 on a Tuesday
-    times = torch.stack([slots % 48, (slots // 48 + 1) % 7], dim=-1).expand(batch_size, -1, -1)
+    times = torch.stack([slots % 48, (slots // 48 + 1) % 7, slots // 48 == 0], dim=-1).long().expand(batch_size, -1, -1)
     values = torch.randn(batch_size, W + H, generator=g)
     return {
         "past_target": values[:, :W],
@@ -42,8 +42,12 @@ def teacher_forced(net: Seq2SeqTransformer, batch: dict, future: torch.Tensor) -
     return net(batch["past_target"], batch["past_time"], batch["future_time"], decoder_input)
 
 
-def test_changing_target_k_changes_no_teacher_forced_output_before_k():
-    net, batch = make_module().net, make_batch()
+OPTIONS = [{}, {"window_norm": True, "holidays": True}]  # the default, and the optional inputs
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_changing_target_k_changes_no_teacher_forced_output_before_k(options):
+    net, batch = make_module(**options).net, make_batch()
     base = teacher_forced(net, batch, batch["future_target"])
     for k in range(H):
         future = batch["future_target"].clone()
@@ -58,14 +62,29 @@ def test_changing_target_k_changes_no_teacher_forced_output_before_k():
 def test_reordering_past_patches_changes_the_forecast():
     # Without calendar or seasonal inputs, only positional encodings tell patches apart:
     # attention over an unordered set would give the same forecast for any patch order.
+    # The last patch stays put, so the decoder's first input (the last past value) is unchanged.
     net = make_module(covariates=False, seasonal_lag=0).net
     batch = make_batch()
     P = TINY.model.patch_len
     patches = batch["past_target"].view(len(batch["past_target"]), W // P, P)
-    shuffled = patches.flip(1).reshape(len(patches), W)
+    reordered = torch.cat([patches[:, :-1].flip(1), patches[:, -1:]], dim=1).reshape(len(patches), W)
+    assert torch.equal(reordered[:, -P:], batch["past_target"][:, -P:])
     base = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
-    moved = net.forecast(shuffled, batch["past_time"], batch["future_time"])
+    moved = net.forecast(reordered, batch["past_time"], batch["future_time"])
     assert (base - moved).abs().max() > 1e-3
+
+
+def test_positions_reach_the_activations():
+    # Shift the encoder's and then the decoder's position table: if positions were never
+    # added to the tokens (a no-op encoding), the outputs could not change.
+    net, batch = make_module(covariates=False, seasonal_lag=0).net, make_batch()
+    base = teacher_forced(net, batch, batch["future_target"])
+    for name, table in (("enc_pos", net.enc_pos), ("dec_pos", net.dec_pos)):
+        original = table.clone()
+        table.copy_(torch.roll(original, shifts=1, dims=0))
+        moved = teacher_forced(net, batch, batch["future_target"])
+        table.copy_(original)
+        assert (base - moved).abs().max() > 1e-3, f"{name} does not reach the outputs"
 
 
 def test_decoder_positions_continue_after_the_encoder():
@@ -82,10 +101,11 @@ def test_teacher_forced_and_autoregressive_agree_on_the_first_step():
     assert not torch.allclose(forecast[:, 1:], forced[:, 1:])  # later steps differ: inputs differ
 
 
-def test_cached_decoding_equals_a_full_pass_over_its_own_predictions():
+@pytest.mark.parametrize("options", OPTIONS)
+def test_cached_decoding_equals_a_full_pass_over_its_own_predictions(options):
     # Feeding the forecast back as teacher-forcing input must reproduce it exactly:
     # proves the key/value cache and the causal mask compute the same function.
-    net, batch = make_module().net, make_batch()
+    net, batch = make_module(**options).net, make_batch()
     forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
     torch.testing.assert_close(teacher_forced(net, batch, forecast), forecast, rtol=1e-5, atol=1e-5)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from lit_forecast import cli
 from lit_forecast import config as cfg
+from lit_forecast.data.source import DataError
 from lit_forecast.training import ray_train, runs
 
 CONFIGS = cfg.DEFAULT_CONFIG.parent
@@ -27,6 +31,7 @@ def test_8gpu_config_builds_ray_and_lightning_arguments_without_gpus():
     assert arguments["accelerator"] == "gpu" and arguments["devices"] == "auto"
     assert arguments["precision"] == "bf16-mixed"
     assert arguments["max_epochs"] == config.train.max_epochs
+    assert arguments["use_distributed_sampler"] is False  # ranks read their own shards
 
 
 def test_local_config_fits_a_two_core_machine_in_fp32():
@@ -60,18 +65,40 @@ def test_more_workers_than_cores_fail_at_once_instead_of_waiting(monkeypatch):
 
 def test_run_folder_rules(tmp_path):
     config = cfg.load(CONFIGS / "tiny.yaml", [f"run.storage={tmp_path}", "run.name=r1"])
-    used, resumed = runs.open_run(config, resume=False)
-    assert not resumed and (tmp_path / "r1" / "config.yaml").is_file()
+    used, resumed = runs.check_run(config, resume=False)
+    assert not resumed and not (tmp_path / "r1").exists()  # checking writes nothing
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "config.yaml").write_text(cfg.dump(config))  # as train() does once data is valid
 
-    used, resumed = runs.open_run(config, resume=False)  # same config: resume
+    used, resumed = runs.check_run(config, resume=False)  # same config: resume
     assert resumed and cfg.to_dict(used) == cfg.to_dict(config)
 
     changed = cfg.load(CONFIGS / "tiny.yaml", [f"run.storage={tmp_path}", "run.name=r1", "train.max_epochs=9"])
     with pytest.raises(runs.RunError, match=r"train.max_epochs: 2 -> 9"):
-        runs.open_run(changed, resume=False)
-    used, resumed = runs.open_run(changed, resume=True)  # --resume keeps the saved config
+        runs.check_run(changed, resume=False)
+    with pytest.raises(runs.RunError, match=r"train.max_epochs: 2 -> 9"):
+        runs.prepare_only(changed)  # nor may --prepare-only rewrite that run's data
+    used, resumed = runs.check_run(changed, resume=True)  # --resume keeps the saved config
     assert resumed and used.train.max_epochs == 2
 
     fresh = cfg.load(CONFIGS / "tiny.yaml", [f"run.storage={tmp_path}", "run.name=r2"])
     with pytest.raises(runs.RunError, match="nothing to resume"):
-        runs.open_run(fresh, resume=True)
+        runs.check_run(fresh, resume=True)
+
+
+def test_bad_data_leaves_no_run_behind(tmp_path):
+    config = cfg.load(
+        CONFIGS / "tiny.yaml", [f"run.storage={tmp_path}", "run.name=bad", f"data.source={tmp_path / 'missing.csv'}"]
+    )
+    with pytest.raises(DataError, match="missing.csv"):
+        runs.train(config)
+    assert not (tmp_path / "bad").exists()  # a corrected rerun under the same name starts clean
+
+
+def test_command_line_flags_are_plain_strings():
+    parser = argparse.ArgumentParser()
+    cli.add_config_arguments(parser)
+    args = parser.parse_args(["--name", "2024", "--storage", "yes", "--data", "https://example.org/x.csv"])
+    config = cli.load_config(args)
+    assert (config.run.name, config.run.storage) == ("2024", "yes")
+    assert config.data.source == "https://example.org/x.csv" and config.data.sha256 is None
