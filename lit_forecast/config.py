@@ -114,6 +114,8 @@ class RunConfig:
 
 @dataclass
 class Config:
+    """The whole tree; see configs/local.yaml for a commented example."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -246,6 +248,7 @@ def validate(config: Config) -> Config:
     except ValueError as err:
         raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {err}")
     need(step > pd.Timedelta(0), f"'data.freq' must be positive, got {d.freq!r}")
+    need(pd.Timedelta("1D") % step == pd.Timedelta(0), f"'data.freq' must divide a day (calendar slots), got {d.freq!r}")
     need(max_gap >= pd.Timedelta(0), f"'data.max_gap' must be >= 0, got {d.max_gap!r}")
     bounds = {}
     for key in ("train_end", "val_end", "test_end"):
@@ -275,12 +278,18 @@ def validate(config: Config) -> Config:
 
     need(t.max_epochs >= 1 and t.batch_size >= 1, "'train.max_epochs' and 'train.batch_size' must be >= 1")
     need(t.lr > 0, f"'train.lr' must be positive, got {t.lr}")
+    need(t.warmup_steps >= 0, f"'train.warmup_steps' must be >= 0, got {t.warmup_steps}")
+    need(0.0 <= t.min_lr_ratio <= 1.0, f"'train.min_lr_ratio' must be in [0, 1], got {t.min_lr_ratio}")
+    need(t.limit_train_batches > 0, f"'train.limit_train_batches' must be positive, got {t.limit_train_batches}")
     need(0.0 <= t.sampling_max_prob <= 1.0, f"'train.sampling_max_prob' must be in [0, 1], got {t.sampling_max_prob}")
     need(t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
          f"'train.precision' must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got {t.precision!r}")
 
     need(c.num_workers >= 1, f"'cluster.num_workers' must be >= 1, got {c.num_workers}")
     need(c.max_failures >= 0, f"'cluster.max_failures' must be >= 0, got {c.max_failures}")
+    need(c.cpus_per_worker > 0, f"'cluster.cpus_per_worker' must be positive, got {c.cpus_per_worker}")
+    need(c.gpus_per_worker > 0, f"'cluster.gpus_per_worker' must be positive, got {c.gpus_per_worker}")
+    need(c.timeout_s > 0, f"'cluster.timeout_s' must be positive, got {c.timeout_s}")
     need(c.checkpoint_every_n_epochs >= 1, "'cluster.checkpoint_every_n_epochs' must be >= 1")
     need(c.num_to_keep >= 1, f"'cluster.num_to_keep' must be >= 1, got {c.num_to_keep}")
     need(not (c.backend == "nccl" and not c.use_gpu), "'cluster.backend: nccl' needs 'cluster.use_gpu: true'")

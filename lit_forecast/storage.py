@@ -42,13 +42,9 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
 
 
 def exists(location: str) -> bool:
+    """True if a file or folder is there."""
     fs, path = resolve(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def makedirs(location: str) -> None:
-    fs, path = resolve(location)
-    fs.create_dir(path, recursive=True)
 
 
 def delete(location: str) -> None:
@@ -70,6 +66,7 @@ def list_dir(location: str) -> list[str]:
 
 
 def read_bytes(location: str) -> bytes:
+    """The whole file."""
     fs, path = resolve(location)
     with fs.open_input_stream(path) as stream:
         return stream.read()
@@ -92,18 +89,22 @@ def write_bytes(location: str, data: bytes) -> None:
 
 
 def read_json(location: str) -> Any:
+    """A JSON file, parsed."""
     return json.loads(read_bytes(location))
 
 
 def write_json(location: str, obj: Any) -> None:
+    """``obj`` as indented JSON, atomically."""
     write_bytes(location, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def write_text(location: str, text: str) -> None:
+    """UTF-8 text, atomically."""
     write_bytes(location, text.encode())
 
 
 def read_text(location: str) -> str:
+    """A UTF-8 text file."""
     return read_bytes(location).decode()
 
 
@@ -115,5 +116,6 @@ def write_parquet(location: str, table: pa.Table) -> None:
 
 
 def read_parquet(location: str) -> pa.Table:
+    """A Parquet file as an Arrow table."""
     fs, path = resolve(location)
     return pq.read_table(path, filesystem=fs)

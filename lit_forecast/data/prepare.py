@@ -44,6 +44,7 @@ SEGMENT_SCHEMA = pa.schema(
 
 
 def train_shard_name(rank: int, num_shards: int) -> str:
+    """File name of one rank's training shard."""
     return f"train-{rank:05d}-of-{num_shards:05d}.parquet"
 
 

@@ -58,10 +58,12 @@ class LoadReport:
 
 
 def cache_dir(config: DataConfig) -> Path:
+    """Where downloads are kept: $LIT_FORECAST_CACHE, else data.cache_dir."""
     return Path(os.environ.get("LIT_FORECAST_CACHE") or config.cache_dir).expanduser()
 
 
 def sha256_of(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 

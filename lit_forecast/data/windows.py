@@ -38,6 +38,7 @@ def split_bounds(config: DataConfig) -> dict[str, tuple[pd.Timestamp | None, pd.
 
 
 def slot_times(series: Series, freq: str) -> pd.DatetimeIndex:
+    """Timestamp of every slot of ``series``."""
     return pd.date_range(series.start, periods=len(series.values), freq=freq)
 
 

@@ -38,6 +38,7 @@ CHECKPOINT_FILE = RayTrainReportCallback.CHECKPOINT_NAME  # "checkpoint.ckpt"
 
 
 def scaling_config(config: Config) -> ScalingConfig:
+    """Workers and the resources of each."""
     c = config.cluster
     resources = {"CPU": c.cpus_per_worker}
     if c.use_gpu:
@@ -46,11 +47,13 @@ def scaling_config(config: Config) -> ScalingConfig:
 
 
 def torch_config(config: Config) -> TorchConfig:
+    """Process-group backend (gloo on CPU, nccl on GPU) and collective timeout."""
     # RayDDPStrategy ignores its own process-group settings: backend and timeout live here.
     return TorchConfig(backend=config.cluster.backend, timeout_s=config.cluster.timeout_s)
 
 
 def run_config(config: Config, run: str) -> RunConfig:
+    """Where the run lives, which checkpoints to keep, how many failures to survive."""
     parent, name = run.rsplit("/", 1)
     return RunConfig(
         name=name,

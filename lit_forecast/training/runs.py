@@ -37,10 +37,12 @@ def run_dir(config: Config) -> str:
 
 
 def data_dir(run: str) -> str:
+    """The run's prepared dataset."""
     return storage.join(run, "data")
 
 
 def tensorboard_dir(run: str) -> str:
+    """Where rank 0 writes TensorBoard events."""
     return storage.join(run, "tensorboard")
 
 

@@ -109,6 +109,10 @@ def test_wrong_type_names_key(write_yaml, changes, message):
         ({"data": {"freq": "soon"}}, ["'data.freq'"]),
         ({"data": {"val_end": "not a date"}}, ["'data.val_end' is not a timestamp"]),
         ({"cluster": {"backend": "nccl"}}, ["nccl", "use_gpu"]),
+        ({"data": {"freq": "7min"}}, ["'data.freq' must divide a day"]),
+        ({"cluster": {"cpus_per_worker": 0}}, ["'cluster.cpus_per_worker' must be positive"]),
+        ({"train": {"warmup_steps": -1}}, ["'train.warmup_steps' must be >= 0"]),
+        ({"train": {"min_lr_ratio": 1.5}}, ["'train.min_lr_ratio' must be in [0, 1]"]),
     ],
 )
 def test_cross_field_rules(write_yaml, changes, fragments):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import lightning as L
 import pytest
 import torch
@@ -153,3 +155,28 @@ def test_metrics_are_in_passengers_and_match_a_hand_computation():
     assert got["mape"] == pytest.approx((error / truth.abs()).mean().item(), rel=1e-5)
     assert got["smape"] == pytest.approx((2 * error / (truth.abs() + 1000.0)).mean().item(), rel=1e-5)
     torch.testing.assert_close(module.forecast(batch), scaled_forecast * 200.0 + 1000.0)
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    module = make_module()
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=100)  # all the schedule reads
+    optimizers = module.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    lr, warmup, floor = TINY.train.lr, TINY.train.warmup_steps, TINY.train.min_lr_ratio
+    assert rates[0] == pytest.approx(lr / warmup) and rates[warmup - 1] == pytest.approx(lr)
+    assert all(a < b for a, b in zip(rates[:warmup], rates[1:warmup]))
+    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1 :]))
+    assert rates[-1] == pytest.approx(lr * floor, rel=0.02)
+
+
+def test_scheduled_sampling_grows_from_zero_to_its_maximum():
+    module = make_module()
+    top = TINY.train.sampling_max_prob
+    for step, expected in ((0, 0.0), (50, top / 2), (100, top), (150, top)):
+        module._trainer = types.SimpleNamespace(estimated_stepping_batches=100, global_step=step)
+        assert module.sampling_probability() == pytest.approx(expected)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 
+import numpy as np
 import pytest
 
 from lit_forecast import cli
@@ -102,3 +104,21 @@ def test_command_line_flags_are_plain_strings():
     config = cli.load_config(args)
     assert (config.run.name, config.run.storage) == ("2024", "yes")
     assert config.data.source == "https://example.org/x.csv" and config.data.sha256 is None
+
+
+def test_prepare_only_prints_the_summary(synthetic_csv, tmp_path, capsys):
+    import train
+
+    csv = synthetic_csv(np.arange(480) % 48 + 100.0)  # ten days of half-hours from 2024-01-01
+    train.main([
+        "--config", str(CONFIGS / "tiny.yaml"), "--prepare-only", "--data", str(csv), "--storage", str(tmp_path),
+        "--name", "p", "--set", "data.train_end=2024-01-07", "--set", "data.val_end=2024-01-09",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"dataset  {tmp_path}/p/data (prepared" in out
+    assert "series   1, 480 rows -> 480 slots of 30min; 0 slots interpolated in 0 gaps" in out
+    assert "windows  16 past -> 4 future, stride 1 (eval 1)" in out
+    for split in ("train", "val", "test"):
+        assert re.search(rf"^  {split:<5}\s+\d+ windows, targets 2024-", out, re.M)
+    assert re.search(r"^shards   2 training shards x \d+ windows", out, re.M)
+    assert not (tmp_path / "p" / "config.yaml").exists()  # preparing is not starting a run
