@@ -109,8 +109,13 @@ def _fetch_url(url: str, config: DataConfig) -> Source:
     return Source(str(target), digest, url)
 
 
-def load_series(source: Source, config: DataConfig) -> tuple[list[Series], LoadReport]:
-    """Read and validate the CSV, then resample every series to ``config.freq``."""
+def load_series(source: Source, config: DataConfig, fill_gaps: bool = True) -> tuple[list[Series], LoadReport]:
+    """Read and validate the CSV, then resample every series to ``config.freq``.
+
+    ``fill_gaps`` (training): interpolate short gaps, apply ``data.long_gaps`` and require one
+    window's length. Without it (inference) every missing slot stays NaN and there is no length
+    check: a forecast fills and checks the history before its own cutoff.
+    """
     name = source.origin.rsplit("/", 1)[-1]
     try:
         frame = pd.read_csv(io.BytesIO(storage.read_bytes(source.location)), dtype=str, keep_default_na=False)
@@ -164,7 +169,7 @@ def load_series(source: Source, config: DataConfig) -> tuple[list[Series], LoadR
 
     series = []
     for series_id, group in table.groupby("series_id", sort=True):
-        series.append(_regularise(name, str(series_id), group, config, report))
+        series.append(_regularise(name, str(series_id), group, config, report if fill_gaps else None))
     return series, report
 
 
@@ -180,18 +185,37 @@ def _fail_rows(name: str, row: pd.Series, bad: pd.Series, text: pd.Series, what:
     raise DataError(f"{name}: {what} in {int(bad.sum())} row(s){more}:\n  " + "\n  ".join(shown))
 
 
-def _regularise(name: str, series_id: str, group: pd.DataFrame, config: DataConfig, report: LoadReport) -> Series:
-    """Resample one series to the grid and fill or reject its gaps."""
+def nan_runs(values: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` index ranges of the runs of NaN in ``values`` (T,)."""
+    edges = np.diff(np.concatenate([[0], np.isnan(values).astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def fill_short_gaps(values: np.ndarray, max_slots: int) -> np.ndarray:
+    """(T,) -> a copy with interior NaN runs of at most ``max_slots`` interpolated linearly.
+
+    Longer runs, and runs at either end (nothing to interpolate from), stay NaN. Training
+    (here) and inference (per cutoff, on data before it) fill gaps with this one function.
+    """
+    filled = values.copy()
+    for s, e in nan_runs(values):
+        if e - s <= max_slots and s > 0 and e < len(values):
+            filled[s:e] = np.interp(np.arange(s, e), [s - 1, e], [values[s - 1], values[e]])
+    return filled
+
+
+def _regularise(name: str, series_id: str, group: pd.DataFrame, config: DataConfig, report: LoadReport | None) -> Series:
+    """Resample one series to the grid; with a ``report``, also fill or reject its gaps."""
     raw = group.set_index("timestamp")["value"].sort_index()
     resampler = raw.resample(config.freq)
     regular = resampler.sum(min_count=1) if config.aggregation == "sum" else resampler.mean()
+    values = regular.to_numpy(dtype="float64", copy=True)
+    if report is None:  # the grid as it is, every missing slot NaN
+        return Series(series_id, regular.index[0], values)
     max_slots = int(pd.Timedelta(config.max_gap) / pd.Timedelta(config.freq))
-    missing = regular.isna().to_numpy()
-    # Runs of missing slots: starts where missing begins, ends where it stops.
-    edges = np.diff(np.concatenate([[0], missing.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    long_runs = [(s, e) for s, e in zip(starts, ends) if e - s > max_slots]
-    for s, e in zip(starts, ends):
+    runs = nan_runs(values)
+    long_runs = [(s, e) for s, e in runs if e - s > max_slots]
+    for s, e in runs:
         if e - s <= max_slots:
             report.interpolated_gaps += 1
             report.interpolated_slots += int(e - s)
@@ -204,10 +228,7 @@ def _regularise(name: str, series_id: str, group: pd.DataFrame, config: DataConf
                 "Raise data.max_gap to interpolate them, or set data.long_gaps=drop to skip the windows that touch them."
             )
         report.long_gaps.extend(f"{series_id}: {g}" for g in gaps)
-    filled = regular.interpolate(method="linear", limit_area="inside")
-    values = filled.to_numpy(dtype="float64", copy=True)
-    for s, e in long_runs:  # keep long gaps as NaN: windows touching them are dropped later
-        values[s:e] = np.nan
+    values = fill_short_gaps(values, max_slots)  # long gaps stay NaN: windows touching them are dropped later
     needed = config.input_window + config.horizon
     if len(values) < needed:
         raise DataError(

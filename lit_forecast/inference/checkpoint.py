@@ -18,11 +18,10 @@ import torch
 from lit_forecast import storage
 from lit_forecast.config import Config, ConfigError, DataConfig, from_dict, validate
 from lit_forecast.models.module import ForecastModule
+from lit_forecast.training.runs import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE  # the run folder's layout
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.ckpt"  # the file inside a Ray Train checkpoint folder
-SUMMARY_FILE = "summary.json"  # written by training when a run finishes
 
 
 class CheckpointError(ValueError):
@@ -111,7 +110,7 @@ def run_of(checkpoint: str) -> str | None:
     parts = storage.absolute(checkpoint).rstrip("/").split("/")
     if len(parts) >= 3 and parts[-2].startswith("checkpoint_"):
         run = "/".join(parts[:-2])
-        if storage.exists(storage.join(run, "config.yaml")):
+        if storage.exists(storage.join(run, CONFIG_FILE)):
             return run
     return None
 

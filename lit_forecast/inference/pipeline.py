@@ -21,13 +21,13 @@ import torch
 from lit_forecast import storage
 from lit_forecast.config import DataConfig
 from lit_forecast.data.prepare import slots_per_day
-from lit_forecast.data.source import Series
+from lit_forecast.data.source import Series, fill_short_gaps
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
 from lit_forecast.evaluation.plots import plot_forecast
 from lit_forecast.inference.checkpoint import best_checkpoint, latest_run, load_checkpoint, run_of
 from lit_forecast.inference.forecaster import forecast
-from lit_forecast.inference.windows import CutoffError, ForecastWindows, build_windows, fill_short_gaps, read_series
+from lit_forecast.inference.windows import CutoffError, ForecastWindows, build_windows, read_series
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ to fill, so such a cutoff is refused instead.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import pandas as pd
 
 from lit_forecast.config import DataConfig
 from lit_forecast.data.dataset import calendar_features
-from lit_forecast.data.source import DataError, Series, fetch, load_series
+from lit_forecast.data.source import DataError, Series, fetch, fill_short_gaps, load_series
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +82,8 @@ class ForecastWindows:
 
 def read_series(data: DataConfig) -> list[Series]:
     """The CSV's series on the ``data.freq`` grid, every missing slot left as NaN (none filled)."""
-    # max_gap 0 + long_gaps drop: load_series keeps every missing slot NaN; gaps are filled per
-    # cutoff in build_windows. Its minimum-length check is for training windows; ours is per cutoff.
-    raw = dataclasses.replace(data, max_gap="0min", long_gaps="drop", input_window=1, horizon=1)
-    series, _ = load_series(fetch(data), raw)
+    series, _ = load_series(fetch(data), data, fill_gaps=False)
     return series
-
-
-def fill_short_gaps(values: np.ndarray, max_slots: int) -> np.ndarray:
-    """(T,) with NaN gaps -> a copy with interior gaps of at most ``max_slots`` linearly interpolated.
-
-    The same filling as training's loader (pandas ``interpolate(limit_area="inside")``); longer
-    gaps and gaps at either end stay NaN.
-    """
-    missing = np.isnan(values)
-    filled = values.copy()
-    if not missing.any():
-        return filled
-    edges = np.diff(np.concatenate([[0], missing.astype(np.int8), [0]]))
-    for s, e in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-        if e - s <= max_slots and s > 0 and e < len(values):
-            filled[s:e] = np.interp(np.arange(s, e), [s - 1, e], [values[s - 1], values[e]])
-    return filled
 
 
 def build_windows(

@@ -27,12 +27,12 @@ from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict, validate
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.models.module import ForecastModule
-from lit_forecast.training.runs import RunError, data_dir, tensorboard_dir
+from lit_forecast.training.runs import CHECKPOINT_FILE, RunError, data_dir, tensorboard_dir
 
 log = logging.getLogger(__name__)
 
 SCORE = "val/mae"  # autoregressive validation MAE in passengers ranks checkpoints
-CHECKPOINT_FILE = RayTrainReportCallback.CHECKPOINT_NAME  # "checkpoint.ckpt"
+assert CHECKPOINT_FILE == RayTrainReportCallback.CHECKPOINT_NAME  # the run layout follows Ray's name
 
 # -- configuration objects (pure: CI builds them for configs/8gpu.yaml without GPUs) -------------
 

@@ -22,6 +22,7 @@ from lit_forecast.data.prepare import prepare, summary
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
+CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each checkpoint_*/ (RayTrainReportCallback.CHECKPOINT_NAME)
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of reported checkpoints
 
 
