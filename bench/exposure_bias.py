@@ -38,12 +38,11 @@ def main() -> None:
     dataset = WindowDataset(segments_from_table(table), manifest["series"], w["input_window"], w["horizon"], w["freq"])
     W, H, day = w["input_window"], w["horizon"], w["slots_per_day"]
     errors = {name: torch.zeros(H) for name in ("teacher-forced", "autoregressive", "repeat last day", "repeat last week")}
-    net = module.net
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=512):
             past, future = batch["past_target"], batch["future_target"]
-            forced = net(past, batch["past_time"], batch["future_time"], net.shift(past, future))
-            forecast = net.forecast(past, batch["past_time"], batch["future_time"])
+            forced = module.teacher_forced(past, batch["past_time"], batch["future_time"], future)
+            forecast = module.forecast_scaled(past, batch["past_time"], batch["future_time"])
             for name, prediction in (
                 ("teacher-forced", forced),
                 ("autoregressive", forecast),

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from lit_forecast import config as cfg  # noqa: E402
 from lit_forecast.data.datamodule import ShardDataModule  # noqa: E402
 from lit_forecast.data.prepare import prepare  # noqa: E402
-from lit_forecast.models.module import LOSSES, ForecastModule  # noqa: E402
+from lit_forecast.models.module import ForecastModule  # noqa: E402
 
 
 def process_tree_rss(pid: int) -> int:
@@ -125,27 +125,21 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
     datamodule.setup("fit")
     plain = cfg.to_dict(config)
     module = ForecastModule(plain["model"], manifest["window"], plain["train"], manifest["series"]).train()
-    net, loss_fn = module.net, LOSSES[config.train.loss]
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.train.lr)
+    optimizer = torch.optim.AdamW(module.nets.parameters(), lr=config.train.lr)
     torch.set_num_threads(os.cpu_count() or 1)
     seen, timed_from, done = 0, None, 0
     while done < steps:
         for batch in datamodule.train_dataloader():
             if done == 10:  # warm-up steps excluded
                 timed_from, seen = time.perf_counter(), 0
-            past, future = batch["past_target"], batch["future_target"]
-            decoder_input = net.shift(past, future)
-            with torch.no_grad():  # scheduled sampling at p = 0.25, as mid-run in training
-                own = net(past, batch["past_time"], batch["future_time"], decoder_input)
-            replace = torch.rand_like(decoder_input) < 0.25
-            replace[:, 0] = False
-            decoder_input = torch.where(replace, net.shift(past, own), decoder_input)
-            loss = loss_fn(net(past, batch["past_time"], batch["future_time"], decoder_input), future)
+            # Scheduled sampling at p = 0.25, as mid-run in training; every ensemble member.
+            loss = sum(module.member_loss(net, batch, 0.25) for net in module.nets)
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), config.train.grad_clip)
+            for net in module.nets:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), config.train.grad_clip)
             optimizer.step()
-            seen += len(past)
+            seen += len(batch["past_target"])
             done += 1
             if done >= steps:
                 break

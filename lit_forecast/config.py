@@ -69,6 +69,7 @@ class ModelConfig:
     holidays: bool = False  # with covariates: a US federal holiday embedding too
     seasonal_lag: int = 336  # decoder also sees the value this many steps earlier; 0 = off
     window_norm: bool = False  # scale each window by its own past mean and std (level shifts)
+    members: int = 1  # networks trained side by side from different initial weights; forecast = their mean
 
 
 @dataclass
@@ -263,7 +264,7 @@ def validate(config: Config) -> Config:
     for (k1, v1), (k2, v2) in zip(ordered, ordered[1:]):
         need(v1 < v2, f"split boundaries out of order: data.{k1}={v1} must be before data.{k2}={v2}")
 
-    for key in ("d_model", "nhead", "dim_feedforward"):
+    for key in ("d_model", "nhead", "dim_feedforward", "members"):
         need(getattr(m, key) >= 1, f"'model.{key}' must be >= 1, got {getattr(m, key)}")
     need(m.d_model % m.nhead == 0, f"'model.d_model' ({m.d_model}) must be divisible by 'model.nhead' ({m.nhead})")
     need(m.encoder_layers >= 1 and m.decoder_layers >= 1, "'model.encoder_layers' and 'model.decoder_layers' must be >= 1")

@@ -38,7 +38,8 @@ class ForecastModule(L.LightningModule):
     """Trains with teacher forcing (plus scheduled sampling); evaluates the autoregressive forecast.
 
     Args (all plain values):
-        model: ``ModelConfig`` fields (d_model, nhead, layers, patch_len, ...).
+        model: ``ModelConfig`` fields (d_model, nhead, layers, patch_len, ...); ``members``
+            networks are trained side by side and their forecasts averaged (an ensemble over seeds).
         window: ``input_window``, ``horizon``, ``freq``, ``slots_per_day``.
         train: ``TrainConfig`` fields (lr, loss, warm-up, scheduled sampling, ...).
         series: ``{series_id: {"mean": .., "std": ..}}`` training statistics, kept for inference.
@@ -47,8 +48,14 @@ class ForecastModule(L.LightningModule):
     def __init__(self, model: dict, window: dict, train: dict, series: dict):
         super().__init__()
         self.save_hyperparameters()
-        self.net = Seq2SeqTransformer(
-            input_window=window["input_window"], horizon=window["horizon"], slots_per_day=window["slots_per_day"], **model
+        shape = {k: v for k, v in model.items() if k != "members"}
+        # An ensemble over seeds in one module: members differ only in their initial weights
+        # (drawn one after the other from the seeded generator) and scheduled-sampling draws.
+        self.nets = torch.nn.ModuleList(
+            Seq2SeqTransformer(
+                input_window=window["input_window"], horizon=window["horizon"], slots_per_day=window["slots_per_day"], **shape
+            )
+            for _ in range(model.get("members", 1))
         )
         self.loss_fn = LOSSES[train["loss"]]
         self.metrics = torch.nn.ModuleDict({stage: passenger_metrics() for stage in STAGES})
@@ -65,25 +72,35 @@ class ForecastModule(L.LightningModule):
         total = max(1, self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         return self.hparams.train["sampling_max_prob"] * min(1.0, self.global_step / total)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def member_loss(self, net: Seq2SeqTransformer, batch: dict, p: float) -> torch.Tensor:
+        """One member's training loss on a batch, with a share ``p`` of its own predictions fed back."""
         past, future = batch["past_target"], batch["future_target"]
-        decoder_input = self.net.shift(past, future)
-        p = self.sampling_probability()
+        decoder_input = net.shift(past, future)
         if p > 0:
             # Parallel scheduled sampling: a first teacher-forced pass gives the model's own
             # predictions, and a random share p of the fed-back inputs is replaced by them.
             with torch.no_grad():
-                own = self.net(past, batch["past_time"], batch["future_time"], decoder_input)
+                own = net(past, batch["past_time"], batch["future_time"], decoder_input)
             replace = torch.rand_like(decoder_input) < p
             replace[:, 0] = False  # step 0 is fed the last observed value, which is always known
-            decoder_input = torch.where(replace, self.net.shift(past, own), decoder_input)
-        prediction = self.net(past, batch["past_time"], batch["future_time"], decoder_input)
-        loss = self.loss_fn(prediction, future)
+            decoder_input = torch.where(replace, net.shift(past, own), decoder_input)
+        return self.loss_fn(net(past, batch["past_time"], batch["future_time"], decoder_input), future)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        p = self.sampling_probability()
+        losses = torch.stack([self.member_loss(net, batch, p) for net in self.nets])
+        n = len(batch["past_target"])
         # sync_dist: the epoch value is the mean over all ranks, not rank 0's shard alone.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(past), sync_dist=True)
+        self.log("train/loss", losses.mean(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        self._epoch_windows += len(past)
-        return loss
+        self._epoch_windows += n
+        return losses.sum()  # each member's parameters get the gradient of its own loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip each member's gradient norm on its own, as if it were trained alone."""
+        if gradient_clip_val:
+            for net in self.nets:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), gradient_clip_val)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_windows = time.perf_counter(), 0
@@ -101,15 +118,26 @@ class ForecastModule(L.LightningModule):
 
     # -- evaluation: the same autoregressive path as inference -----------------------------------
 
+    def forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
+        """Autoregressive forecast (B, H) in scaled units: the mean over the ensemble's members."""
+        return torch.stack([net.forecast(past_target, past_time, future_time) for net in self.nets]).mean(dim=0)
+
+    def teacher_forced(
+        self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor, future_target: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced predictions (B, H) in scaled units: the mean over the ensemble's members."""
+        decoder_input = Seq2SeqTransformer.shift(past_target, future_target)
+        return torch.stack([net(past_target, past_time, future_time, decoder_input) for net in self.nets]).mean(dim=0)
+
     def forecast(self, batch: dict) -> torch.Tensor:
         """Autoregressive forecast (B, H) in passengers."""
-        scaled = self.net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
+        scaled = self.forecast_scaled(batch["past_target"], batch["past_time"], batch["future_time"])
         return scaled * batch["scale"][:, None] + batch["loc"][:, None]
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         past, future = batch["past_target"], batch["future_target"]
-        teacher_forced = self.net(past, batch["past_time"], batch["future_time"], self.net.shift(past, future))
-        scaled = self.net.forecast(past, batch["past_time"], batch["future_time"])
+        teacher_forced = self.teacher_forced(past, batch["past_time"], batch["future_time"], future)
+        scaled = self.forecast_scaled(past, batch["past_time"], batch["future_time"])
         n = len(past)
         losses = self.losses[stage]
         losses["loss_tf"].update(self.loss_fn(teacher_forced, future), weight=n)
@@ -133,8 +161,8 @@ class ForecastModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.hparams.train
-        decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and "calendar" not in n]
-        no_decay = [p for n, p in self.net.named_parameters() if not (p.dim() >= 2 and "calendar" not in n)]
+        decay = [p for n, p in self.nets.named_parameters() if p.dim() >= 2 and "calendar" not in n]
+        no_decay = [p for n, p in self.nets.named_parameters() if not (p.dim() >= 2 and "calendar" not in n)]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg["lr"],

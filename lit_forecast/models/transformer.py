@@ -185,14 +185,24 @@ class Seq2SeqTransformer(nn.Module):
         start = self.input_window - self.seasonal_lag
         return past_target[:, start : start + self.horizon]
 
-    def _decoder_tokens(self, prev: torch.Tensor, seasonal: torch.Tensor | None, future_time: torch.Tensor, first: int) -> torch.Tensor:
+    def _known_inputs(self, seasonal: torch.Tensor | None, future_time: torch.Tensor) -> torch.Tensor:
+        """The part of every decoder token that is known before decoding: (B, H, D), or (H, D).
+
+        ``step_embed`` is linear in [previous value, seasonal value], so its seasonal term, its
+        bias, the positions and the calendar are summed once per window; each decoding step
+        only adds its previous value's term (see :meth:`_decoder_tokens`).
+        """
+        x = self.step_embed.bias + self.dec_pos
+        if seasonal is not None:
+            x = x + seasonal[..., None] * self.step_embed.weight[:, 1]
+        if self.calendar is not None:
+            x = x + self.calendar(future_time)
+        return x
+
+    def _decoder_tokens(self, prev: torch.Tensor, known: torch.Tensor, first: int) -> torch.Tensor:
         """(B, T) previous values for steps first..first+T-1 -> decoder input tokens (B, T, D)."""
         T = prev.shape[1]
-        values = prev[..., None] if seasonal is None else torch.stack([prev, seasonal[:, first : first + T]], dim=-1)
-        x = self.step_embed(values) + self.dec_pos[first : first + T]
-        if self.calendar is not None:
-            x = x + self.calendar(future_time[:, first : first + T])
-        return self.drop(x)
+        return self.drop(known[..., first : first + T, :] + prev[..., None] * self.step_embed.weight[:, 0])
 
     def _memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [layer.cross_attn.keys_values(memory) for layer in self.decoder]
@@ -211,7 +221,7 @@ class Seq2SeqTransformer(nn.Module):
         loc, scale = self.window_stats(past_target)
         past_target, decoder_input = (past_target - loc) / scale, (decoder_input - loc) / scale
         memory_kv = self._memory_kv(self.encode(past_target, past_time))
-        x = self._decoder_tokens(decoder_input, self.seasonal_inputs(past_target), future_time, 0)
+        x = self._decoder_tokens(decoder_input, self._known_inputs(self.seasonal_inputs(past_target), future_time), 0)
         for layer, kv in zip(self.decoder, memory_kv):
             x = layer(x, kv)
         return self.head(self.decoder_norm(x)).squeeze(-1) * scale + loc
@@ -231,12 +241,12 @@ class Seq2SeqTransformer(nn.Module):
         loc, scale = self.window_stats(past_target)
         past_target = (past_target - loc) / scale
         memory_kv = self._memory_kv(self.encode(past_target, past_time))
-        seasonal = self.seasonal_inputs(past_target)
+        known = self._known_inputs(self.seasonal_inputs(past_target), future_time)
         caches = [{} for _ in self.decoder]
         prev = past_target[:, -1:]  # (B, 1)
         outputs = []
         for k in range(self.horizon):
-            x = self._decoder_tokens(prev, seasonal, future_time, k)
+            x = self._decoder_tokens(prev, known, k)
             for layer, kv, cache in zip(self.decoder, memory_kv, caches):
                 x = layer(x, kv, cache)
             prev = self.head(self.decoder_norm(x)).squeeze(-1)  # (B, 1)

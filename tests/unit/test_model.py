@@ -49,7 +49,7 @@ OPTIONS = [{}, {"window_norm": True, "holidays": True}]  # the default, and the 
 
 @pytest.mark.parametrize("options", OPTIONS)
 def test_changing_target_k_changes_no_teacher_forced_output_before_k(options):
-    net, batch = make_module(**options).net, make_batch()
+    net, batch = make_module(**options).nets[0], make_batch()
     base = teacher_forced(net, batch, batch["future_target"])
     for k in range(H):
         future = batch["future_target"].clone()
@@ -65,7 +65,7 @@ def test_reordering_past_patches_changes_the_forecast():
     # Without calendar or seasonal inputs, only positional encodings tell patches apart:
     # attention over an unordered set would give the same forecast for any patch order.
     # The last patch stays put, so the decoder's first input (the last past value) is unchanged.
-    net = make_module(covariates=False, seasonal_lag=0).net
+    net = make_module(covariates=False, seasonal_lag=0).nets[0]
     batch = make_batch()
     P = TINY.model.patch_len
     patches = batch["past_target"].view(len(batch["past_target"]), W // P, P)
@@ -79,7 +79,7 @@ def test_reordering_past_patches_changes_the_forecast():
 def test_positions_reach_the_activations():
     # Shift the encoder's and then the decoder's position table: if positions were never
     # added to the tokens (a no-op encoding), the outputs could not change.
-    net, batch = make_module(covariates=False, seasonal_lag=0).net, make_batch()
+    net, batch = make_module(covariates=False, seasonal_lag=0).nets[0], make_batch()
     base = teacher_forced(net, batch, batch["future_target"])
     for name, table in (("enc_pos", net.enc_pos), ("dec_pos", net.dec_pos)):
         original = table.clone()
@@ -90,13 +90,13 @@ def test_positions_reach_the_activations():
 
 
 def test_decoder_positions_continue_after_the_encoder():
-    net = make_module().net
+    net = make_module().nets[0]
     torch.testing.assert_close(net.dec_pos, sinusoidal(torch.arange(W, W + H), net.d_model))
     torch.testing.assert_close(net.enc_pos, sinusoidal(torch.arange(0, W, TINY.model.patch_len), net.d_model))
 
 
 def test_teacher_forced_and_autoregressive_agree_on_the_first_step():
-    net, batch = make_module().net, make_batch()
+    net, batch = make_module().nets[0], make_batch()
     forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
     forced = teacher_forced(net, batch, batch["future_target"])
     torch.testing.assert_close(forecast[:, 0], forced[:, 0])
@@ -107,7 +107,7 @@ def test_teacher_forced_and_autoregressive_agree_on_the_first_step():
 def test_cached_decoding_equals_a_full_pass_over_its_own_predictions(options):
     # Feeding the forecast back as teacher-forcing input must reproduce it exactly:
     # proves the key/value cache and the causal mask compute the same function.
-    net, batch = make_module(**options).net, make_batch()
+    net, batch = make_module(**options).nets[0], make_batch()
     forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
     torch.testing.assert_close(teacher_forced(net, batch, forecast), forecast, rtol=1e-5, atol=1e-5)
 
@@ -115,10 +115,10 @@ def test_cached_decoding_equals_a_full_pass_over_its_own_predictions(options):
 def test_overfits_one_small_batch():
     module = make_module().train()
     batch = make_batch(batch_size=8)
-    optimizer = torch.optim.Adam(module.net.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(module.nets.parameters(), lr=3e-3)
     losses = []
     for _ in range(300):
-        loss = module.loss_fn(teacher_forced(module.net, batch, batch["future_target"]), batch["future_target"])
+        loss = module.loss_fn(teacher_forced(module.nets[0], batch, batch["future_target"]), batch["future_target"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -126,8 +126,9 @@ def test_overfits_one_small_batch():
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
 
-def test_checkpoint_round_trip_needs_only_the_checkpoint(tmp_path):
-    module, batch = make_module(), make_batch()
+@pytest.mark.parametrize("members", [1, 2])
+def test_checkpoint_round_trip_needs_only_the_checkpoint(tmp_path, members):
+    module, batch = make_module(members=members), make_batch()
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     path = tmp_path / "model.ckpt"
@@ -144,7 +145,7 @@ def test_metrics_are_in_passengers_and_match_a_hand_computation():
     module = make_module()
     batch = make_batch(batch_size=2)
     scaled_forecast = torch.zeros(2, H)  # forecast = loc = 1000 passengers at every step
-    module.net.forecast = lambda *args: scaled_forecast
+    module.forecast_scaled = lambda *args: scaled_forecast
     truth = batch["future_target"] * 200.0 + 1000.0
     with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: logging is skipped
         module.validation_step(batch, 0)
@@ -180,3 +181,23 @@ def test_scheduled_sampling_grows_from_zero_to_its_maximum():
     for step, expected in ((0, 0.0), (50, top / 2), (100, top), (150, top)):
         module._trainer = types.SimpleNamespace(estimated_stepping_batches=100, global_step=step)
         assert module.sampling_probability() == pytest.approx(expected)
+
+
+def test_ensemble_forecast_is_the_mean_of_independent_members():
+    module, batch = make_module(members=3), make_batch()
+    first = [p.detach().clone() for p in module.nets[0].parameters()]
+    assert any((a - b).abs().max() > 0 for a, b in zip(first, module.nets[1].parameters())), "members start alike"
+    members = [net.forecast(batch["past_target"], batch["past_time"], batch["future_time"]) for net in module.nets]
+    expected = torch.stack(members).mean(dim=0) * 200.0 + 1000.0
+    torch.testing.assert_close(module.forecast(batch), expected)
+
+    # Training: member i's gradient is that of member i's own loss, untouched by the others
+    # (eval mode, so dropout draws do not differ between the two passes).
+    module.log = lambda *args, **kwargs: None
+    module.optimizers = lambda: types.SimpleNamespace(param_groups=[{"lr": 0.0}])
+    module.training_step(batch, 0).backward()
+    together = [p.grad.clone() for p in module.nets[1].parameters()]
+    module.zero_grad()
+    module.member_loss(module.nets[1], batch, 0.0).backward()
+    for a, p in zip(together, module.nets[1].parameters()):
+        torch.testing.assert_close(a, p.grad)
