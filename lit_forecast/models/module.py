@@ -97,7 +97,7 @@ class ForecastModule(L.LightningModule):
         return losses.sum()  # each member's parameters get the gradient of its own loss
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip each member's gradient norm on its own, as if it were trained alone."""
+        """Clip each member's gradient norm (train.grad_clip) on its own, as if it were trained alone."""
         if gradient_clip_val:
             for net in self.nets:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), gradient_clip_val)
