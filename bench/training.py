@@ -136,8 +136,7 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
             loss = sum(module.member_loss(net, batch, 0.25) for net in module.nets)
             optimizer.zero_grad()
             loss.backward()
-            for net in module.nets:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.train.grad_clip)
+            module.configure_gradient_clipping(optimizer, config.train.grad_clip)
             optimizer.step()
             seen += len(batch["past_target"])
             done += 1

@@ -116,7 +116,8 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.mark.timeout(240)
 def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
-    done = run(command(taxi_like_csv, tmp_path, "e2e", 3), timeout=220)
+    # Two ensemble members, as the local default: DDP and checkpoints carry both networks.
+    done = run(command(taxi_like_csv, tmp_path, "e2e", 3, "--set", "model.members=2"), timeout=220)
     run_dir = tmp_path / "e2e"
     assert epoch_lines(done.stderr + done.stdout) == [(1, 3), (2, 3), (3, 3)]
     assert "Failed to query Ray Train Controller" not in done.stderr + done.stdout
@@ -132,6 +133,7 @@ def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
     assert latest["global_step"] == 3 * math.ceil(manifest["shard_windows"][0] / 16)
     assert latest["lit_forecast_config"]["run"]["name"] == "e2e"
     assert set(latest["hyper_parameters"]["series"]) == {"0"}
+    assert {key.split(".")[1] for key in latest["state_dict"] if key.startswith("nets.")} == {"0", "1"}
 
     summary = json.loads((run_dir / "summary.json").read_text())
     scalars = read_scalars(run_dir / "tensorboard")
@@ -143,7 +145,7 @@ def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
         assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
     assert len(scalars["val/mae"]) == 3 and all(v > 0 for _, v in scalars["val/mae"])
 
-    again = run(command(taxi_like_csv, tmp_path, "e2e", 3), timeout=60)  # finished: nothing to do
+    again = run(command(taxi_like_csv, tmp_path, "e2e", 3, "--set", "model.members=2"), timeout=60)  # finished: nothing to do
     assert "already finished" in again.stderr and not epoch_lines(again.stderr + again.stdout)
 
 

@@ -201,3 +201,17 @@ def test_ensemble_forecast_is_the_mean_of_independent_members():
     module.member_loss(module.nets[1], batch, 0.0).backward()
     for a, p in zip(together, module.nets[1].parameters()):
         torch.testing.assert_close(a, p.grad)
+
+
+def test_each_member_is_clipped_on_its_own():
+    module = make_module(members=2)
+    for net, size in zip(module.nets, (100.0, 0.001)):  # one huge gradient, one tiny
+        for p in net.parameters():
+            p.grad = torch.full_like(p, size)
+    small = [p.grad.clone() for p in module.nets[1].parameters()]
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in module.nets[0].parameters()]))
+    assert norm.item() == pytest.approx(1.0, rel=1e-4)
+    # A clip over both members together would have shrunk the tiny gradient as well.
+    for before, p in zip(small, module.nets[1].parameters()):
+        torch.testing.assert_close(p.grad, before)
