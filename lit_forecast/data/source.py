@@ -18,15 +18,13 @@ import pandas as pd
 
 from lit_forecast import storage
 from lit_forecast.config import DataConfig
+from lit_forecast.errors import DataError
+from lit_forecast.spec import SINGLE_SERIES, gap_slots, series_label
 
 log = logging.getLogger(__name__)
 
 # Shown in error messages; more rows than this only make the message harder to read.
 _MAX_ROWS_SHOWN = 5
-
-
-class DataError(ValueError):
-    """The input data cannot be used; the message names the file and the offending rows."""
 
 
 @dataclass
@@ -159,22 +157,18 @@ def load_series(source: Source, config: DataConfig, fill_gaps: bool = True) -> t
     _fail_rows(name, row, values < 0, text, "negative value")
     _fail_rows(name, row, ~np.isfinite(values), text, "infinite value")
 
-    ids = frame[config.series_column].str.strip() if config.series_column else pd.Series("0", index=frame.index)
+    ids = frame[config.series_column].str.strip() if config.series_column else pd.Series(SINGLE_SERIES, index=frame.index)
     table = pd.DataFrame({"series_id": ids, "timestamp": timestamps, "value": values.astype("float64"), "row": row})
     dup = table.duplicated(["series_id", "timestamp"], keep=False)
     if dup.any():
         shown = table[dup].sort_values(["series_id", "timestamp", "row"]).head(2 * _MAX_ROWS_SHOWN)
-        lines = [f"row {r.row}: duplicate timestamp {r.timestamp}" + _sid(r.series_id, config) for r in shown.itertuples()]
+        lines = [f"row {r.row}: duplicate timestamp {r.timestamp}" + series_label(r.series_id) for r in shown.itertuples()]
         raise DataError(f"{name}: {int(dup.sum())} rows share a timestamp:\n  " + "\n  ".join(lines))
 
     series = []
     for series_id, group in table.groupby("series_id", sort=True):
         series.append(_regularise(name, str(series_id), group, config, report if fill_gaps else None))
     return series, report
-
-
-def _sid(series_id: str, config: DataConfig) -> str:
-    return f" (series {series_id!r})" if config.series_column else ""
 
 
 def _fail_rows(name: str, row: pd.Series, bad: pd.Series, text: pd.Series, what: str) -> None:
@@ -212,7 +206,7 @@ def _regularise(name: str, series_id: str, group: pd.DataFrame, config: DataConf
     values = regular.to_numpy(dtype="float64", copy=True)
     if report is None:  # the grid as it is, every missing slot NaN
         return Series(series_id, regular.index[0], values)
-    max_slots = int(pd.Timedelta(config.max_gap) / pd.Timedelta(config.freq))
+    max_slots = gap_slots(config.max_gap, config.freq)
     runs = nan_runs(values)
     long_runs = [(s, e) for s, e in runs if e - s > max_slots]
     for s, e in runs:
@@ -224,7 +218,7 @@ def _regularise(name: str, series_id: str, group: pd.DataFrame, config: DataConf
         if config.long_gaps == "error":
             shown = "\n  ".join(gaps[:_MAX_ROWS_SHOWN])
             raise DataError(
-                f"{name}{_sid(series_id, config)}: {len(gaps)} gap(s) longer than data.max_gap={config.max_gap}:\n  {shown}\n"
+                f"{name}{series_label(series_id)}: {len(gaps)} gap(s) longer than data.max_gap={config.max_gap}:\n  {shown}\n"
                 "Raise data.max_gap to interpolate them, or set data.long_gaps=drop to skip the windows that touch them."
             )
         report.long_gaps.extend(f"{series_id}: {g}" for g in gaps)
@@ -232,7 +226,7 @@ def _regularise(name: str, series_id: str, group: pd.DataFrame, config: DataConf
     needed = config.input_window + config.horizon
     if len(values) < needed:
         raise DataError(
-            f"{name}{_sid(series_id, config)}: {len(values)} slots of {config.freq} after resampling; "
+            f"{name}{series_label(series_id)}: {len(values)} slots of {config.freq} after resampling; "
             f"one window needs at least {needed} (data.input_window {config.input_window} + data.horizon {config.horizon})"
         )
     return Series(series_id, regular.index[0], values)
