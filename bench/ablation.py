@@ -32,7 +32,10 @@ from lit_forecast import cli
 from lit_forecast import config as cfg
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.data.prepare import prepare
+from lit_forecast.errors import UserError
 from lit_forecast.models.module import ForecastModule
+from lit_forecast.spec import stats_to_dict
+from lit_forecast.training.callbacks import Throughput
 
 VARIANTS = {
     "full": [],
@@ -76,8 +79,8 @@ def seasonal_naive_mae(datamodule: ShardDataModule) -> tuple[float, int]:
     The forecast for future step k is past[:, W - lag + k]; the lag is a week if the window
     holds one, else a day.
     """
-    w = datamodule.manifest["window"]
-    W, H, day = w["input_window"], w["horizon"], w["slots_per_day"]
+    w = datamodule.manifest.window
+    W, H, day = w.input_window, w.horizon, w.slots_per_day
     lag = 7 * day if W >= 7 * day else day
     total, count = 0.0, 0
     for batch in datamodule.val_dataloader():
@@ -96,13 +99,14 @@ def run_variant(config: cfg.Config, folder: str, batch_size: int, precision: str
     datamodule.setup("fit")  # no trainer: rank 0 of 1
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     plain = cfg.to_dict(config)
-    module = ForecastModule(plain["model"], datamodule.manifest["window"], plain["train"], datamodule.manifest["series"])
+    manifest = datamodule.manifest
+    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
     recorder = Recorder()
     trainer = L.Trainer(
         max_epochs=config.train.max_epochs, accelerator="auto", devices=1, precision=precision,
         gradient_clip_val=config.train.grad_clip, limit_train_batches=config.train.limit_train_batches,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[recorder],
+        num_sanity_val_steps=0, callbacks=[Throughput(), recorder],  # Throughput logs train/windows_per_s
     )
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
     naive, lag = seasonal_naive_mae(datamodule)
@@ -146,7 +150,7 @@ def main() -> None:
     base += [f"train.max_epochs={args.epochs}"] if args.epochs else []
     try:
         configs = {name: cfg.load(args.config, base + VARIANTS[name]) for name in args.variants}
-    except cfg.ConfigError as err:
+    except UserError as err:
         cli.die(str(err))
     first = next(iter(configs.values()))
     batch_size = args.batch_size or first.train.batch_size * first.cluster.num_workers
@@ -162,7 +166,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
         for name, config in configs.items():
             print(f"{name}: {' '.join(VARIANTS[name]) or '(config as is)'}", flush=True)
-            results[name] = run_variant(config, os.path.join(tmp, name), batch_size, precision)
+            try:
+                results[name] = run_variant(config, os.path.join(tmp, name), batch_size, precision)
+            except UserError as err:  # e.g. the data file cannot be read
+                cli.die(str(err))
     train_windows, val_windows = results[next(iter(results))]["windows"]
     print()
     print(f"validation: {val_windows} windows; training: {train_windows} windows "

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 
 from lit_forecast import cli
-from lit_forecast.config import ConfigError
-from lit_forecast.data.source import DataError
-from lit_forecast.evaluation.backtest import format_table
-from lit_forecast.inference.checkpoint import CheckpointError
+from lit_forecast.console import format_backtest
+from lit_forecast.errors import UserError
+from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
-from lit_forecast.inference.windows import CutoffError, parse_cutoffs
 
 HEADLINE_CUTOFFS = "2015-01-01..2015-01-31/1D"  # the test period of the default split
 TARGET_RATIO = 0.85
@@ -43,13 +41,13 @@ def main() -> None:
             run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
             cutoffs=parse_cutoffs([args.cutoffs]), output=args.output, use_ray=args.ray,
         ))
-    except (ConfigError, DataError, CheckpointError, CutoffError) as err:
+    except UserError as err:
         cli.die(str(err))
     if not result.table:
         cli.die(f"no actual values after the cutoffs {args.cutoffs} in the data: nothing to score")
     ratio = result.table["mae_ratio_model_vs_naive_weekly"]
     print(f"checkpoint  {result.checkpoint}")
-    print(format_table(result.table))
+    print(format_backtest(result.table))
     print()
     print(f"model MAE / weekly seasonal-naive MAE = {ratio:.3f}   target <= {TARGET_RATIO}: "
           f"{'MET' if ratio <= TARGET_RATIO else 'NOT MET'}")

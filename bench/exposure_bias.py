@@ -20,26 +20,28 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lit_forecast import storage  # noqa: E402
-from lit_forecast.data.dataset import WindowDataset, segments_from_table  # noqa: E402
-from lit_forecast.data.prepare import read_manifest  # noqa: E402
-from lit_forecast.inference.checkpoint import best_checkpoint, latest_run, load_checkpoint  # noqa: E402
+from lit_forecast import cli, layout, storage  # noqa: E402
+from lit_forecast.data.manifest import read_manifest  # noqa: E402
+from lit_forecast.data.windows import WindowSet, collate_batch, segments_from_table  # noqa: E402
+from lit_forecast.errors import UserError  # noqa: E402
+from lit_forecast.inference.checkpoint import load_checkpoint  # noqa: E402
+from lit_forecast.models.module import ForecastModule  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", help="run folder (default: the latest finished run in runs/)")
-    args = parser.parse_args()
-    run = args.run or latest_run("runs")
-    module = load_checkpoint(best_checkpoint(run)).module
-    manifest = read_manifest(storage.join(run, "data"))
-    w = manifest["window"]
-    table = storage.read_parquet(storage.join(run, "data", manifest["files"]["val"]))
-    dataset = WindowDataset(segments_from_table(table), manifest["series"], w["input_window"], w["horizon"], w["freq"])
-    W, H, day = w["input_window"], w["horizon"], w["slots_per_day"]
+def validation_windows(run: str) -> WindowSet:
+    """Every validation window of the run's prepared data (``<run>/data/val.parquet``)."""
+    data = layout.data_dir(run)
+    manifest = read_manifest(data)
+    table = storage.read_parquet(storage.join(data, manifest.val_file))
+    return WindowSet(segments_from_table(table), manifest.series_stats(), manifest.window)
+
+
+def step_errors(module: ForecastModule, windows: WindowSet, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Summed absolute error (scaled units) by horizon step, (H,) per method, over ``windows``."""
+    W, H, day = windows.spec.input_window, windows.spec.horizon, windows.spec.slots_per_day
     errors = {name: torch.zeros(H) for name in ("teacher-forced", "autoregressive", "repeat last day", "repeat last week")}
     with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=512):
+        for batch in DataLoader(windows, batch_size=batch_size, collate_fn=collate_batch):
             past, future = batch["past_target"], batch["future_target"]
             forced = module.teacher_forced(past, batch["past_time"], batch["future_time"], future)
             forecast = module.forecast_scaled(past, batch["past_time"], batch["future_time"])
@@ -49,14 +51,32 @@ def main() -> None:
                 ("repeat last day", past[:, W - day : W - day + H]),
                 ("repeat last week", past[:, W - 7 * day : W - 7 * day + H] if W >= 7 * day else torch.full_like(future, float("nan"))),
             ):
-                errors[name] += (prediction - future).abs().sum(dim=0)
+                errors[name] += (prediction.float() - future).abs().sum(dim=0)
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", help="run folder (default: the latest finished run in runs/)")
+    args = parser.parse_args()
+    cli.quiet_third_parties()
+    try:
+        run = args.run or layout.latest_run("runs")
+        module = load_checkpoint(layout.best_checkpoint(run)).module
+        windows = validation_windows(run)
+    except UserError as err:
+        cli.die(str(err))
+    trained, data = module.window, windows.spec
+    if (trained.input_window, trained.horizon, trained.freq) != (data.input_window, data.horizon, data.freq):
+        cli.die(f"the checkpoint's window {trained} does not match the run's prepared data {data}")
+    errors = step_errors(module, windows)
+    H = windows.spec.horizon
     steps = [1, 6, 12, 24, 36, 48]
-    print(f"run {run}: {len(dataset)} validation windows; MAE in scaled units by horizon step")
+    print(f"run {run}: {len(windows)} validation windows; MAE in scaled units by horizon step")
     print(f"{'':<18}{'all':>7}" + "".join(f"{'step ' + str(s):>9}" for s in steps if s <= H))
     for name, total in errors.items():
-        mae = total / len(dataset)
+        mae = total / len(windows)
         print(f"{name:<18}{mae.mean().item():>7.3f}" + "".join(f"{mae[s - 1].item():>9.3f}" for s in steps if s <= H))
-
 
 if __name__ == "__main__":
     main()

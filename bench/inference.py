@@ -26,22 +26,24 @@ import torch
 
 from lit_forecast import cli
 from lit_forecast import config as cfg
-from lit_forecast.data.prepare import slots_per_day
 from lit_forecast.data.source import Series
+from lit_forecast.errors import UserError
 from lit_forecast.inference.checkpoint import load_checkpoint
-from lit_forecast.inference.forecaster import forecast
+from lit_forecast.inference.cutoffs import build_windows
+from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.inference.remote import forecast_remote
-from lit_forecast.inference.windows import build_windows
 from lit_forecast.models.module import ForecastModule
+from lit_forecast.spec import SINGLE_SERIES, SeriesStats, WindowSpec, stats_to_dict
 
 
 def random_checkpoint(folder: str) -> str:
     """The local config's model with random weights, saved as training saves it."""
     config = cfg.load()
     plain, d = cfg.to_dict(config), config.data
-    window = {"input_window": d.input_window, "horizon": d.horizon, "freq": d.freq, "slots_per_day": slots_per_day(d.freq)}
+    window = WindowSpec(d.input_window, d.horizon, d.freq, d.stride, d.eval_stride)
+    stats = {SINGLE_SERIES: SeriesStats(mean=15000.0, std=6900.0)}
     torch.manual_seed(0)
-    module = ForecastModule(plain["model"], window, plain["train"], {"0": {"mean": 15000.0, "std": 6900.0}})
+    module = ForecastModule(plain["model"], window.to_dict(), plain["train"], stats_to_dict(stats))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     path = os.path.join(folder, "checkpoint.ckpt")
@@ -76,9 +78,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     folder = tempfile.TemporaryDirectory(prefix="bench_inference_")
-    path = args.checkpoint or random_checkpoint(folder.name)
-    loaded = load_checkpoint(path)
-    W, H, freq = loaded.window["input_window"], loaded.window["horizon"], loaded.window["freq"]
+    try:
+        path = args.checkpoint or random_checkpoint(folder.name)
+        loaded = load_checkpoint(path)
+    except UserError as err:
+        cli.die(str(err))
+    spec = loaded.window
+    W, H, freq = spec.input_window, spec.horizon, spec.freq
     sid = next(iter(loaded.series_stats))
     # A taxi-like series long enough for ``windows`` consecutive cutoffs (values do not change the cost).
     t = np.arange(W + args.windows)
@@ -86,15 +92,15 @@ def main() -> None:
     series = [Series(sid, pd.Timestamp("2014-12-01"), values)]
     start = series[0].start
     cutoffs = [start + (W + i) * pd.Timedelta(freq) for i in range(args.windows)]
-    windows = build_windows(series, loaded.series_stats, W, H, freq, cutoffs)
-    one = build_windows(series, loaded.series_stats, W, H, freq, cutoffs[:1])
+    windows, _ = build_windows(series, loaded.series_stats, spec, cutoffs)
+    one, _ = build_windows(series, loaded.series_stats, spec, cutoffs[:1])
 
     print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  ({sum(p.numel() for p in loaded.module.parameters()):,} parameters; {W} past -> {H} steps)")
     print(f"machine   {load()}")
     torch.set_num_threads(args.cpus)
-    forecast(loaded.module, one.model_inputs())  # warm-up
-    single, _ = timed(lambda: forecast(loaded.module, one.model_inputs()), 20)
-    plain, _ = timed(lambda: forecast(loaded.module, windows.model_inputs(), args.batch_size), args.repeats)
+    forecast(loaded.module, model_inputs(one))  # warm-up
+    single, _ = timed(lambda: forecast(loaded.module, model_inputs(one)), 20)
+    plain, _ = timed(lambda: forecast(loaded.module, model_inputs(windows), args.batch_size), args.repeats)
 
     started_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if started_ray:
@@ -108,7 +114,7 @@ def main() -> None:
         if started_ray:
             ray.shutdown()
     tasks = -(-args.windows // args.windows_per_task)
-    plain_result = forecast(loaded.module, windows.model_inputs(), args.batch_size)
+    plain_result = forecast(loaded.module, model_inputs(windows), args.batch_size)
     print(f"machine   {load()} (after)")
     print()
     print(f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   target <= 5 s"

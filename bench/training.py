@@ -5,7 +5,8 @@
 
 1. The full local default run, ``python train.py`` as a user runs it (prepare + train + best
    checkpoint), in a fresh run folder: wall time, Ray start-up, time to the first training
-   step, steady-state training windows/s (epochs 2+), peak memory of the whole process tree.
+   step, steady-state epoch time and training windows/s (epochs 2+), peak memory of the whole
+   process tree.
 2. The same model and global batch in a plain single-process PyTorch loop (no Lightning, no
    Ray, all cores): steady-state windows/s, for the Ray/plain ratio (target >= 0.9).
 3. A short run whose training worker is SIGKILLed after its first checkpoint: seconds from
@@ -27,34 +28,37 @@ from pathlib import Path
 
 import torch
 
+import psutil  # requirements-dev.txt
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lit_forecast import cli, layout  # noqa: E402
 from lit_forecast import config as cfg  # noqa: E402
 from lit_forecast.data.datamodule import ShardDataModule  # noqa: E402
 from lit_forecast.data.prepare import prepare  # noqa: E402
+from lit_forecast.errors import UserError  # noqa: E402
 from lit_forecast.models.module import ForecastModule  # noqa: E402
+from lit_forecast.spec import stats_to_dict  # noqa: E402
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants (those still alive)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def process_tree_rss(pid: int) -> int:
-    """Resident memory (bytes) of ``pid`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
+    """Resident memory (bytes) of ``pid`` and all its descendants."""
+    total = 0
+    for proc in _tree(pid):
         try:
-            rss_pages = int(Path(f"/proc/{p}/statm").read_text().split()[1])
-            total += rss_pages * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            pass
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass  # ended between listing and reading
     return total
 
 
@@ -102,18 +106,28 @@ def full_run(storage: str, extra: list[str]) -> dict:
     ray_start = run.first(r"started a local Ray .* in ([\d.]+) s")
     first_step = run.first(r"first training step done, ([\d.]+) s after launch")
     rates = [float(m) for _, line in run.lines for m in re.findall(r"train/windows_per_s (\d+)", line)]
-    epochs = [float(m) for _, line in run.lines for m in re.findall(r"epoch \d+/\d+ .*\(([\d.]+) s\)", line)]
+    # Epoch lines end in "(T s training)": the training part alone (Throughput callback).
+    epoch_lines = [(t, line) for t, line in run.lines if re.search(r"\bepoch \d+/\d+(  |$)", line)]  # EpochLine's, not "RESUMED ..."
+    training = [float(m) for _, line in epoch_lines for m in re.findall(r"\(([\d.]+) s training\)", line)]
+    # The whole epoch (training, validation, report and checkpoint): between consecutive epoch lines.
+    arrivals = [t for t, _ in epoch_lines]
+    whole = [b - a for a, b in zip(arrivals, arrivals[1:])]
     best = run.first(r"metrics\s+val/mae (\S+)")
     return {
         "wall_s": wall,
         "ray_start_s": float(ray_start[1].group(1)) if ray_start else float("nan"),
         "first_step_s": float(first_step[1].group(1)) if first_step else float("nan"),
-        "steady_windows_per_s": sum(rates[1:]) / max(1, len(rates[1:])),
-        "epoch_s": sum(epochs[1:]) / max(1, len(epochs[1:])),
-        "epochs": len(epochs),
+        "steady_windows_per_s": _mean(rates[1:]),
+        "epoch_s": _mean(whole),  # epochs 2+
+        "epoch_train_s": _mean(training[1:]),
+        "epochs": len(epoch_lines),
         "peak_rss_gib": run.peak_rss / 2**30,
         "best_val_mae": best[1].group(1) if best else "?",
     }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
@@ -124,7 +138,7 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
     datamodule = ShardDataModule(data_dir, config.train.batch_size * config.cluster.num_workers)
     datamodule.setup("fit")
     plain = cfg.to_dict(config)
-    module = ForecastModule(plain["model"], manifest["window"], plain["train"], manifest["series"]).train()
+    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats())).train()
     optimizer = torch.optim.AdamW(module.nets.parameters(), lr=config.train.lr)
     torch.set_num_threads(os.cpu_count() or 1)
     seen, timed_from, done = 0, None, 0
@@ -148,12 +162,14 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
 def recovery(storage: str, extra: list[str]) -> float:
     """Seconds from SIGKILL of a training worker to the restarted group's first step."""
     run = Watched(["--storage", storage, "--name", "bench-kill", "--set", "train.max_epochs=3", *extra])
-    snapshot = Path(storage, "bench-kill", "checkpoint_manager_snapshot.json")
-    while not (snapshot.is_file() and "checkpoint_" in snapshot.read_text()):
+    snapshot = Path(storage, "bench-kill", layout.RAY_SNAPSHOT_FILE)
+    while not (snapshot.is_file() and layout.CHECKPOINT_PREFIX in snapshot.read_text()):
         if run.proc.poll() is not None:
             raise SystemExit("the run ended before its first checkpoint")
         time.sleep(0.1)
-    workers = [p for p in _descendants(run.proc.pid) if _cmdline(p).startswith("ray::RayTrainWorker")]
+    workers = [p.pid for p in _tree(run.proc.pid)[1:] if _cmdline(p).startswith("ray::RayTrainWorker")]
+    if not workers:
+        raise SystemExit("no ray::RayTrainWorker process found under train.py to kill")
     killed_at = time.monotonic() - run.started
     os.kill(workers[-1], signal.SIGKILL)
     run.wait(timeout=900)
@@ -161,23 +177,10 @@ def recovery(storage: str, extra: list[str]) -> float:
     return resumed[0] - killed_at if resumed else float("nan")
 
 
-def _descendants(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                p, ppid = int(entry.name), int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                out += [p, *_descendants(p)]
-    return out
-
-
-def _cmdline(pid: int) -> str:
+def _cmdline(proc: psutil.Process) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return ""
 
 
@@ -194,13 +197,16 @@ def main() -> None:
         storage = args.storage or scratch
         print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} at start; torch {torch.__version__}", flush=True)
         full = full_run(storage, extra)
-        plain = plain_loop(storage, args.set, args.plain_steps)
+        try:
+            plain = plain_loop(storage, args.set, args.plain_steps)
+        except UserError as err:
+            cli.die(str(err))
         kill = float("nan") if args.skip_kill else recovery(storage, extra)
     print()
     print(f"full local default run (python train.py): {full['wall_s']:.0f} s wall, {full['epochs']} epochs, best val/mae {full['best_val_mae']}")
     print(f"  Ray start-up                         {full['ray_start_s']:.1f} s")
     print(f"  launch -> first training step        {full['first_step_s']:.1f} s")
-    print(f"  steady-state epoch (train + val)     {full['epoch_s']:.1f} s")
+    print(f"  steady-state epoch (train + val)     {full['epoch_s']:.1f} s  ({full['epoch_train_s']:.1f} s training)")
     print(f"  steady-state training, Ray 2 workers {full['steady_windows_per_s']:.0f} windows/s")
     print(f"  plain PyTorch loop, same batch       {plain:.0f} windows/s  -> Ray/plain = {full['steady_windows_per_s'] / plain:.2f}")
     print(f"  peak memory of the process tree      {full['peak_rss_gib']:.2f} GiB")
