@@ -26,9 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 import psutil  # requirements-dev.txt
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
