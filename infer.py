@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 
 from lit_forecast import cli
-from lit_forecast.config import ConfigError
-from lit_forecast.data.source import DataError
-from lit_forecast.evaluation.backtest import format_table
-from lit_forecast.inference.checkpoint import CheckpointError
-from lit_forecast.inference.pipeline import InferenceRequest, format_forecasts, infer
-from lit_forecast.inference.windows import CutoffError, parse_cutoffs
+from lit_forecast.console import format_backtest, format_forecasts
+from lit_forecast.errors import UserError
+from lit_forecast.inference.cutoffs import parse_cutoffs
+from lit_forecast.inference.pipeline import InferenceRequest, infer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,12 +58,12 @@ def main(argv: list[str] | None = None) -> None:
             windows_per_task=args.windows_per_task, batch_size=args.batch_size,
         )
         result = infer(request)
-    except (ConfigError, DataError, CheckpointError, CutoffError) as err:
+    except UserError as err:
         cli.die(str(err))
     print(format_forecasts(result.frame))
     if result.table:
         print()
-        print(format_table(result.table))
+        print(format_backtest(result.table))
     print()
     print(f"checkpoint  {result.checkpoint}")
     print(f"forecasts   {result.output}")

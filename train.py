@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from lit_forecast import cli
-from lit_forecast.config import ConfigError, dump
-from lit_forecast.data.prepare import summary
-from lit_forecast.data.source import DataError
+from lit_forecast import cli, console
+from lit_forecast.config import dump
+from lit_forecast.errors import UserError
 from lit_forecast.training import runs
 
 
@@ -32,10 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.setup_logging(args.verbose)
         if args.prepare_only:
             manifest, folder = runs.prepare_only(config)
-            print(summary(manifest, folder))
+            print(console.format_dataset(manifest, folder))
         else:
-            print(runs.format_summary(runs.train(config, resume=args.resume)))
-    except (ConfigError, DataError, runs.RunError) as err:
+            print(console.format_run(runs.train(config, resume=args.resume)))
+    except UserError as err:
         cli.die(str(err))
 
 

@@ -5,7 +5,10 @@ Layout of a prepared dataset folder (local or any pyarrow.fs URI)::
     manifest.json                  written last: its presence means every file below is complete
     config.yaml                    the resolved config that produced it
     train-00000-of-00002.parquet   one per training worker, equal window counts
-    val.parquet, test.parquet      read by every rank, each rank taking every N-th window
+    val.parquet                    read by every rank, each rank taking every N-th window
+
+The test period (after ``data.val_end``) is counted in the manifest but not written: nothing
+trains or selects on it; ``infer.py`` backtests it from the source data.
 
 Each Parquet file holds *segments*, not windows: rows of ``series_id``, ``start`` (first slot),
 ``values`` (raw passengers, list<float32>) and ``window_starts`` (target-start offsets inside
@@ -26,13 +29,15 @@ import pyarrow as pa
 
 from lit_forecast import storage
 from lit_forecast.config import Config, DataConfig, dump
-from lit_forecast.data.source import DataError, LoadReport, Series, fetch, load_series
-from lit_forecast.data.windows import SPLITS, fit_scaler, split_bounds, window_starts
+from lit_forecast.data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, SeriesInfo, SplitInfo, read_manifest
+from lit_forecast.data.source import LoadReport, Series, fetch, load_series
+from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, window_starts
+from lit_forecast.errors import DataError
+from lit_forecast.spec import WindowSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+VAL_FILE = "val.parquet"
 SEGMENT_SCHEMA = pa.schema(
     [
         ("series_id", pa.string()),
@@ -57,7 +62,7 @@ def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> dict:
+def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Manifest:
     """Prepare (or reuse) the dataset for ``num_shards`` training workers in ``data_dir``.
 
     Returns the manifest. Idempotent: a complete dataset with the same fingerprint is reused.
@@ -67,36 +72,32 @@ def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> dic
     num_shards = num_shards or config.cluster.num_workers
     source = fetch(config.data)
     key = fingerprint(config.data, source.sha256, num_shards)
-    manifest_path = storage.join(data_dir, MANIFEST)
+    manifest_path = storage.join(data_dir, MANIFEST_FILE)
     if storage.exists(manifest_path):
         old = storage.read_json(manifest_path)
-        if old.get("fingerprint") == key and all(storage.exists(storage.join(data_dir, f)) for f in _files(old)):
-            log.info("reusing prepared dataset in %s (same source and config)", data_dir)
-            old["reused"] = True
-            return old
+        if old.get("fingerprint") == key and old.get("format") == FORMAT_VERSION:
+            ready = read_manifest(data_dir, reused=True)
+            if all(storage.exists(storage.join(data_dir, f)) for f in ready.files):
+                log.info("reusing prepared dataset in %s (same source and config)", data_dir)
+                return ready
         log.info("dataset in %s was prepared from another source or config: preparing again", data_dir)
 
     series, report = load_series(source, config.data)  # validates everything before any write
     storage.delete(manifest_path)  # before any file is replaced: no manifest points at partial files
-    manifest = _write(config, data_dir, num_shards, series, report)
-    manifest.update(
+    manifest = dataclasses.replace(
+        _write(config, data_dir, num_shards, series, report),
         fingerprint=key,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source={"origin": source.origin, "location": source.location, "sha256": source.sha256},
     )
     storage.write_text(storage.join(data_dir, "config.yaml"), dump(config))
-    storage.write_json(manifest_path, manifest)
-    manifest["reused"] = False
+    storage.write_json(manifest_path, manifest.to_json())
     return manifest
 
 
-def _files(manifest: dict) -> list[str]:
-    return [*manifest["files"]["train"], manifest["files"]["val"], manifest["files"]["test"]]
-
-
-def _write(config: Config, data_dir: str, num_shards: int, series: list[Series], report: LoadReport) -> dict:
+def _write(config: Config, data_dir: str, num_shards: int, series: list[Series], report: LoadReport) -> Manifest:
     data = config.data
-    scalers = {s.series_id: fit_scaler(s, data) for s in series}
+    stats = {s.series_id: fit_stats(s, data) for s in series}
     starts = {split: [(s, window_starts(s, split, data)) for s in series] for split in SPLITS}
     counts = {split: sum(len(w) for _, w in starts[split]) for split in SPLITS}
     if counts["train"] < num_shards:
@@ -104,13 +105,12 @@ def _write(config: Config, data_dir: str, num_shards: int, series: list[Series],
             f"only {counts['train']} training windows for {num_shards} workers: move data.train_end "
             f"later, lower data.stride, or use fewer workers"
         )
-    for split in ("val", "test"):
-        if counts[split] < num_shards:
-            lo, hi = split_bounds(data)[split]
-            raise DataError(
-                f"only {counts[split]} {split} windows (targets in [{lo}, {hi or 'end of data'})) for "
-                f"{num_shards} workers; every rank needs at least one: check data.train_end/val_end/test_end"
-            )
+    if counts["val"] < num_shards:
+        lo, hi = split_bounds(data)["val"]
+        raise DataError(
+            f"only {counts['val']} validation windows (targets in [{lo}, {hi})) for {num_shards} workers; "
+            f"every rank needs at least one: check data.train_end and data.val_end"
+        )
 
     # Training: split the time-ordered windows into equal contiguous chunks, one per worker,
     # dropping the remainder so every DDP rank runs the same number of steps.
@@ -123,38 +123,28 @@ def _write(config: Config, data_dir: str, num_shards: int, series: list[Series],
         name = train_shard_name(rank, num_shards)
         storage.write_parquet(storage.join(data_dir, name), _segments(chunk, data))
         train_files.append(name)
-    for split in ("val", "test"):
-        chunk = [(s, int(t)) for s, ws in starts[split] for t in ws]
-        storage.write_parquet(storage.join(data_dir, f"{split}.parquet"), _segments(chunk, data))
+    chunk = [(s, int(t)) for s, ws in starts["val"] for t in ws]
+    storage.write_parquet(storage.join(data_dir, VAL_FILE), _segments(chunk, data))
 
     times = {split: [_target_range(s, ws, data) for s, ws in starts[split] if len(ws)] for split in SPLITS}
-    return {
-        "format": FORMAT_VERSION,
-        "data_config": dataclasses.asdict(data),
-        "window": {
-            "input_window": data.input_window,
-            "horizon": data.horizon,
-            "freq": data.freq,
-            "stride": data.stride,
-            "eval_stride": data.eval_stride,
-            "slots_per_day": slots_per_day(data.freq),
-        },
-        "splits": {
-            split: {
-                "bounds": [str(b) if b is not None else None for b in split_bounds(data)[split]],
-                "windows": counts[split],
-                "first_target": min(t[0] for t in times[split]) if times[split] else None,
-                "last_target": max(t[1] for t in times[split]) if times[split] else None,
-            }
+    return Manifest(
+        window=WindowSpec(data.input_window, data.horizon, data.freq, data.stride, data.eval_stride),
+        splits={
+            split: SplitInfo(
+                bounds=[str(b) if b is not None else None for b in split_bounds(data)[split]],
+                windows=counts[split],
+                first_target=min(t[0] for t in times[split]) if times[split] else None,
+                last_target=max(t[1] for t in times[split]) if times[split] else None,
+            )
             for split in SPLITS
         },
-        "series": {
-            s.series_id: {**scalers[s.series_id].to_dict(), "start": str(s.start), "slots": len(s.values)} for s in series
-        },
-        "num_shards": num_shards,
-        "shard_windows": [per_shard] * num_shards,
-        "files": {"train": train_files, "val": "val.parquet", "test": "test.parquet"},
-        "stats": {
+        series={s.series_id: SeriesInfo(**stats[s.series_id].to_dict(), start=str(s.start), slots=len(s.values)) for s in series},
+        num_shards=num_shards,
+        shard_windows=[per_shard] * num_shards,
+        train_files=train_files,
+        val_file=VAL_FILE,
+        data_config=dataclasses.asdict(data),
+        load_report={
             "rows": report.rows,
             "points": int(sum(len(s.values) for s in series)),
             "interpolated_gaps": report.interpolated_gaps,
@@ -162,15 +152,7 @@ def _write(config: Config, data_dir: str, num_shards: int, series: list[Series],
             "long_gaps": report.long_gaps,
             "dropped_for_balance": dropped,
         },
-    }
-
-
-def slots_per_day(freq: str) -> int:
-    """Slots in one day at ``freq`` (48 for 30 min); calendar embeddings are sized by it."""
-    day, step = pd.Timedelta("1D"), pd.Timedelta(freq)
-    if day % step:
-        raise DataError(f"data.freq={freq!r} does not divide a day")
-    return int(day / step)
+    )
 
 
 def _target_range(series: Series, starts: np.ndarray, data: DataConfig) -> tuple[str, str]:
@@ -194,32 +176,3 @@ def _segments(windows: list[tuple[Series, int]], data: DataConfig) -> pa.Table:
         rows["values"].append(series.values[lo:hi].astype(np.float32))
         rows["window_starts"].append(np.asarray(targets, dtype=np.int32) - lo)
     return pa.Table.from_pydict(rows, schema=SEGMENT_SCHEMA)
-
-
-def read_manifest(data_dir: str) -> dict:
-    """The manifest of a prepared dataset, or a clear error if there is none."""
-    path = storage.join(data_dir, MANIFEST)
-    if not storage.exists(path):
-        raise DataError(f"no prepared dataset in {data_dir} (missing {MANIFEST}); run `python train.py --prepare-only`")
-    return storage.read_json(path)
-
-
-def summary(manifest: dict, data_dir: str) -> str:
-    """Human-readable summary of a prepared dataset."""
-    st, sp = manifest["stats"], manifest["splits"]
-    w = manifest["window"]
-    lines = [
-        f"dataset  {data_dir} ({'reused' if manifest.get('reused') else 'prepared'}, fingerprint {manifest['fingerprint']})",
-        f"source   {manifest['source']['origin']} (sha256 {manifest['source']['sha256'][:12]}...)",
-        f"series   {len(manifest['series'])}, {st['rows']} rows -> {st['points']} slots of {w['freq']}; "
-        f"{st['interpolated_slots']} slots interpolated in {st['interpolated_gaps']} gaps"
-        + (f"; {len(st['long_gaps'])} long gaps dropped" if st["long_gaps"] else ""),
-        f"windows  {w['input_window']} past -> {w['horizon']} future, stride {w['stride']} (eval {w['eval_stride']})",
-    ]
-    for split, info in sp.items():
-        lines.append(f"  {split:<5}  {info['windows']:>6} windows, targets {info['first_target']} .. {info['last_target']}")
-    lines.append(
-        f"shards   {manifest['num_shards']} training shards x {manifest['shard_windows'][0]} windows"
-        + (f" ({st['dropped_for_balance']} dropped to balance)" if st["dropped_for_balance"] else "")
-    )
-    return "\n".join(lines)

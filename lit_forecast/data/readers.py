@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lit_forecast.config import DataConfig
+from lit_forecast.spec import SINGLE_SERIES
 
 # Examples shown per problem; more only make the message harder to read.
 MAX_SHOWN = 5
@@ -219,7 +220,7 @@ def _series_codes(table: pa.Table, config: DataConfig, partitions: dict[str, str
     n = table.num_rows
     column = config.series_column
     if not column:
-        return np.zeros(n, dtype=np.int64), ["0"]
+        return np.zeros(n, dtype=np.int64), [SINGLE_SERIES]
     if column not in table.column_names:  # a hive partition: one id for the whole file
         return np.zeros(n, dtype=np.int64), [partitions[column].strip()]
     array = table.column(column)

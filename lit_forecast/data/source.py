@@ -30,6 +30,8 @@ from lit_forecast import storage
 from lit_forecast.config import DataConfig
 from lit_forecast.data import readers
 from lit_forecast.data.readers import FLOAT32_MAX, MAX_SHOWN, Rows, UnreadableFile
+from lit_forecast.errors import DataError
+from lit_forecast.spec import gap_slots, series_label
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,6 @@ SCALER_LIMIT = 1e6
 # slot (more than half of the spacings between consecutive readings exceed data.freq), or when
 # more than this share of its slots would be interpolated.
 MAX_INTERPOLATED_SHARE = 0.25
-
-
-class DataError(ValueError):
-    """The input data cannot be used; the message names the file and the offending rows."""
 
 
 @dataclass
@@ -307,11 +305,7 @@ def _loc(part_or_file: str, row_word: str, row: int, many_files: bool) -> str:
 
 
 def _row_line(rows: Rows, row: int, text: str, series_id: str, config: DataConfig, many_files: bool) -> str:
-    return f"{_loc(rows.file, rows.row_word, row, many_files)}: {text}{_sid(series_id, config)}"
-
-
-def _sid(series_id: str, config: DataConfig) -> str:
-    return f" (series {series_id!r})" if config.series_column else ""
+    return f"{_loc(rows.file, rows.row_word, row, many_files)}: {text}{series_label(series_id)}"
 
 
 def _combine(parts: list[Rows]) -> dict:
@@ -357,7 +351,7 @@ def _check_duplicates(name: str, table: dict, config: DataConfig, problems: _Pro
     shown = where[: 2 * MAX_SHOWN]
     lines = [
         f"{_table_line(table, i, config, many_files)}: duplicate timestamp {pd.Timestamp(int(ts[i]))}"
-        + _sid(table["names"][codes[i]], config)
+        + series_label(table["names"][codes[i]])
         for i in shown
     ]
     more = f"\n  ... and {len(where) - len(shown)} more" if len(where) > len(shown) else ""
@@ -388,7 +382,7 @@ def _check_outliers(name, table, bounds, config, problems: _Problems, report: Lo
     def lines(mask: np.ndarray) -> tuple[int, list[str]]:
         where = np.flatnonzero(mask)
         return len(where), [
-            f"{_table_line(table, i, config, many_files)}: {values[i]:.6g}{_sid(table['names'][table['codes'][i]], config)}"
+            f"{_table_line(table, i, config, many_files)}: {values[i]:.6g}{series_label(table['names'][table['codes'][i]])}"
             f" (series level {level[i]:.6g})"
             for i in where[:MAX_SHOWN]
         ]
@@ -427,14 +421,14 @@ def _regularise(name: str, table: dict, bounds, config: DataConfig, report: Load
     slots start at midnight), summed or averaged; a slot without readings is NaN.
     """
     step = pd.Timedelta(config.freq).value
-    max_slots = int(pd.Timedelta(config.max_gap) / pd.Timedelta(config.freq))
+    max_slots = gap_slots(config.max_gap, config.freq)
     codes, ts, values = table["codes"], table["timestamps"], table["values"]
     slot = ts // step
     wide = np.diff(ts) > step  # spacing to the next reading, within a series where codes agree
     series = []
     for code, s, e in bounds:
         series_id = table["names"][code]
-        where = f"{name}{_sid(series_id, config)}"
+        where = f"{name}{series_label(series_id)}"
         first = int(slot[s])
         n = int(slot[e - 1]) - first + 1
         idx = slot[s:e] - first

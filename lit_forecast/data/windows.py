@@ -1,9 +1,18 @@
-"""Chronological splits, training-only scaling and window enumeration on regular series.
+"""The one window cutter: the tensors the model sees, for training and for forecasts alike.
 
-A window with target start ``s`` covers slots ``[s - input_window, s + horizon)``: the past is
-``[s - input_window, s)`` and the future (the target) is ``[s, s + horizon)``. A window belongs
-to the split that holds *all* of its target slots; its past may reach back into earlier splits
-(known history, not leakage). Windows whose target straddles a boundary belong to no split.
+A window with target start ``s`` in a segment is the ``input_window`` slots before ``s`` (the
+past) and the ``horizon`` slots from ``s`` on (the future). Training cuts windows from the
+segments stored in the Parquet shards; inference cuts them at cutoffs from the series it
+reads (:mod:`lit_forecast.inference.cutoffs`). Both build a :class:`WindowSet`, so a forecast at
+cutoff t and a training window whose target starts at t get the same tensors.
+
+A batch is a dict of named tensors (B = batch, W = input_window, H = horizon)::
+
+    past_target    (B, W)    float32  scaled values before the cutoff
+    future_target  (B, H)    float32  scaled values from the cutoff on (NaN where unknown)
+    past_time      (B, W, 3) int64    [slot of day, day of week, holiday] of each past slot
+    future_time    (B, H, 3) int64    the same for each future slot (known in advance)
+    loc, scale     (B,)      float32  the series' training mean and std: passengers = x * scale + loc
 """
 
 from __future__ import annotations
@@ -12,74 +21,141 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import torch
+from pandas.tseries.holiday import USFederalHolidayCalendar
+from torch.utils.data import Dataset
 
-from lit_forecast.config import DataConfig
-from lit_forecast.data.source import DataError, Series
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class Scaler:
-    """Per-series z-score statistics, fitted on training slots only (passengers)."""
-
-    mean: float
-    std: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
+from lit_forecast.errors import DataError
+from lit_forecast.spec import SeriesStats, WindowSpec
 
 
-def split_bounds(config: DataConfig) -> dict[str, tuple[pd.Timestamp | None, pd.Timestamp | None]]:
-    """Half-open ``[start, end)`` timestamp range of each split's target slots."""
-    train_end, val_end = pd.Timestamp(config.train_end), pd.Timestamp(config.val_end)
-    test_end = pd.Timestamp(config.test_end) if config.test_end else None
-    return {"train": (None, train_end), "val": (train_end, val_end), "test": (val_end, test_end)}
+@dataclass
+class Segment:
+    """Consecutive slots of one series and the target starts of the windows cut from them."""
+
+    series_id: str
+    start: pd.Timestamp  # timestamp of values[0]
+    values: np.ndarray  # (T,) passengers; NaN only where unknown (after the end of the data)
+    window_starts: np.ndarray  # (N,) target-start offsets into values
 
 
-def slot_times(series: Series, freq: str) -> pd.DatetimeIndex:
-    """Timestamp of every slot of ``series``."""
-    return pd.date_range(series.start, periods=len(series.values), freq=freq)
+def segments_from_table(table: pa.Table) -> list[Segment]:
+    """Read the segment rows written by :mod:`lit_forecast.data.prepare`."""
+    columns = table.to_pydict()
+    return [
+        Segment(sid, pd.Timestamp(start), np.asarray(values, dtype=np.float64), np.asarray(starts, dtype=np.int64))
+        for sid, start, values, starts in zip(columns["series_id"], columns["start"], columns["values"], columns["window_starts"])
+    ]
 
 
-def fit_scaler(series: Series, config: DataConfig) -> Scaler:
-    """Mean and std of the slots before ``train_end`` (never later ones)."""
-    times = slot_times(series, config.freq)
-    train = series.values[times < pd.Timestamp(config.train_end)]
-    train = train[np.isfinite(train)]
-    if len(train) < 2:
-        raise DataError(f"series {series.series_id!r} has no training data before data.train_end={config.train_end}")
-    std = float(train.std())
-    return Scaler(mean=float(train.mean()), std=std if std > 1e-8 else 1.0)
+def calendar_features(times: pd.DatetimeIndex, freq: str) -> np.ndarray:
+    """(T, 3) int64: slot of the day (0 .. slots_per_day-1), day of the week (Monday 0), and
+    1 on US federal holidays (New Year, Thanksgiving, Christmas, ...), else 0."""
+    slot = (times - times.normalize()) // pd.Timedelta(freq)
+    days = times.normalize()
+    holidays = USFederalHolidayCalendar().holidays(days.min(), days.max()) if len(times) else []
+    return np.stack(
+        [np.asarray(slot, dtype=np.int64), np.asarray(times.day_of_week, dtype=np.int64), np.asarray(days.isin(holidays), dtype=np.int64)],
+        axis=1,
+    )
 
 
-def window_starts(series: Series, split: str, config: DataConfig) -> np.ndarray:
-    """Target-start indices ``s`` of the windows of ``split``, in time order.
+class WindowSet(Dataset):
+    """Windows over segments laid end to end in flat tensors; a window is a slice of them.
 
-    Training windows step by ``stride``, validation and test windows by ``eval_stride``,
-    counted from the first target slot of the split (so eval_stride 48 gives one window per
-    midnight). Windows touching a missing slot (a long gap kept by ``long_gaps: drop``) are
-    skipped.
+    Values are scaled once with each series' training statistics and kept in passengers too
+    (for baselines and actuals). Memory is O(slots), not O(windows x window length). A batch
+    is cut with one vectorised gather (:meth:`batch`), which the DataLoader uses through
+    ``__getitems__``: no per-window Python in the hot path.
     """
-    W, H = config.input_window, config.horizon
-    times = slot_times(series, config.freq)
-    lo, hi = split_bounds(config)[split]
-    n = len(series.values)
-    first_target = np.arange(n)
-    ok = first_target >= W
-    ok &= first_target + H <= n
-    if lo is not None:
-        ok &= times >= lo
-    if hi is not None:
-        last = np.minimum(first_target + H - 1, n - 1)
-        ok &= times[last] < hi
-    candidates = np.flatnonzero(ok)
-    if len(candidates) == 0:
-        return candidates
-    stride = config.stride if split == "train" else config.eval_stride
-    starts = candidates[(candidates - candidates[0]) % stride == 0]
-    if np.isnan(series.values).any():
-        missing = np.concatenate([[0], np.cumsum(np.isnan(series.values))])
-        touched = missing[starts + H] - missing[starts - W] > 0
-        starts = starts[~touched]
-    return starts
+
+    def __init__(self, segments: list[Segment], stats: dict[str, SeriesStats], spec: WindowSpec):
+        self.spec = spec
+        raw, times, targets, first, locs, scales, cutoffs, series_ids = [], [], [], [], [], [], [], []
+        base = 0
+        for seg in segments:
+            if seg.series_id not in stats:
+                raise DataError(f"no scaler statistics for series {seg.series_id!r}")
+            loc, scale = stats[seg.series_id].mean, stats[seg.series_id].std
+            slots = pd.date_range(seg.start, periods=len(seg.values), freq=spec.freq)
+            raw.append(seg.values)
+            times.append(calendar_features(slots, spec.freq))
+            targets.append(base + seg.window_starts)
+            first.append(np.full(len(seg.window_starts), base))
+            locs.append(np.full(len(seg.window_starts), loc))
+            scales.append(np.full(len(seg.window_starts), scale))
+            cutoffs.extend(slots[seg.window_starts])
+            series_ids.extend([seg.series_id] * len(seg.window_starts))
+            base += len(seg.values)
+        flat = np.concatenate(raw).astype(np.float64) if raw else np.zeros(0)
+        slot_loc = np.concatenate([np.full(len(s.values), stats[s.series_id].mean) for s in segments]) if segments else np.zeros(0)
+        slot_scale = np.concatenate([np.full(len(s.values), stats[s.series_id].std) for s in segments]) if segments else np.zeros(0)
+        self.raw = flat  # (T,) float64 passengers
+        self.values = torch.as_tensor((flat - slot_loc) / slot_scale, dtype=torch.float32)  # (T,) scaled
+        self.times = torch.as_tensor(np.concatenate(times) if times else np.zeros((0, 3)), dtype=torch.int64)
+        self.targets = torch.as_tensor(np.concatenate(targets) if targets else np.zeros(0), dtype=torch.int64)
+        self.first_slot = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)  # (N,) start of each window's segment
+        self.loc = torch.as_tensor(np.concatenate(locs) if locs else np.zeros(0), dtype=torch.float32)
+        self.scale = torch.as_tensor(np.concatenate(scales) if scales else np.zeros(0), dtype=torch.float32)
+        self.cutoffs = pd.DatetimeIndex(cutoffs)  # (N,) first target timestamp of each window
+        self.series_ids = series_ids  # (N,)
+        W, H = spec.input_window, spec.horizon
+        self._past = torch.arange(-W, 0)
+        self._future = torch.arange(H)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, index: torch.Tensor | np.ndarray | list[int] | slice) -> dict[str, torch.Tensor]:
+        """Windows ``index`` as one batch, cut by a single gather per tensor."""
+        starts = self.targets[index]
+        past, future = starts[:, None] + self._past, starts[:, None] + self._future
+        return {
+            "past_target": self.values[past],
+            "future_target": self.values[future],
+            "past_time": self.times[past],
+            "future_time": self.times[future],
+            "loc": self.loc[index],
+            "scale": self.scale[index],
+        }
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.batch(torch.as_tensor(indices, dtype=torch.int64))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {name: tensor[0] for name, tensor in self.batch(torch.tensor([i])).items()}
+
+    def history(self, index: np.ndarray | slice, slots: int) -> np.ndarray:
+        """(n, slots) float64 passengers of the ``slots`` slots before each window's target start."""
+        starts = self.targets[index].numpy()
+        return self.raw[starts[:, None] + np.arange(-slots, 0)]
+
+    def actual(self, index: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """(n, H) float64 passengers of the target slots; NaN where the data does not have them."""
+        starts = self.targets[index].numpy()
+        return self.raw[starts[:, None] + np.arange(self.spec.horizon)]
+
+    def history_available(self) -> np.ndarray:
+        """(N,) slots of the segment before each window's target start."""
+        return self.targets.numpy() - self.first_slot
+
+    def subset(self, rank: int, world_size: int) -> "WindowSet":
+        """Every ``world_size``-th window from ``rank``: disjoint parts that cover the whole set."""
+        return self.select(np.arange(rank, len(self), world_size))
+
+    def select(self, pick: np.ndarray) -> "WindowSet":
+        """The windows ``pick`` (indices), sharing the flat tensors."""
+        part = object.__new__(WindowSet)
+        part.__dict__.update(self.__dict__)
+        index = torch.as_tensor(pick, dtype=torch.int64)
+        part.targets, part.loc, part.scale = self.targets[index], self.loc[index], self.scale[index]
+        part.first_slot = self.first_slot[pick]
+        part.cutoffs = self.cutoffs[pick]
+        part.series_ids = [self.series_ids[i] for i in pick.tolist()]
+        return part
+
+
+def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The DataLoader's ``collate_fn`` for a :class:`WindowSet`: its batches come already stacked."""
+    return batch

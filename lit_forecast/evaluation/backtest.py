@@ -7,6 +7,7 @@ by each series' in-sample weekly seasonal-naive MAE on its training period.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -14,11 +15,11 @@ import pandas as pd
 
 from lit_forecast import storage
 from lit_forecast.evaluation.baselines import seasonal_naive
-from lit_forecast.evaluation.metrics import METRICS, evaluate, seasonal_naive_mae
+from lit_forecast.evaluation.metrics import evaluate, seasonal_naive_mae
+
+log = logging.getLogger(__name__)
 
 MODEL = "model"
-DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2}  # decimals shown in the printed table
-PERCENT = {"mape", "smape"}  # fractions in the JSON, percentages when printed
 
 
 def training_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, lag: int) -> float:
@@ -27,6 +28,25 @@ def training_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Ti
     The project scales by the weekly seasonal-naive error: ``lag`` is one week of slots.
     """
     return seasonal_naive_mae(values[times < train_end], lag)
+
+
+def mase_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, first_cutoff: pd.Timestamp, week: int, label: str = "") -> float:
+    """One series' MASE denominator: the weekly seasonal-naive in-sample MAE before ``train_end``.
+
+    ``values`` (T,) passengers at ``times``, short gaps filled. Newer data without that period is
+    scaled on its history before ``first_cutoff`` instead; with less than a week of it, NaN.
+    ``label`` names the series in warnings.
+    """
+    end = train_end
+    if (times < end).sum() <= week:
+        log.warning("MASE%s: less than a week of data before data.train_end=%s, so it is scaled on the data before %s",
+                    label, end, first_cutoff)
+        end = first_cutoff
+    try:
+        return training_scale(values, times, end, week)
+    except ValueError as err:
+        log.warning("MASE%s: none (%s)", label, err)
+        return float("nan")
 
 
 def backtest(
@@ -60,32 +80,6 @@ def backtest(
         "methods": methods,
         "mae_ratio_model_vs_naive_weekly": ratio,
     }
-
-
-def format_table(table: dict, steps: list[int] | None = None) -> str:
-    """The overall table, and MAE by horizon step (1-based ``steps``; default step 1 and every 6th)."""
-    H = table["horizon"]
-    steps = steps or sorted({1, *range(6, H + 1, 6), H})
-    names = list(table["methods"])
-    lines = [
-        f"backtest: {table['windows']} windows x {H} steps, cutoffs {table['cutoffs'][0]} .. {table['cutoffs'][-1]} "
-        f"({len(table['cutoffs'])}); MAE/RMSE in passengers, MAPE/sMAPE in %, MASE vs weekly naive in-sample",
-        f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in METRICS),
-    ]
-    for name in names:
-        overall = table["methods"][name]["overall"]
-        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if m in PERCENT else 1), DIGITS[m]) for m in METRICS))
-    lines.append(f"model MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
-    lines.append("")
-    lines.append("MAE by horizon step (all steps and metrics in the JSON):")
-    lines.append(f"{'step':>6}" + "".join(f"{n:>14}" for n in names))
-    for k in steps:
-        lines.append(f"{k:>6}" + "".join(_num(table["methods"][n]["by_step"]["mae"][k - 1], 0, 14) for n in names))
-    return "\n".join(lines)
-
-
-def _num(value: float, digits: int, width: int = 10) -> str:
-    return f"{'nan':>{width}}" if value is None or math.isnan(value) else f"{value:>{width},.{digits}f}"
 
 
 def save_table(location: str, table: dict) -> None:

@@ -68,3 +68,15 @@ def plot_forecast(
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     storage.write_bytes(location, buffer.getvalue())
+
+
+def plot_backtest_window(
+    location: str, history: pd.Series, forecast: pd.Series, actual: pd.Series, table: dict | None, heading: str, freq: str
+) -> None:
+    """:func:`plot_forecast` for one window of a backtest: the table adds MAE by step and its ratio to the title."""
+    errors = {name: m["by_step"]["mae"] for name, m in table["methods"].items()} if table else None
+    title = f"{heading}forecast from {forecast.index[0]:%a %Y-%m-%d %H:%M}" + (
+        f"  (backtest over {len(table['cutoffs'])} cutoffs: model MAE / weekly-naive MAE "
+        f"= {table['mae_ratio_model_vs_naive_weekly']:.2f})" if table else ""
+    )
+    plot_forecast(location, history, forecast, actual, errors, title, freq)

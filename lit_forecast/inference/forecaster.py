@@ -5,12 +5,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lit_forecast.data.windows import WindowSet
 from lit_forecast.models.module import ForecastModule
+
+MODEL_INPUTS = ("past_target", "past_time", "future_time", "loc", "scale")  # what a forecast needs of a batch
+
+
+def model_inputs(windows: WindowSet, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+    """Windows lo..hi-1 as the model's inputs, in numpy (cheap to ship to Ray tasks).
+
+    past_target (n, W) float32 scaled, past_time (n, W, 3), future_time (n, H, 3), loc and scale (n,) float32.
+    """
+    batch = windows.batch(slice(lo, hi))
+    return {name: batch[name].numpy() for name in MODEL_INPUTS}
 
 
 @torch.inference_mode()
 def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
-    """Autoregressive forecasts (N, H) float64 in passengers for ``inputs`` from ForecastWindows.model_inputs.
+    """Autoregressive forecasts (N, H) float64 in passengers for ``inputs`` from :func:`model_inputs`.
 
     Runs on the module's device, ``batch_size`` windows at a time.
     """
@@ -21,5 +33,4 @@ def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: 
         # torch.tensor copies: arrays from Ray's object store are read-only.
         batch = {name: torch.tensor(array[lo : lo + batch_size], device=device) for name, array in inputs.items()}
         outputs.append(module.forecast(batch).float().cpu().numpy())
-    horizon = module.hparams["window"]["horizon"]
-    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, horizon))
+    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, module.window.horizon))

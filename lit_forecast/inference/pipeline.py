@@ -18,19 +18,20 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from lit_forecast import storage
+from lit_forecast import layout, storage
 from lit_forecast.config import DataConfig
-from lit_forecast.data.prepare import slots_per_day
-from lit_forecast.data.source import Series, fill_short_gaps
+from lit_forecast.data.source import Series
+from lit_forecast.data.windows import WindowSet
+from lit_forecast.errors import CutoffError
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
-from lit_forecast.evaluation.plots import plot_forecast
-from lit_forecast.inference.checkpoint import best_checkpoint, latest_run, load_checkpoint, run_of
-from lit_forecast.inference.forecaster import forecast
-from lit_forecast.inference.windows import CutoffError, ForecastWindows, build_windows, read_series
+from lit_forecast.evaluation.plots import plot_backtest_window
+from lit_forecast.inference.checkpoint import load_checkpoint
+from lit_forecast.inference.cutoffs import build_windows, read_series
+from lit_forecast.inference.forecaster import forecast, model_inputs
+from lit_forecast.spec import SINGLE_SERIES, series_label
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -62,25 +63,25 @@ class InferenceResult:
     plot: str
     table: dict | None = None  # backtest table when actuals were known
     table_path: str | None = None
-    windows: ForecastWindows | None = field(default=None, repr=False)
+    windows: WindowSet | None = field(default=None, repr=False)
 
 
 def infer(request: InferenceRequest) -> InferenceResult:
     """Load, forecast, evaluate when actuals are known, and write the files."""
-    path = request.checkpoint or best_checkpoint(request.run or latest_run(request.storage))
+    path = request.checkpoint or layout.best_checkpoint(request.run or layout.latest_run(request.storage))
     use_cuda = request.num_gpus > 0 and torch.cuda.is_available() and not request.use_ray
     loaded = load_checkpoint(path, "cuda" if use_cuda else "cpu", horizon=request.horizon)
-    W, H, freq = loaded.window["input_window"], loaded.window["horizon"], loaded.window["freq"]
-    log.info("checkpoint %s: %d past -> %d future slots of %s", loaded.path, W, H, freq)
+    spec = loaded.window
+    log.info("checkpoint %s: %d past -> %d future slots of %s", loaded.path, spec.input_window, spec.horizon, spec.freq)
 
     data = _data_config(loaded.config.data, request.data)
     series = read_series(data)
-    log.info("data %s: %s", data.source, ", ".join(f"{_label(s)}{len(s.values)} slots from {s.start}" for s in series))
-    windows = build_windows(series, loaded.series_stats, W, H, freq, request.cutoffs, data.max_gap)
-    evaluating = bool(np.isfinite(windows.actual).any())
-    if evaluating:  # the baselines need their full lag of history before every cutoff
-        lags = seasonal_naive_lags(loaded.window["slots_per_day"])
-        windows = build_windows(series, loaded.series_stats, W, H, freq, request.cutoffs, data.max_gap, history=max(W, *lags.values()))
+    log.info("data %s: %d series, %d slots of %s", data.source, len(series), sum(len(s.values) for s in series), spec.freq)
+    lags = seasonal_naive_lags(spec.slots_per_day)
+    evaluating = _has_actuals(series, request.cutoffs, spec.freq)
+    # A backtest scores the seasonal-naive baselines too: they need their full lag before every cutoff.
+    windows, filled = build_windows(series, loaded.series_stats, spec, request.cutoffs, data.max_gap,
+                                    history=max(lags.values()) if evaluating else None)
 
     if request.use_ray:
         from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
@@ -88,19 +89,33 @@ def infer(request: InferenceRequest) -> InferenceResult:
         forecasts = forecast_remote(loaded.path, windows, request.windows_per_task, request.num_cpus,
                                     request.num_gpus, request.batch_size, request.max_retries)
     else:
-        forecasts = forecast(loaded.module, windows.model_inputs(), request.batch_size)
+        forecasts = forecast(loaded.module, model_inputs(windows), request.batch_size)
 
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column))
     output = request.output or _default_output(loaded.path, windows)
     write_frame(output, frame)
     result = InferenceResult(loaded.path, frame, output, request.plot or _sibling(output, ".png"), windows=windows)
     if evaluating:
-        scales = {s.series_id: _mase_scale(s, data, windows.cutoffs.min(), lags["naive_weekly"]) for s in series}
-        result.table = bt.backtest(forecasts, windows.history, windows.actual, windows.series_ids, windows.cutoffs, scales, lags)
+        week, first = lags["naive_weekly"], windows.cutoffs.min()
+        scales = {
+            s.series_id: bt.mase_scale(s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq),
+                                       pd.Timestamp(data.train_end), first, week, series_label(s.series_id))
+            for s in filled
+        }
+        history = windows.history(slice(None), max(lags.values()))
+        result.table = bt.backtest(forecasts, history, windows.actual(), windows.series_ids, windows.cutoffs, scales, lags)
         result.table_path = _sibling(output, ".backtest.json")
         bt.save_table(result.table_path, result.table)
-    _plot(result, series, forecasts, data, request.plot_cutoff)
+    _plot(result, forecasts, request.plot_cutoff)
     return result
+
+
+def _has_actuals(series: list[Series], cutoffs: list[pd.Timestamp] | None, freq: str) -> bool:
+    """True if the data holds any slot at or after one of the cutoffs (None: after the end, so no)."""
+    if cutoffs is None:
+        return False
+    step = pd.Timedelta(freq)
+    return any(c < s.start + len(s.values) * step for s in series for c in cutoffs)
 
 
 def _data_config(trained: DataConfig, data: str | None) -> DataConfig:
@@ -110,44 +125,22 @@ def _data_config(trained: DataConfig, data: str | None) -> DataConfig:
     return dataclasses.replace(trained, source=data, sha256=None)  # new data: no checksum to expect
 
 
-def _label(s: Series) -> str:
-    return "" if s.series_id == "0" else f"series {s.series_id}: "
-
-
-def _mase_scale(s: Series, data: DataConfig, first_cutoff: pd.Timestamp, week: int) -> float:
-    """Weekly seasonal-naive in-sample MAE on the series' training period (before data.train_end).
-
-    Newer data without that period is scaled on its history before the first cutoff instead;
-    with less than a week of it, MASE is NaN.
-    """
-    values = fill_short_gaps(s.values, int(pd.Timedelta(data.max_gap) / pd.Timedelta(data.freq)))
-    times = pd.date_range(s.start, periods=len(values), freq=data.freq)
-    end = pd.Timestamp(data.train_end)
-    if (times < end).sum() <= week:
-        log.warning("%sless than a week of data before data.train_end=%s: MASE is scaled on the data before %s",
-                    _label(s), end, first_cutoff)
-        end = first_cutoff
-    try:
-        return bt.training_scale(values, times, end, week)
-    except ValueError as err:
-        log.warning("%sno MASE: %s", _label(s), err)
-        return float("nan")
-
-
-def forecast_frame(windows: ForecastWindows, forecasts: np.ndarray, with_series: bool) -> pd.DataFrame:
+def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool) -> pd.DataFrame:
     """Long table, one row per window and step: [series_id,] cutoff, timestamp, forecast[, actual]."""
     N, H = forecasts.shape
+    actual = windows.actual()
+    steps = np.arange(H) * pd.Timedelta(windows.spec.freq).to_timedelta64()
     columns = {
         "series_id": np.repeat(windows.series_ids, H),
         "cutoff": np.repeat(windows.cutoffs.to_numpy(), H),
-        "timestamp": windows.timestamps().ravel(),
+        "timestamp": (windows.cutoffs.to_numpy()[:, None] + steps[None, :]).ravel(),
         "forecast": forecasts.ravel(),
-        "actual": windows.actual.ravel(),
+        "actual": actual.ravel(),
     }
     frame = pd.DataFrame(columns)
     if not with_series:
         frame = frame.drop(columns="series_id")
-    if not np.isfinite(windows.actual).any():
+    if not np.isfinite(actual).any():
         frame = frame.drop(columns="actual")
     return frame
 
@@ -164,9 +157,9 @@ def write_frame(location: str, frame: pd.DataFrame) -> None:
         raise ValueError(f"{location}: the file name must end in .csv or .parquet")
 
 
-def _default_output(checkpoint: str, windows: ForecastWindows) -> str:
-    run = run_of(checkpoint)
-    folder = storage.join(run, "forecasts") if run else storage.absolute("forecasts")
+def _default_output(checkpoint: str, windows: WindowSet) -> str:
+    run = layout.run_of(checkpoint)
+    folder = layout.forecasts_dir(run) if run else storage.absolute("forecasts")
     first, last = windows.cutoffs.min(), windows.cutoffs.max()
     stamp = f"{first:%Y%m%dT%H%M}" + (f"-{last:%Y%m%dT%H%M}" if last != first else "")
     return storage.join(folder, f"forecast_{stamp}.csv")
@@ -177,7 +170,7 @@ def _sibling(output: str, suffix: str) -> str:
     return base + suffix
 
 
-def _plot(result: InferenceResult, series: list[Series], forecasts: np.ndarray, data: DataConfig, cutoff: pd.Timestamp | None) -> None:
+def _plot(result: InferenceResult, forecasts: np.ndarray, cutoff: pd.Timestamp | None) -> None:
     """PNG of the first series at ``cutoff`` (default: its last cutoff), and error by step if evaluated."""
     windows = result.windows
     first = windows.series_ids[0]
@@ -187,36 +180,10 @@ def _plot(result: InferenceResult, series: list[Series], forecasts: np.ndarray, 
         if not rows:
             raise CutoffError(f"--plot-cutoff {cutoff} is not one of the forecast cutoffs")
     i = rows[-1]
-    s = next(s for s in series if s.series_id == first)
-    step = pd.Timedelta(data.freq)
-    c = int((windows.cutoffs[i] - s.start) / step)
-    lo = max(0, c - 7 * slots_per_day(data.freq))  # one week of history before the cutoff
-    values = fill_short_gaps(s.values[:c], int(pd.Timedelta(data.max_gap) / step))  # only data before the cutoff
-    history = pd.Series(values[lo:c], index=pd.date_range(s.start + lo * step, periods=c - lo, freq=data.freq))
-    times = pd.DatetimeIndex(windows.timestamps()[i])
-    errors = {name: m["by_step"]["mae"] for name, m in result.table["methods"].items()} if result.table else None
-    title = f"{_label(s)}forecast from {windows.cutoffs[i]:%a %Y-%m-%d %H:%M}" + (
-        f"  (backtest over {len(result.table['cutoffs'])} cutoffs: model MAE / weekly-naive MAE "
-        f"= {result.table['mae_ratio_model_vs_naive_weekly']:.2f})" if result.table else ""
-    )
-    plot_forecast(result.plot, history, pd.Series(forecasts[i], index=times), pd.Series(windows.actual[i], index=times),
-                  errors, title, data.freq)
-
-
-def format_forecasts(frame: pd.DataFrame, max_rows: int = 48) -> str:
-    """The first ``max_rows`` rows as a small aligned table, passengers rounded; one cutoff goes in the heading."""
-    shown = frame.head(max_rows).copy()
-    heading = ""
-    if frame["cutoff"].nunique() == 1:
-        heading = f"forecast from cutoff {frame['cutoff'].iloc[0]:%a %Y-%m-%d %H:%M}\n"
-        shown = shown.drop(columns="cutoff")
-    for column in ("cutoff", "timestamp"):
-        if column in shown:
-            shown[column] = shown[column].dt.strftime("%Y-%m-%d %H:%M")
-    for column in ("forecast", "actual"):
-        if column in shown:
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
-    text = heading + shown.to_string(index=False)
-    if len(frame) > max_rows:
-        text += f"\n... {len(frame) - max_rows} more rows"
-    return text
+    spec, at = windows.spec, windows.cutoffs[i]
+    week = min(7 * spec.slots_per_day, int(windows.history_available()[i]))  # one week of history, or what there is
+    step = pd.Timedelta(spec.freq)
+    history = pd.Series(windows.history([i], week)[0], index=pd.date_range(at - week * step, periods=week, freq=spec.freq))
+    times = pd.date_range(at, periods=spec.horizon, freq=spec.freq)
+    plot_backtest_window(result.plot, history, pd.Series(forecasts[i], index=times), pd.Series(windows.actual([i])[0], index=times),
+                         result.table, "" if first == SINGLE_SERIES else f"series {first}: ", spec.freq)

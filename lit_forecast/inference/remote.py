@@ -14,9 +14,11 @@ import ray
 import torch
 
 from lit_forecast import ray_cluster, storage
-from lit_forecast.inference.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
-from lit_forecast.inference.forecaster import forecast
-from lit_forecast.inference.windows import ForecastWindows
+from lit_forecast.data.windows import WindowSet
+from lit_forecast.errors import CheckpointError
+from lit_forecast.inference.checkpoint import load_checkpoint
+from lit_forecast.inference.forecaster import forecast, model_inputs
+from lit_forecast.layout import checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def forecast_chunk(
 
 def forecast_remote(
     checkpoint: str,
-    windows: ForecastWindows,
+    windows: WindowSet,
     windows_per_task: int = 256,
     num_cpus: float = 1,
     num_gpus: float = 0,
@@ -61,7 +63,7 @@ def forecast_remote(
         num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries, retry_exceptions=[OSError]
     )
     refs = [
-        task.remote(payload, path, windows.model_inputs(lo, lo + windows_per_task), batch_size, num_gpus > 0, int(num_cpus))
+        task.remote(payload, path, model_inputs(windows, lo, lo + windows_per_task), batch_size, num_gpus > 0, int(num_cpus))
         for lo in range(0, len(windows), windows_per_task)
     ]
     log.info("forecasting %d windows in %d Ray tasks (%s CPU%s each)", len(windows), len(refs), num_cpus,

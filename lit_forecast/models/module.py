@@ -9,7 +9,6 @@ checkpoint carries the model config, window parameters and scaler statistics and
 from __future__ import annotations
 
 import math
-import time
 
 import lightning as L
 import torch
@@ -17,9 +16,9 @@ import torch.nn.functional as F
 import torchmetrics
 
 from lit_forecast.models.transformer import Seq2SeqTransformer
+from lit_forecast.spec import SeriesStats, WindowSpec, stats_from_dict
 
 LOSSES = {"smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss, "mae": F.l1_loss}
-STAGES = ("val", "test")
 
 
 def passenger_metrics() -> torchmetrics.MetricCollection:
@@ -40,7 +39,7 @@ class ForecastModule(L.LightningModule):
     Args (all plain values):
         model: ``ModelConfig`` fields (d_model, nhead, layers, patch_len, ...); ``members``
             networks are trained side by side and their forecasts averaged (an ensemble over seeds).
-        window: ``input_window``, ``horizon``, ``freq``, ``slots_per_day``.
+        window: :class:`~lit_forecast.spec.WindowSpec` as a dict (``WindowSpec.to_dict``).
         train: ``TrainConfig`` fields (lr, loss, warm-up, scheduled sampling, ...).
         series: ``{series_id: {"mean": .., "std": ..}}`` training statistics, kept for inference.
     """
@@ -48,22 +47,21 @@ class ForecastModule(L.LightningModule):
     def __init__(self, model: dict, window: dict, train: dict, series: dict):
         super().__init__()
         self.save_hyperparameters()
+        self.window: WindowSpec = WindowSpec.from_dict(window)
+        self.series_stats: dict[str, SeriesStats] = stats_from_dict(series)
         shape = {k: v for k, v in model.items() if k != "members"}
         # An ensemble over seeds in one module: members differ only in their initial weights
         # (drawn one after the other from the seeded generator) and scheduled-sampling draws.
         self.nets = torch.nn.ModuleList(
             Seq2SeqTransformer(
-                input_window=window["input_window"], horizon=window["horizon"], slots_per_day=window["slots_per_day"], **shape
+                input_window=self.window.input_window, horizon=self.window.horizon, slots_per_day=self.window.slots_per_day, **shape
             )
             for _ in range(model.get("members", 1))
         )
         self.loss_fn = LOSSES[train["loss"]]
-        self.metrics = torch.nn.ModuleDict({stage: passenger_metrics() for stage in STAGES})
+        self.val_metrics = passenger_metrics()
         # Window-weighted means, so ranks with unequal window counts still give the global value.
-        self.losses = torch.nn.ModuleDict(
-            {stage: torch.nn.ModuleDict({"loss": torchmetrics.MeanMetric(), "loss_tf": torchmetrics.MeanMetric()}) for stage in STAGES}
-        )
-        self._epoch_start, self._epoch_windows = 0.0, 0
+        self.val_losses = torch.nn.ModuleDict({"loss": torchmetrics.MeanMetric(), "loss_tf": torchmetrics.MeanMetric()})
 
     # -- training -------------------------------------------------------------------------------
 
@@ -93,7 +91,6 @@ class ForecastModule(L.LightningModule):
         # sync_dist: the epoch value is the mean over all ranks, not rank 0's shard alone.
         self.log("train/loss", losses.mean(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        self._epoch_windows += n
         return losses.sum()  # each member's parameters get the gradient of its own loss
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -102,19 +99,10 @@ class ForecastModule(L.LightningModule):
             for net in self.nets:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), gradient_clip_val)
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_start, self._epoch_windows = time.perf_counter(), 0
-
     def on_validation_epoch_start(self) -> None:
-        # The training part of the epoch ends where its validation starts. Logged here rather
-        # than in on_train_epoch_end, which runs after callbacks have read the epoch's metrics.
-        if self.trainer.state.fn != "fit" or self._epoch_windows == 0:
-            return
-        elapsed = time.perf_counter() - self._epoch_start
-        # Windows across all ranks: every rank holds an equal shard, so multiply by world size.
-        self.log("train/windows_per_s", self._epoch_windows * self.trainer.world_size / max(elapsed, 1e-9), sync_dist=True)
-        self.log("train/epoch_time_s", elapsed, sync_dist=True)  # mean over ranks
-        self.log("train/sampling_p", self.sampling_probability(), sync_dist=True)
+        # Logged here rather than in on_train_epoch_end, which runs after callbacks have read the epoch's metrics.
+        if self.trainer.state.fn == "fit":
+            self.log("train/sampling_p", self.sampling_probability(), sync_dist=True)
 
     # -- evaluation: the same autoregressive path as inference -----------------------------------
 
@@ -134,28 +122,17 @@ class ForecastModule(L.LightningModule):
         scaled = self.forecast_scaled(batch["past_target"], batch["past_time"], batch["future_time"])
         return scaled * batch["scale"][:, None] + batch["loc"][:, None]
 
-    def _evaluate(self, batch: dict, stage: str) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
         past, future = batch["past_target"], batch["future_target"]
         teacher_forced = self.teacher_forced(past, batch["past_time"], batch["future_time"], future)
         scaled = self.forecast_scaled(past, batch["past_time"], batch["future_time"])
         n = len(past)
-        losses = self.losses[stage]
-        losses["loss_tf"].update(self.loss_fn(teacher_forced, future), weight=n)
-        losses["loss"].update(self.loss_fn(scaled, future), weight=n)
-        self.log_dict({f"{stage}/{k}": m for k, m in losses.items()}, batch_size=n)
+        self.val_losses["loss_tf"].update(self.loss_fn(teacher_forced, future), weight=n)
+        self.val_losses["loss"].update(self.loss_fn(scaled, future), weight=n)
+        self.log_dict({f"val/{k}": m for k, m in self.val_losses.items()}, batch_size=n)
         scale, loc = batch["scale"][:, None], batch["loc"][:, None]
-        metrics = self.metrics[stage]
-        metrics.update(scaled * scale + loc, future * scale + loc)
-        self.log_dict({f"{stage}/{k}": m for k, m in metrics.items()}, batch_size=n)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.forecast(batch)
+        self.val_metrics.update(scaled * scale + loc, future * scale + loc)
+        self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, batch_size=n)
 
     # -- optimisation ---------------------------------------------------------------------------
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import ray
@@ -24,10 +22,13 @@ from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrai
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lit_forecast import cli, ray_cluster, storage
-from lit_forecast.config import Config, from_dict, to_dict, validate
+from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
+from lit_forecast.errors import RunError
+from lit_forecast.layout import CHECKPOINT_FILE, data_dir, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
-from lit_forecast.training.runs import CHECKPOINT_FILE, RunError, data_dir, tensorboard_dir
+from lit_forecast.spec import stats_to_dict
+from lit_forecast.training.callbacks import EpochLine, Throughput
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,12 @@ def trainer_arguments(config: Config) -> dict:
 
 
 class ReportCallback(RayTrainReportCallback):
-    """Reports metrics every epoch and a checkpoint every ``every_n_epochs`` (and at the end).
+    """Ray's report callback, checkpointing every ``every_n_epochs`` epochs (and at the last one).
 
-    Only rank 0 uploads the checkpoint (Lightning writes it on rank 0 alone); every rank reports,
-    as Ray Train requires. The checkpoint also carries the full resolved config.
+    On those epochs it is Ray's own: every rank reports the epoch's metrics and its checkpoint
+    folder (Lightning writes the file on rank 0 only). On the others it reports metrics alone,
+    which Ray Train requires of every rank each epoch. Each checkpoint also carries the full
+    resolved config under ``lit_forecast_config``, so inference needs no other file.
     """
 
     def __init__(self, every_n_epochs: int, config: dict):
@@ -108,54 +111,18 @@ class ReportCallback(RayTrainReportCallback):
         checkpoint["lit_forecast_config"] = self.config
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
-        metrics.update(epoch=trainer.current_epoch, step=trainer.global_step)
         epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
-            ray.train.report(metrics=metrics)
+        if epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
+            super().on_train_epoch_end(trainer, pl_module)
             return
-        tmpdir = Path(self.tmpdir_prefix, str(trainer.current_epoch))
-        tmpdir.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmpdir / CHECKPOINT_FILE, weights_only=False)
-        checkpoint = Checkpoint.from_directory(tmpdir) if trainer.global_rank == 0 else None
-        ray.train.report(metrics=metrics, checkpoint=checkpoint)
-        trainer.strategy.barrier()
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        shutil.rmtree(self.tmpdir_prefix, ignore_errors=True)
-
-
-class EpochLine(L.Callback):
-    """One readable line per epoch from rank 0, and one when the first step is done."""
-
-    def __init__(self, launched_at: float):
-        self.start, self.launched_at, self.stepped = 0.0, launched_at, False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.stepped and trainer.global_rank == 0:
-            log.info("first training step done, %.1f s after launch", time.time() - self.launched_at)
-        self.stepped = True
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.global_rank != 0:
-            return
-        m = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        for key, fmt in (("train/loss_epoch", ".4f"), ("val/loss", ".4f"), ("val/mae", ".0f"), ("val/smape", ".3f"), ("train/windows_per_s", ".0f")):
-            if key in m:
-                parts.append(f"{key} {format(m[key].item(), fmt)}")
-        parts.append(f"({time.perf_counter() - self.start:.1f} s)")
-        log.info("  ".join(parts))
+        metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+        ray.train.report(metrics={**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step})
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: one Lightning Trainer per worker over its rank's shard."""
     _worker_logging()
-    config = validate(from_dict(loop_config["config"]))
+    config = from_dict(loop_config["config"])
     run = loop_config["run"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -163,13 +130,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(config.cluster.cpus_per_worker)))
 
     datamodule = ShardDataModule(data_dir(run), config.train.batch_size)
-    plain = to_dict(config)
-    module = ForecastModule(plain["model"], datamodule.manifest["window"], plain["train"], datamodule.manifest["series"])
+    plain, manifest = to_dict(config), datamodule.manifest
+    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
     trainer = L.Trainer(
         **trainer_arguments(config),
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
-        callbacks=[EpochLine(loop_config["launched_at"]), ReportCallback(config.cluster.checkpoint_every_n_epochs, plain)],
+        callbacks=[
+            Throughput(),
+            EpochLine(loop_config["launched_at"]),
+            ReportCallback(config.cluster.checkpoint_every_n_epochs, plain),
+        ],
         logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),
     )
     trainer = prepare_trainer(trainer)
@@ -191,10 +162,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def _worker_logging() -> None:
     cli.quiet_third_parties()
-    # "Reporting training result N: ..." comes from a logger named after its file path.
-    from ray.train.v2._internal.execution import context as ray_train_context
+    # Ray 2.60 (Train V2) logs "Reporting training result N: ..." at INFO on a logger named after
+    # the file path of its private module ray/train/v2/_internal/execution/context.py; there is
+    # no public setting for it. If a later Ray moves the module, the line simply comes back.
+    try:
+        from ray.train.v2._internal.execution import context as ray_train_context
 
-    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
+        logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
     package = logging.getLogger("lit_forecast")
     if not package.handlers:
         handler = logging.StreamHandler(sys.stdout)

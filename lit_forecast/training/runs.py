@@ -1,56 +1,21 @@
-"""Run folders and the driver's side of training, without Ray (that lives in ray_train.py).
+"""The driver's side of training, without Ray (that lives in ray_train.py): check the run
+folder against the config, prepare the data, hand over to Ray Train, write the summary.
 
-A run is one folder, ``<storage>/<name>``, that holds its whole record::
-
-    config.yaml              the resolved config (a rerun with another config is refused)
-    data/                    the Parquet shards and manifest it trained on
-    tensorboard/             event files written by rank 0
-    checkpoint_*/            Ray Train checkpoints (checkpoint.ckpt inside)
-    summary.json             written when training finishes: best checkpoint and its metrics
+The run folder's layout is :mod:`lit_forecast.layout`.
 """
 
 from __future__ import annotations
 
 import logging
 
-import yaml
-
-from lit_forecast import storage
-from lit_forecast.config import Config, ConfigError, dump, from_dict, to_dict, validate
-from lit_forecast.data.prepare import prepare, summary
+from lit_forecast import console, storage
+from lit_forecast.config import Config, dump, to_dict
+from lit_forecast.data.manifest import Manifest
+from lit_forecast.data.prepare import prepare
+from lit_forecast.errors import RunError
+from lit_forecast.layout import CONFIG_FILE, RAY_SNAPSHOT_FILE, SUMMARY_FILE, data_dir, read_config, run_dir
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
-CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each checkpoint_*/ (RayTrainReportCallback.CHECKPOINT_NAME)
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of reported checkpoints
-
-
-class RunError(RuntimeError):
-    """A run cannot start or continue as asked; the message says what to do instead."""
-
-
-def run_dir(config: Config) -> str:
-    """``<storage>/<name>`` as an absolute path or URI."""
-    if not config.run.name:
-        raise ConfigError("'run.name' is not set: pass --name or set run.name in the config")
-    return storage.join(storage.absolute(config.run.storage), config.run.name)
-
-
-def data_dir(run: str) -> str:
-    """The run's prepared dataset."""
-    return storage.join(run, "data")
-
-
-def tensorboard_dir(run: str) -> str:
-    """Where rank 0 writes TensorBoard events."""
-    return storage.join(run, "tensorboard")
-
-
-def read_config(run: str) -> Config:
-    """The config a run was started with."""
-    raw = yaml.safe_load(storage.read_text(storage.join(run, CONFIG_FILE)))
-    return validate(from_dict(raw))
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -64,7 +29,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_only(config: Config) -> tuple[dict, str]:
+def prepare_only(config: Config) -> tuple[Manifest, str]:
     """Prepare the run's data shards; returns the manifest and where they are."""
     config, _ = check_run(config, resume=False)  # never re-prepare under another run's config
     folder = data_dir(run_dir(config))
@@ -111,7 +76,7 @@ def train(config: Config, resume: bool = False) -> dict:
     # Ray Train V2 retries every worker error max_failures times.
     _check_tensorboard_storage(run)
     manifest = prepare(config, data_dir(run))
-    for line in summary(manifest, data_dir(run)).splitlines():
+    for line in console.format_dataset(manifest, data_dir(run)).splitlines():
         log.info(line)
     if not resumed:
         storage.write_text(storage.join(run, CONFIG_FILE), dump(config))
@@ -141,21 +106,3 @@ def _check_tensorboard_storage(run: str) -> None:
         fsspec.get_filesystem_class(scheme)
     except (ImportError, ValueError) as err:
         raise RunError(f"TensorBoard logs for {run} go through fsspec, which cannot write {scheme}:// here ({err})") from None
-
-
-def format_summary(result: dict) -> str:
-    """Closing words of a run: best checkpoint, its metrics, where to look next."""
-    best = result.get("best_checkpoint")
-    metrics = result.get("best_metrics", {})
-    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in ("val/mae", "val/rmse", "val/mape", "val/smape", "val/loss") if k in metrics)
-    return "\n".join(
-        [
-            "",
-            f"run          {result['run_dir']}",
-            f"epochs       {result.get('epochs')}" + (f" (epoch {int(metrics['epoch']) + 1} best)" if "epoch" in metrics else ""),  # Lightning counts from 0
-            f"best         {best}",
-            f"metrics      {shown}  (passengers; mape/smape as fractions)",
-            f"tensorboard  tensorboard --logdir {result['tensorboard']}",
-            f"forecast     python infer.py --run {result['run_dir']}",
-        ]
-    )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -77,29 +78,16 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float) -
         time.sleep(0.1)
 
 
-def descendants(pid: int) -> list[int]:
-    """PIDs of every process below ``pid``, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+def training_workers(pid: int) -> list[psutil.Process]:
+    """Ray Train worker processes below ``pid``."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if " ".join(child.cmdline()).startswith("ray::RayTrainWorker"):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
     return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -159,9 +147,9 @@ def test_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(taxi_li
     )  # fmt: skip
     try:
         wait_for_checkpoint(run_dir, proc, timeout=180)
-        workers = [pid for pid in descendants(proc.pid) if cmdline(pid).startswith("ray::RayTrainWorker")]
-        assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
-        os.kill(workers[-1], signal.SIGKILL)
+        workers = training_workers(proc.pid)
+        assert len(workers) == 2, workers
+        workers[-1].send_signal(signal.SIGKILL)
         output, _ = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:

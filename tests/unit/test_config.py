@@ -45,11 +45,17 @@ def test_load_reads_values_and_keeps_defaults(write_yaml):
     assert config.data.input_window == 16 and config.data.horizon == 4
     assert config.model.seasonal_lag == 8 and config.cluster.num_workers == 3
     assert config.train.lr == 1.0 and type(config.train.lr) is float  # int widened to float
-    assert config.data.freq == "30min" and config.train.batch_size == 64  # untouched defaults
+    assert config.data.freq == "30min" and config.train.batch_size == 32  # untouched defaults
 
 
 def test_default_config_is_valid():
     assert cfg.validate(cfg.Config()) is not None
+
+
+def test_the_local_config_is_the_dataclass_defaults():
+    # One source of defaults: what `python train.py` trains is Config() itself.
+    assert cfg.load() == cfg.Config()
+    assert cfg.Config().model.members == 2 and cfg.Config().run.name == "nyc_taxi_local"
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,11 @@ import torch
 from lit_forecast import storage
 from lit_forecast.data import prepare as prep
 from lit_forecast.data.datamodule import ShardDataModule
-from lit_forecast.data.dataset import WindowDataset, calendar_features, segments_from_table
-from lit_forecast.data.source import DataError, fetch, load_series
+from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
+from lit_forecast.data.source import fetch, load_series
+from lit_forecast.data.splits import window_starts
+from lit_forecast.data.windows import WindowSet, calendar_features, segments_from_table
+from lit_forecast.errors import DataError
 
 START = pd.Timestamp("2024-01-01 00:00")  # a Monday
 STEP = pd.Timedelta("30min")
@@ -34,27 +37,36 @@ def at(slot: int) -> pd.Timestamp:
 SPLIT_DATES = {"train_end": str(at(TRAIN_SLOTS)), "val_end": str(at(VAL_SLOTS))}
 
 
-def load_file(data_dir: str, filename: str) -> WindowDataset:
+def load_file(data_dir: str, filename: str) -> WindowSet:
     """The windows of one prepared Parquet file, scaled with the manifest's statistics."""
-    manifest = prep.read_manifest(data_dir)
-    w = manifest["window"]
+    manifest = read_manifest(data_dir)
     table = storage.read_parquet(storage.join(data_dir, filename))
-    return WindowDataset(segments_from_table(table), manifest["series"], w["input_window"], w["horizon"], w["freq"])
+    return WindowSet(segments_from_table(table), manifest.series_stats(), manifest.window)
 
 
-def target_starts(ds: WindowDataset, start: pd.Timestamp = START) -> list[int]:
+CONFIGS: dict[str, object] = {}  # data folder -> the config that prepared it
+
+
+def held_out_starts(data_dir: str, series_id: str = "0") -> list[int]:
+    """Target starts of one series' test windows (not stored in the dataset), from the source."""
+    data = CONFIGS[data_dir].data
+    series, _ = load_series(fetch(data), data)
+    return [int(t) for s in series if s.series_id == series_id for t in window_starts(s, "test", data)]
+
+
+def target_starts(ds: WindowSet, start: pd.Timestamp = START) -> list[int]:
     """Slot index (counted from ``start``) of each window's first target."""
     return [int((c - start) / STEP) for c in ds.cutoffs]
 
 
-def raw_window(ds: WindowDataset, i: int) -> tuple[np.ndarray, np.ndarray]:
+def raw_window(ds: WindowSet, i: int) -> tuple[np.ndarray, np.ndarray]:
     """(past, future) of window ``i`` back in passengers."""
     item = ds[i]
     unscale = lambda x: (x * item["scale"] + item["loc"]).double().numpy()  # noqa: E731
     return unscale(item["past_target"]), unscale(item["future_target"])
 
 
-def assert_windows_match(ds: WindowDataset, expected: np.ndarray, start: pd.Timestamp = START, w: int = W, h: int = H):
+def assert_windows_match(ds: WindowSet, expected: np.ndarray, start: pd.Timestamp = START, w: int = W, h: int = H):
     """Every window's past and future are exactly ``expected`` around its cutoff."""
     assert len(ds) > 0
     for i, s in enumerate(target_starts(ds, start)):
@@ -89,6 +101,7 @@ def prepared(tmp_path, synthetic_csv, make_config):
         csv = csv or synthetic_csv(values, name=f"series{n}.csv")
         config = make_config(csv, **{**SPLIT_DATES, **data})
         data_dir = str(tmp_path / f"prepared{n}")
+        CONFIGS[data_dir] = config
         return data_dir, prep.prepare(config, data_dir, num_shards=num_shards)
 
     return make
@@ -101,7 +114,7 @@ def prepared(tmp_path, synthetic_csv, make_config):
 def test_window_alignment_exact_on_arange(prepared):
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=1)
     slots = np.arange(SLOTS, dtype=np.float64)
-    train = load_file(data_dir, manifest["files"]["train"][0])
+    train = load_file(data_dir, manifest.train_files[0])
     assert target_starts(train)[0] == W  # the first window whose past fits
     for i in range(len(train)):
         past, future = raw_window(train, i)
@@ -109,8 +122,7 @@ def test_window_alignment_exact_on_arange(prepared):
         np.testing.assert_allclose(past, slots[s - W : s], rtol=0, atol=1e-3)
         np.testing.assert_allclose(future, slots[s : s + H], rtol=0, atol=1e-3)
         assert train.cutoffs[i] == at(s)
-    for split in ("val", "test"):
-        assert_windows_match(load_file(data_dir, manifest["files"][split]), slots)
+    assert_windows_match(load_file(data_dir, manifest.val_file), slots)
 
 
 def test_calendar_features_exact():
@@ -125,7 +137,7 @@ def test_calendar_features_exact():
 
 def test_window_calendar_features_follow_slots(prepared):
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=1)
-    for name in [*manifest["files"]["train"], manifest["files"]["val"]]:
+    for name in [*manifest.train_files, manifest.val_file]:
         ds = load_file(data_dir, name)
         for i, s in enumerate(target_starts(ds)):
             item = ds[i]
@@ -146,8 +158,11 @@ def test_window_calendar_features_follow_slots(prepared):
 def test_no_target_crosses_a_split_boundary(prepared, offset, last_train_target, first_val_target):
     train_end = at(TRAIN_SLOTS) + pd.Timedelta(offset)
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=1, train_end=str(train_end))
-    starts = {split: target_starts(load_file(data_dir, manifest["files"][split])) for split in ("val", "test")}
-    starts["train"] = target_starts(load_file(data_dir, manifest["files"]["train"][0]))
+    starts = {
+        "train": target_starts(load_file(data_dir, manifest.train_files[0])),
+        "val": target_starts(load_file(data_dir, manifest.val_file)),
+        "test": held_out_starts(data_dir),
+    }
 
     assert starts["train"] == list(range(W, last_train_target - H + 2))
     assert starts["val"] == list(range(first_val_target, VAL_SLOTS - H + 1))
@@ -159,23 +174,23 @@ def test_no_target_crosses_a_split_boundary(prepared, offset, last_train_target,
     for boundary in (first_val_target, VAL_SLOTS):
         assert not everywhere & set(range(boundary - H + 1, boundary))
     # The first validation window's past reaches back into training: known history, allowed.
-    ds = load_file(data_dir, manifest["files"]["val"])
+    ds = load_file(data_dir, manifest.val_file)
     past, _ = raw_window(ds, 0)
     assert past[0] == first_val_target - W and at(int(past[0])) < train_end
-    assert {k: manifest["splits"][k]["windows"] for k in starts} == {k: len(v) for k, v in starts.items()}
+    assert {k: manifest.splits[k].windows for k in starts} == {k: len(v) for k, v in starts.items()}
 
 
 def test_strides(prepared):
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=1, stride=5, eval_stride=12)
-    assert target_starts(load_file(data_dir, manifest["files"]["train"][0])) == list(range(W, 157, 5))
+    assert target_starts(load_file(data_dir, manifest.train_files[0])) == list(range(W, 157, 5))
     assert target_starts(load_file(data_dir, "val.parquet")) == list(range(TRAIN_SLOTS, 197, 12))
-    assert target_starts(load_file(data_dir, "test.parquet")) == list(range(VAL_SLOTS, 237, 12))
+    assert held_out_starts(data_dir) == list(range(VAL_SLOTS, 237, 12))
 
 
 def test_test_end_bounds_test_targets(prepared):
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=1, test_end=str(at(220)))
-    assert target_starts(load_file(data_dir, "test.parquet")) == list(range(VAL_SLOTS, 220 - H + 1))
-    assert manifest["splits"]["test"]["last_target"] == str(at(219))
+    assert held_out_starts(data_dir) == list(range(VAL_SLOTS, 220 - H + 1))
+    assert manifest.splits["test"].last_target == str(at(219))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,27 +201,27 @@ def test_scaler_fitted_on_training_slots_only(prepared):
     rng = np.random.default_rng(0)
     values = np.round(rng.uniform(10, 100, SLOTS), 3)
     _, first = prepared(values)
-    stats = first["series"]["0"]
-    assert stats["mean"] == pytest.approx(np.mean(values[:TRAIN_SLOTS]), rel=1e-12)
-    assert stats["std"] == pytest.approx(np.std(values[:TRAIN_SLOTS]), rel=1e-12)
+    stats = first.series["0"]
+    assert stats.mean == pytest.approx(np.mean(values[:TRAIN_SLOTS]), rel=1e-12)
+    assert stats.std == pytest.approx(np.std(values[:TRAIN_SLOTS]), rel=1e-12)
 
     later = values.copy()
     later[TRAIN_SLOTS:] *= 50  # validation and test change, training does not
     data_dir, second = prepared(later)
-    assert second["series"]["0"] == stats
+    assert second.series["0"] == stats
     ds = load_file(data_dir, "val.parquet")
-    assert float(ds[0]["loc"]) == pytest.approx(stats["mean"]) and float(ds[0]["scale"]) == pytest.approx(stats["std"])
+    assert float(ds[0]["loc"]) == pytest.approx(stats.mean) and float(ds[0]["scale"]) == pytest.approx(stats.std)
 
     last_train = values.copy()
     last_train[TRAIN_SLOTS - 1] += 1000  # the last training slot does count
     _, third = prepared(last_train)
-    assert third["series"]["0"]["mean"] == pytest.approx(np.mean(last_train[:TRAIN_SLOTS]), rel=1e-12)
+    assert third.series["0"].mean == pytest.approx(np.mean(last_train[:TRAIN_SLOTS]), rel=1e-12)
 
 
 def test_constant_training_series_gets_unit_std(prepared):
     values = np.full(SLOTS, 7.0)
     _, manifest = prepared(values)
-    assert manifest["series"]["0"] == {"mean": 7.0, "std": 1.0, "start": str(START), "slots": SLOTS}
+    assert manifest.series["0"] == SeriesInfo(mean=7.0, std=1.0, start=str(START), slots=SLOTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +293,7 @@ def test_too_short_series_in_multi_series_file_is_named(tmp_path, synthetic_csv,
 
 def test_read_manifest_without_dataset(tmp_path):
     with pytest.raises(DataError, match="no prepared dataset"):
-        prep.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,10 +320,10 @@ def test_short_gaps_interpolated_linearly_and_counted(prepared, make_config, syn
     assert (report.interpolated_gaps, report.interpolated_slots) == (2, gap_slots + 1)
 
     data_dir, manifest = prepared(csv=csv, num_shards=1)
-    assert manifest["stats"]["interpolated_gaps"] == 2
-    assert manifest["stats"]["interpolated_slots"] == gap_slots + 1
-    assert manifest["stats"]["rows"] == SLOTS - gap_slots - 1 and manifest["stats"]["points"] == SLOTS
-    assert_windows_match(load_file(data_dir, manifest["files"]["train"][0]), expected.astype(np.float32))
+    assert manifest.load_report["interpolated_gaps"] == 2
+    assert manifest.load_report["interpolated_slots"] == gap_slots + 1
+    assert manifest.load_report["rows"] == SLOTS - gap_slots - 1 and manifest.load_report["points"] == SLOTS
+    assert_windows_match(load_file(data_dir, manifest.train_files[0]), expected.astype(np.float32))
 
 
 def test_gap_one_slot_over_max_gap_is_long(tmp_path, synthetic_csv, make_config):
@@ -322,16 +337,16 @@ def test_long_gap_drop_skips_exactly_the_windows_touching_it(prepared, synthetic
     csv = synthetic_csv(rows=[r for i, r in enumerate(_rows()) if i not in gap], name="long_gap.csv")
     data_dir, manifest = prepared(csv=csv, num_shards=1, long_gaps="drop")
 
-    train = load_file(data_dir, manifest["files"]["train"][0])
+    train = load_file(data_dir, manifest.train_files[0])
     touching = {s for s in range(W, TRAIN_SLOTS - H + 1) if s + H > gap.start and s - W < gap.stop}
     assert touching == set(range(gap.start - H + 1, gap.stop + W))  # independent sanity check
     assert target_starts(train) == [s for s in range(W, TRAIN_SLOTS - H + 1) if s not in touching]
     assert_windows_match(train, np.arange(SLOTS, dtype=np.float64))  # no NaN reaches a window
-    assert manifest["splits"]["train"]["windows"] == 149 - len(touching)
-    assert manifest["stats"]["long_gaps"] == [f"0: {at(100)} .. {at(109)} (10 slots)"]
+    assert manifest.splits["train"].windows == 149 - len(touching)
+    assert manifest.load_report["long_gaps"] == [f"0: {at(100)} .. {at(109)} (10 slots)"]
     kept = np.array([i for i in range(TRAIN_SLOTS) if i not in gap], dtype=np.float64)
-    assert manifest["series"]["0"]["mean"] == pytest.approx(kept.mean(), rel=1e-12)
-    assert manifest["series"]["0"]["std"] == pytest.approx(kept.std(), rel=1e-12)
+    assert manifest.series["0"].mean == pytest.approx(kept.mean(), rel=1e-12)
+    assert manifest.series["0"].std == pytest.approx(kept.std(), rel=1e-12)
 
 
 def test_finer_readings_are_summed_into_slots(synthetic_csv, make_config):
@@ -390,7 +405,7 @@ def two_series_csv(synthetic_csv):
     return csv, {"a": (a, START), "b": (b, at(OFFSET))}
 
 
-def assert_series_windows_match(ds: WindowDataset, expected: dict) -> list[tuple[str, int]]:
+def assert_series_windows_match(ds: WindowSet, expected: dict) -> list[tuple[str, int]]:
     """Every window holds exactly its own series' values; returns (series_id, target start)."""
     seen = []
     for i, sid in enumerate(ds.series_ids):
@@ -408,16 +423,16 @@ def test_multi_series_windowed_and_scaled_separately(prepared, synthetic_csv):
 
     train_slots = {"a": expected["a"][0][:TRAIN_SLOTS], "b": expected["b"][0][: TRAIN_SLOTS - OFFSET]}
     for sid, values in train_slots.items():
-        assert manifest["series"][sid]["mean"] == pytest.approx(values.mean(), rel=1e-12)
-        assert manifest["series"][sid]["std"] == pytest.approx(values.std(), rel=1e-12)
-    assert manifest["splits"]["train"]["windows"] == 149 + (149 - OFFSET)
-    assert manifest["splits"]["val"]["windows"] == 2 * 37 and manifest["splits"]["test"]["windows"] == 2 * 37
+        assert manifest.series[sid].mean == pytest.approx(values.mean(), rel=1e-12)
+        assert manifest.series[sid].std == pytest.approx(values.std(), rel=1e-12)
+    assert manifest.splits["train"].windows == 149 + (149 - OFFSET)
+    assert manifest.splits["val"].windows == 2 * 37 and manifest.splits["test"].windows == 2 * 37
 
     seen = {split: [] for split in ("train", "val", "test")}
-    for name in manifest["files"]["train"]:
+    for name in manifest.train_files:
         seen["train"] += assert_series_windows_match(load_file(data_dir, name), expected)
-    for split in ("val", "test"):
-        seen[split] = assert_series_windows_match(load_file(data_dir, f"{split}.parquet"), expected)
+    seen["val"] = assert_series_windows_match(load_file(data_dir, "val.parquet"), expected)
+    seen["test"] = [(sid, s) for sid in ("a", "b") for s in held_out_starts(data_dir, sid)]
     # Target starts counted in each series' own slots (b's slot j is a's slot j + OFFSET).
     assert sorted(seen["train"]) == [("a", s) for s in range(W, 157)] + [("b", s) for s in range(W, 157 - OFFSET)]
     assert sorted(seen["val"]) == [("a", s) for s in range(160, 197)] + [("b", s) for s in range(156, 193)]
@@ -430,9 +445,9 @@ def test_multi_series_windowed_and_scaled_separately(prepared, synthetic_csv):
 
 def test_train_shards_hold_equal_contiguous_window_counts(prepared):
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=3)  # 149 windows -> 3 x 49, 2 dropped
-    assert manifest["shard_windows"] == [49, 49, 49] and manifest["stats"]["dropped_for_balance"] == 2
-    assert manifest["files"]["train"] == [f"train-0000{r}-of-00003.parquet" for r in range(3)]
-    shards = [target_starts(load_file(data_dir, name)) for name in manifest["files"]["train"]]
+    assert manifest.shard_windows == [49, 49, 49] and manifest.load_report["dropped_for_balance"] == 2
+    assert manifest.train_files == [f"train-0000{r}-of-00003.parquet" for r in range(3)]
+    shards = [target_starts(load_file(data_dir, name)) for name in manifest.train_files]
     assert [len(s) for s in shards] == [49, 49, 49]
     assert shards[0] + shards[1] + shards[2] == list(range(W, W + 147))  # disjoint, in time order
 
@@ -447,10 +462,10 @@ def test_shard_storage_is_linear_in_series_length(prepared):
     stored = {}
     for w in (8, 16):
         data_dir, manifest = prepared(np.arange(n), num_shards=num_shards, input_window=w, **dates)
-        stored[w] = _stored_values(data_dir, manifest["files"]["train"])
+        stored[w] = _stored_values(data_dir, manifest.train_files)
         assert stored[w] <= train_slots + num_shards * (w + H)
         assert _stored_values(data_dir, ["val.parquet"]) == (880 - train_slots - H + 1) + w + H - 1
-        assert manifest["splits"]["train"]["windows"] * (w + H) > 10 * stored[w]  # windows are not stored
+        assert manifest.splits["train"].windows * (w + H) > 10 * stored[w]  # windows are not stored
     assert 0 < stored[16] - stored[8] <= num_shards * 8
 
 
@@ -462,19 +477,19 @@ def test_second_prepare_reuses_and_touches_nothing(tmp_path, synthetic_csv, make
     csv = synthetic_csv(np.arange(SLOTS), name="a.csv")
     data_dir = str(tmp_path / "prepared")
     first = prep.prepare(make_config(csv, **SPLIT_DATES), data_dir)
-    assert first["reused"] is False
+    assert first.reused is False
     before = file_state(data_dir)
-    assert sorted(before) == sorted(["manifest.json", "config.yaml", "val.parquet", "test.parquet",
+    assert sorted(before) == sorted(["manifest.json", "config.yaml", "val.parquet",
                                      "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"])
 
     again = prep.prepare(make_config(csv, **SPLIT_DATES), data_dir)
-    assert again["reused"] is True and {**again, "reused": False} == first
+    assert again.reused is True and again == first
     assert file_state(data_dir) == before
 
     copy = tmp_path / "elsewhere" / "b.csv"  # the same bytes elsewhere are the same data
     copy.parent.mkdir()
     copy.write_bytes(csv.read_bytes())
-    assert prep.prepare(make_config(copy, **SPLIT_DATES), data_dir)["reused"] is True
+    assert prep.prepare(make_config(copy, **SPLIT_DATES), data_dir).reused is True
     assert file_state(data_dir) == before
 
 
@@ -497,18 +512,18 @@ def test_changed_inputs_prepare_again(tmp_path, synthetic_csv, make_config, chan
     else:
         os.remove(os.path.join(data_dir, "val.parquet"))
     manifest = prep.prepare(config, data_dir, num_shards=num_shards)
-    assert manifest["reused"] is False
+    assert manifest.reused is False
     assert os.stat(os.path.join(data_dir, "manifest.json")).st_ino != before["manifest.json"][0]
-    assert prep.read_manifest(data_dir)["fingerprint"] == manifest["fingerprint"]
-    assert all(storage.exists(storage.join(data_dir, f)) for f in prep._files(manifest))
+    assert read_manifest(data_dir).fingerprint == manifest.fingerprint
+    assert all(storage.exists(storage.join(data_dir, f)) for f in manifest.files)
     if change == "config":
-        assert manifest["window"]["horizon"] == 6 and len(load_file(data_dir, "val.parquet")[0]["future_target"]) == 6
+        assert manifest.window.horizon == 6 and len(load_file(data_dir, "val.parquet")[0]["future_target"]) == 6
 
 
 def test_interrupted_prepare_leaves_no_manifest_and_recovers(tmp_path, synthetic_csv, make_config, monkeypatch):
     csv = synthetic_csv(np.arange(SLOTS), name="a.csv")
     data_dir = str(tmp_path / "prepared")
-    manifest_path = storage.join(data_dir, prep.MANIFEST)
+    manifest_path = storage.join(data_dir, MANIFEST_FILE)
     prep.prepare(make_config(csv, **SPLIT_DATES), data_dir)  # an older dataset, another config
     assert storage.exists(manifest_path)
 
@@ -533,8 +548,8 @@ def test_interrupted_prepare_leaves_no_manifest_and_recovers(tmp_path, synthetic
 
     monkeypatch.setattr(storage, "write_parquet", real_write)
     manifest = prep.prepare(changed, data_dir)
-    assert manifest["reused"] is False and prep.read_manifest(data_dir)["window"]["horizon"] == 6
-    assert_windows_match(load_file(data_dir, manifest["files"]["train"][1]), np.arange(SLOTS), h=6)
+    assert manifest.reused is False and read_manifest(data_dir).window.horizon == 6
+    assert_windows_match(load_file(data_dir, manifest.train_files[1]), np.arange(SLOTS), h=6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,14 +575,14 @@ def test_each_rank_reads_only_its_own_shard(prepared, monkeypatch):
         assert sorted(reads) == sorted([f"train-0000{rank}-of-00002.parquet", "val.parquet"])
         own = target_starts(module.datasets["train"])
         monkeypatch.setattr(storage, "read_parquet", real_read)
-        assert own == target_starts(load_file(data_dir, manifest["files"]["train"][rank]))
+        assert own == target_starts(load_file(data_dir, manifest.train_files[rank]))
         train_starts.append(own)
     assert not set(train_starts[0]) & set(train_starts[1])
     assert len(train_starts[0]) == len(train_starts[1]) == 74
 
 
-@pytest.mark.parametrize("stage, split", [("validate", "val"), ("test", "test")])
-def test_eval_subsets_of_ranks_are_disjoint_and_cover_all(prepared, synthetic_csv, monkeypatch, stage, split):
+def test_eval_subsets_of_ranks_are_disjoint_and_cover_all(prepared, synthetic_csv, monkeypatch):
+    stage, split = "validate", "val"
     csv, expected = two_series_csv(synthetic_csv)  # two scalers: a subset must keep loc/scale aligned
     data_dir, manifest = prepared(csv=csv, num_shards=3, series_column="series_id")
     parts = []
@@ -578,7 +593,7 @@ def test_eval_subsets_of_ranks_are_disjoint_and_cover_all(prepared, synthetic_cs
         parts.append(assert_series_windows_match(module.datasets[split], expected))
     assert [len(p) for p in parts] == [25, 25, 24]  # 74 windows, every third one per rank
     flat = [w for p in parts for w in p]
-    assert len(set(flat)) == len(flat) == manifest["splits"][split]["windows"]
+    assert len(set(flat)) == len(flat) == manifest.splits[split].windows
     assert sorted(flat) == sorted(assert_series_windows_match(load_file(data_dir, f"{split}.parquet"), expected))
 
 
@@ -605,7 +620,7 @@ def test_dataloaders_yield_named_tensors_without_trainer(prepared):
     val = next(iter(module.val_dataloader()))  # not shuffled: time order
     first = (val["future_target"][:, 0] * val["scale"] + val["loc"]).numpy()
     np.testing.assert_allclose(first, np.arange(TRAIN_SLOTS, TRAIN_SLOTS + 5), atol=1e-3)
-    assert len(module.datasets["test"]) == 37
+    assert set(module.datasets) == {"train", "val"}  # nothing reads the test period while training
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,4 +645,4 @@ def test_write_bytes_is_atomic_and_leaves_no_tmp(tmp_path):
 
 def test_prepare_leaves_no_temporary_files(prepared):
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=2)
-    assert sorted(storage.list_dir(data_dir)) == sorted([*prep._files(manifest), "manifest.json", "config.yaml"])
+    assert sorted(storage.list_dir(data_dir)) == sorted([*manifest.files, "manifest.json", "config.yaml"])

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lit_forecast.evaluation.backtest import backtest, format_table, save_table, training_scale
+from lit_forecast.console import format_backtest
+from lit_forecast.evaluation.backtest import backtest, save_table, training_scale
 from lit_forecast.evaluation.baselines import seasonal_naive, seasonal_naive_lags
 from lit_forecast.evaluation.metrics import evaluate, seasonal_naive_mae
 from lit_forecast.evaluation.plots import plot_forecast
@@ -75,7 +76,7 @@ def test_backtest_scores_model_and_baselines_on_the_same_windows():
     assert methods["model"]["by_step"]["rmse"] == pytest.approx([1.0] * H)
     assert table["mae_ratio_model_vs_naive_weekly"] == pytest.approx(1 / 3.36)
     assert table["windows"] == 5 and len(table["cutoffs"]) == 5
-    text = format_table(table)
+    text = format_backtest(table)
     assert "naive_weekly" in text and "0.298" in text
 
 

@@ -17,18 +17,24 @@ import torch
 
 from lit_forecast import config as cfg
 from lit_forecast import storage
-from lit_forecast.data.dataset import Segment, WindowDataset
-from lit_forecast.inference.checkpoint import CheckpointError, best_checkpoint, latest_run, load_checkpoint
-from lit_forecast.inference.forecaster import forecast
+from lit_forecast.data.manifest import read_manifest
+from lit_forecast.data.prepare import prepare
+from lit_forecast.data.windows import WindowSet, segments_from_table
+from lit_forecast.errors import CheckpointError, CutoffError
+from lit_forecast.inference.checkpoint import load_checkpoint
+from lit_forecast.inference.cutoffs import build_windows, parse_cutoffs, read_series
+from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
-from lit_forecast.inference.windows import CutoffError, build_windows, parse_cutoffs, read_series
+from lit_forecast.layout import best_checkpoint, latest_run
 from lit_forecast.models.module import ForecastModule
+from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict
 
 TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
 W, H = TINY.data.input_window, TINY.data.horizon
 START, STEP = pd.Timestamp("2024-01-01"), pd.Timedelta("30min")
 SLOTS = 3 * 336
-STATS = {"0": {"mean": 1000.0, "std": 300.0}}  # the checkpoint's, deliberately not the data's
+STATS = {"0": SeriesStats(mean=1000.0, std=300.0)}  # the checkpoint's, deliberately not the data's
+SPEC = WindowSpec(W, H, "30min")
 
 
 def at(slot: int) -> pd.Timestamp:
@@ -46,8 +52,8 @@ def save_checkpoint(folder, horizon: int = H, with_config: bool = True) -> str:
     plain = cfg.to_dict(TINY)
     plain["data"].update(horizon=horizon, train_end=str(at(2 * 336)), val_end=str(at(SLOTS - 48)))
     torch.manual_seed(0)
-    window = {"input_window": W, "horizon": horizon, "freq": "30min", "slots_per_day": 48}
-    module = ForecastModule(plain["model"], window, plain["train"], STATS)
+    window = WindowSpec(W, horizon, "30min").to_dict()
+    module = ForecastModule(plain["model"], window, plain["train"], stats_to_dict(STATS))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,39 +82,49 @@ def csv(synthetic_csv):
     return make
 
 
-def windows_for(path: str, cutoffs, history: int | None = None, max_gap: str = "2h"):
+def windows_for(path: str, cutoffs, history: int | None = None, max_gap: str = "2h", stats=STATS) -> WindowSet:
     data = cfg.DataConfig(source=path, sha256=None, input_window=W, horizon=H)
-    return build_windows(read_series(data), STATS, W, H, "30min", cutoffs, max_gap, history)
+    windows, _ = build_windows(read_series(data), stats, SPEC, cutoffs, max_gap, history)
+    return windows
 
 
 def plain_forecast(checkpoint: str, windows) -> np.ndarray:
-    return forecast(load_checkpoint(checkpoint).module, windows.model_inputs())
+    return forecast(load_checkpoint(checkpoint).module, model_inputs(windows))
 
 
 # -- windows -----------------------------------------------------------------------------------------
 
 
-def test_windows_equal_the_training_windows_scaled_with_the_checkpoint_statistics(csv):
+def test_a_forecast_at_a_cutoff_sees_the_training_window_with_that_target_start(csv, tmp_path):
+    """Training windows (prepared shards) and inference windows (cutoffs) come from one cutter."""
     values = taxi_like()
-    slots = [W, 100, 500, SLOTS - H]
-    windows = windows_for(csv(values), [at(s) for s in slots])
-    training = WindowDataset([Segment("0", START, values, np.array(slots))], STATS, W, H, "30min")
-    inputs = windows.model_inputs()
-    for i in range(len(slots)):
-        item = training[i]
-        np.testing.assert_array_equal(inputs["past_target"][i], item["past_target"].numpy())
-        np.testing.assert_array_equal(inputs["past_time"][i], item["past_time"].numpy())
-        np.testing.assert_array_equal(inputs["future_time"][i], item["future_time"].numpy())
-        np.testing.assert_array_equal(windows.actual[i], values[slots[i] : slots[i] + H])
-    np.testing.assert_allclose(inputs["past_target"][1], (values[100 - W : 100] - 1000.0) / 300.0, rtol=1e-6)
+    values[300:302] = np.nan  # a short gap, filled the same way on both paths
+    path = csv(values)
+    config = cfg.from_dict({**cfg.to_dict(TINY), "data": {**cfg.to_dict(TINY)["data"], "source": path, "sha256": None,
+                                                          "train_end": str(at(2 * 336)), "val_end": str(at(SLOTS - 48))}})
+    manifest = prepare(config, str(tmp_path / "data"), num_shards=1)
+    assert read_manifest(str(tmp_path / "data")) == manifest
+    table = storage.read_parquet(str(tmp_path / "data" / manifest.train_files[0]))
+    training = WindowSet(segments_from_table(table), manifest.series_stats(), manifest.window)
+    picked = np.array([0, 290 - W, 303 - W, len(training) - 1])  # incl. a window over the filled gap
+    cutoffs = list(training.cutoffs[picked])
+    inference = windows_for(path, cutoffs, stats=manifest.series_stats())
+    trained, served = training.batch(picked), inference.batch(slice(None))
+    for name in ("past_target", "future_target", "past_time", "future_time", "loc", "scale"):
+        torch.testing.assert_close(served[name], trained[name], rtol=0, atol=0, msg=name)
+    filled = values.copy()
+    filled[300:302] = np.interp([300, 301], [299, 302], values[[299, 302]])
+    np.testing.assert_array_equal(inference.actual()[1], filled[290 : 290 + H])
+    stats = manifest.series_stats()["0"]
+    np.testing.assert_allclose(model_inputs(inference)["past_target"][1], (filled[290 - W : 290] - stats.mean) / stats.std, rtol=1e-6)
 
 
 def test_default_cutoff_forecasts_the_slots_after_the_end_of_the_data(csv):
     windows = windows_for(csv(), None)
     assert list(windows.cutoffs) == [at(SLOTS)]
-    assert list(pd.DatetimeIndex(windows.timestamps()[0])) == [at(SLOTS + k) for k in range(H)]
-    assert np.isnan(windows.actual).all()
-    assert windows.future_time[0, 0].tolist() == [0, 0, 0]  # 00:00 (slot 0) on Monday 2024-01-22 (day 0), no holiday
+    assert np.isnan(windows.actual()).all()
+    future_time = windows.batch(slice(None))["future_time"]
+    assert future_time[0, 0].tolist() == [0, 0, 0]  # 00:00 (slot 0) on Monday 2024-01-22 (day 0), no holiday
 
 
 def test_no_look_ahead_data_after_the_cutoff_changes_nothing(csv, checkpoint):
@@ -124,7 +140,7 @@ def test_no_look_ahead_data_after_the_cutoff_changes_nothing(csv, checkpoint):
     results = [plain_forecast(checkpoint, windows_for(path, [at(cutoff)])) for path in (original, altered, truncated)]
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
-    inputs = [windows_for(path, [at(cutoff)]).model_inputs()["past_target"] for path in (original, altered)]
+    inputs = [model_inputs(windows_for(path, [at(cutoff)]))["past_target"] for path in (original, altered)]
     np.testing.assert_array_equal(*inputs)
 
 
@@ -237,7 +253,7 @@ def test_ray_tasks_forecast_exactly_what_the_plain_call_does(local_ray, checkpoi
     from lit_forecast.inference.remote import forecast_remote
 
     windows = windows_for(csv(), [at(s) for s in range(400, 400 + 11 * 37, 37)])  # 11 windows
-    plain = forecast(load_checkpoint(checkpoint).module, windows.model_inputs(), batch_size=2)
+    plain = forecast(load_checkpoint(checkpoint).module, model_inputs(windows), batch_size=2)
     # 4 windows per task: 3 tasks, the last one short, batched as the plain call batches them;
     # results must come back in window order, bit for bit.
     remote = forecast_remote(checkpoint, windows, windows_per_task=4, num_cpus=1, batch_size=2)

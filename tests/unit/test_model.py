@@ -11,10 +11,11 @@ import torch
 from lit_forecast import config as cfg
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.models.transformer import Seq2SeqTransformer, sinusoidal
+from lit_forecast.spec import WindowSpec
 
 TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
 W, H = TINY.data.input_window, TINY.data.horizon
-WINDOW = {"input_window": W, "horizon": H, "freq": "30min", "slots_per_day": 48}
+WINDOW = WindowSpec(W, H, "30min").to_dict()
 SERIES = {"0": {"mean": 1000.0, "std": 200.0}}
 
 
@@ -149,7 +150,7 @@ def test_metrics_are_in_passengers_and_match_a_hand_computation():
     truth = batch["future_target"] * 200.0 + 1000.0
     with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: logging is skipped
         module.validation_step(batch, 0)
-    got = {k: v.item() for k, v in module.metrics["val"].compute().items()}
+    got = {k: v.item() for k, v in module.val_metrics.compute().items()}
     error = (truth - 1000.0).abs()
     assert got["mae"] == pytest.approx(error.mean().item(), rel=1e-5)
     assert got["rmse"] == pytest.approx(((truth - 1000.0) ** 2).mean().sqrt().item(), rel=1e-5)

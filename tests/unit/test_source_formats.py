@@ -21,7 +21,8 @@ import pytest
 
 from lit_forecast.config import NAB_NYC_TAXI_URL
 from lit_forecast.data import source as src
-from lit_forecast.data.source import DataError, fetch, load_series
+from lit_forecast.data.source import fetch, load_series
+from lit_forecast.errors import DataError
 
 START = pd.Timestamp("2024-01-01 00:00")
 STEP = pd.Timedelta("30min")

@@ -1,0 +1,99 @@
+"""What the scripts print: a prepared dataset, a finished run, forecasts and a backtest table.
+
+Formatting only: every function takes plain results and returns text. Nothing here computes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from lit_forecast.data.manifest import Manifest
+
+DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2}  # decimals shown in the backtest table
+PERCENT = {"mape", "smape"}  # fractions in the JSON, percentages when printed
+
+
+def format_dataset(manifest: Manifest, data_dir: str) -> str:
+    """A prepared dataset: source, series, windows per split, shards."""
+    st, w = manifest.load_report, manifest.window
+    lines = [
+        f"dataset  {data_dir} ({'reused' if manifest.reused else 'prepared'}, fingerprint {manifest.fingerprint})",
+        f"source   {manifest.source['origin']} (sha256 {manifest.source['sha256'][:12]}...)",
+        f"series   {len(manifest.series)}, {st['rows']} rows -> {st['points']} slots of {w.freq}; "
+        f"{st['interpolated_slots']} slots interpolated in {st['interpolated_gaps']} gaps"
+        + (f"; {len(st['long_gaps'])} long gaps dropped" if st["long_gaps"] else ""),
+        f"windows  {w.input_window} past -> {w.horizon} future, stride {w.stride} (eval {w.eval_stride})",
+    ]
+    for split, info in manifest.splits.items():
+        lines.append(f"  {split:<5}  {info.windows:>6} windows, targets {info.first_target} .. {info.last_target}")
+    lines.append(
+        f"shards   {manifest.num_shards} training shards x {manifest.shard_windows[0]} windows"
+        + (f" ({st['dropped_for_balance']} dropped to balance)" if st["dropped_for_balance"] else "")
+    )
+    return "\n".join(lines)
+
+
+def format_run(result: dict) -> str:
+    """Closing words of a run: best checkpoint, its metrics, where to look next."""
+    best = result.get("best_checkpoint")
+    metrics = result.get("best_metrics", {})
+    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in ("val/mae", "val/rmse", "val/mape", "val/smape", "val/loss") if k in metrics)
+    return "\n".join(
+        [
+            "",
+            f"run          {result['run_dir']}",
+            f"epochs       {result.get('epochs')}" + (f" (epoch {int(metrics['epoch']) + 1} best)" if "epoch" in metrics else ""),  # Lightning counts from 0
+            f"best         {best}",
+            f"metrics      {shown}  (passengers; mape/smape as fractions)",
+            f"tensorboard  tensorboard --logdir {result['tensorboard']}",
+            f"forecast     python infer.py --run {result['run_dir']}",
+        ]
+    )
+
+
+def format_forecasts(frame: pd.DataFrame, max_rows: int = 48) -> str:
+    """The first ``max_rows`` rows as a small aligned table, passengers rounded; one cutoff goes in the heading."""
+    shown = frame.head(max_rows).copy()
+    heading = ""
+    if frame["cutoff"].nunique() == 1:
+        heading = f"forecast from cutoff {frame['cutoff'].iloc[0]:%a %Y-%m-%d %H:%M}\n"
+        shown = shown.drop(columns="cutoff")
+    for column in ("cutoff", "timestamp"):
+        if column in shown:
+            shown[column] = shown[column].dt.strftime("%Y-%m-%d %H:%M")
+    for column in ("forecast", "actual"):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
+    text = heading + shown.to_string(index=False)
+    if len(frame) > max_rows:
+        text += f"\n... {len(frame) - max_rows} more rows"
+    return text
+
+
+def format_backtest(table: dict, steps: list[int] | None = None) -> str:
+    """The overall table, and MAE by horizon step (1-based ``steps``; default step 1 and every 6th)."""
+    H = table["horizon"]
+    steps = steps or sorted({1, *range(6, H + 1, 6), H})
+    names = list(table["methods"])
+    metrics = list(next(iter(table["methods"].values()))["overall"])
+    lines = [
+        f"backtest: {table['windows']} windows x {H} steps, cutoffs {table['cutoffs'][0]} .. {table['cutoffs'][-1]} "
+        f"({len(table['cutoffs'])}); MAE/RMSE in passengers, MAPE/sMAPE in %, MASE vs weekly naive in-sample",
+        f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in metrics),
+    ]
+    for name in names:
+        overall = table["methods"][name]["overall"]
+        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if m in PERCENT else 1), DIGITS.get(m, 3)) for m in metrics))
+    lines.append(f"model MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
+    lines.append("")
+    lines.append("MAE by horizon step (all steps and metrics in the JSON):")
+    lines.append(f"{'step':>6}" + "".join(f"{n:>14}" for n in names))
+    for k in steps:
+        lines.append(f"{k:>6}" + "".join(_num(table["methods"][n]["by_step"]["mae"][k - 1], 0, 14) for n in names))
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int, width: int = 10) -> str:
+    return f"{'nan':>{width}}" if value is None or math.isnan(value) else f"{value:>{width},.{digits}f}"

@@ -1,0 +1,74 @@
+"""Chronological splits, training-only scaling and window enumeration on regular series.
+
+A window with target start ``s`` covers slots ``[s - input_window, s + horizon)``: the past is
+``[s - input_window, s)`` and the future (the target) is ``[s, s + horizon)``. A window belongs
+to the split that holds *all* of its target slots; its past may reach back into earlier splits
+(known history, not leakage). Windows whose target straddles a boundary belong to no split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lit_forecast.config import DataConfig
+from lit_forecast.data.source import Series
+from lit_forecast.errors import DataError
+from lit_forecast.spec import SeriesStats
+
+SPLITS = ("train", "val", "test")
+
+
+def split_bounds(config: DataConfig) -> dict[str, tuple[pd.Timestamp | None, pd.Timestamp | None]]:
+    """Half-open ``[start, end)`` timestamp range of each split's target slots."""
+    train_end, val_end = pd.Timestamp(config.train_end), pd.Timestamp(config.val_end)
+    test_end = pd.Timestamp(config.test_end) if config.test_end else None
+    return {"train": (None, train_end), "val": (train_end, val_end), "test": (val_end, test_end)}
+
+
+def slot_times(series: Series, freq: str) -> pd.DatetimeIndex:
+    """Timestamp of every slot of ``series``."""
+    return pd.date_range(series.start, periods=len(series.values), freq=freq)
+
+
+def fit_stats(series: Series, config: DataConfig) -> SeriesStats:
+    """Mean and std of the slots before ``train_end`` (never later ones)."""
+    times = slot_times(series, config.freq)
+    train = series.values[times < pd.Timestamp(config.train_end)]
+    train = train[np.isfinite(train)]
+    if len(train) < 2:
+        raise DataError(f"series {series.series_id!r} has no training data before data.train_end={config.train_end}")
+    std = float(train.std())
+    return SeriesStats(mean=float(train.mean()), std=std if std > 1e-8 else 1.0)
+
+
+def window_starts(series: Series, split: str, config: DataConfig) -> np.ndarray:
+    """Target-start indices ``s`` of the windows of ``split``, in time order.
+
+    Training windows step by ``stride``, validation and test windows by ``eval_stride``,
+    counted from the first target slot of the split (so eval_stride 48 gives one window per
+    midnight). Windows touching a missing slot (a long gap kept by ``long_gaps: drop``) are
+    skipped.
+    """
+    W, H = config.input_window, config.horizon
+    times = slot_times(series, config.freq)
+    lo, hi = split_bounds(config)[split]
+    n = len(series.values)
+    first_target = np.arange(n)
+    ok = first_target >= W
+    ok &= first_target + H <= n
+    if lo is not None:
+        ok &= times >= lo
+    if hi is not None:
+        last = np.minimum(first_target + H - 1, n - 1)
+        ok &= times[last] < hi
+    candidates = np.flatnonzero(ok)
+    if len(candidates) == 0:
+        return candidates
+    stride = config.stride if split == "train" else config.eval_stride
+    starts = candidates[(candidates - candidates[0]) % stride == 0]
+    if np.isnan(series.values).any():
+        missing = np.concatenate([[0], np.cumsum(np.isnan(series.values))])
+        touched = missing[starts + H] - missing[starts - W] > 0
+        starts = starts[~touched]
+    return starts

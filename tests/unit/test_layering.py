@@ -1,0 +1,127 @@
+"""The package's imports point one way, and Ray and Lightning stay where they are the point.
+
+    scripts -> training / inference -> data / models / evaluation -> config, spec, storage, errors
+
+Read from the source with ``ast`` (lazy imports inside functions count too), so a forbidden
+import fails here before it tangles the code.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "lit_forecast"
+
+BOTTOM = {"errors", "spec", "config", "storage"}
+# Layer (a top-level module, or a subpackage) -> the layers it may import besides itself.
+ALLOWED = {
+    "errors": set(),
+    "spec": {"errors"},
+    "config": {"errors"},
+    "storage": set(),
+    "layout": {"errors", "config", "storage"},
+    "ray_cluster": {"errors"},
+    "cli": {"errors", "config"},
+    "data": BOTTOM,
+    "models": {"errors", "spec"},  # never data/: the network knows windows only as tensors
+    "evaluation": {"errors", "storage"},
+    "console": {"data"},
+    "inference": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation"},
+    "training": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation", "console", "cli"},
+}
+# Third-party frameworks and the only modules that may import them.
+FRAMEWORKS = {
+    "ray": {"ray_cluster", "training/ray_train", "inference/remote"},
+    "lightning": {"models/module", "data/datamodule", "training/ray_train", "training/callbacks"},
+}
+
+
+def module_name(path: Path, root: Path) -> str:
+    """lit_forecast/data/windows.py -> 'data/windows'."""
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def imports_of(path: Path, package: str) -> set[str]:
+    """Every absolute module name ``path`` imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return found
+
+
+def violations(root: Path, package: str = "lit_forecast") -> list[str]:
+    """Every import that breaks the layering or the framework rules, or closes a cycle."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py") if p.name != "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    problems = []
+    for name, path in sorted(modules.items()):
+        layer = name.split("/")[0]
+        graph[name] = set()
+        for imported in imports_of(path, package):
+            top = imported.split(".")[0]
+            for framework, allowed in FRAMEWORKS.items():
+                if top == framework and name not in allowed:
+                    problems.append(f"{name} imports {imported}: {framework} belongs only in {sorted(allowed)}")
+            if top != package:
+                continue
+            target = "/".join(imported.split(".")[1:])
+            while target and target not in modules:  # `from pkg.mod import Name`: the module is the prefix
+                target = target.rpartition("/")[0]
+            if not target:
+                continue
+            graph[name].add(target)
+            other = target.split("/")[0]
+            if other != layer and other not in ALLOWED.get(layer, set()):
+                problems.append(f"{name} imports {imported}: {layer} may import only {sorted(ALLOWED.get(layer, set()))}")
+    problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
+    return problems
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import cycles in ``graph``, each reported once from its first module found."""
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_the_package_keeps_its_layers():
+    assert violations(PACKAGE) == []
+
+
+def test_every_layer_is_known():
+    layers = {module_name(p, PACKAGE).split("/")[0] for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    assert layers <= set(ALLOWED), f"add {sorted(layers - set(ALLOWED))} to ALLOWED with the layers it may import"
+
+
+def test_the_checker_catches_forbidden_imports_and_cycles(tmp_path):
+    fake = tmp_path / "lit_forecast"
+    for folder in ("models", "data", "training", "evaluation"):
+        (fake / folder).mkdir(parents=True)
+    (fake / "models" / "transformer.py").write_text("import torch\nfrom lit_forecast.data.windows import WindowSet\n")
+    (fake / "data" / "windows.py").write_text("def f():\n    import ray\n")
+    (fake / "evaluation" / "metrics.py").write_text("from lit_forecast.training import runs\n")
+    (fake / "training" / "runs.py").write_text("from lit_forecast.training.ray_train import fit\n")
+    (fake / "training" / "ray_train.py").write_text("import ray\nfrom lit_forecast.training import runs\n")
+    found = "\n".join(violations(fake))
+    assert "models/transformer imports lit_forecast.data.windows" in found
+    assert "data/windows imports ray" in found
+    assert "evaluation/metrics imports lit_forecast.training" in found
+    assert "import cycle: training/runs -> training/ray_train -> training/runs" in found
+    assert "training/ray_train imports ray" not in found
