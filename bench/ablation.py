@@ -146,7 +146,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant (repeatable)")
     args = parser.parse_args()
     cli.setup_logging()
-    base = list(args.set) + ([f"data.source={args.data}"] if args.data else [])
+    # Other data than the NAB file: no checksum to expect (as train.py --data does).
+    base = list(args.set) + ([f"data.source={args.data}", "data.sha256=null"] if args.data else [])
     base += [f"train.max_epochs={args.epochs}"] if args.epochs else []
     try:
         configs = {name: cfg.load(args.config, base + VARIANTS[name]) for name in args.variants}

@@ -36,8 +36,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yam
 class DataConfig:
     """Where the series comes from and how it becomes windows."""
 
-    source: str = NAB_NYC_TAXI_URL  # URL, local path or pyarrow.fs URI of a CSV
-    sha256: str | None = NAB_NYC_TAXI_SHA256  # checked for downloads; None: record only
+    source: str = NAB_NYC_TAXI_URL  # URL, local path or pyarrow.fs URI of a CSV or Parquet file, or a folder of them
+    sha256: str | None = NAB_NYC_TAXI_SHA256  # checked wherever the data comes from; None: record only
     cache_dir: str = "~/.cache/lit_forecast"  # downloads land here (env LIT_FORECAST_CACHE wins)
     timestamp_column: str = "timestamp"
     value_column: str = "value"
@@ -46,6 +46,7 @@ class DataConfig:
     aggregation: Literal["sum", "mean"] = "sum"  # how finer or irregular readings fold into a slot
     max_gap: str = "2h"  # gaps up to this long are interpolated
     long_gaps: Literal["error", "drop"] = "error"  # drop: skip windows that touch a longer gap
+    outliers: Literal["error", "clip"] = "error"  # readings over 20x their series' 99th percentile: refuse, or clip to that bound
     train_end: str = "2014-12-01"  # first timestamp that is not training data
     val_end: str = "2015-01-01"  # first timestamp that is not validation data
     test_end: str | None = None  # None: the end of the data

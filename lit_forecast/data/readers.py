@@ -1,0 +1,340 @@
+"""Read the raw readings of one CSV or Parquet file through pyarrow, and list a folder's files.
+
+A reader returns typed columns (nanosecond timestamps, float64 values, series codes) with the
+row each reading came from, plus the row-level problems it found (unparseable timestamps,
+missing, non-numeric, negative, infinite or float32-overflowing values). It never raises for
+bad rows: :mod:`lit_forecast.data.source` gathers the problems of every file and series into
+one error. A file that cannot be read at all raises :class:`UnreadableFile` with a message
+that names it.
+
+Rows are named the way a user finds them: in a CSV, ``row N`` is the line number (the header
+is line 1, blank lines counted); in a Parquet file, ``row index N`` counts data rows from 0.
+
+CSV takes a fast path first: pyarrow parses ISO 8601 timestamps and numbers directly, in
+parallel. Only a file that fails there (another timestamp format, bad cells) is read again as
+text and checked cell by cell with pandas, which also gives error messages the original text.
+"""
+
+from __future__ import annotations
+
+import csv
+import urllib.parse
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lit_forecast.config import DataConfig
+from lit_forecast.spec import SINGLE_SERIES
+
+# Examples shown per problem; more only make the message harder to read.
+MAX_SHOWN = 5
+# Largest finite float32: shards store values as float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Files a folder source reads; anything else (README, _SUCCESS, .crc) is skipped.
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+_PARQUET_MAGIC = b"PAR1"
+_NULL_TEXT = ["", "nan", "na", "null", "none"]  # value cells that mean "missing" (lower-cased)
+
+
+class UnreadableFile(Exception):
+    """A whole file cannot be used (empty, binary, missing columns); the message names it."""
+
+
+@dataclass
+class RowProblem:
+    """Rows of one file that fail one check: how many, and the first few."""
+
+    what: str  # e.g. "negative value"
+    count: int
+    examples: list[tuple[int, str, str]]  # (row label, text as written, series id)
+
+
+@dataclass
+class Rows:
+    """The readings of one file, typed, each with the row it came from."""
+
+    file: str  # display name used in messages
+    row_word: str  # "row" (CSV line number) or "row index" (Parquet, from 0)
+    rows: np.ndarray  # (N,) int64 row labels
+    timestamps: np.ndarray  # (N,) int64 nanoseconds since the epoch, naive local time
+    values: np.ndarray  # (N,) float64
+    series_codes: np.ndarray  # (N,) int64 index into series_names
+    series_names: list[str]
+    problems: list[RowProblem] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+def list_data_files(fs: pafs.FileSystem, root: str) -> tuple[list[pafs.FileInfo], list[str]]:
+    """Data files under folder ``root`` (recursive, sorted by path), and the names of the others.
+
+    Hidden and bookkeeping entries (a path part starting with '.' or '_') are skipped.
+    """
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    members, others = [], []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        rel = relative(root, info.path)
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        (members if rel.lower().endswith(DATA_SUFFIXES) else others).append((rel, info))
+    return [info for _, info in sorted(members, key=lambda m: m[0])], sorted(rel for rel, _ in others)
+
+
+def relative(root: str, path: str) -> str:
+    """``path`` below folder ``root``, with '/' separators."""
+    return path[len(root.rstrip("/")) :].lstrip("/")
+
+
+def hive_partitions(rel: str) -> dict[str, str]:
+    """Partition columns of a hive-style path: ``zone=z001/part.parquet`` -> {'zone': 'z001'}."""
+    parts = {}
+    for part in rel.split("/")[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key:
+            parts[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# One file
+
+
+def read_file(fs: pafs.FileSystem, path: str, display: str, config: DataConfig, partitions: dict[str, str]) -> Rows:
+    """Read one CSV or Parquet file (chosen by its first bytes, not its name)."""
+    with fs.open_input_stream(path) as stream:  # decompresses .gz by extension
+        data = stream.read()
+    if not data:
+        raise UnreadableFile(f"{display}: empty file (0 bytes)")
+    if data[:4] == _PARQUET_MAGIC:
+        return _read_parquet(data, display, config, partitions)
+    return _read_csv(data, display, config, partitions)
+
+
+def _needed(config: DataConfig) -> list[str]:
+    return [c for c in (config.timestamp_column, config.value_column, config.series_column) if c]
+
+
+def _missing_columns(display: str, have: list[str], config: DataConfig) -> UnreadableFile:
+    missing = [c for c in _needed(config) if c not in have]
+    return UnreadableFile(
+        f"{display}: missing column(s) {missing}; the file has {have} "
+        f"(set data.timestamp_column / data.value_column / data.series_column)"
+    )
+
+
+def _read_csv(data: bytes, display: str, config: DataConfig, partitions: dict[str, str]) -> Rows:
+    head = data[:65536]
+    if b"\x00" in head:
+        raise UnreadableFile(f"{display}: not a text CSV file (it holds binary data)")
+    if not data.strip():
+        raise UnreadableFile(f"{display}: empty file (no header, no rows)")
+    header_line = data.lstrip(b"\r\n").split(b"\n", 1)[0]
+    try:
+        header = next(csv.reader([header_line.decode("utf-8-sig").rstrip("\r")]))
+    except UnicodeDecodeError:
+        raise UnreadableFile(f"{display}: not a text CSV file (its first line is not UTF-8 text)") from None
+    have = header + [p for p in partitions if p not in header]
+    if any(c not in have for c in _needed(config)):
+        raise _missing_columns(display, have, config)
+    in_file = [c for c in _needed(config) if c in header]
+
+    typed = {config.timestamp_column: pa.timestamp("ns"), config.value_column: pa.float64()}
+    if config.series_column:
+        typed[config.series_column] = pa.dictionary(pa.int32(), pa.string())
+    fast = None
+    try:
+        fast = _csv_table(data, {c: typed[c] for c in in_file})
+    except pa.ArrowInvalid:
+        pass  # another timestamp format or a bad cell: the text path says which
+    if fast is not None:
+        if fast.num_rows == 0:
+            raise UnreadableFile(f"{display}: no data rows (only a header)")
+        ts, values = fast.column(config.timestamp_column), fast.column(config.value_column)
+        v = values.to_numpy(zero_copy_only=False) if values.null_count == 0 else None
+        if ts.null_count == 0 and v is not None and not _any_bad_value(v):
+            codes, names = _series_codes(fast, config, partitions)
+            return Rows(display, "row", _line_numbers(data, fast.num_rows), ts.to_numpy().view("int64"),
+                        v.astype("float64", copy=False), codes, names)
+
+    try:
+        text = _csv_table(data, {c: pa.string() for c in in_file})
+    except pa.ArrowInvalid as err:
+        raise UnreadableFile(f"{display}: not a readable CSV file: {_short(err)}") from None
+    if text.num_rows == 0:
+        raise UnreadableFile(f"{display}: no data rows (only a header)")
+    rows = _line_numbers(data, text.num_rows)
+    codes, names = _series_codes(text, config, partitions)
+    ts_text = text.column(config.timestamp_column).to_pandas().astype(object).str.strip()
+    value_text = text.column(config.value_column).to_pandas().astype(object).str.strip()
+    return _from_text(display, rows, ts_text, value_text, codes, names, config)
+
+
+def _csv_table(data: bytes, column_types: dict[str, pa.DataType]) -> pa.Table:
+    return pa_csv.read_csv(
+        pa.BufferReader(data),
+        read_options=pa_csv.ReadOptions(block_size=1 << 24),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=column_types, include_columns=list(column_types), strings_can_be_null=False
+        ),
+    )
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:300]
+
+
+def _line_numbers(data: bytes, n: int) -> np.ndarray:
+    """(n,) line number of each data row: header is line 1, blank lines (skipped by the parser) counted.
+
+    Assumes one line per record (no line breaks inside quoted cells).
+    """
+    if b"\n\n" not in data and b"\n\r\n" not in data and not data.startswith((b"\n", b"\r\n")):
+        return np.arange(2, n + 2, dtype=np.int64)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    starts = np.concatenate([[0], ends + 1])
+    stops = np.concatenate([ends, [len(raw)]])
+    lengths = stops - starts
+    cr = (lengths == 1) & (raw[np.minimum(starts, len(raw) - 1)] == 13)
+    filled = np.flatnonzero((lengths > 0) & ~cr) + 1  # 1-based numbers of non-blank lines
+    return filled[1 : n + 1].astype(np.int64)  # the first non-blank line is the header
+
+
+def _any_bad_value(v: np.ndarray) -> bool:
+    with np.errstate(invalid="ignore"):
+        return bool((~np.isfinite(v) | (v < 0) | (v > FLOAT32_MAX)).any())
+
+
+def _series_codes(table: pa.Table, config: DataConfig, partitions: dict[str, str]) -> tuple[np.ndarray, list[str]]:
+    """(N,) codes into the stripped, distinct series ids of ``table``."""
+    n = table.num_rows
+    column = config.series_column
+    if not column:
+        return np.zeros(n, dtype=np.int64), [SINGLE_SERIES]
+    if column not in table.column_names:  # a hive partition: one id for the whole file
+        return np.zeros(n, dtype=np.int64), [partitions[column].strip()]
+    array = table.column(column)
+    if not pa.types.is_dictionary(array.type):
+        array = pc.cast(array, pa.string()) if not pa.types.is_string(array.type) else array
+        array = array.dictionary_encode()
+    cat = array.to_pandas()  # Categorical; pandas unifies the chunks' dictionaries
+    if not isinstance(cat.dtype, pd.CategoricalDtype):
+        cat = cat.astype("category")
+    local = np.asarray(cat.cat.codes, dtype=np.int64)
+    stripped, uniques = pd.factorize(pd.Index(cat.cat.categories.astype(str)).str.strip())
+    names = [str(u) for u in uniques]
+    if (local < 0).any():  # nulls (Parquet only: CSV cells are never null here)
+        names.append("")
+        stripped = np.append(stripped, len(names) - 1)
+    return stripped[local], names
+
+
+def _from_text(display, rows, ts_text: pd.Series, value_text: pd.Series, codes, names, config) -> Rows:
+    """Parse and check text cells; every bad row is reported, none raises."""
+    problems: list[RowProblem] = []
+    ids = np.asarray(names, dtype=object)[codes] if config.series_column else None
+
+    def flag(bad: np.ndarray, what: str, text: pd.Series) -> None:
+        bad = np.asarray(bad, dtype=bool)
+        if bad.any():
+            where = np.flatnonzero(bad)
+            examples = [(int(rows[i]), repr(text.iloc[i]), ids[i] if ids is not None else "") for i in where[:MAX_SHOWN]]
+            problems.append(RowProblem(what, len(where), examples))
+
+    try:
+        timestamps = pd.to_datetime(ts_text, errors="coerce")
+        # pandas infers one format from the first row; rows written with another ISO 8601
+        # precision (midnight as a bare date, a 'T' separator) are valid, not unparseable.
+        retry = timestamps.isna() & (ts_text != "")
+        if retry.any():
+            again = pd.to_datetime(ts_text.where(retry), errors="coerce", format="ISO8601")
+            if again.dt.tz == timestamps.dt.tz:
+                timestamps = timestamps.fillna(again)
+    except ValueError as err:  # e.g. rows with different UTC offsets
+        raise UnreadableFile(f"{display}: column '{config.timestamp_column}': {err}") from None
+    if timestamps.dt.tz is not None:  # split boundaries and calendar features are naive local times
+        raise UnreadableFile(
+            f"{display}: timestamps carry a UTC offset (row {rows[0]}: {ts_text.iloc[0]!r}); write local times without one"
+        )
+    flag(timestamps.isna().to_numpy(), "unparseable timestamp", ts_text)
+
+    values = pd.to_numeric(value_text.where(value_text != "", None), errors="coerce").to_numpy(dtype="float64")
+    empty = value_text.str.lower().isin(_NULL_TEXT).to_numpy()
+    with np.errstate(invalid="ignore"):
+        flag(empty, "missing (NaN) value", value_text)
+        flag(np.isnan(values) & ~empty, "non-numeric value", value_text)
+        flag(values < 0, "negative value", value_text)
+        flag(np.isinf(values), "infinite value", value_text)
+        flag(np.isfinite(values) & (values > FLOAT32_MAX), f"value beyond the float32 range (max {FLOAT32_MAX:.4g})", value_text)
+    ns = timestamps.astype("datetime64[ns]").to_numpy().view("int64") if not problems else np.zeros(len(rows), np.int64)
+    return Rows(display, "row", rows, ns, values, codes, names, problems)
+
+
+def _read_parquet(data: bytes, display: str, config: DataConfig, partitions: dict[str, str]) -> Rows:
+    try:
+        schema = pq.read_schema(pa.BufferReader(data))
+        have = schema.names + [p for p in partitions if p not in schema.names]
+        if any(c not in have for c in _needed(config)):
+            raise _missing_columns(display, have, config)
+        table = pq.read_table(pa.BufferReader(data), columns=[c for c in _needed(config) if c in schema.names])
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UnreadableFile(f"{display}: not a readable Parquet file: {_short(err)}") from None
+    if table.num_rows == 0:
+        raise UnreadableFile(f"{display}: no data rows")
+    rows = np.arange(table.num_rows, dtype=np.int64)
+    codes, names = _series_codes(table, config, partitions)
+    ts, value = table.column(config.timestamp_column), table.column(config.value_column)
+    text_types = (pa.types.is_string, pa.types.is_large_string)
+    if any(is_text(ts.type) or is_text(value.type) for is_text in text_types):
+        ts_text = ts.to_pandas().astype(object).astype(str).str.strip()
+        value_text = value.to_pandas().astype(object).astype(str).str.strip()
+        result = _from_text(display, rows, ts_text, value_text, codes, names, config)
+        result.row_word = "row index"
+        return result
+
+    if pa.types.is_timestamp(ts.type):
+        if ts.type.tz is not None:
+            raise UnreadableFile(
+                f"{display}: column '{config.timestamp_column}' has time zone {ts.type.tz!r}; write local times without one"
+            )
+    elif not pa.types.is_date(ts.type):
+        raise UnreadableFile(f"{display}: column '{config.timestamp_column}' holds {ts.type}, not timestamps")
+    if not (pa.types.is_integer(value.type) or pa.types.is_floating(value.type) or pa.types.is_decimal(value.type)):
+        raise UnreadableFile(f"{display}: column '{config.value_column}' holds {value.type}, not numbers")
+    try:
+        ns = pc.cast(ts, pa.timestamp("ns"))
+    except pa.ArrowInvalid as err:
+        raise UnreadableFile(f"{display}: column '{config.timestamp_column}': {_short(err)}") from None
+    values = pc.cast(value, pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # nulls -> NaN
+    problems: list[RowProblem] = []
+    ids = np.asarray(names, dtype=object)[codes] if config.series_column else None
+
+    def flag(bad: np.ndarray, what: str, shown: np.ndarray) -> None:
+        if bad.any():
+            where = np.flatnonzero(bad)
+            examples = [(int(i), str(shown[i]), ids[i] if ids is not None else "") for i in where[:MAX_SHOWN]]
+            problems.append(RowProblem(what, len(where), examples))
+
+    ts_null = ns.is_null().to_numpy(zero_copy_only=False)
+    flag(ts_null, "missing timestamp", np.full(len(rows), "null", dtype=object))
+    shown = np.where(value.is_null().to_numpy(zero_copy_only=False), "null", values.astype(str))
+    with np.errstate(invalid="ignore"):
+        flag(np.isnan(values), "missing (NaN) value", shown)
+        flag(values < 0, "negative value", shown)
+        flag(np.isinf(values), "infinite value", shown)
+        flag(np.isfinite(values) & (values > FLOAT32_MAX), f"value beyond the float32 range (max {FLOAT32_MAX:.4g})", shown)
+    if config.series_column in table.column_names and table.column(config.series_column).null_count:
+        flag(table.column(config.series_column).is_null().to_numpy(zero_copy_only=False), "missing series id",
+             np.full(len(rows), "null", dtype=object))
+    ns_values = pc.fill_null(ns, pa.scalar(0, pa.timestamp("ns"))).to_numpy().view("int64")
+    return Rows(display, "row index", rows, ns_values, values, codes, names, problems)
