@@ -1,4 +1,5 @@
-"""Lightning callbacks for training that know nothing of Ray: throughput and the epoch line."""
+"""Lightning callbacks for training that know nothing of Ray: throughput, the epoch line, and a
+guard that stops a diverging run before it checkpoints NaNs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import time
 
 import lightning as L
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +59,39 @@ class EpochLine(L.Callback):
         if "train/epoch_time_s" in m:
             parts.append(f"({m['train/epoch_time_s'].item():.1f} s training)")
         log.info("  ".join(parts))
+
+
+class DivergenceGuard(L.Callback):
+    """Stops training at the end of the epoch in which the loss stopped being finite.
+
+    Each step folds ``isfinite(loss)`` into a tensor on the device (no host synchronisation in
+    the hot path); the epoch's end reads it once. If any rank saw a NaN or infinite loss, every
+    rank stops (the decision is reduced across ranks, so DDP stays in step) and
+    :attr:`diverged` holds ``(epoch, first bad global step)`` as counted from 1, for the report
+    callback to skip that epoch's checkpoint and for the driver to name in its error.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None
+        self.diverged: tuple[int, int] | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None or self.first_bad is None:
+            return
+        # global_step has already advanced past this batch's optimiser step: it is the step's number from 1.
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, trainer.global_step), self.first_bad)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.first_bad is None:
+            return
+        step = int(self.first_bad)
+        if trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
+            self.diverged = (trainer.current_epoch + 1, step if step >= 0 else trainer.global_step)
+            trainer.should_stop = True
+            if trainer.global_rank == 0:
+                log.error("the training loss became NaN or infinite in epoch %d (first at step %d): stopping", *self.diverged)

@@ -28,11 +28,12 @@ from lit_forecast.errors import RunError
 from lit_forecast.layout import CHECKPOINT_FILE, data_dir, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
-from lit_forecast.training.callbacks import EpochLine, Throughput
+from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, Throughput
 
 log = logging.getLogger(__name__)
 
 SCORE = "val/mae"  # autoregressive validation MAE in passengers ranks checkpoints
+DIVERGED_EPOCH, DIVERGED_STEP = "diverged/epoch", "diverged/step"  # reported when the loss stopped being finite
 assert CHECKPOINT_FILE == RayTrainReportCallback.CHECKPOINT_NAME  # the run layout follows Ray's name
 
 # -- configuration objects (pure: CI builds them for configs/8gpu.yaml without GPUs) -------------
@@ -100,22 +101,25 @@ class ReportCallback(RayTrainReportCallback):
     On those epochs it is Ray's own: every rank reports the epoch's metrics and its checkpoint
     folder (Lightning writes the file on rank 0 only). On the others it reports metrics alone,
     which Ray Train requires of every rank each epoch. Each checkpoint also carries the full
-    resolved config under ``lit_forecast_config``, so inference needs no other file.
+    resolved config under ``lit_forecast_config``, so inference needs no other file. An epoch
+    whose loss diverged (``guard``) reports its metrics and where it diverged, and no checkpoint.
     """
 
-    def __init__(self, every_n_epochs: int, config: dict):
+    def __init__(self, every_n_epochs: int, config: dict, guard: DivergenceGuard):
         super().__init__()
-        self.every_n_epochs, self.config = every_n_epochs, config
+        self.every_n_epochs, self.config, self.guard = every_n_epochs, config, guard
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["lit_forecast_config"] = self.config
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
+        if self.guard.diverged is None and (epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs):
             super().on_train_epoch_end(trainer, pl_module)
             return
         metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+        if self.guard.diverged is not None:
+            metrics[DIVERGED_EPOCH], metrics[DIVERGED_STEP] = self.guard.diverged
         ray.train.report(metrics={**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step})
 
 
@@ -130,7 +134,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(config.cluster.cpus_per_worker)))
 
     datamodule = ShardDataModule(data_dir(run), config.train.batch_size)
-    plain, manifest = to_dict(config), datamodule.manifest
+    plain, manifest, guard = to_dict(config), datamodule.manifest, DivergenceGuard()
     module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
     trainer = L.Trainer(
         **trainer_arguments(config),
@@ -139,7 +143,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         callbacks=[
             Throughput(),
             EpochLine(loop_config["launched_at"]),
-            ReportCallback(config.cluster.checkpoint_every_n_epochs, plain),
+            guard,  # before the report callback: a diverged epoch is not checkpointed
+            ReportCallback(config.cluster.checkpoint_every_n_epochs, plain, guard),
         ],
         logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),
     )
@@ -204,6 +209,14 @@ def fit(config: Config, run: str) -> dict:
     )
     started = time.perf_counter()
     result = trainer.fit()
+    metrics = result.metrics or {}
+    if DIVERGED_STEP in metrics:
+        raise RunError(
+            f"training diverged: the loss became NaN or infinite in epoch {int(metrics[DIVERGED_EPOCH])} "
+            f"(first at step {int(metrics[DIVERGED_STEP])}), so that epoch was not checkpointed. Lower train.lr "
+            f"(now {config.train.lr:g}) or train.grad_clip and start a new run with --name NEW "
+            f"(the same command would resume from the last good checkpoint with the same settings)"
+        )
     ranked = sorted(result.best_checkpoints, key=lambda pair: pair[1].get(SCORE, float("inf")))
     best, best_metrics = ranked[0] if ranked else (result.checkpoint, result.metrics or {})
 

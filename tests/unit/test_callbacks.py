@@ -1,0 +1,46 @@
+"""Training callbacks without Ray: the divergence guard and the throughput it shares an epoch with."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lit_forecast.training.callbacks import DivergenceGuard, Throughput
+from tests.unit.test_model import make_batch, make_module
+
+
+class Batches(torch.utils.data.Dataset):
+    """``n`` fixed batches; the one at ``poisoned`` has a NaN in its target (a diverging loss)."""
+
+    def __init__(self, n: int, poisoned: int | None):
+        self.batches = [make_batch(4, seed=i) for i in range(n)]
+        if poisoned is not None:
+            self.batches[poisoned]["future_target"][0, 0] = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batches[i]
+
+
+def fit(poisoned: int | None, epochs: int = 3) -> tuple[L.Trainer, DivergenceGuard]:
+    module = make_module().train()
+    guard = DivergenceGuard()
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[Throughput(), guard])
+    loader = DataLoader(Batches(5, poisoned), batch_size=None, shuffle=False)
+    trainer.fit(module, train_dataloaders=loader)
+    return trainer, guard
+
+
+def test_a_finite_run_is_left_alone():
+    trainer, guard = fit(poisoned=None)
+    assert guard.diverged is None and trainer.current_epoch == 3
+
+
+def test_a_nan_loss_stops_training_at_the_end_of_its_epoch_and_names_the_step():
+    trainer, guard = fit(poisoned=2)  # the third optimiser step of epoch 1
+    assert guard.diverged == (1, 3)
+    assert trainer.current_epoch == 1  # stopped after the first epoch, not after all three
