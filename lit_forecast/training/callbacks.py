@@ -1,9 +1,10 @@
-"""Lightning callbacks for training that know nothing of Ray: throughput, the epoch line, and a
-guard that stops a diverging run before it checkpoints NaNs."""
+"""Lightning callbacks for training that know nothing of Ray: throughput, the epoch line, a guard
+that stops a diverging run before it checkpoints NaNs, and random state that makes resume exact."""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import lightning as L
@@ -95,3 +96,37 @@ class DivergenceGuard(L.Callback):
             trainer.should_stop = True
             if trainer.global_rank == 0:
                 log.error("the training loss became NaN or infinite in epoch %d (first at step %d): stopping", *self.diverged)
+
+
+class RandomState(L.Callback):
+    """Saves the random generators with every checkpoint and restores them on resume.
+
+    With them, a run resumed from a checkpoint draws what the uninterrupted run would have:
+    the next epoch's shuffle, dropout masks and scheduled-sampling draws. (The model, the
+    optimiser, the LR schedule and the global step, which sets the scheduled-sampling share,
+    are restored by Lightning itself.) Every rank is seeded alike and draws alike (equal shards,
+    equal batch shapes), so rank 0's generators, which the checkpoint holds, serve every rank.
+    """
+
+    KEY = "lit_forecast_random_state"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        state = {"torch": torch.get_rng_state(), "python": list(_python_state())}
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(pl_module.device)
+        checkpoint[self.KEY] = state
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        state = checkpoint.get(self.KEY)
+        if state is None:  # written by an older version: resume, but not draw for draw
+            log.warning("the checkpoint holds no random state: the resumed run will not repeat the uninterrupted one exactly")
+            return
+        torch.set_rng_state(state["torch"])
+        random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+        if "cuda" in state and pl_module.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], pl_module.device)
+
+
+def _python_state() -> tuple:
+    version, internal, gauss = random.getstate()
+    return version, list(internal), gauss

@@ -1,4 +1,4 @@
-"""Training callbacks without Ray: the divergence guard and the throughput it shares an epoch with."""
+"""Training callbacks without Ray: the divergence guard, and the random state that makes resume exact."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lit_forecast.training.callbacks import DivergenceGuard, Throughput
+from lit_forecast.training.callbacks import DivergenceGuard, RandomState, Throughput
 from tests.unit.test_model import make_batch, make_module
 
 
@@ -44,3 +44,36 @@ def test_a_nan_loss_stops_training_at_the_end_of_its_epoch_and_names_the_step():
     trainer, guard = fit(poisoned=2)  # the third optimiser step of epoch 1
     assert guard.diverged == (1, 3)
     assert trainer.current_epoch == 1  # stopped after the first epoch, not after all three
+
+
+class SaveAfterFirstEpoch(L.Callback):
+    """Checkpoints at the end of epoch 1, from on_train_epoch_end as Ray's report callback does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:
+            trainer.save_checkpoint(self.path)
+
+
+def weights_after_two_epochs(callbacks, resume_from=None):
+    L.seed_everything(7, verbose=False)
+    module = make_module(dropout=0.1).train()  # dropout and scheduled sampling (tiny.yaml: up to 0.5) draw at random
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks)
+    loader = DataLoader([make_batch(1, seed=i) for i in range(12)], batch_size=None, shuffle=True)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_from)
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_a_run_resumed_at_an_epoch_boundary_ends_with_the_uninterrupted_weights(tmp_path):
+    checkpoint = tmp_path / "epoch1.ckpt"
+    uninterrupted = weights_after_two_epochs([RandomState(), SaveAfterFirstEpoch(checkpoint)])
+    resumed = weights_after_two_epochs([RandomState()], resume_from=str(checkpoint))
+    assert uninterrupted.keys() == resumed.keys()
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    # Without the random state the resumed epoch shuffles and samples differently.
+    blind = weights_after_two_epochs([], resume_from=str(checkpoint))
+    assert any(not torch.equal(uninterrupted[name], blind[name]) for name in uninterrupted)
