@@ -7,9 +7,11 @@ data module for its rank's shard. The driver hands workers plain dicts and gets 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
+import tempfile
 import time
 
 import lightning as L
@@ -25,7 +27,7 @@ from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.errors import RunError
-from lit_forecast.layout import CHECKPOINT_FILE, data_dir, tensorboard_dir
+from lit_forecast.layout import CHECKPOINT_FILE, CHECKPOINT_PREFIX, data_dir, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
 from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, RandomState, Throughput
@@ -155,15 +157,41 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint is None:
         trainer.fit(module, datamodule=datamodule)
         return
-    with checkpoint.as_directory() as folder:
-        path = os.path.join(folder, CHECKPOINT_FILE)
-        epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+    with tempfile.TemporaryDirectory() as scratch:
+        path, name, epoch = _readable_checkpoint(run, os.path.basename(checkpoint.path.rstrip("/")), scratch, rank)
         if rank == 0:  # Lightning counts epochs from 0, people from 1
             log.warning(
                 "RESUMED from checkpoint %s (epoch %d/%d done); continuing with epoch %d",
-                checkpoint.path, epoch + 1, config.train.max_epochs, epoch + 2,
+                name, epoch + 1, config.train.max_epochs, epoch + 2,
             )
         trainer.fit(module, datamodule=datamodule, ckpt_path=path)
+
+
+def _readable_checkpoint(run: str, latest: str, scratch: str, rank: int) -> tuple[str, str, int]:
+    """A local copy of the newest checkpoint that loads: Ray's latest, or failing that an older one.
+
+    Returns (local path, checkpoint folder name, epoch). Only Ray's latest and the folders older
+    than it are candidates: a newer folder is one whose upload never completed. A checkpoint
+    that cannot be read is named in a warning and skipped; if none can be read, the error
+    names them all.
+    """
+    older = sorted((n for n in storage.list_dir(run) if n.startswith(CHECKPOINT_PREFIX) and n < latest), reverse=True)
+    problems = []
+    for name in [latest, *older]:
+        source = storage.join(run, name, CHECKPOINT_FILE)
+        try:
+            blob = storage.read_bytes(source)
+            epoch = int(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)["epoch"])
+        except Exception as err:  # any way a file can be broken: truncated, corrupt, missing, not ours
+            problems.append(f"{source}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            if rank == 0:
+                log.warning("checkpoint %s cannot be read (%s): trying the one before it", source, problems[-1])
+            continue
+        local = os.path.join(scratch, CHECKPOINT_FILE)
+        with open(local, "wb") as out:
+            out.write(blob)
+        return local, name, epoch
+    raise RunError("no readable checkpoint to resume from:\n  " + "\n  ".join(problems))
 
 
 def _worker_logging() -> None:
@@ -189,6 +217,22 @@ def _worker_logging() -> None:
 # -- the driver -----------------------------------------------------------------------------------
 
 
+def _failure_message(err: Exception, config: Config, run: str) -> str:
+    """What to tell the user when Ray Train gives up: the workers' first error, and how to resume."""
+    failures = getattr(err, "worker_failures", None) or {}
+    cause = next(iter(failures.values()), None) or getattr(err, "controller_failure", None) or err
+    # A worker's error arrives wrapped by Ray; its last line names the exception that ended it.
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    reason = lines[-1].strip() if lines else type(cause).__name__
+    return (
+        f"training failed and Ray Train gave up after cluster.max_failures={config.cluster.max_failures} "
+        f"restart(s): {reason}\nThe run keeps every checkpoint it reported: once the cause is fixed, run the "
+        f"same command again to resume {run} from its last checkpoint (raise cluster.max_failures to survive "
+        f"more failures in one attempt)."
+    )
+
+
+
 def init_ray(config: Config) -> None:
     """Join RAY_ADDRESS or start a local Ray that can hold every worker."""
     c = config.cluster
@@ -209,7 +253,10 @@ def fit(config: Config, run: str) -> dict:
         run_config=run_config(config, run),
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise RunError(_failure_message(err, config, run)) from None
     metrics = result.metrics or {}
     if DIVERGED_STEP in metrics:
         raise RunError(

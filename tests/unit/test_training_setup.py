@@ -6,11 +6,12 @@ import argparse
 import re
 
 import numpy as np
+import torch
 import pytest
 
 from lit_forecast import cli
 from lit_forecast import config as cfg
-from lit_forecast.data.source import DataError
+from lit_forecast.errors import DataError, RunError
 from lit_forecast.training import ray_train, runs
 
 CONFIGS = cfg.DEFAULT_CONFIG.parent
@@ -57,11 +58,11 @@ def test_more_workers_than_cores_fail_at_once_instead_of_waiting(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     config = cfg.load(CONFIGS / "local.yaml", ["cluster.num_workers=3"])
-    with pytest.raises(runs.RunError, match="2 CPU.*3 CPU"):
+    with pytest.raises(RunError, match="2 CPU.*3 CPU"):
         ray_train.init_ray(config)
     gpu = cfg.load(CONFIGS / "8gpu.yaml")
     monkeypatch.setattr("os.cpu_count", lambda: 64)
-    with pytest.raises(runs.RunError, match="0 GPU.*8 GPU"):
+    with pytest.raises(RunError, match="0 GPU.*8 GPU"):
         ray_train.init_ray(gpu)
 
 
@@ -76,15 +77,15 @@ def test_run_folder_rules(tmp_path):
     assert resumed and cfg.to_dict(used) == cfg.to_dict(config)
 
     changed = cfg.load(CONFIGS / "tiny.yaml", [f"run.storage={tmp_path}", "run.name=r1", "train.max_epochs=9"])
-    with pytest.raises(runs.RunError, match=r"train.max_epochs: 2 -> 9"):
+    with pytest.raises(RunError, match=r"train.max_epochs: 2 -> 9"):
         runs.check_run(changed, resume=False)
-    with pytest.raises(runs.RunError, match=r"train.max_epochs: 2 -> 9"):
+    with pytest.raises(RunError, match=r"train.max_epochs: 2 -> 9"):
         runs.prepare_only(changed)  # nor may --prepare-only rewrite that run's data
     used, resumed = runs.check_run(changed, resume=True)  # --resume keeps the saved config
     assert resumed and used.train.max_epochs == 2
 
     fresh = cfg.load(CONFIGS / "tiny.yaml", [f"run.storage={tmp_path}", "run.name=r2"])
-    with pytest.raises(runs.RunError, match="nothing to resume"):
+    with pytest.raises(RunError, match="nothing to resume"):
         runs.check_run(fresh, resume=True)
 
 
@@ -122,3 +123,23 @@ def test_prepare_only_prints_the_summary(synthetic_csv, tmp_path, capsys):
         assert re.search(rf"^  {split:<5}\s+\d+ windows, targets 2024-", out, re.M)
     assert re.search(r"^shards   2 training shards x \d+ windows", out, re.M)
     assert not (tmp_path / "p" / "config.yaml").exists()  # preparing is not starting a run
+
+
+def test_resume_skips_an_unreadable_latest_checkpoint_and_never_a_newer_partial_one(tmp_path, caplog):
+    run = tmp_path / "run"
+    names = ["checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000",
+             "checkpoint_2026-01-01_00-00-03.000000", "checkpoint_2026-01-01_00-00-04.000000"]
+    for epoch, name in enumerate(names):
+        (run / name).mkdir(parents=True)
+        torch.save({"epoch": epoch, "state_dict": {}}, run / name / "checkpoint.ckpt")
+    latest = names[2]  # what Ray registered last; names[3] is a newer folder whose upload never finished
+    (run / latest / "checkpoint.ckpt").write_bytes((run / latest / "checkpoint.ckpt").read_bytes()[:50])  # truncated
+    path, name, epoch = ray_train._readable_checkpoint(str(run), latest, str(tmp_path), rank=0)
+    assert (name, epoch) == (names[1], 1) and torch.load(path, weights_only=True)["epoch"] == 1
+    assert f"{run / latest / 'checkpoint.ckpt'} cannot be read" in caplog.text
+
+    for name in names[:3]:
+        (run / name / "checkpoint.ckpt").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="no readable checkpoint to resume from") as err:
+        ray_train._readable_checkpoint(str(run), latest, str(tmp_path), rank=0)
+    assert all(str(run / n / "checkpoint.ckpt") in str(err.value) for n in names[:3]) and names[3] not in str(err.value)

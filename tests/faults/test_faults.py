@@ -1,0 +1,213 @@
+"""Fault injection into real local Ray runs of train.py on the tiny config.
+
+Each test injects one class of fault and checks the outcome: survived (the run finishes with
+every epoch, resuming from its last checkpoint), or refused cleanly (exit status 2, a message
+that says what happened and how to resume, no traceback). Each writes one row of results to
+``$LIT_FORECAST_FAULTS`` (JSON lines) when that is set: ``bench/faults.py`` runs this file and
+prints the table in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from tests.integration.test_ray_train import (  # noqa: F401 (taxi_like_csv is a fixture)
+    ROOT,
+    checkpoints,
+    command,
+    environment,
+    epoch_lines,
+    taxi_like_csv,
+    training_workers,
+)
+
+pytestmark = [pytest.mark.ray]
+RESUMED = re.compile(r"RESUMED from checkpoint (\S+) \(epoch (\d+)/(\d+) done\)")
+
+
+def record(fault: str, injected: int, survived: int, epochs_lost: int, wrong: int, note: str = "") -> None:
+    """One row of the fault table, for bench/faults.py."""
+    target = os.environ.get("LIT_FORECAST_FAULTS")
+    if target:
+        with open(target, "a") as out:
+            out.write(json.dumps({"fault": fault, "injected": injected, "survived": survived,
+                                  "epochs_lost": epochs_lost, "wrong_results": wrong, "note": note}) + "\n")
+
+
+class Training:
+    """train.py in the background, its output read line by line as it comes."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> int:
+        """Index of the first output line at or after ``after`` matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in range(after, len(self.lines)):
+                if re.search(pattern, self.lines[i]):
+                    return i
+            assert self.proc.poll() is None or len(self.lines) > after, f"train.py ended early:\n{self.output[-4000:]}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output[-4000:]}")
+
+    def finish(self, timeout: float) -> int:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.kill()
+        self.reader.join(timeout=10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def kill_a_worker(training: Training) -> None:
+    deadline = time.monotonic() + 60
+    while not (workers := training_workers(training.proc.pid)):
+        assert time.monotonic() < deadline, "no Ray Train worker to kill"
+        time.sleep(0.1)
+    random.choice(workers).send_signal(signal.SIGKILL)
+
+
+def lost_epochs(output: str) -> list[int]:
+    """For each resume: epochs finished before it that the resumed attempt had to train again."""
+    lost, done_before = [], 0
+    for chunk in re.split(r"(?=RESUMED from checkpoint)", output):
+        resumed = RESUMED.search(chunk)
+        if resumed:
+            lost.append(max(0, done_before - int(resumed.group(2))))
+        finished = [e for e, _ in epoch_lines(chunk)]
+        done_before = max([done_before, *finished]) if finished else done_before
+    return lost
+
+
+@pytest.mark.timeout(420)
+def test_three_worker_kills_one_during_a_checkpoint_are_survived(taxi_like_csv, tmp_path):
+    epochs = 8
+    rng = random.Random(0)
+    training = Training(command(taxi_like_csv, tmp_path, "kills", epochs, "--set", "cluster.max_failures=3"))
+    try:
+        run_dir = tmp_path / "kills"
+        # 1: the moment the first checkpoint folder appears, while Ray is still reporting it.
+        deadline = time.monotonic() + 180
+        while not list(run_dir.glob("checkpoint_*")):
+            assert time.monotonic() < deadline and training.proc.poll() is None, training.output[-4000:]
+            time.sleep(0.02)
+        kill_a_worker(training)
+        # 2 and 3: at random moments of the resumed attempts.
+        after = 0
+        for _ in range(2):
+            after = training.wait_for("RESUMED from checkpoint", 180, after) + 1
+            time.sleep(rng.uniform(0.5, 4.0))
+            kill_a_worker(training)
+        code = training.finish(360)
+    finally:
+        training.kill()
+    output = training.output
+    assert code == 0, output[-5000:]
+    resumes = RESUMED.findall(output)
+    assert len(resumes) == 3, output[-5000:]
+    final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
+    lost = lost_epochs(output)
+    wrong = int(final["epoch"] != epochs - 1 or not (run_dir / "summary.json").is_file())
+    record("worker SIGKILL (one while a checkpoint is written)", 3, 3 if code == 0 else 0, sum(lost), wrong)
+    assert final["epoch"] == epochs - 1 and (run_dir / "summary.json").is_file()
+    assert lost == [0, 0, 0], lost  # each attempt resumed right after the last finished epoch
+
+
+@pytest.mark.timeout(300)
+def test_one_failure_more_than_allowed_stops_with_how_to_resume(taxi_like_csv, tmp_path):
+    training = Training(command(taxi_like_csv, tmp_path, "too_many", 8, "--set", "cluster.max_failures=1"))
+    try:
+        training.wait_for(r"epoch 1/8", 180)
+        kill_a_worker(training)
+        after = training.wait_for("RESUMED from checkpoint", 180) + 1
+        training.wait_for(r"epoch \d/8", 120, after)
+        kill_a_worker(training)
+        code = training.finish(180)
+    finally:
+        training.kill()
+    output = training.output
+    assert code == 2, output[-5000:]
+    assert "Ray Train gave up after cluster.max_failures=1" in output and "run the same command again to resume" in output
+    ending = [line for line in output.splitlines() if line.strip()][-4:]
+    assert any(line.startswith("error: training failed") for line in ending), ending  # our message ends it, not a traceback
+    record("one worker SIGKILL more than max_failures", 2, 1, 0, 0, "refused: exit 2 with how to resume")
+
+
+@pytest.mark.timeout(300)
+def test_a_nan_loss_stops_the_run_within_its_epoch_and_checkpoints_no_nans(taxi_like_csv, tmp_path):
+    done = subprocess.run(command(taxi_like_csv, tmp_path, "nan", 3, "--set", "train.lr=1e6"), cwd=ROOT,
+                          env=environment(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"error: training diverged: the loss became NaN or infinite in epoch 1 \(first at step \d+\)", done.stderr)
+    assert "Traceback" not in done.stderr
+    saved = checkpoints(tmp_path / "nan")
+    assert saved == []  # the diverged epoch was not checkpointed
+    record("loss becomes NaN (lr 1e6)", 1, 1, 0, 0, "refused in epoch 1, no checkpoint of NaN weights")
+
+
+@pytest.mark.timeout(420)
+def test_driver_killed_while_a_checkpoint_is_written_then_a_corrupt_latest_is_skipped(taxi_like_csv, tmp_path):
+    cmd = command(taxi_like_csv, tmp_path, "driver", 6)
+    run_dir = tmp_path / "driver"
+    training = Training(cmd)
+    try:
+        training.wait_for(r"epoch 2/6", 180)
+        deadline = time.monotonic() + 120
+        while len(list(run_dir.glob("checkpoint_*"))) < 3:  # the third checkpoint folder has just appeared
+            assert time.monotonic() < deadline and training.proc.poll() is None, training.output[-4000:]
+            time.sleep(0.01)
+    finally:
+        training.kill()  # the driver and the local Ray it started
+    folders = sorted(run_dir.glob("checkpoint_*"))
+    finished = max(e for e, _ in epoch_lines(training.output))
+    # Corrupt what the run registered last, so the resume must fall back to the one before it.
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    registered = sorted({Path(p).name for p in re.findall(r"checkpoint_[0-9_.-]+", json.dumps(snapshot))})
+    latest = registered[-1]
+    blob = (run_dir / latest / "checkpoint.ckpt").read_bytes()
+    (run_dir / latest / "checkpoint.ckpt").write_bytes(blob[: len(blob) // 3])
+
+    again = Training(cmd)
+    code = again.finish(300)
+    output = again.output
+    assert code == 0, output[-5000:]
+    assert f"{latest}/checkpoint.ckpt cannot be read" in output
+    resumed = RESUMED.search(output)
+    assert resumed and resumed.group(1) == registered[-2], (resumed and resumed.group(1), registered, [f.name for f in folders])
+    assert (run_dir / "summary.json").is_file()
+    final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
+    assert final["epoch"] == 5
+    # The corrupted checkpoint costs its own epoch; nothing beyond the last readable checkpoint is lost.
+    lost = finished - int(resumed.group(2))
+    record("driver SIGKILL while a checkpoint is written; latest checkpoint then truncated", 2, 2, lost - 1, 0,
+           "resumed from the last readable checkpoint, never the partial folder")
