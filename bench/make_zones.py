@@ -38,7 +38,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from lit_forecast.config import DataConfig
-from lit_forecast.inference.windows import read_series
+from lit_forecast.data.source import DataError, fetch, load_series
 
 SHARE_RANGE = (1 / 5000, 1 / 10)  # zone level as a share of the city total: 500x between the extremes
 MAX_SHIFT = 3  # slots of daily-timing shift, either way
@@ -173,7 +173,13 @@ def main() -> None:
     start = time.perf_counter()
     default = DataConfig()
     data = DataConfig(source=args.source, sha256=default.sha256 if args.source == default.source else None)
-    (city,) = read_series(data)  # one series on the 30 min grid, missing slots NaN
+    try:
+        series, _ = load_series(fetch(data), data, fill_gaps=False)  # on the 30 min grid, missing slots NaN
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    if len(series) != 1:
+        sys.exit(f"error: {args.source}: expected one city series (timestamp,value), found {len(series)}")
+    (city,) = series
     values = pd.Series(city.values).interpolate(limit_area="inside").bfill().ffill().to_numpy()
     times = pd.date_range(city.start, periods=len(values), freq=data.freq).to_numpy()
     spd = int(pd.Timedelta("1D") / pd.Timedelta(data.freq))

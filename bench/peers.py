@@ -26,6 +26,7 @@ LightGBM is a bench dependency (requirements-dev.txt); the package never imports
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -37,10 +38,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from lit_forecast.config import DataConfig
 from lit_forecast.data.dataset import calendar_features
 from lit_forecast.data.prepare import slots_per_day
-from lit_forecast.data.source import Series, fill_short_gaps
+from lit_forecast.data.source import DataError, Series, fill_short_gaps
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
-from lit_forecast.inference.windows import build_windows, parse_cutoffs, read_series
+from lit_forecast.inference.windows import CutoffError, build_windows, parse_cutoffs, read_series
 
 try:
     import lightgbm as lgb
@@ -148,9 +149,13 @@ def format_table(table: dict, title: str) -> str:
              f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in metrics)]
     for name, result in table["methods"].items():
         o = result["overall"]
-        lines.append(f"{name:<14}" + "".join(bt._num(o[m] * (100 if m in bt.PERCENT else 1), bt.DIGITS[m]) for m in metrics))
+        lines.append(f"{name:<14}" + "".join(_num(o[m] * (100 if m in bt.PERCENT else 1), bt.DIGITS[m]) for m in metrics))
     lines.append(f"{NAME} MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
     return "\n".join(lines)
+
+
+def _num(value: float, digits: int) -> str:
+    return f"{'nan':>10}" if math.isnan(value) else f"{value:>10,.{digits}f}"
 
 
 def main() -> None:
@@ -182,7 +187,10 @@ def main() -> None:
     train_end = pd.Timestamp(args.train_end)
     spd = slots_per_day(data.freq)
     max_slots = int(pd.Timedelta(data.max_gap) / pd.Timedelta(data.freq))
-    series: list[Series] = read_series(data)  # missing slots NaN; filled below from earlier slots only
+    try:
+        series: list[Series] = read_series(data)  # missing slots NaN; training fills them below
+    except DataError as err:
+        sys.exit(f"error: {err}")
     glob = bool(args.series_column)
 
     # Fit: every training window of every series, 48 boosters.
@@ -205,9 +213,12 @@ def main() -> None:
     # Predict: windows at the cutoffs as infer.py builds them, with a week of history for the baselines.
     start = time.perf_counter()
     lags = seasonal_naive_lags(spd)
-    stats = {sid: {"mean": means[sid], "std": 1.0} for sid in means}  # only loc/scale of model_inputs, unused here
-    windows = build_windows(series, stats, max(LAGS), HORIZON, data.freq, cutoffs, data.max_gap,
-                            history=max(max(LAGS), *lags.values()))
+    stats = {sid: {"mean": means[sid], "std": 1.0} for sid in means}  # windows.loc: each window's series mean (1: none)
+    try:
+        windows = build_windows(series, stats, max(LAGS), HORIZON, data.freq, cutoffs, data.max_gap,
+                                history=max(max(LAGS), *lags.values()))
+    except CutoffError as err:
+        sys.exit(f"error: {err}")
     test_x = lag_features(windows.history, windows.future_time[:, 0])
     if glob:
         test_x = with_mean(test_x, windows.loc.astype(np.float32))
