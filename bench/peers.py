@@ -237,7 +237,7 @@ def main() -> None:
     print(f"data      {data.source}: {len(series)} series, {len(features):,} training windows "
           f"(targets before {train_end:%Y-%m-%d}, stride {args.train_stride}), {len(windows)} test windows")
     print(f"lightgbm  {lgb.__version__}, 48 regressors x {PARAMS['num_boost_round']} trees"
-          f"{', global over series on values / training mean' if glob else ''}, {args.threads} threads")
+          f"{', global over series on values / training mean' if glob else ''}, threads {args.threads}")
     print(f"wall      fit {fit_s:.1f} s (features + 48 boosters), predict {predict_s:.2f} s (windows + 48 boosters)")
     print()
     print(format_table(tables["all"], "all cutoffs"))
