@@ -38,7 +38,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from lit_forecast.config import DataConfig
-from lit_forecast.data.source import DataError, fetch, load_series
+from lit_forecast.data.source import fetch, load_series
+from lit_forecast.errors import UserError
 
 SHARE_RANGE = (1 / 5000, 1 / 10)  # zone level as a share of the city total: 500x between the extremes
 MAX_SHIFT = 3  # slots of daily-timing shift, either way
@@ -175,7 +176,7 @@ def main() -> None:
     data = DataConfig(source=args.source, sha256=default.sha256 if args.source == default.source else None)
     try:
         series, _ = load_series(fetch(data), data, fill_gaps=False)  # on the 30 min grid, missing slots NaN
-    except DataError as err:
+    except UserError as err:
         sys.exit(f"error: {err}")
     if len(series) != 1:
         sys.exit(f"error: {args.source}: expected one city series (timestamp,value), found {len(series)}")

@@ -36,12 +36,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 # Everything this script takes from lit_forecast, in one place (the package is being reorganised).
 from lit_forecast.config import DataConfig
-from lit_forecast.data.dataset import calendar_features
-from lit_forecast.data.prepare import slots_per_day
-from lit_forecast.data.source import DataError, Series, fill_short_gaps
+from lit_forecast.console import DIGITS, PERCENT
+from lit_forecast.data.source import Series, fill_short_gaps
+from lit_forecast.data.windows import calendar_features
+from lit_forecast.errors import UserError
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
-from lit_forecast.inference.windows import CutoffError, build_windows, parse_cutoffs, read_series
+from lit_forecast.inference.cutoffs import build_windows, parse_cutoffs, read_series
+from lit_forecast.spec import SeriesStats, WindowSpec, gap_slots, slots_per_day
 
 try:
     import lightgbm as lgb
@@ -149,7 +151,7 @@ def format_table(table: dict, title: str) -> str:
              f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in metrics)]
     for name, result in table["methods"].items():
         o = result["overall"]
-        lines.append(f"{name:<14}" + "".join(_num(o[m] * (100 if m in bt.PERCENT else 1), bt.DIGITS[m]) for m in metrics))
+        lines.append(f"{name:<14}" + "".join(_num(o[m] * (100 if m in PERCENT else 1), DIGITS[m]) for m in metrics))
     lines.append(f"{NAME} MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
     return "\n".join(lines)
 
@@ -186,10 +188,10 @@ def main() -> None:
                       series_column=args.series_column)
     train_end = pd.Timestamp(args.train_end)
     spd = slots_per_day(data.freq)
-    max_slots = int(pd.Timedelta(data.max_gap) / pd.Timedelta(data.freq))
+    max_slots = gap_slots(data.max_gap, data.freq)
     try:
         series: list[Series] = read_series(data)  # missing slots NaN; training fills them below
-    except DataError as err:
+    except UserError as err:
         sys.exit(f"error: {err}")
     glob = bool(args.series_column)
 
@@ -213,23 +215,26 @@ def main() -> None:
     # Predict: windows at the cutoffs as infer.py builds them, with a week of history for the baselines.
     start = time.perf_counter()
     lags = seasonal_naive_lags(spd)
-    stats = {sid: {"mean": means[sid], "std": 1.0} for sid in means}  # windows.loc: each window's series mean (1: none)
+    stats = {sid: SeriesStats(means[sid], 1.0) for sid in means}  # scaled by each series mean (1: none)
+    longest = max(max(LAGS), *lags.values())
     try:
-        windows = build_windows(series, stats, max(LAGS), HORIZON, data.freq, cutoffs, data.max_gap,
-                                history=max(max(LAGS), *lags.values()))
-    except CutoffError as err:
+        windows, _ = build_windows(series, stats, WindowSpec(max(LAGS), HORIZON, data.freq), cutoffs, data.max_gap,
+                                   history=longest)
+    except UserError as err:
         sys.exit(f"error: {err}")
-    test_x = lag_features(windows.history, windows.future_time[:, 0])
+    history, actual = windows.history(slice(None), longest), windows.actual()
+    loc = np.asarray([means[sid] for sid in windows.series_ids], dtype=np.float64)
+    test_x = lag_features(history, windows.batch(slice(None))["future_time"][:, 0].numpy())
     if glob:
-        test_x = with_mean(test_x, windows.loc.astype(np.float32))
-    forecast = predict(boosters, test_x, args.threads) * windows.loc[:, None]
+        test_x = with_mean(test_x, loc.astype(np.float32))
+    forecast = predict(boosters, test_x, args.threads) * loc[:, None]
     predict_s = time.perf_counter() - start
 
     kept = np.array([c not in blizzard for c in windows.cutoffs])
-    tables = {"all": bt.backtest(forecast, windows.history, windows.actual, windows.series_ids, windows.cutoffs, scales, lags)}
+    tables = {"all": bt.backtest(forecast, history, actual, windows.series_ids, windows.cutoffs, scales, lags)}
     if kept.any() and not kept.all():
         rows = np.flatnonzero(kept)
-        tables["without_blizzard"] = bt.backtest(forecast[rows], windows.history[rows], windows.actual[rows],
+        tables["without_blizzard"] = bt.backtest(forecast[rows], history[rows], actual[rows],
                                                  [windows.series_ids[i] for i in rows], windows.cutoffs[rows], scales, lags)
     for table in tables.values():
         table["methods"] = {(NAME if k == bt.MODEL else k): v for k, v in table["methods"].items()}
@@ -253,20 +258,20 @@ def main() -> None:
         quantiles = {}
         for q in levels:
             qb = fit(features, targets, args.seed, args.threads, {"objective": "quantile", "alpha": q})
-            quantiles[q] = predict(qb, test_x, args.threads) * windows.loc[:, None]
+            quantiles[q] = predict(qb, test_x, args.threads) * loc[:, None]
         q_s = time.perf_counter() - start
         result["quantiles"] = {"wall_s": q_s, "levels": {}}
         print()
         print(f"quantile regressors ({len(levels)} x 48, {q_s:.1f} s), all cutoffs:")
         print(f"{'level':>8}{'pinball':>10}{'coverage':>10}{'MAE':>10}")
         for q, f in quantiles.items():
-            scores = quantile_scores(f, windows.actual, q) | {"mae": float(np.nanmean(np.abs(f - windows.actual)))}
+            scores = quantile_scores(f, actual, q) | {"mae": float(np.nanmean(np.abs(f - actual)))}
             result["quantiles"]["levels"][str(q)] = scores
             print(f"{q:>8}{scores['pinball']:>10,.0f}{scores['coverage']:>10.3f}{scores['mae']:>10,.0f}")
         if len(levels) >= 2:
             lo, hi = quantiles[min(levels)], quantiles[max(levels)]
-            known = np.isfinite(windows.actual)
-            inside = ((windows.actual >= lo) & (windows.actual <= hi))[known].mean()
+            known = np.isfinite(actual)
+            inside = ((actual >= lo) & (actual <= hi))[known].mean()
             result["quantiles"]["interval"] = {"levels": [min(levels), max(levels)], "coverage": float(inside)}
             print(f"actuals inside [{min(levels)}, {max(levels)}]: {inside:.3f} (nominal {max(levels) - min(levels):.2f})")
     if args.output:

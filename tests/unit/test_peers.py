@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from lit_forecast.data.source import Series
-from lit_forecast.inference.windows import build_windows
+from lit_forecast.inference.cutoffs import build_windows
+from lit_forecast.spec import SeriesStats, WindowSpec
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "peers.py"
 spec = importlib.util.spec_from_file_location("peers", SCRIPT)
@@ -47,9 +48,9 @@ def test_lag_k_of_the_window_at_cutoff_c_is_value_c_minus_k_and_targets_are_c_on
 def test_features_at_cutoffs_equal_the_training_features_of_the_same_window():
     values, times = increasing(days=12)
     cutoffs = [START + pd.Timedelta("9D"), START + pd.Timedelta("10D 6h")]  # slots 432 and 492
-    windows = build_windows([Series("0", START, values)], {"0": {"mean": 0.0, "std": 1.0}}, 168, 48, FREQ,
-                            cutoffs, history=336)
-    at_cutoffs = peers.lag_features(windows.history, windows.future_time[:, 0])
+    windows, _ = build_windows([Series("0", START, values)], {"0": SeriesStats(0.0, 1.0)}, WindowSpec(168, 48, FREQ),
+                               cutoffs, history=336)
+    at_cutoffs = peers.lag_features(windows.history(slice(None), 336), windows.batch(slice(None))["future_time"][:, 0].numpy())
     x, _ = peers.training_windows(values, times, FREQ, times[-1] + pd.Timedelta(FREQ))
     first = 168  # training row i is the window at cutoff 168 + i
     np.testing.assert_array_equal(at_cutoffs, x[[432 - first, 492 - first]])
