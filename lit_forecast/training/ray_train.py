@@ -132,6 +132,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     datamodule = ShardDataModule(data_dir(run), config.train.batch_size)
     plain, manifest = to_dict(config), datamodule.manifest
     module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
+    if config.train.compile:
+        compile_members(module)
     trainer = L.Trainer(
         **trainer_arguments(config),
         strategy=RayDDPStrategy(),
@@ -158,6 +160,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 checkpoint.path, epoch + 1, config.train.max_epochs, epoch + 2,
             )
         trainer.fit(module, datamodule=datamodule, ckpt_path=path)
+
+
+def compile_members(module: ForecastModule) -> None:
+    """torch.compile each member's ``forward`` (the teacher-forced training pass) in place.
+
+    In place (``nn.Module.compile``), so parameter names and checkpoints do not change. The
+    autoregressive ``forecast`` stays eager: its key/value cache grows by one step per call.
+    """
+    for net in module.nets:
+        net.compile()
 
 
 def _worker_logging() -> None:
