@@ -16,9 +16,8 @@
 # Under $OUT (7 files, the tool brings back 8 at most): device_run.log (everything printed),
 # gpu_bench.txt, gpu_bench.json, profile.txt, trace.json.gz, fleet_fault.log, compile_bench.txt.
 set -uo pipefail
-OUT=${OUT:-bench_out}
+OUT=${OUT:-out}
 mkdir -p "$OUT"
-exec > >(tee "$OUT/device_run.log") 2>&1
 export PYTHONUNBUFFERED=1
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}
@@ -35,6 +34,7 @@ step() {  # step LIMIT_S command...: run with the smaller of LIMIT_S and the tim
   echo "== rc=$rc$( ((rc == 124)) && echo ' (timed out)')"
 }
 
+main() {
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,utilization.gpu --format=csv || true
 if [[ -f .whl/device-wheels.sh ]]; then
   SITE=$(bash .whl/device-wheels.sh --install) || { echo "installing .whl/ failed"; exit 1; }
@@ -64,3 +64,6 @@ cp /tmp/compile/gpu_bench.txt "$OUT/compile_bench.txt" 2>/dev/null || true
 
 echo "== done in $(($(date +%s) - START)) s"
 ls -la "$OUT"
+}
+
+main 2>&1 | tee "$OUT/device_run.log"

@@ -14,6 +14,7 @@ status 1 when a check fails. bench/device_run.sh runs it for issue 12.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from training import Watched, _cmdline, _tree  # bench/training.py: the same watcher as the CPU benchmark
 
 from lit_forecast import layout
@@ -47,6 +49,8 @@ def main() -> int:
     name = train_args[train_args.index("--name") + 1]
     snapshot = Path(storage, name, layout.RAY_SNAPSHOT_FILE)
 
+    # A time box (timeout's SIGTERM) still writes the log and ends the run's processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = Watched(train_args)
     checks: dict[str, bool] = {}
     try:
@@ -63,8 +67,10 @@ def main() -> int:
         run.proc.wait(timeout=args.timeout)
         time.sleep(0.5)  # let the reader drain
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+        if run.proc.poll() is None:  # the driver and the local Ray it started
+            for proc in reversed(_tree(run.proc.pid)):
+                with contextlib.suppress(psutil.Error, OSError):
+                    proc.kill()
         Path(args.log).write_text("\n".join(f"{t:8.1f} {line}" for t, line in run.lines) + "\n")
 
     output = "\n".join(line for _, line in run.lines)

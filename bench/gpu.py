@@ -23,7 +23,7 @@ synchronisations per training step (``torch.cuda.set_sync_debug_mode``), backtes
 windows/s (48 autoregressive steps per window through ``ForecastModule.forecast``, the path
 validation and ``infer.py`` use), and a ``torch.profiler`` summary of a few plain training
 steps (top ops by self device time, the share of wall time the device is idle, kernel
-launches per step). Everything goes to ``--out`` (default ``$OUT``, else ``bench_out/``):
+launches per step). Everything goes to ``--out`` (default ``$OUT``, else ``out/``):
 ``gpu_bench.json``, ``gpu_bench.txt``, ``profile.txt``, ``trace.json.gz``.
 """
 
@@ -411,7 +411,7 @@ def main() -> None:
     parser.add_argument("--infer-precision", default=None, help="comma-separated of fp32,bf16 (default both on CUDA, fp32 on CPU)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-infer", action="store_true")
-    parser.add_argument("--out", default=os.environ.get("OUT") or "bench_out", help="folder for the report files")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "out", help="folder for the report files")
     parser.add_argument("--write-csv", metavar="PATH", help="only write --zones synthetic zones as a long CSV and exit")
     args = parser.parse_args()
     if args.write_csv:
