@@ -23,7 +23,8 @@ synchronisations per training step (``torch.cuda.set_sync_debug_mode``), backtes
 windows/s (48 autoregressive steps per window through ``ForecastModule.forecast``, the path
 validation and ``infer.py`` use), and a ``torch.profiler`` summary of a few plain training
 steps (top ops by self device time, the share of wall time the device is idle, kernel
-launches per step). Everything goes to ``--out`` (default ``$OUT``, else ``out/``):
+launches per step; FLOP count and profile always run eager, also with ``--compile``, whose
+windows/s include compiled steps only after the warm-up). Everything goes to ``--out`` (default ``$OUT``, else ``out/``):
 ``gpu_bench.json``, ``gpu_bench.txt``, ``profile.txt``, ``trace.json.gz``.
 """
 
@@ -509,7 +510,7 @@ def main() -> None:
         p = report["profile"]
         lines += [
             f"  FLOPs per training window (FlopCounterMode, fwd + bwd + scheduled-sampling pass): {p['train_flops_per_window'] / 1e6:.1f} MFLOP",
-            f"  profile (plain steps, batch {p['profile_batch_size']}): wall {p['profile_wall_ms_per_step']:.2f} ms/step, "
+            f"  profile (plain eager steps, batch {p['profile_batch_size']}): wall {p['profile_wall_ms_per_step']:.2f} ms/step, "
             f"device busy {p['device_busy_ms_per_step']:.2f} ms/step, idle share {p['device_idle_share']}, "
             f"kernel launches/step {p['kernel_launches_per_step']}  (profile.txt)",
         ]
