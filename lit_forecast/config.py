@@ -90,6 +90,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     seed: int = 42
     limit_train_batches: int | float = 1.0  # Lightning's; shrink for smoke tests
+    compile: bool = False  # torch.compile each member's training pass in the workers (GPU; the first steps compile)
 
 
 @dataclass

@@ -46,9 +46,19 @@ class ShardDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and "val" not in self.datasets:
             self.datasets["val"] = self._load(self.manifest.val_file).subset(rank, world)
 
+    def _pin_memory(self) -> bool:
+        """Pinned batches only when they go to a GPU: Lightning's non_blocking copies are then asynchronous."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self) -> DataLoader:
         # Batches are cut by one gather (WindowSet.__getitems__), not window by window.
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, drop_last=False, collate_fn=collate_batch)
+        return DataLoader(
+            self.datasets["train"], batch_size=self.batch_size, shuffle=True, drop_last=False, collate_fn=collate_batch,
+            pin_memory=self._pin_memory(),
+        )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["val"], batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_batch)
+        return DataLoader(
+            self.datasets["val"], batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_batch, pin_memory=self._pin_memory()
+        )

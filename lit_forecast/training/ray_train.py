@@ -138,6 +138,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     datamodule = ShardDataModule(data_dir(run), config.train.batch_size)
     plain, manifest, guard = to_dict(config), datamodule.manifest, DivergenceGuard()
     module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
+    if config.train.compile:
+        compile_members(module)
     trainer = L.Trainer(
         **trainer_arguments(config),
         strategy=RayDDPStrategy(),
@@ -192,6 +194,16 @@ def _readable_checkpoint(run: str, latest: str, scratch: str, rank: int) -> tupl
             out.write(blob)
         return local, name, epoch
     raise RunError("no readable checkpoint to resume from:\n  " + "\n  ".join(problems))
+
+
+def compile_members(module: ForecastModule) -> None:
+    """torch.compile each member's ``forward`` (the teacher-forced training pass) in place.
+
+    In place (``nn.Module.compile``), so parameter names and checkpoints do not change. The
+    autoregressive ``forecast`` stays eager: its key/value cache grows by one step per call.
+    """
+    for net in module.nets:
+        net.compile()
 
 
 def _worker_logging() -> None:

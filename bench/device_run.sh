@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 12 on a lent GPU machine, in one call of the device tool (10 minutes at most a call,
+# ~15 minutes of device time a session). Prepare here first, at the repository root:
+#   bash ../shared/tools/device-wheels.sh        # packs a trimmed Ray (+ jsonschema, tensorboardX,
+#                                                 # pydantic) into .whl/, which git ignores
+# then, through the device tool:
+#   run(command="bash bench/device_run.sh", carry=[".whl"], timeout_s=600)
+#
+# Steps, each time-boxed, all inside DEADLINE seconds (default 540):
+#   1. bench/gpu.py, eager: training windows/s at batch 32 (the 8-GPU config's per-worker batch),
+#      256 and 1024; host syncs per step; FLOPs vs peak; profile; backtest windows/s fp32 and bf16
+#   2. the 8-worker configuration on this one GPU (gpus_per_worker 0.125, gloo: NCCL refuses two
+#      ranks on one GPU), synthetic 8-zone fleet, 3 short epochs, one worker SIGKILLed after the
+#      first checkpoint: must resume and finish (bench/fleet_fault.py)
+#   3. bench/gpu.py with train.compile=true at batch 32 and 256 (training only), if time is left
+# Under $OUT (7 files, the tool brings back 8 at most): device_run.log (everything printed),
+# gpu_bench.txt, gpu_bench.json, profile.txt, trace.json.gz, fleet_fault.log, compile_bench.txt.
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+START=$(date +%s)
+DEADLINE=${DEADLINE:-540}
+
+step() {  # step LIMIT_S command...: run with the smaller of LIMIT_S and the time left
+  local limit=$1 left
+  shift
+  left=$((DEADLINE - ($(date +%s) - START) - 5))
+  if ((left < 30)); then echo "== SKIPPED (only ${left}s left): $*"; return 0; fi
+  ((limit > left)) && limit=$left
+  echo "== $(date +%T) +$(($(date +%s) - START))s [limit ${limit}s] $*"
+  timeout -k 10 "$limit" "$@"
+  local rc=$?
+  echo "== rc=$rc$( ((rc == 124)) && echo ' (timed out)')"
+}
+
+main() {
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,utilization.gpu --format=csv || true
+if [[ -f .whl/device-wheels.sh ]]; then
+  SITE=$(bash .whl/device-wheels.sh --install) || { echo "installing .whl/ failed"; exit 1; }
+  export PYTHONPATH="$SITE:$PWD"
+else
+  echo "no .whl/ (run bash ../shared/tools/device-wheels.sh here and carry .whl): Ray is missing, step 2 will fail"
+  export PYTHONPATH="$PWD"
+fi
+python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
+python3 -c "import ray; print('ray', ray.__version__)" || true
+
+# 1. throughput, eager (the default: train.compile false)
+step 200 python3 bench/gpu.py --zones 1000 --days 14 --batch-sizes 32,256,1024 --steps 100 --out "$OUT"
+
+# 2. eight workers on one GPU, a killed worker, resume
+step 30 python3 bench/gpu.py --write-csv /tmp/zones.csv --zones 8
+step 240 python3 bench/fleet_fault.py --log "$OUT/fleet_fault.log" --timeout 220 -- \
+  --config configs/8gpu.yaml --data /tmp/zones.csv --storage /tmp/runs --name fleet8 \
+  --set data.series_column=series_id --set cluster.gpus_per_worker=0.125 --set cluster.backend=gloo \
+  --set cluster.cpus_per_worker=1 --set cluster.max_failures=2 --set train.max_epochs=3 \
+  --set train.limit_train_batches=20
+
+# 3. torch.compile of each member (train.compile=true)
+step 150 python3 bench/gpu.py --zones 200 --days 14 --batch-sizes 32,256 --steps 100 --compile --skip-infer \
+  --profile-steps 3 --out /tmp/compile
+cp /tmp/compile/gpu_bench.txt "$OUT/compile_bench.txt" 2>/dev/null || true
+
+echo "== done in $(($(date +%s) - START)) s"
+ls -la "$OUT"
+}
+
+main 2>&1 | tee "$OUT/device_run.log"
