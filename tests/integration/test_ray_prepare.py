@@ -20,7 +20,7 @@ from lit_forecast.errors import DataError
 
 ray = pytest.importorskip("ray")
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 START = pd.Timestamp("2024-01-01 00:00")
 STEP = pd.Timedelta("30min")
@@ -126,7 +126,7 @@ def test_bad_rows_and_series_are_named_on_ray(tmp_path, make_config):
 def test_large_csv_is_read_in_ranges_with_true_line_numbers(tmp_path, make_config, monkeypatch):
     from lit_forecast.data import ray_prepare
 
-    monkeypatch.setattr(ray_prepare, "CHUNK_BYTES", 4096)  # ~100 ranges of this small file
+    monkeypatch.setattr(ray_prepare, "CHUNK_BYTES", 4096)  # 6 ranges of this 24 KB file
     csv = tmp_path / "zones.csv"
     fleet_csv(csv, LENGTHS)
     lines = csv.read_text().splitlines()
@@ -134,7 +134,7 @@ def test_large_csv_is_read_in_ranges_with_true_line_numbers(tmp_path, make_confi
     csv.write_text("\n".join(lines[:300]) + "\n\n" + "\n".join(lines[300:]) + "\n")  # a blank line: line 701 -> 702
     config = make_config(csv, series_column="zone", prepare_with="ray", **SPLIT_DATES)
     _, _, chunks, _ = ray_prepare.plan_chunks(fetch(config.data), config.data)
-    assert len(chunks) > 10
+    assert len(chunks) >= 5
     with pytest.raises(DataError, match=r"non-numeric value in 1 row\(s\):\n  row 702: 'x'"):
         prep.prepare(config, str(tmp_path / "out"), num_shards=2)
 
