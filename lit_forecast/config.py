@@ -54,6 +54,7 @@ class DataConfig:
     horizon: int = 48  # future steps it forecasts (48 half-hours = one day)
     stride: int = 1  # steps between consecutive training windows
     eval_stride: int = 1  # steps between consecutive validation/test windows
+    prepare_with: Literal["auto", "local", "ray"] = "auto"  # ray: Ray Data over groups of series; auto: ray for inputs over 64 MiB
 
 
 @dataclass

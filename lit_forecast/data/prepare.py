@@ -26,11 +26,12 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from lit_forecast import storage
 from lit_forecast.config import Config, DataConfig, dump
 from lit_forecast.data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, SeriesInfo, SplitInfo, read_manifest
-from lit_forecast.data.source import LoadReport, Series, fetch, load_series
+from lit_forecast.data.source import LoadReport, Series, Source, fetch, load_series
 from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, window_starts
 from lit_forecast.errors import DataError
 from lit_forecast.spec import WindowSpec
@@ -38,6 +39,7 @@ from lit_forecast.spec import WindowSpec
 log = logging.getLogger(__name__)
 
 VAL_FILE = "val.parquet"
+RAY_ABOVE_BYTES = 64 << 20  # data.prepare_with=auto: inputs larger than this are prepared on Ray Data
 SEGMENT_SCHEMA = pa.schema(
     [
         ("series_id", pa.string()),
@@ -46,6 +48,23 @@ SEGMENT_SCHEMA = pa.schema(
         ("window_starts", pa.list_(pa.int32())),
     ]
 )
+
+
+def prepare_with(data: DataConfig, source: Source) -> str:
+    """'local' or 'ray': ``data.prepare_with``, and for 'auto' Ray above RAY_ABOVE_BYTES of input.
+
+    Bytes stand in for rows (a long-format CSV row is ~28 bytes, so 64 MiB is ~2.4 M rows):
+    they are known before reading. Below that, starting Ray costs more than it saves.
+    """
+    if data.prepare_with != "auto":
+        return data.prepare_with
+    fs, path = storage.resolve(source.location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        size = sum(f.size or 0 for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File)
+    else:
+        size = info.size or 0
+    return "ray" if size > RAY_ABOVE_BYTES else "local"
 
 
 def train_shard_name(rank: int, num_shards: int) -> str:
@@ -58,6 +77,7 @@ def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
     settings = dataclasses.asdict(data)
     settings.pop("cache_dir")  # where a download is cached does not change the data
     settings.pop("source")  # the bytes (sha256) matter, not where they came from
+    settings.pop("prepare_with")  # both paths write the same shards
     blob = json.dumps({"format": FORMAT_VERSION, "sha256": source_sha256, "data": settings, "shards": num_shards}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -82,10 +102,20 @@ def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Man
                 return ready
         log.info("dataset in %s was prepared from another source or config: preparing again", data_dir)
 
-    series, report = load_series(source, config.data)  # validates everything before any write
-    storage.delete(manifest_path)  # before any file is replaced: no manifest points at partial files
+    if prepare_with(config.data, source) == "ray":
+        from lit_forecast.data.ray_prepare import prepare_on_ray  # imports Ray: only when it is used
+
+        written = prepare_on_ray(
+            config, data_dir, num_shards, source, before_write=lambda: storage.delete(manifest_path),
+            check_counts=lambda counts: _check_counts(counts, num_shards, config.data),
+            train_files=[train_shard_name(r, num_shards) for r in range(num_shards)], val_file=VAL_FILE, segment_schema=SEGMENT_SCHEMA,
+        )
+    else:
+        series, report = load_series(source, config.data)  # validates everything before any write
+        storage.delete(manifest_path)  # before any file is replaced: no manifest points at partial files
+        written = _write(config, data_dir, num_shards, series, report)
     manifest = dataclasses.replace(
-        _write(config, data_dir, num_shards, series, report),
+        written,
         fingerprint=key,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source={"origin": source.origin, "location": source.location, "sha256": source.sha256},
@@ -100,17 +130,7 @@ def _write(config: Config, data_dir: str, num_shards: int, series: list[Series],
     stats = {s.series_id: fit_stats(s, data) for s in series}
     starts = {split: [(s, window_starts(s, split, data)) for s in series] for split in SPLITS}
     counts = {split: sum(len(w) for _, w in starts[split]) for split in SPLITS}
-    if counts["train"] < num_shards:
-        raise DataError(
-            f"only {counts['train']} training windows for {num_shards} workers: move data.train_end "
-            f"later, lower data.stride, or use fewer workers"
-        )
-    if counts["val"] < num_shards:
-        lo, hi = split_bounds(data)["val"]
-        raise DataError(
-            f"only {counts['val']} validation windows (targets in [{lo}, {hi})) for {num_shards} workers; "
-            f"every rank needs at least one: check data.train_end and data.val_end"
-        )
+    _check_counts(counts, num_shards, data)
 
     # Training: split the time-ordered windows into equal contiguous chunks, one per worker,
     # dropping the remainder so every DDP rank runs the same number of steps.
@@ -153,6 +173,21 @@ def _write(config: Config, data_dir: str, num_shards: int, series: list[Series],
             "dropped_for_balance": dropped,
         },
     )
+
+
+def _check_counts(counts: dict[str, int], num_shards: int, data: DataConfig) -> None:
+    """Every rank needs at least one training and one validation window."""
+    if counts["train"] < num_shards:
+        raise DataError(
+            f"only {counts['train']} training windows for {num_shards} workers: move data.train_end "
+            f"later, lower data.stride, or use fewer workers"
+        )
+    if counts["val"] < num_shards:
+        lo, hi = split_bounds(data)["val"]
+        raise DataError(
+            f"only {counts['val']} validation windows (targets in [{lo}, {hi})) for {num_shards} workers; "
+            f"every rank needs at least one: check data.train_end and data.val_end"
+        )
 
 
 def _target_range(series: Series, starts: np.ndarray, data: DataConfig) -> tuple[str, str]:

@@ -2,6 +2,10 @@
 
     scripts -> training / inference -> data / models / evaluation -> config, spec, storage, errors
 
+Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
+inference/remote (the Ray-task fan-out) and data/ray_prepare (preparation on Ray Data for
+fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray).
+
 Read from the source with ``ast`` (lazy imports inside functions count too), so a forbidden
 import fails here before it tangles the code.
 """
@@ -23,7 +27,7 @@ ALLOWED = {
     "layout": {"errors", "config", "storage"},
     "ray_cluster": {"errors"},
     "cli": {"errors", "config"},
-    "data": BOTTOM,
+    "data": BOTTOM | {"ray_cluster"},  # data/ray_prepare joins or starts Ray as training does
     "models": {"errors", "spec"},  # never data/: the network knows windows only as tensors
     "evaluation": {"errors", "storage"},
     "console": {"data"},
@@ -32,7 +36,7 @@ ALLOWED = {
 }
 # Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "ray": {"ray_cluster", "training/ray_train", "inference/remote"},
+    "ray": {"ray_cluster", "training/ray_train", "inference/remote", "data/ray_prepare"},
     "lightning": {"models/module", "data/datamodule", "training/ray_train", "training/callbacks"},
 }
 

@@ -1,0 +1,471 @@
+"""Preparation on Ray Data, for fleets: the same shards as :mod:`lit_forecast.data.prepare`,
+computed in parallel over groups of series; the driver holds only per-series summaries.
+
+Three Ray Data stages (``R`` rows, ``S`` series, ``G`` series groups)::
+
+    read      one task per chunk: a Parquet or .csv.gz file, or a byte range of a large CSV
+              (cut at line ends; line numbers are counted on the driver in one streaming pass,
+              so messages name the true line). Row checks as in readers.py. Out: one row per
+              reading (series, group = crc32(series) % G, timestamp, value, row, file).
+    series    groupby(group).map_groups: a group holds whole series. Duplicates, outliers,
+              resampling, gap filling (source.py's own functions, on the group's rows), the
+              training-only scaler, and each split's window starts (splits.py). Out: one row per
+              series: its regular values, window starts, statistics and counters.
+    write     the driver plans shards from the per-series window counts alone (O(S)), then
+              map_batches cuts each series into the segments of the files it lands in and
+              groupby(file).map_groups writes each file atomically (storage.write_parquet).
+
+Problems are carried as data, not raised in workers: the driver gathers every chunk's and
+group's problems and reports them as the single-process path does (a count and a few
+examples each, with file, series and row), before any file is written.
+
+Ray is imported here only (tests/unit/test_layering.py): this is the data layer's one
+framework-bound module, as ray_train.py is training's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+
+from lit_forecast import storage
+from lit_forecast.config import Config, DataConfig
+from lit_forecast.data import readers, source as src
+from lit_forecast.data.manifest import Manifest, SeriesInfo, SplitInfo
+from lit_forecast.data.readers import Rows, UnreadableFile
+from lit_forecast.data.source import LoadReport, Series, Source
+from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, window_starts
+from lit_forecast.errors import DataError
+from lit_forecast.ray_cluster import init_ray
+from lit_forecast.spec import WindowSpec, series_label
+
+log = logging.getLogger(__name__)
+
+# A large plain CSV is read in byte ranges of about this size, one task each.
+CHUNK_BYTES = 32 << 20
+# Series are hashed into groups of about this many input bytes (~1 M rows of long CSV), and
+# at least 2 groups per CPU, so every CPU has work and no group is large.
+GROUP_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One read task: a whole file, or lines [start, end) bytes of a CSV below its header."""
+
+    path: str
+    display: str  # the file as messages name it
+    file: int  # index into the list of files (one per data file, not per chunk)
+    partitions: dict
+    start: int = 0
+    end: int = -1  # -1: the whole file
+    header: bytes = b""  # prepended to a range that does not start the file
+    line_shift: int = 0  # added to the line numbers the reader gives the range
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning the reads (driver)
+
+
+def plan_chunks(source: Source, config: DataConfig) -> tuple[str, list[str], list[Chunk], int]:
+    """(name for messages, display name per file, read chunks, total bytes) of ``source``."""
+    name = source.origin.rstrip("/").rsplit("/", 1)[-1]
+    fs, path = storage.resolve(source.location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        members, _ = readers.list_data_files(fs, path)
+        files = [(m, f"{name}/{readers.relative(path, m.path)}", readers.hive_partitions(readers.relative(path, m.path))) for m in members]
+    else:
+        files = [(info, name, {})]
+    chunks: list[Chunk] = []
+    for index, (member, display, parts) in enumerate(files):
+        chunks += _file_chunks(fs, member, display, index, parts)
+    return name, [display for _, display, _ in files], chunks, sum(m.size or 0 for m, _, _ in files)
+
+
+def _file_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: int, parts: dict) -> list[Chunk]:
+    """A large plain CSV in line-aligned byte ranges; anything else whole."""
+    whole = [Chunk(info.path, display, index, parts)]
+    if (info.size or 0) <= CHUNK_BYTES or info.path.lower().endswith(".gz"):
+        return whole
+    with fs.open_input_stream(info.path, compression=None) as stream:
+        head = stream.read(4)
+    if head == b"PAR1":
+        return whole
+    # One streaming pass: cut after the first line end past every CHUNK_BYTES, and count the
+    # line ends before each cut, so each range knows the line number it starts at.
+    cuts, newlines_before, header = [0], [0], None
+    seen_lines, offset, carry = 0, 0, b""
+    with fs.open_input_stream(info.path, compression=None) as stream:
+        while block := stream.read(8 << 20):
+            if header is None:
+                carry += block
+                stripped = carry.lstrip(b"\r\n")
+                if b"\n" in stripped:
+                    header = stripped.split(b"\n", 1)[0]
+            raw = np.frombuffer(block, dtype=np.uint8)
+            ends = np.flatnonzero(raw == 10)
+            target = cuts[-1] + CHUNK_BYTES
+            while len(ends) and offset + ends[-1] + 1 >= target:
+                k = int(np.searchsorted(ends + offset + 1, target))
+                cut = int(offset + ends[k] + 1)
+                cuts.append(cut)
+                newlines_before.append(seen_lines + k + 1)
+                target = cut + CHUNK_BYTES
+            seen_lines += len(ends)
+            offset += len(block)
+    if header is None or len(cuts) == 1:
+        return whole
+    if cuts[-1] >= offset:
+        cuts.pop(), newlines_before.pop()
+    ranges = list(zip(cuts, cuts[1:] + [offset]))
+    return [
+        Chunk(info.path, display, index, parts, a, b, b"" if k == 0 else header + b"\n", 0 if k == 0 else newlines_before[k] - 1)
+        for k, (a, b) in enumerate(ranges)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: read, one task per chunk
+
+READ_SCHEMA = pa.schema([("series", pa.string()), ("group", pa.int32()), ("timestamp", pa.int64()), ("value", pa.float64()),
+                         ("row", pa.int64()), ("file", pa.int32()), ("parquet", pa.bool_()), ("note", pa.string())])
+NOTE_GROUP = -1  # readings of this group are placeholders carrying a problem note
+
+
+def _read_chunk(batch: dict, chunks: list[Chunk], location: str, config: dict, groups: int, many_files: bool) -> pa.Table:
+    """Map_batches UDF for one chunk: its readings, or only its problems if it has any."""
+    chunk = chunks[int(batch["chunk"][0])]
+    try:
+        rows = _read_rows(chunk, location, DataConfig(**config))
+    except UnreadableFile as err:
+        return _notes([{"stage": 0, "files": [str(err)]}])
+    except OSError as err:
+        return _notes([{"stage": 0, "files": [f"{chunk.display}: cannot be read: {err}"]}])
+    if rows is None:
+        return READ_SCHEMA.empty_table()
+    if rows.problems:
+        return _notes([
+            {"stage": 0, "rows": {p.what: [[p.count, [src._loc(rows.file, rows.row_word, r, many_files) + f": {t}{series_label(s)}"
+                                                      for r, t, s in p.examples], rows.file]]}}
+            for p in rows.problems
+        ])
+    group_of = np.asarray([zlib.crc32(n.encode()) % groups for n in rows.series_names], dtype=np.int32)
+    n = len(rows.rows)
+    return pa.Table.from_arrays(
+        [pa.DictionaryArray.from_arrays(pa.array(rows.series_codes.astype(np.int32)), pa.array(rows.series_names, pa.string())).cast(pa.string()),
+         pa.array(group_of[rows.series_codes]), pa.array(rows.timestamps), pa.array(rows.values), pa.array(rows.rows),
+         pa.array(np.full(n, chunk.file, dtype=np.int32)), pa.array(np.full(n, rows.row_word != "row")), pa.nulls(n, pa.string())],
+        schema=READ_SCHEMA,
+    )
+
+
+def _notes(notes: list[dict]) -> pa.Table:
+    n = len(notes)
+    return pa.table({"series": [""] * n, "group": pa.array([NOTE_GROUP] * n, pa.int32()), "timestamp": pa.array([0] * n, pa.int64()),
+                     "value": pa.array([0.0] * n), "row": pa.array([0] * n, pa.int64()), "file": pa.array([0] * n, pa.int32()),
+                     "parquet": [False] * n, "note": [json.dumps(x) for x in notes]}, schema=READ_SCHEMA)
+
+
+def _read_rows(chunk: Chunk, location: str, data: DataConfig) -> Rows | None:
+    fs, _ = storage.resolve(location)
+    if chunk.end < 0:
+        return readers.read_file(fs, chunk.path, chunk.display, data, chunk.partitions)
+    with fs.open_input_file(chunk.path) as f:
+        body = f.read_at(chunk.end - chunk.start, chunk.start)
+    if chunk.start > 0 and not body.strip():
+        return None  # blank lines at the end of the file
+    rows = readers._read_csv(chunk.header + body, chunk.display, data, chunk.partitions)
+    rows.rows = rows.rows + chunk.line_shift  # line numbers in the whole file
+    for p in rows.problems:
+        p.examples = [(r + chunk.line_shift, t, s) for r, t, s in p.examples]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: whole series, one group of series per call
+
+SERIES_SCHEMA = pa.schema([
+    ("series_id", pa.string()), ("start", pa.int64()), ("slots", pa.int64()), ("rows", pa.int64()),
+    ("mean", pa.float64()), ("std", pa.float64()),
+    ("values", pa.list_(pa.float32())), ("train_starts", pa.list_(pa.int32())), ("val_starts", pa.list_(pa.int32())),
+    ("windows", pa.list_(pa.int64())),  # per split, in SPLITS order
+    ("targets", pa.list_(pa.string())),  # first and last target timestamp per split ("" if none)
+    ("interpolated_gaps", pa.int64()), ("interpolated_slots", pa.int64()), ("clipped", pa.int64()),
+    ("long_gaps", pa.list_(pa.string())), ("note", pa.string()),
+])
+SUMMARY_COLUMNS = [c for c in SERIES_SCHEMA.names if c not in ("values", "train_starts", "val_starts")]
+
+
+class _Part:
+    """What source.py's row messages need of a file: its display name and how rows are named."""
+
+    def __init__(self, file: str, row_word: str):
+        self.file, self.row_word = file, row_word
+
+
+def _series_of_group(table: pa.Table, name: str, displays: list[str], config: dict, many_files: bool) -> pa.Table:
+    """Map_groups UDF: the series of one group, validated, resampled, scaled and windowed.
+
+    Runs source.py's own checks on the group's rows, so messages are the single-process ones.
+    Like that path, it stops at the first stage with problems and returns them as notes.
+    """
+    if table["group"][0].as_py() == NOTE_GROUP:
+        return _series_notes([json.loads(x) for x in table["note"].to_pylist()])
+    data = DataConfig(**config)
+    files, parquet = table["file"].to_numpy(), table["parquet"].to_numpy(zero_copy_only=False)
+    parquet_files = set(np.unique(files[parquet]).tolist())
+    codes, names = np.unique(table["series"].to_numpy(zero_copy_only=False), return_inverse=True)[::-1]
+    rows = {
+        "codes": codes.astype(np.int64), "timestamps": table["timestamp"].to_numpy(), "values": table["value"].to_numpy().copy(),
+        "rows": table["row"].to_numpy(), "file": table["file"].to_numpy(), "names": [str(n) for n in names],
+        "parts": [_Part(d, "row index" if i in parquet_files else "row") for i, d in enumerate(displays)],
+    }
+    order = np.lexsort((rows["timestamps"], rows["codes"]))
+    rows = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
+    problems = src._Problems()
+    src._check_duplicates(name, rows, data, problems, many_files)
+    if _has(problems):
+        return _series_notes([_problem_note(2, problems, len(names))])
+    bounds = src._series_bounds(rows["codes"])
+    report = LoadReport()
+    src._check_outliers(name, rows, bounds, data, problems, report, many_files)
+    if _has(problems):
+        return _series_notes([_problem_note(3, problems, len(names))])
+    out = {c: [] for c in SERIES_SCHEMA.names}
+    for bound in bounds:
+        series_report = LoadReport()
+        (series,) = src._regularise(name, rows, [bound], data, series_report, problems) or (None,)
+        if series is None:
+            continue
+        try:
+            stats = fit_stats(series, data)
+        except DataError as err:
+            problems.series.setdefault("no training data", []).append(f"{name}: {err}")
+            continue
+        starts = {split: window_starts(series, split, data) for split in SPLITS}
+        out["series_id"].append(series.series_id)
+        out["start"].append(series.start.value)
+        out["slots"].append(len(series.values))
+        out["rows"].append(bound[2] - bound[1])
+        out["mean"].append(stats.mean)
+        out["std"].append(stats.std)
+        out["values"].append(series.values.astype(np.float32))
+        out["train_starts"].append(starts["train"].astype(np.int32))
+        out["val_starts"].append(starts["val"].astype(np.int32))
+        out["windows"].append([len(starts[s]) for s in SPLITS])
+        out["targets"].append([t for s in SPLITS for t in _target_range(series, starts[s], data)])
+        out["interpolated_gaps"].append(series_report.interpolated_gaps)
+        out["interpolated_slots"].append(series_report.interpolated_slots)
+        out["clipped"].append(report.clipped if not out["clipped"] else 0)  # clipping is counted per group
+        out["long_gaps"].append(series_report.long_gaps)
+        out["note"].append(None)
+    if _has(problems):
+        return _series_notes([_problem_note(4, problems, len(names))])
+    return pa.Table.from_pydict(out, schema=SERIES_SCHEMA)
+
+
+def _target_range(series: Series, starts: np.ndarray, data: DataConfig) -> tuple[str, str]:
+    """First and last target timestamp of ``starts`` (as prepare.py writes them), or ("", "")."""
+    if not len(starts):
+        return "", ""
+    step = pd.Timedelta(data.freq)
+    return str(series.start + int(starts[0]) * step), str(series.start + (int(starts[-1]) + data.horizon - 1) * step)
+
+
+def _has(problems: src._Problems) -> bool:
+    return bool(problems.files or problems.rows or problems.series)
+
+
+def _problem_note(stage: int, problems: src._Problems, series: int) -> dict:
+    return {"stage": stage, "series_in_group": series, "files": problems.files, "rows": problems.rows, "series": problems.series}
+
+
+def _series_notes(notes: list[dict]) -> pa.Table:
+    n = len(notes)
+    empty = {c: [None] * n for c in SERIES_SCHEMA.names}
+    return pa.Table.from_pydict({**empty, "series_id": [""] * n, "note": [json.dumps(x) for x in notes]}, schema=SERIES_SCHEMA)
+
+
+def raise_problems(name: str, notes: list[dict], series_total: int) -> None:
+    """Report the problems of the earliest stage that has any, as the single-process path would."""
+    if not notes:
+        return
+    stage = min(n["stage"] for n in notes)
+    problems = src._Problems()
+    for note in sorted((n for n in notes if n["stage"] == stage), key=json.dumps):
+        problems.files += note.get("files", [])
+        for what, found in note.get("rows", {}).items():
+            problems.rows.setdefault(what, []).extend(tuple(f) for f in found)
+        for kind, messages in note.get("series", {}).items():
+            problems.series.setdefault(kind, []).extend(messages)
+    for messages in problems.series.values():
+        messages.sort()  # by file and series, as the single-process path lists them
+    problems.raise_if_any(name, series_total if stage == 4 else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: plan the shards (driver, O(series)), cut segments and write each file
+
+
+def plan_train_shards(windows: list[tuple[str, int]], num_shards: int) -> tuple[dict[str, list[tuple[int, int, int]]], int, int]:
+    """Assign training windows to ``num_shards`` equal shards from per-series counts alone.
+
+    ``windows``: (series_id, training windows) in series-id order. The series are laid end to
+    end and cut into ``num_shards`` runs of ``total // num_shards`` windows: a shard holds whole
+    series, and only the series that straddle a cut are split into two segments (at most
+    ``num_shards - 1`` of them, each costing one extra window's overlap of storage). The last
+    ``total % num_shards`` windows (< num_shards) are dropped so every DDP rank takes the same
+    number of steps. Greedy largest-first packing would split nothing but must drop windows
+    until every shard is as light as the lightest one (up to a whole series for few series).
+    This is the cut of the single-process path, computed without listing windows.
+
+    Returns ``({series_id: [(rank, first, end)]}, windows per shard, windows dropped)`` where
+    ``[first, end)`` indexes that series' training window starts.
+    """
+    total = sum(n for _, n in windows)
+    per_shard = total // num_shards
+    plan: dict[str, list[tuple[int, int, int]]] = {}
+    offset = 0
+    for series_id, n in windows:
+        lo, hi = offset, min(offset + n, per_shard * num_shards)
+        while per_shard and lo < hi:
+            rank = lo // per_shard
+            end = min(hi, (rank + 1) * per_shard)
+            plan.setdefault(series_id, []).append((rank, lo - offset, end - offset))
+            lo = end
+        offset += n
+    return plan, per_shard, total - per_shard * num_shards
+
+
+SEGMENT_COLUMNS = pa.schema([("file", pa.string()), ("series_id", pa.string()), ("start", pa.timestamp("ns")),
+                             ("values", pa.list_(pa.float32())), ("window_starts", pa.list_(pa.int32()))])
+
+
+def _cut_segments(table: pa.Table, plan: dict, train_files: list[str], val_file: str, config: dict) -> pa.Table:
+    """Map_batches UDF: each series' segments, one per file it lands in, labelled with that file."""
+    data = DataConfig(**config)
+    W, H, step = data.input_window, data.horizon, pd.Timedelta(data.freq).value
+    out = {c: [] for c in SEGMENT_COLUMNS.names}
+
+    def add(file: str, series_id: str, start: int, values: np.ndarray, targets: np.ndarray) -> None:
+        lo, hi = int(targets[0]) - W, int(targets[-1]) + H
+        out["file"].append(file)
+        out["series_id"].append(series_id)
+        out["start"].append(start + lo * step)
+        out["values"].append(values[lo:hi])
+        out["window_starts"].append(targets - lo)
+
+    for row in range(table.num_rows):
+        series_id = table["series_id"][row].as_py()
+        start = table["start"][row].as_py()
+        values = table["values"][row].values.to_numpy(zero_copy_only=False)
+        train = table["train_starts"][row].values.to_numpy(zero_copy_only=False)
+        val = table["val_starts"][row].values.to_numpy(zero_copy_only=False)
+        for rank, first, end in plan.get(series_id, []):
+            add(train_files[rank], series_id, start, values, train[first:end])
+        if len(val):
+            add(val_file, series_id, start, values, val)
+    return pa.Table.from_pydict(out, schema=SEGMENT_COLUMNS)
+
+
+def _write_file(table: pa.Table, data_dir: str, schema: pa.Schema) -> pa.Table:
+    """Map_groups UDF: write one shard (its segments in series order) atomically."""
+    file = table["file"][0].as_py()
+    table = table.sort_by("series_id")
+    storage.write_parquet(storage.join(data_dir, file), table.select(schema.names).cast(schema))
+    windows = sum(len(w) for w in table["window_starts"].to_pylist())
+    return pa.table({"file": [file], "windows": pa.array([windows], pa.int64())})
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole preparation
+
+
+def prepare_on_ray(config: Config, data_dir: str, num_shards: int, source: Source, *, before_write: Callable[[], None],
+                   check_counts: Callable[[dict[str, int]], None], train_files: list[str], val_file: str,
+                   segment_schema: pa.Schema) -> Manifest:
+    """Read, validate, resample, scale and window ``source`` on Ray Data; write the shards.
+
+    Returns the manifest (without fingerprint, creation time and source, which the caller
+    adds). Every check runs before ``before_write()`` and before any file is written. Uses the
+    Ray cluster this process has joined, or starts a local one sized to the machine.
+    """
+    init_ray()
+    data = config.data
+    settings = dataclasses.asdict(data)
+    name, displays, chunks, total_bytes = plan_chunks(source, data)
+    if not chunks:
+        raise DataError(f"{source.location}: no CSV or Parquet files (.csv, .csv.gz, .parquet, .pq) in this folder")
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    groups = max(2 * cpus, math.ceil(total_bytes / GROUP_BYTES))
+    many_files = len(displays) > 1
+    log.info("preparing %s on Ray Data: %d read task(s), %d series group(s), %d CPU(s)", name, len(chunks), groups, cpus)
+
+    readings = ray.data.from_items([{"chunk": i} for i in range(len(chunks))], override_num_blocks=len(chunks)).map_batches(
+        _read_chunk, batch_size=1, batch_format="numpy",
+        fn_kwargs={"chunks": chunks, "location": source.location, "config": settings, "groups": groups, "many_files": many_files},
+    )
+    series = readings.groupby("group", num_partitions=groups).map_groups(
+        _series_of_group, batch_format="pyarrow",
+        fn_kwargs={"name": name, "displays": displays, "config": settings, "many_files": many_files},
+    ).materialize()
+    rows = sorted(series.select_columns(SUMMARY_COLUMNS).take_all(), key=lambda r: r["series_id"])
+    notes = [json.loads(r["note"]) for r in rows if r["note"] is not None]
+    summary = [r for r in rows if r["note"] is None]
+    raise_problems(name, notes, len(summary) + sum(n.get("series_in_group", 0) for n in notes))
+    clipped = sum(r["clipped"] for r in summary)
+    if clipped:
+        log.warning("%s: clipped %d reading(s) to %g x their series' level (data.outliers=clip)", name, clipped, src.OUTLIER_FACTOR)
+    counts = {split: sum(r["windows"][k] for r in summary) for k, split in enumerate(SPLITS)}
+    check_counts(counts)
+
+    plan, per_shard, dropped = plan_train_shards([(r["series_id"], r["windows"][0]) for r in summary], num_shards)
+    before_write()
+    written = series.map_batches(
+        _cut_segments, batch_format="pyarrow",
+        fn_kwargs={"plan": plan, "train_files": train_files, "val_file": val_file, "config": settings},
+    ).groupby("file", num_partitions=min(len(train_files) + 1, 2 * cpus)).map_groups(
+        _write_file, batch_format="pyarrow", fn_kwargs={"data_dir": data_dir, "schema": segment_schema},
+    ).take_all()
+    windows = {r["file"]: r["windows"] for r in written}
+    expected = {**{f: per_shard for f in train_files}, val_file: counts["val"]}
+    if windows != expected:  # a bug, not bad input: never write a manifest over it
+        raise RuntimeError(f"shards written with {windows} windows, planned {expected}")
+
+    def target_range(split: str, k: int) -> tuple[str | None, str | None]:
+        ranges = [(r["targets"][2 * k], r["targets"][2 * k + 1]) for r in summary if r["windows"][k]]
+        return (min(a for a, _ in ranges), max(b for _, b in ranges)) if ranges else (None, None)
+
+    bounds = split_bounds(data)
+    return Manifest(
+        window=WindowSpec(data.input_window, data.horizon, data.freq, data.stride, data.eval_stride),
+        splits={
+            split: SplitInfo([str(b) if b is not None else None for b in bounds[split]], counts[split], *target_range(split, k))
+            for k, split in enumerate(SPLITS)
+        },
+        series={r["series_id"]: SeriesInfo(r["mean"], r["std"], str(pd.Timestamp(r["start"])), r["slots"]) for r in summary},
+        num_shards=num_shards,
+        shard_windows=[per_shard] * num_shards,
+        train_files=train_files,
+        val_file=val_file,
+        data_config=settings,
+        load_report={
+            "rows": sum(r["rows"] for r in summary),
+            "points": sum(r["slots"] for r in summary),
+            "interpolated_gaps": sum(r["interpolated_gaps"] for r in summary),
+            "interpolated_slots": sum(r["interpolated_slots"] for r in summary),
+            "long_gaps": [g for r in summary for g in r["long_gaps"]],  # "<series>: <gap>" already
+            "dropped_for_balance": dropped,
+        },
+    )
