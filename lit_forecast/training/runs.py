@@ -61,7 +61,8 @@ def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
 
 def _comparable(config: Config) -> dict:
     d = to_dict(config)
-    d["data"].pop("cache_dir")  # where a download is cached does not change the run
+    d["data"].pop("cache_dir")  # where a download is cached does not change the run,
+    d["data"].pop("prepare_with")  # nor which path writes the (identical) shards
     return d
 
 
