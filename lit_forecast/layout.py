@@ -72,6 +72,15 @@ def checkpoint_file(location: str) -> str:
     return location
 
 
+def checkpoint_folders(run: str) -> list[str]:
+    """Names of the run's ``checkpoint_*`` folders, oldest first (Ray names them by time)."""
+    fs, path = storage.resolve(run)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
+
+
 def latest_run(storage_root: str = "runs") -> str:
     """The run folder under ``storage_root`` whose training finished last (it has summary.json)."""
     root = storage.absolute(storage_root)
@@ -104,7 +113,7 @@ def best_checkpoint(run: str) -> str:
             if storage.exists(moved):
                 return moved
             log.warning("summary.json names %s, which does not exist; using the newest checkpoint instead", best)
-    folders = [name for name in storage.list_dir(run) if name.startswith(CHECKPOINT_PREFIX)]
+    folders = checkpoint_folders(run)  # not Ray's checkpoint_manager_snapshot.json beside them
     if not folders:
         raise CheckpointError(f"run {run} holds no {CHECKPOINT_PREFIX}* folder (has training written a checkpoint yet?)")
     log.warning("run %s has not finished (no usable %s): using its newest checkpoint %s", run, SUMMARY_FILE, folders[-1])

@@ -27,7 +27,7 @@ from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.errors import RunError
-from lit_forecast.layout import CHECKPOINT_FILE, CHECKPOINT_PREFIX, data_dir, tensorboard_dir
+from lit_forecast.layout import CHECKPOINT_FILE, checkpoint_folders, data_dir, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
 from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, RandomState, Throughput
@@ -177,7 +177,7 @@ def _readable_checkpoint(run: str, latest: str, scratch: str, rank: int) -> tupl
     that cannot be read is named in a warning and skipped; if none can be read, the error
     names them all.
     """
-    older = sorted((n for n in storage.list_dir(run) if n.startswith(CHECKPOINT_PREFIX) and n < latest), reverse=True)
+    older = [name for name in reversed(checkpoint_folders(run)) if name < latest]
     problems = []
     for name in [latest, *older]:
         source = storage.join(run, name, CHECKPOINT_FILE)

@@ -215,6 +215,7 @@ def test_latest_finished_run_and_its_best_checkpoint(tmp_path):
     assert best_checkpoint(str(runs / "new")) == str(runs / "new" / "checkpoint_000001" / "checkpoint.ckpt")
     # a moved run: the summary's absolute path is stale, the same checkpoint is found inside
     assert best_checkpoint(str(runs / "old")) == str(runs / "old" / "checkpoint_000001" / "checkpoint.ckpt")
+    (runs / "unfinished" / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's file, sorted after the folders
     assert best_checkpoint(str(runs / "unfinished")).endswith("unfinished/checkpoint_000001/checkpoint.ckpt")
     with pytest.raises(CheckpointError, match=f"no finished run in {tmp_path / 'elsewhere'}"):
         latest_run(str(tmp_path / "elsewhere"))
