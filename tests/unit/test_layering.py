@@ -19,10 +19,10 @@ ALLOWED = {
     "errors": set(),
     "spec": {"errors"},
     "config": {"errors"},
-    "storage": set(),
+    "storage": {"errors"},
     "layout": {"errors", "config", "storage"},
     "ray_cluster": {"errors"},
-    "cli": {"errors", "config"},
+    "cli": {"errors", "config", "layout"},
     "data": BOTTOM,
     "models": {"errors", "spec"},  # never data/: the network knows windows only as tensors
     "evaluation": {"errors", "storage"},
