@@ -264,6 +264,17 @@ def test_an_unreadable_run_config_is_named(finished_run, capsys, text):
     assert files_under(tmp_path) == before
 
 
+@pytest.mark.parametrize("text", ['{"fingerprint": "ab', "", "[]"], ids=["truncated", "empty", "list"])
+def test_a_damaged_prepared_dataset_is_prepared_again(work, capsys, text):
+    """data/ is derived from the source: a damaged manifest is rebuilt, not a traceback."""
+    tmp_path, csv = work
+    (tmp_path / "storage" / "ok" / "data").mkdir(parents=True)
+    (tmp_path / "storage" / "ok" / "data" / "manifest.json").write_text(text)
+    TRAIN(train_argv(tmp_path, csv, "--prepare-only"))
+    assert "(prepared, fingerprint" in capsys.readouterr().out
+    assert (tmp_path / "storage" / "ok" / "data" / "manifest.json").read_text().startswith("{")
+
+
 # -- checkpoints and runs given to infer.py ----------------------------------------------------------
 
 
