@@ -128,8 +128,8 @@ def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
     assert summary["best_metrics"]["val/mae"] == pytest.approx(min(v for _, v in scalars["val/mae"]), rel=1e-5)
     # Paths inside the run folder are relative to it: a copied run reads its own checkpoints.
     assert summary["tensorboard"] == "tensorboard" and "run_dir" not in summary
-    assert re.fullmatch(r"checkpoint_\d+/checkpoint.ckpt", summary["best_checkpoint"])
-    assert re.fullmatch(r"checkpoint_\d+/checkpoint.ckpt", summary["latest_checkpoint"])
+    assert re.fullmatch(r"checkpoint_[^/]+/checkpoint.ckpt", summary["best_checkpoint"])
+    assert re.fullmatch(r"checkpoint_[^/]+/checkpoint.ckpt", summary["latest_checkpoint"])
     best = torch.load(run_dir / summary["best_checkpoint"], map_location="cpu", weights_only=True)
     assert best["epoch"] == summary["best_metrics"]["epoch"]
 
