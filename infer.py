@@ -17,10 +17,12 @@ and saved as JSON next to the forecasts.
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
-from lit_forecast import cli
+from lit_forecast import cli, storage
 from lit_forecast.console import format_backtest, format_forecasts
-from lit_forecast.errors import UserError
+from lit_forecast.errors import ConfigError, UserError
 from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 
@@ -44,12 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
-    if args.output and not args.output.endswith((".csv", ".parquet")):
-        parser.error(f"--output {args.output}: the file name must end in .csv or .parquet")
-    if args.windows_per_task < 1 or args.batch_size < 1:
-        parser.error("--windows-per-task and --batch-size must be >= 1")
     cli.setup_logging(args.verbose)
     try:
+        check_arguments(args)
         request = InferenceRequest(
             run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
             cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None, horizon=args.horizon,
@@ -70,6 +69,37 @@ def main(argv: list[str] | None = None) -> None:
     if result.table_path:
         print(f"backtest    {result.table_path}")
     print(f"plot        {result.plot}")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse impossible requests before anything is loaded or written."""
+    if not (math.isfinite(args.num_cpus) and args.num_cpus > 0):
+        raise ConfigError(f"--num-cpus {args.num_cpus:g}: CPUs per Ray task must be a positive number, e.g. 1 or 0.5")
+    if not (math.isfinite(args.num_gpus) and args.num_gpus >= 0):
+        raise ConfigError(f"--num-gpus {args.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, e.g. 1 or 0.25")
+    if args.windows_per_task < 1 or args.batch_size < 1:
+        raise ConfigError("--windows-per-task and --batch-size must be >= 1")
+    if not args.no_ray:  # a local Ray is sized to this machine: a task asking for more would wait forever
+        import torch
+
+        from lit_forecast import ray_cluster
+
+        gpus = args.num_gpus if torch.cuda.device_count() else 0  # without GPUs, tasks fall back to CPU
+        ray_cluster.check_resources(args.num_cpus, gpus, "--num-cpus or --num-gpus (per task)")
+    for flag, suffixes in (("--output", (".csv", ".parquet")), ("--plot", (".png",))):
+        location = getattr(args, flag[2:])
+        if location is None:
+            continue
+        if not storage.is_uri(location) and Path(storage.absolute(location)).is_dir():
+            raise ConfigError(f"{flag} {location} is an existing folder: give a file name inside it, "
+                              f"e.g. {Path(storage.absolute(location)) / ('forecast' + suffixes[0])}")
+        if not location.endswith(suffixes):
+            raise ConfigError(f"{flag} {location}: the file name must end in {' or '.join(suffixes)}")
+        if not storage.is_uri(location):
+            path = Path(storage.absolute(location))
+            parent = next((p for p in path.parents if p.exists()), None)
+            if parent is not None and not parent.is_dir():
+                raise ConfigError(f"{flag} {location}: {parent} is a file, so nothing can be written below it")
 
 
 if __name__ == "__main__":

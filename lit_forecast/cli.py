@@ -9,6 +9,8 @@ import warnings
 from typing import NoReturn
 
 from lit_forecast import config as cfg
+from lit_forecast import layout
+from lit_forecast.errors import ConfigError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,10 @@ def load_config(args: argparse.Namespace) -> cfg.Config:
 
     --data, --storage and --name are taken as plain strings (``--name 2024`` stays a name).
     """
+    for flag in ("data", "storage"):
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            raise ConfigError(f"--{flag} is empty: give a path or a URI")
     config = cfg.load(args.config, list(args.set))
     if args.data:
         config.data.source = args.data
@@ -33,9 +39,12 @@ def load_config(args: argparse.Namespace) -> cfg.Config:
             config.data.sha256 = None  # the configured checksum belongs to the NAB file
     if args.storage:
         config.run.storage = args.storage
-    if args.name:
+    if args.name is not None:  # an empty --name is refused below, not ignored
         config.run.name = args.name
-    return cfg.validate(config)
+    config = cfg.validate(config)
+    if config.run.name is not None:
+        layout.check_run_name(config.run.name)
+    return config
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -144,7 +144,8 @@ def from_dict(raw: dict[str, Any] | None, cls: type = Config, prefix: str = "") 
 def _build(raw: dict[str, Any] | None, cls: type, prefix: str) -> Any:
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {raw!r}")
+        shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
+        raise ConfigError(f"'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {shown}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
@@ -217,17 +218,39 @@ def to_dict(config: Config) -> dict[str, Any]:
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML file (default configs/local.yaml), apply ``key=value`` overrides, validate."""
     path = Path(path) if path else DEFAULT_CONFIG
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: give a YAML file such as configs/local.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a config is YAML text (see configs/local.yaml)") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: a config is a YAML mapping of sections (data:, model:, train:, cluster:, run:), "
+            f"but this file holds a {type(raw).__name__}"
+        )
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like dotted.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+            raise ConfigError(f"--set {item!r} must look like dotted.key=value, e.g. --set train.max_epochs=20")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote it, "
+                f"e.g. --set '{key.strip()}=\"...\"'"
+            ) from None
+        try:
+            _set_dotted(raw, key.strip(), value)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     try:
         return from_dict(raw)
     except ConfigError as err:
@@ -239,7 +262,7 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
     node[parts[-1]] = value
 
 
@@ -261,8 +284,8 @@ def validate(config: Config) -> Config:
     try:
         step = pd.Timedelta(d.freq)
         max_gap = pd.Timedelta(d.max_gap)
-    except ValueError as err:
-        raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {err}")
+    except (ValueError, OverflowError) as err:
+        raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {err}") from None
     need(step > pd.Timedelta(0), f"'data.freq' must be positive, got {d.freq!r}")
     need(pd.Timedelta("1D") % step == pd.Timedelta(0), f"'data.freq' must divide a day (calendar slots), got {d.freq!r}")
     # Calendar embeddings hold one row per slot of the day: a second is already 86,400 rows.
@@ -275,8 +298,9 @@ def validate(config: Config) -> Config:
             continue
         try:
             bounds[key] = pd.Timestamp(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ConfigError(f"'data.{key}' is not a timestamp: {text!r}") from None
+        need(not pd.isna(bounds[key]), f"'data.{key}' is not a timestamp: {text!r}")
     ordered = list(bounds.items())
     for (k1, v1), (k2, v2) in zip(ordered, ordered[1:]):
         need(v1 < v2, f"split boundaries out of order: data.{k1}={v1} must be before data.{k2}={v2}")

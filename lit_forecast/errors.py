@@ -16,6 +16,10 @@ class ConfigError(UserError):
     """A configuration value is missing, unknown, of the wrong type or inconsistent."""
 
 
+class StorageError(UserError):
+    """A location (path or URI) names no filesystem pyarrow can open: an unknown or malformed URI."""
+
+
 class DataError(UserError):
     """The input data cannot be used; the message names the file and the offending rows."""
 

@@ -9,6 +9,8 @@ import time
 import ray
 import torch
 
+from lit_forecast.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Ray's known-noisy lines, silenced where a setting exists (read by the driver, forwarded).
@@ -23,11 +25,27 @@ QUIET_ENV = {
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-class ResourceError(RuntimeError):
+class ResourceError(UserError):
     """Asked for more CPUs or GPUs than this machine has: Ray would wait forever."""
 
 
-def init_ray(cpus_needed: float = 0, gpus_needed: float = 0) -> None:
+def check_resources(cpus_needed: float, gpus_needed: float, hint: str) -> None:
+    """Without RAY_ADDRESS (a local Ray sized to this machine), refuse what the machine cannot hold.
+
+    ``hint`` names what the user can lower. Starts nothing: the driver calls it before it
+    writes anything. On a cluster (RAY_ADDRESS set) nodes may join later, so nothing is checked.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    if cpus_needed > cpus or gpus_needed > gpus:
+        raise ResourceError(
+            f"this machine has {cpus} CPU(s) and {gpus} GPU(s) but {cpus_needed:g} CPU(s) and {gpus_needed:g} GPU(s) "
+            f"are asked for; lower {hint}, or set RAY_ADDRESS to use a cluster"
+        )
+
+
+def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the request") -> None:
     """Join the cluster in RAY_ADDRESS, or start a local Ray sized to this machine.
 
     Locally, a request the machine cannot satisfy fails here, at once, instead of leaving
@@ -44,13 +62,8 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0) -> None:
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(**quiet)
         return
+    check_resources(cpus_needed, gpus_needed, hint)
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    if cpus_needed > cpus or gpus_needed > gpus:
-        raise ResourceError(
-            f"this machine has {cpus} CPU(s) and {gpus} GPU(s) but {cpus_needed:g} CPU(s) and {gpus_needed:g} GPU(s) "
-            "are asked for; lower the request (e.g. cluster.num_workers, cluster.cpus_per_worker) or set "
-            "RAY_ADDRESS to use a cluster"
-        )
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
     started = time.perf_counter()

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lit_forecast.errors import StorageError
+
 
 def is_uri(location: str) -> bool:
     """True for ``scheme://...`` locations other than ``file://``."""
@@ -37,8 +39,14 @@ def join(location: str, *parts: str) -> str:
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and in-filesystem path for a local path or URI."""
-    return pafs.FileSystem.from_uri(absolute(location))
+    """Filesystem and in-filesystem path for a local path or URI (StorageError if none fits)."""
+    try:
+        return pafs.FileSystem.from_uri(absolute(location))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:  # foo://x, s3:// without a bucket
+        raise StorageError(
+            f"{location}: no filesystem for this location ({str(err).splitlines()[0]}); use a local path or a "
+            "pyarrow.fs URI such as s3://bucket/path, gs://bucket/path or hdfs://host/path"
+        ) from None
 
 
 def exists(location: str) -> bool:

@@ -94,7 +94,11 @@ def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Man
     key = fingerprint(config.data, source.sha256, num_shards)
     manifest_path = storage.join(data_dir, MANIFEST_FILE)
     if storage.exists(manifest_path):
-        old = storage.read_json(manifest_path)
+        try:
+            old = storage.read_json(manifest_path)
+        except ValueError:  # truncated or damaged: the dataset is derived, so prepare it again
+            old = None
+        old = old if isinstance(old, dict) else {}
         if old.get("fingerprint") == key and old.get("format") == FORMAT_VERSION:
             ready = read_manifest(data_dir, reused=True)
             if all(storage.exists(storage.join(data_dir, f)) for f in ready.files):

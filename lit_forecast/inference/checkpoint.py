@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import pickle
 from dataclasses import dataclass
 
 import torch
@@ -60,8 +59,9 @@ def load_checkpoint(source: str | bytes, device: str | torch.device = "cpu", hor
             raise CheckpointReadError(f"cannot read checkpoint {path}: {err}") from None
     try:
         raw = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - any bytes can arrive here; the unpickler fails in many ways (KeyError, ...)
+        detail = (str(err).splitlines() or [""])[0] if isinstance(err, (RuntimeError, EOFError, ValueError)) else ""
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {detail or 'its bytes do not unpickle'}") from None
     hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
     if not hparams or not {"model", "window", "train", "series"} <= set(hparams) or "state_dict" not in raw:
         raise CheckpointError(f"{path} is not a lit_forecast checkpoint (no model/window/series hyperparameters or weights)")

@@ -113,12 +113,16 @@ def _slot(s: Series, cutoff: pd.Timestamp, step: pd.Timedelta, history: int, inp
     return c
 
 
+MAX_CUTOFFS = 100_000  # per call: each cutoff is one window per series, held in memory at once
+
+
 def parse_cutoffs(items: list[str]) -> list[pd.Timestamp]:
     """Cutoffs from command-line items, sorted and without repeats.
 
     Each item is a timestamp (``2015-01-05`` or ``2015-01-05T12:00``), a comma-separated list of
-    them, or a range ``START..END/STEP`` with END included and STEP a pandas duration
-    (``30min``, ``6h``, ``1D``; default ``1D``), e.g. ``2015-01-01..2015-01-31/1D``.
+    them, or a range ``START..END/STEP`` with END included and STEP a positive pandas duration
+    (``30min``, ``6h``, ``1D``; default ``1D``), e.g. ``2015-01-01..2015-01-31/1D``. At most
+    ``MAX_CUTOFFS`` in all.
     """
     out: list[pd.Timestamp] = []
     for item in items:
@@ -127,19 +131,36 @@ def parse_cutoffs(items: list[str]) -> list[pd.Timestamp]:
                 if ".." in part:
                     span, _, step = part.partition("/")
                     first, _, last = span.partition("..")
-                    stamps = pd.date_range(pd.Timestamp(first), pd.Timestamp(last), freq=pd.Timedelta(step or "1D"))
-                    if len(stamps) == 0:
-                        raise ValueError("the range is empty (END before START?)")
-                    out.extend(stamps)
+                    start, end, every = pd.Timestamp(first), pd.Timestamp(last), pd.Timedelta(step or "1D")
+                    if pd.isna(start) or pd.isna(end) or pd.isna(every):
+                        raise ValueError("START, END and STEP must all be given")
+                    if every <= pd.Timedelta(0):
+                        raise ValueError(f"the step {step!r} must be a positive duration")
+                    if end < start:
+                        raise ValueError("the range is empty (END before START)")
+                    count = (end - start) // every + 1
+                    if count + len(out) > MAX_CUTOFFS:
+                        raise CutoffError(
+                            f"--cutoffs {part!r} makes {count:,} cutoffs, more than the {MAX_CUTOFFS:,} one call may forecast: "
+                            f"use a longer step or a shorter range, or split it over several calls"
+                        )
+                    out.extend(pd.date_range(start, end, freq=every))
                 else:
-                    out.append(pd.Timestamp(part))
-            except ValueError as err:
+                    stamp = pd.Timestamp(part)
+                    if pd.isna(stamp):
+                        raise ValueError("not a timestamp")
+                    out.append(stamp)
+            except CutoffError:
+                raise
+            except (ValueError, OverflowError, TypeError) as err:
                 raise CutoffError(
                     f"--cutoffs: cannot read {part!r} ({err}); use timestamps like 2015-01-05T12:00, "
                     f"comma-separated, or a range START..END/STEP such as 2015-01-01..2015-01-31/1D"
                 ) from None
     if not out:
         raise CutoffError("--cutoffs: no cutoff given")
+    if len(out) > MAX_CUTOFFS:
+        raise CutoffError(f"--cutoffs: {len(out):,} cutoffs, more than the {MAX_CUTOFFS:,} one call may forecast; split them over several calls")
     if any(t.tz is not None for t in out):
         raise CutoffError("--cutoffs: give local times without a UTC offset, like the data")
     return sorted(set(out))

@@ -83,6 +83,9 @@ def infer(request: InferenceRequest) -> InferenceResult:
     windows, filled = build_windows(series, loaded.series_stats, spec, request.cutoffs, data.max_gap,
                                     history=max(lags.values()) if evaluating else None)
 
+    if request.plot_cutoff is not None and request.plot_cutoff not in set(windows.cutoffs):
+        raise CutoffError(f"--plot-cutoff {request.plot_cutoff} is not one of the forecast cutoffs")  # before anything is written
+
     if request.use_ray:
         from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
 

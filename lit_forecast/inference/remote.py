@@ -52,7 +52,8 @@ def forecast_remote(
     """
     if windows_per_task < 1:
         raise ValueError(f"windows per task must be >= 1, got {windows_per_task}")
-    ray_cluster.init_ray()
+    # A local Ray is sized to this machine: a task asking for more would wait forever.
+    ray_cluster.init_ray(num_cpus, num_gpus if torch.cuda.device_count() else 0, "--num-cpus or --num-gpus (per task)")
     if num_gpus and not ray.cluster_resources().get("GPU"):
         log.warning("--num-gpus %s asked, but the Ray cluster has no GPU: forecasting on CPU", num_gpus)
         num_gpus = 0

@@ -23,11 +23,11 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lit_forecast import cli, ray_cluster, storage
+from lit_forecast import cli, ray_cluster
 from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.errors import RunError
-from lit_forecast.layout import CHECKPOINT_FILE, checkpoint_folders, data_dir, tensorboard_dir
+from lit_forecast.layout import CHECKPOINT_FILE, checkpoint_folders, data_dir, relative_to_run, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
 from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, RandomState, Throughput
@@ -244,18 +244,25 @@ def _failure_message(err: Exception, config: Config, run: str) -> str:
     )
 
 
-
-def init_ray(config: Config) -> None:
-    """Join RAY_ADDRESS or start a local Ray that can hold every worker."""
+def check_resources(config: Config) -> None:
+    """Refuse, before anything is written, a config this machine cannot run (without RAY_ADDRESS)."""
     c = config.cluster
     try:
-        ray_cluster.init_ray(c.num_workers * c.cpus_per_worker, c.num_workers * c.gpus_per_worker if c.use_gpu else 0)
+        ray_cluster.check_resources(c.num_workers * c.cpus_per_worker, c.num_workers * c.gpus_per_worker if c.use_gpu else 0,
+                                    "cluster.num_workers, cluster.cpus_per_worker or cluster.gpus_per_worker (or use_gpu)")
     except ray_cluster.ResourceError as err:
         raise RunError(f"{err} (config: {c.num_workers} workers)") from None
 
 
+def init_ray(config: Config) -> None:
+    """Join RAY_ADDRESS or start a local Ray that can hold every worker."""
+    check_resources(config)
+    ray_cluster.init_ray()
+
+
 def fit(config: Config, run: str) -> dict:
-    """Train ``config`` into the run folder ``run``; returns a plain summary of the result."""
+    """Train ``config`` into the run folder ``run``; returns a plain summary of the result, its
+    paths relative to ``run`` (see :func:`lit_forecast.layout.read_summary`)."""
     init_ray(config)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -281,20 +288,17 @@ def fit(config: Config, run: str) -> dict:
     best, best_metrics = ranked[0] if ranked else (result.checkpoint, result.metrics or {})
 
     def location(checkpoint: Checkpoint | None) -> str | None:
-        # Ray gives paths inside its filesystem: put the URI scheme back for remote storage.
+        # Relative to the run folder, so a copied or moved run reads its own checkpoints: Ray
+        # writes each checkpoint_* folder directly inside the run folder.
         if checkpoint is None:
             return None
-        path = checkpoint.path
-        if storage.is_uri(run) and "://" not in path:
-            path = f"{run.split('://', 1)[0]}://{path.lstrip('/')}"
-        return storage.join(path, CHECKPOINT_FILE)
+        return f"{checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}/{CHECKPOINT_FILE}"
 
     return {
-        "run_dir": run,
         "epochs": config.train.max_epochs,
         "best_checkpoint": location(best),
         "best_metrics": {k: v for k, v in (best_metrics or {}).items() if isinstance(v, (int, float))},
         "latest_checkpoint": location(result.checkpoint),
-        "tensorboard": tensorboard_dir(run),
+        "tensorboard": relative_to_run(run, tensorboard_dir(run)),
         "train_seconds": round(time.perf_counter() - started, 1),
     }

@@ -1,7 +1,10 @@
 """The driver's side of training, without Ray (that lives in ray_train.py): check the run
 folder against the config, prepare the data, hand over to Ray Train, write the summary.
 
-The run folder's layout is :mod:`lit_forecast.layout`.
+The run folder's layout is :mod:`lit_forecast.layout`. Everything that can be checked is
+checked before the run folder gets a file: the name, the storage, the config against a run of
+the same name, the machine's resources, TensorBoard's storage and the data. One driver at a
+time works on a run folder (:mod:`lit_forecast.training.run_lock`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from lit_forecast.config import Config, dump, to_dict
 from lit_forecast.data.manifest import Manifest
 from lit_forecast.data.prepare import prepare
 from lit_forecast.errors import RunError
-from lit_forecast.layout import CONFIG_FILE, RAY_SNAPSHOT_FILE, SUMMARY_FILE, data_dir, read_config, run_dir
+from lit_forecast.layout import (
+    CONFIG_FILE, RAY_SNAPSHOT_FILE, SUMMARY_FILE, check_storage, data_dir, has_checkpoint, read_config, read_summary, run_dir,
+)
+from lit_forecast.training.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +37,14 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def prepare_only(config: Config) -> tuple[Manifest, str]:
     """Prepare the run's data shards; returns the manifest and where they are."""
-    config, _ = check_run(config, resume=False)  # never re-prepare under another run's config
-    folder = data_dir(run_dir(config))
-    return prepare(config, folder), folder
+    run = run_dir(config)
+    check_storage(config.run.storage)
+    with RunLock(run) as lock:
+        config, _ = check_run(config, resume=False)  # never re-prepare under another run's config
+        folder = data_dir(run)
+        manifest = prepare(config, folder)
+        lock.keep()
+    return manifest, folder
 
 
 def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
@@ -41,14 +52,26 @@ def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
 
     A new name starts a run. The same name with the same config resumes it. The same name with
     another config is refused unless ``resume`` is set, which continues with the saved config.
+    A run folder without a checkpoint holds nothing worth keeping: a new config replaces its
+    config (with a warning) instead of being refused.
     """
     run = run_dir(config)
     if not storage.exists(storage.join(run, CONFIG_FILE)):
         if resume:
             raise RunError(f"nothing to resume: {run} holds no run")
         return config, False
-    saved = read_config(run)
+    started = has_checkpoint(run) or storage.exists(storage.join(run, SUMMARY_FILE))
+    try:
+        saved = read_config(run)
+    except RunError:
+        if started:
+            raise
+        log.warning("run %s: its %s is unreadable and it holds no checkpoint: starting it afresh with this config", run, CONFIG_FILE)
+        return config, False
     changed = _differences(_comparable(saved), _comparable(config))
+    if changed and not resume and not started:
+        log.warning("run %s holds no checkpoint yet: replacing its config (%s)", run, "; ".join(changed))
+        return config, False
     if changed and not resume:
         raise RunError(
             f"run {run} exists with a different config:\n  " + "\n  ".join(changed)
@@ -67,33 +90,37 @@ def _comparable(config: Config) -> dict:
 
 
 def train(config: Config, resume: bool = False) -> dict:
-    """Prepare the data, train on Ray Train, write the run summary and return it."""
+    """Prepare the data, train on Ray Train, write the run summary and return it (paths resolved)."""
     run = run_dir(config)
-    config, resumed = check_run(config, resume)
-    if storage.exists(storage.join(run, SUMMARY_FILE)):
-        log.info("run %s already finished; nothing to do (use --name NEW for a new run)", run)
-        return storage.read_json(storage.join(run, SUMMARY_FILE))
-    # Validate the data and storage before the run folder gets anything, and before Ray:
-    # Ray Train V2 retries every worker error max_failures times.
-    _check_tensorboard_storage(run)
-    manifest = prepare(config, data_dir(run))
-    for line in console.format_dataset(manifest, data_dir(run)).splitlines():
-        log.info(line)
-    if not resumed:
-        storage.write_text(storage.join(run, CONFIG_FILE), dump(config))
-    elif storage.exists(storage.join(run, RAY_SNAPSHOT_FILE)):
-        log.warning("=" * 70)
-        log.warning("RESUMING run %s from its latest checkpoint", run)
-        log.warning("=" * 70)
-    else:
-        log.warning("run %s exists but holds no checkpoint yet: starting it from epoch 1", run)
-    log.info("run %s: resume after an interruption with the same command (--name %s)", run, config.run.name)
+    check_storage(config.run.storage)
+    with RunLock(run) as lock:  # refuses at once if another driver works on this run
+        config, resumed = check_run(config, resume)
+        if storage.exists(storage.join(run, SUMMARY_FILE)):
+            log.info("run %s already finished; nothing to do (use --name NEW for a new run)", run)
+            return read_summary(run)
+        from lit_forecast.training import ray_train  # the only module that imports Ray Train
 
-    from lit_forecast.training import ray_train  # the only module that imports Ray Train
+        # Check what can be checked before the run folder gets anything, and before Ray:
+        # Ray Train V2 retries every worker error max_failures times.
+        ray_train.check_resources(config)
+        _check_tensorboard_storage(run)
+        manifest = prepare(config, data_dir(run))  # validates the data before writing a shard
+        lock.keep()
+        for line in console.format_dataset(manifest, data_dir(run)).splitlines():
+            log.info(line)
+        if not resumed:
+            storage.write_text(storage.join(run, CONFIG_FILE), dump(config))
+        elif storage.exists(storage.join(run, RAY_SNAPSHOT_FILE)):
+            log.warning("=" * 70)
+            log.warning("RESUMING run %s from its latest checkpoint", run)
+            log.warning("=" * 70)
+        else:
+            log.warning("run %s exists but holds no checkpoint yet: starting it from epoch 1", run)
+        log.info("run %s: resume after an interruption with the same command (--name %s)", run, config.run.name)
 
-    result = ray_train.fit(config, run)
-    storage.write_json(storage.join(run, SUMMARY_FILE), result)
-    return result
+        result = ray_train.fit(config, run)
+        storage.write_json(storage.join(run, SUMMARY_FILE), result)
+    return read_summary(run)
 
 
 def _check_tensorboard_storage(run: str) -> None:

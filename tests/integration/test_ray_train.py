@@ -126,15 +126,21 @@ def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     scalars = read_scalars(run_dir / "tensorboard")
     assert summary["best_metrics"]["val/mae"] == pytest.approx(min(v for _, v in scalars["val/mae"]), rel=1e-5)
-    best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    # Paths inside the run folder are relative to it: a copied run reads its own checkpoints.
+    assert summary["tensorboard"] == "tensorboard" and "run_dir" not in summary
+    assert re.fullmatch(r"checkpoint_[^/]+/checkpoint.ckpt", summary["best_checkpoint"])
+    assert re.fullmatch(r"checkpoint_[^/]+/checkpoint.ckpt", summary["latest_checkpoint"])
+    best = torch.load(run_dir / summary["best_checkpoint"], map_location="cpu", weights_only=True)
     assert best["epoch"] == summary["best_metrics"]["epoch"]
 
     for tag in ("train/loss_epoch", "val/loss", "val/mae", "val/rmse", "val/mape", "val/smape", "train/lr", "train/windows_per_s", "train/epoch_time_s"):
         assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
     assert len(scalars["val/mae"]) == 3 and all(v > 0 for _, v in scalars["val/mae"])
 
+    assert not (run_dir / "run.lock").exists()  # released at exit
     again = run(command(taxi_like_csv, tmp_path, "e2e", 3, "--set", "model.members=2"), timeout=60)  # finished: nothing to do
     assert "already finished" in again.stderr and not epoch_lines(again.stderr + again.stdout)
+    assert f"best         {run_dir}/checkpoint_" in again.stdout  # resolved against the run folder for the user
 
 
 @pytest.mark.timeout(300)
@@ -181,9 +187,11 @@ def test_killed_driver_reruns_from_the_last_checkpoint(taxi_like_csv, tmp_path):
         proc.communicate(timeout=30)
     assert not (run_dir / "summary.json").exists()
 
+    assert (run_dir / "run.lock").exists()  # SIGKILL left the lock; its pid is gone, so it is stale
     refused = subprocess.run(cmd[:-1] + ["train.max_epochs=7"], cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "exists with a different config" in refused.stderr
     assert "train.max_epochs: 6 -> 7" in refused.stderr
+    assert "taking over a stale lock" in refused.stderr and not (run_dir / "run.lock").exists()
 
     done = run(cmd, timeout=240)
     output = done.stderr + done.stdout

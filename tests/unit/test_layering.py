@@ -23,10 +23,10 @@ ALLOWED = {
     "errors": set(),
     "spec": {"errors"},
     "config": {"errors"},
-    "storage": set(),
+    "storage": {"errors"},
     "layout": {"errors", "config", "storage"},
     "ray_cluster": {"errors"},
-    "cli": {"errors", "config"},
+    "cli": {"errors", "config", "layout"},
     "data": BOTTOM | {"ray_cluster"},  # data/ray_prepare joins or starts Ray as training does
     "models": {"errors", "spec"},  # never data/: the network knows windows only as tensors
     "evaluation": {"errors", "storage"},

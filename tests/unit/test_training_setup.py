@@ -77,6 +77,11 @@ def test_run_folder_rules(tmp_path):
     assert resumed and cfg.to_dict(used) == cfg.to_dict(config)
 
     changed = cfg.load(CONFIGS / "tiny.yaml", [f"run.storage={tmp_path}", "run.name=r1", "train.max_epochs=9"])
+    # No checkpoint yet (a start that failed): the name is not held, the new config replaces the old
+    used, resumed = runs.check_run(changed, resume=False)
+    assert not resumed and used.train.max_epochs == 9
+
+    (tmp_path / "r1" / "checkpoint_000000").mkdir()  # training has begun: now the config is the run's
     with pytest.raises(RunError, match=r"train.max_epochs: 2 -> 9"):
         runs.check_run(changed, resume=False)
     with pytest.raises(RunError, match=r"train.max_epochs: 2 -> 9"):

@@ -1,0 +1,399 @@
+"""Every user mistake reaches the user as one `error:` paragraph and exit status 2, never a
+traceback, and leaves nothing behind: no run folder, no forecast file.
+
+The cases go through the scripts' own ``main(argv)`` (two also through real subprocesses), in
+classes: run names, storage locations, config files and --set values, resources, run folders
+whose files are damaged, checkpoints that are not checkpoints, cutoffs, output paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from test_inference import save_checkpoint
+
+from lit_forecast import config as cfg
+
+ROOT = cfg.DEFAULT_CONFIG.parent.parent
+TINY = str(ROOT / "configs" / "tiny.yaml")
+TRAIN = runpy.run_path(str(ROOT / "train.py"))["main"]
+INFER = runpy.run_path(str(ROOT / "infer.py"))["main"]
+
+
+@pytest.fixture(autouse=True)
+def package_logger(monkeypatch):
+    """Restore the package logger that the scripts reconfigure; no cluster address from outside."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    logger = logging.getLogger("lit_forecast")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+def refused(main, argv: list[str], capsys, *named: str) -> str:
+    """Run ``main(argv)``; it must exit 2 with one `error:` paragraph naming each of ``named``."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err, err
+    message = err[err.index("error: "):]
+    assert "\n\n" not in message.strip(), f"more than one paragraph: {message}"
+    for thing in named:
+        assert thing in message, f"{thing!r} not named in: {message}"
+    return message
+
+
+@pytest.fixture
+def work(tmp_path, synthetic_csv):
+    """A folder with storage/ (empty), a valid CSV (ten days of half-hours) and a plain file."""
+    csv = synthetic_csv(np.arange(480) % 48 + 100.0)
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "a_file").write_text("hello\n")
+    return tmp_path, csv
+
+
+def train_argv(tmp_path: Path, csv: Path, *extra: str, name: str | None = "ok") -> list[str]:
+    return [
+        "--config", TINY, "--data", str(csv), "--storage", str(tmp_path / "storage"),
+        *(["--name", name] if name is not None else []),
+        "--set", "data.train_end=2024-01-07", "--set", "data.val_end=2024-01-09", *extra,
+    ]  # fmt: skip
+
+
+# -- run names ---------------------------------------------------------------------------------------
+
+BAD_NAMES = ["../x", ".", "..", "/tmp/abs", "s3://bucket/x", "a/b", "a\\b", "", " ", "a b", "x\n", "x\x01", "\u00e9t\u00e9",
+             ".hidden", "_x", "n" * 101, "x/../../y"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+@pytest.mark.parametrize("how", ["--name", "--set"])
+def test_a_run_name_that_is_not_one_safe_folder_name_is_refused(work, capsys, name, how):
+    tmp_path, csv = work
+    before = files_under(tmp_path.parent)
+    if how == "--name":
+        argv = train_argv(tmp_path, csv, "--prepare-only", name=name)
+    else:  # the same name from the config: a YAML double-quoted scalar, escapes and all
+        quoted = name.encode("unicode_escape").decode().replace('"', '\\"')
+        argv = train_argv(tmp_path, csv, "--prepare-only", "--set", f'run.name="{quoted}"', name=None)
+    refused(TRAIN, argv, capsys, "run name", "letters, digits")
+    assert files_under(tmp_path.parent) == before
+
+
+@pytest.mark.parametrize("name", ["a", "2024", "taxi-8gpu", "nyc_taxi_local", "exp.v2", "A" * 100])
+def test_safe_run_names_are_accepted(work, capsys, name):
+    tmp_path, csv = work
+    TRAIN(train_argv(tmp_path, csv, "--print-config", name=name))
+    assert cfg.from_dict(yaml.safe_load(capsys.readouterr().out)).run.name == name
+
+
+# -- storage -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("storage, named", [
+    ("{tmp}/a_file", "is a file"),
+    ("{tmp}/a_file/below", "is a file"),
+    ("foo://x/runs", "cannot be opened"),
+    ("s3:/bucket/runs", "a '/' missing"),
+    ("s3://", "cannot be opened"),
+])  # fmt: skip
+def test_storage_that_cannot_hold_run_folders(work, capsys, storage, named):
+    tmp_path, csv = work
+    before = files_under(tmp_path)
+    argv = train_argv(tmp_path, csv, "--prepare-only", "--storage", storage.format(tmp=tmp_path))
+    refused(TRAIN, argv, capsys, "--storage", named)
+    assert files_under(tmp_path) == before
+
+
+# -- config files and --set --------------------------------------------------------------------------
+
+CONFIG_FILES = {
+    "binary": (b"\x80\x81\xfe\xff\x00\x01" * 10, "not a UTF-8"),
+    "nul": (b"data:\n  horizon: 4\x00\n", "not valid YAML"),
+    "list": (b"- data\n- model\n", "holds a list"),
+    "scalar": (b"42\n", "holds a int"),
+    "string": (b"hello\n", "holds a str"),
+    "bad_yaml": (b"data: [1, 2\n", "not valid YAML"),
+    "section_scalar": (b"data: 5\n", "'data' is not a section"),  # met first by --set data.train_end
+    "model_scalar": (b"model: 5\n", "'model' must be a mapping"),
+    "unknown_key": (b"data:\n  horizn: 4\n", "did you mean 'data.horizon'"),
+}
+
+
+@pytest.mark.parametrize("kind", CONFIG_FILES)
+def test_a_config_file_that_is_not_a_config(work, capsys, kind):
+    tmp_path, csv = work
+    content, named = CONFIG_FILES[kind]
+    path = tmp_path / f"{kind}.yaml"
+    path.write_bytes(content)
+    before = files_under(tmp_path)
+    argv = train_argv(tmp_path, csv, "--prepare-only")
+    argv[argv.index(TINY)] = str(path)
+    refused(TRAIN, argv, capsys, str(path), named)
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("where, named", [("missing.yaml", "not found"), ("storage", "is a folder")])
+def test_a_config_path_that_is_not_a_file(work, capsys, where, named):
+    tmp_path, csv = work
+    argv = train_argv(tmp_path, csv, "--print-config")
+    argv[argv.index(TINY)] = str(tmp_path / where)
+    refused(TRAIN, argv, capsys, named)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("model.d_model=[1", "not valid YAML"),
+    ("model.d_model={a", "not valid YAML"),
+    ("=3", "must look like dotted.key=value"),
+    ("nokey", "must look like dotted.key=value"),
+    ("model=5", "'model' must be a mapping"),
+    ("model.d_model.x=1", "is not a section"),
+    ("data.horizn=3", "did you mean 'data.horizon'"),
+    ("data.freq=1ns", "at least 1min"),
+    ("data.freq=1s", "at least 1min"),
+    ("data.freq=0min", "positive"),
+    ("data.freq=7min", "divide a day"),
+    ("data.freq=soon", "durations"),
+    ("data.freq=1e30D", "durations"),
+    ("data.train_end=notadate", "data.train_end"),
+    ("data.train_end=''", "data.train_end"),
+    ("train.lr=nan", "finite"),
+    ("train.lr=-1", "train.lr"),
+    ("cluster.num_workers=0", "cluster.num_workers"),
+])  # fmt: skip
+def test_a_malformed_set_override(work, capsys, override, named):
+    tmp_path, csv = work
+    refused(TRAIN, train_argv(tmp_path, csv, "--print-config", "--set", override), capsys, named)
+
+
+@pytest.mark.parametrize("flag", ["--data", "--storage"])
+def test_empty_location_flags(work, capsys, flag):
+    tmp_path, csv = work
+    refused(TRAIN, train_argv(tmp_path, csv, "--print-config", flag, " "), capsys, flag, "empty")
+
+
+DATA = {
+    "missing": (lambda t: t / "nowhere.csv", "nowhere.csv"),
+    "empty_file": (lambda t: (t / "empty.csv").write_text("") and None or t / "empty.csv", "empty.csv"),
+    "text_file": (lambda t: (t / "text.csv").write_text("just some words\nand more\n") and None or t / "text.csv", "text.csv"),
+    "binary_file": (lambda t: (t / "bin.csv").write_bytes(bytes(range(256)) * 4) and None or t / "bin.csv", "bin.csv"),
+    "empty_folder": (lambda t: (t / "nodata").mkdir() or t / "nodata", "nodata"),
+    "unknown_scheme": (lambda t: "foo://bucket/x.csv", "foo://bucket/x.csv"),
+}
+
+
+@pytest.mark.parametrize("kind", DATA)
+def test_data_that_cannot_be_read(work, capsys, kind):
+    tmp_path, csv = work
+    make, named = DATA[kind]
+    argv = train_argv(tmp_path, make(tmp_path), "--prepare-only")
+    before = files_under(tmp_path)
+    refused(TRAIN, argv, capsys, named)
+    assert files_under(tmp_path) == before
+
+
+# -- resources: refused before the run folder gets anything ---------------------------------------
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--set", "cluster.num_workers=64"], "32 CPU"),  # x 0.5 CPU each
+    (["--set", "cluster.cpus_per_worker=1000"], "2000 CPU"),
+    (["--config", str(ROOT / "configs" / "8gpu.yaml")], "8 GPU"),
+])  # fmt: skip
+def test_a_config_this_machine_cannot_run_writes_nothing(work, capsys, monkeypatch, extra, named):
+    tmp_path, csv = work
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    argv = train_argv(tmp_path, csv, *extra)
+    if "--config" in extra:  # the 8-GPU config: our data and splits, its cluster
+        argv = argv[2:]
+    refused(TRAIN, argv, capsys, named, "RAY_ADDRESS")
+    assert files_under(tmp_path / "storage") == set()
+
+
+# -- damaged run folders -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def finished_run(work):
+    """A finished-looking run 'ok' (config of train_argv, a checkpoint, a summary) in storage/."""
+    tmp_path, csv = work
+    run = tmp_path / "storage" / "ok"
+    config = cfg.load(TINY, [f"data.source={csv}", "data.sha256=null", f"run.storage={tmp_path / 'storage'}", "run.name=ok",
+                             "data.train_end=2024-01-07", "data.val_end=2024-01-09"])
+    save_checkpoint(run / "checkpoint_000000")
+    (run / "config.yaml").write_text(cfg.dump(config))
+    (run / "summary.json").write_text('{"best_checkpoint": "checkpoint_000000/checkpoint.ckpt"}\n')
+    return tmp_path, csv, run
+
+
+@pytest.mark.parametrize("text", ['{"best_checkpoint": "checkpoint_0', "", "\x00\x01", "[1, 2]"], ids=["truncated", "empty", "binary", "list"])
+@pytest.mark.parametrize("script", ["train", "infer"])
+def test_an_unreadable_summary_is_named(finished_run, capsys, text, script):
+    tmp_path, csv, run = finished_run
+    (run / "summary.json").write_text(text)
+    before = files_under(tmp_path)
+    if script == "train":
+        refused(TRAIN, train_argv(tmp_path, csv), capsys, str(run / "summary.json"), "not a readable run summary")
+    else:
+        refused(INFER, ["--run", str(run), "--no-ray", "--data", str(csv)], capsys, str(run / "summary.json"))
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("text", ["data: {horizon: 4\n", "- 1\n", "data:\n  horizn: 3\n", "\udcff"], ids=["truncated", "list", "unknown_key", "binary"])
+def test_an_unreadable_run_config_is_named(finished_run, capsys, text):
+    tmp_path, csv, run = finished_run
+    if text == "\udcff":
+        (run / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        (run / "config.yaml").write_text(text)
+    before = files_under(tmp_path)
+    refused(TRAIN, train_argv(tmp_path, csv), capsys, str(run / "config.yaml"), "--name NEW")
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("text", ['{"fingerprint": "ab', "", "[]"], ids=["truncated", "empty", "list"])
+def test_a_damaged_prepared_dataset_is_prepared_again(work, capsys, text):
+    """data/ is derived from the source: a damaged manifest is rebuilt, not a traceback."""
+    tmp_path, csv = work
+    (tmp_path / "storage" / "ok" / "data").mkdir(parents=True)
+    (tmp_path / "storage" / "ok" / "data" / "manifest.json").write_text(text)
+    TRAIN(train_argv(tmp_path, csv, "--prepare-only"))
+    assert "(prepared, fingerprint" in capsys.readouterr().out
+    assert (tmp_path / "storage" / "ok" / "data" / "manifest.json").read_text().startswith("{")
+
+
+# -- checkpoints and runs given to infer.py ----------------------------------------------------------
+
+
+@pytest.fixture
+def infer_work(work):
+    """work plus a good checkpoint folder and an out/ folder that must stay empty."""
+    tmp_path, csv = work
+    checkpoint = save_checkpoint(tmp_path / "good" / "checkpoint_000000")
+    (tmp_path / "out").mkdir()
+    return tmp_path, csv, checkpoint
+
+
+CHECKPOINTS = {
+    "empty_file": (lambda t: (t / "empty.ckpt").write_bytes(b"") and None or t / "empty.ckpt", "not a readable PyTorch checkpoint"),
+    "text_file": (lambda t: (t / "text.ckpt").write_text("just text\n") and None or t / "text.ckpt", "not a readable PyTorch checkpoint"),
+    "zip_junk": (lambda t: (t / "zip.ckpt").write_bytes(b"PK\x03\x04junk") and None or t / "zip.ckpt", "not a readable PyTorch checkpoint"),
+    "empty_folder": (lambda t: (t / "folder").mkdir() or t / "folder", "folder without checkpoint.ckpt"),
+    "ckpt_folder": (lambda t: (t / "x.ckpt").mkdir() or t / "x.ckpt", "folder without checkpoint.ckpt"),
+    "inner_folder": (lambda t: (t / "ck" / "checkpoint.ckpt").mkdir(parents=True) or t / "ck", "is not a file"),
+    "missing": (lambda t: t / "nowhere.ckpt", "checkpoint not found"),
+}
+
+
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+def test_a_checkpoint_that_is_not_one(infer_work, capsys, kind):
+    tmp_path, csv, _ = infer_work
+    make, named = CHECKPOINTS[kind]
+    path = make(tmp_path)
+    before = files_under(tmp_path)
+    refused(INFER, ["--checkpoint", str(path), "--no-ray", "--data", str(csv), "--output", str(tmp_path / "out" / "f.csv")],
+            capsys, str(path), named)
+    assert files_under(tmp_path) == before
+
+
+def test_a_run_given_as_a_file_or_without_checkpoints(infer_work, capsys):
+    tmp_path, csv, checkpoint = infer_work
+    refused(INFER, ["--run", f"{checkpoint}/checkpoint.ckpt", "--no-ray"], capsys, "is a file", "--checkpoint")
+    (tmp_path / "bare").mkdir()
+    refused(INFER, ["--run", str(tmp_path / "bare"), "--no-ray"], capsys, "holds no checkpoint_")
+
+
+@pytest.mark.parametrize("storage, named", [("{tmp}/a_file", "is a file"), ("foo://x", "cannot be opened"), ("{tmp}/nothing", "no finished run")])
+def test_infer_storage_without_runs(infer_work, capsys, storage, named):
+    tmp_path, _, _ = infer_work
+    refused(INFER, ["--storage", storage.format(tmp=tmp_path), "--no-ray"], capsys, named)
+
+
+# -- infer.py requests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cutoffs, named", [
+    ("2024-01-05..2024-01-08/0D", "positive"),
+    ("2024-01-05..2024-01-08/-1D", "positive"),
+    ("2024-01-05..2024-01-08/0min", "positive"),
+    ("2024-01-05..2024-01-08/1ns", "more than the 100,000"),
+    ("2000-01-01..2024-01-08/1min", "more than the 100,000"),
+    ("2024-01-08..2024-01-05/1D", "END before START"),
+    ("2024-01-05../1D", "START, END and STEP"),
+    ("2024-01-05..2024-01-08/soon", "cannot read"),
+    ("2024-01-05..2024-01-08/1e30D", "cannot read"),
+    ("yesterday", "cannot read 'yesterday'"),
+    ("NaT", "cannot read 'NaT'"),
+    ("2024-13-45", "cannot read"),
+    ("2024-01-05T00:00+01:00", "UTC offset"),
+    ("2024-01-05T00:10", "not on the"),
+    ("2030-01-01", "outside the data"),
+])  # fmt: skip
+def test_cutoffs_that_cannot_be_forecast(infer_work, capsys, cutoffs, named):
+    tmp_path, csv, checkpoint = infer_work
+    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(tmp_path / "out" / "f.csv"), "--cutoffs", cutoffs]
+    refused(INFER, argv, capsys, named)
+    assert files_under(tmp_path / "out") == set()
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--output", "{tmp}/out"], "is an existing folder"),
+    (["--output", "{tmp}/out/sub.csv/"], "is an existing folder"),
+    (["--output", "{tmp}/out/new/"], "must end in"),
+    (["--output", "{tmp}/out/f.txt"], "must end in .csv or .parquet"),
+    (["--output", "{tmp}/a_file/f.csv"], "is a file"),
+    (["--output", "{tmp}/out/f.csv", "--plot", "{tmp}/out/p.jpg"], "must end in .png"),
+    (["--output", "{tmp}/out/f.csv", "--plot-cutoff", "2024-01-03"], "--plot-cutoff"),
+    (["--num-cpus", "0"], "--num-cpus"),
+    (["--num-cpus", "-1"], "--num-cpus"),
+    (["--num-cpus", "nan"], "--num-cpus"),
+    (["--num-cpus", "inf"], "--num-cpus"),
+    (["--num-gpus", "-1"], "--num-gpus"),
+    (["--num-gpus", "nan"], "--num-gpus"),
+    (["--batch-size", "0"], "--batch-size"),
+])  # fmt: skip
+def test_impossible_infer_requests(infer_work, capsys, extra, named):
+    tmp_path, csv, checkpoint = infer_work
+    (tmp_path / "out" / "sub.csv").mkdir()
+    before = files_under(tmp_path)
+    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--no-ray", *[e.format(tmp=tmp_path) for e in extra]]
+    if "--output" not in extra:
+        argv += ["--output", str(tmp_path / "out" / "f.csv")]
+    refused(INFER, argv, capsys, named)
+    assert files_under(tmp_path) == before
+
+
+def test_more_cpus_per_task_than_the_machine_fails_at_once(infer_work, capsys, monkeypatch):
+    import ray
+
+    tmp_path, csv, checkpoint = infer_work
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--num-cpus", "4", "--output", str(tmp_path / "out" / "f.csv")]
+    refused(INFER, argv, capsys, "2 CPU", "4 CPU", "--num-cpus", "RAY_ADDRESS")
+    assert not ray.is_initialized() and files_under(tmp_path / "out") == set()
+
+
+# -- the real scripts ------------------------------------------------------------------------------------
+
+
+def test_the_script_exits_2_without_a_traceback(work):
+    """One real process: what a user at the terminal sees (infer.py goes the same way, through main)."""
+    tmp_path, _ = work
+    done = subprocess.run([sys.executable, "train.py", "--name", "../escape", "--storage", str(tmp_path / "storage"), "--print-config"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: run name '../escape' is not allowed")
+    assert done.stderr.count("\n") == 1 and not done.stdout and files_under(tmp_path / "storage") == set()
