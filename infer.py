@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from lit_forecast import cli
+from lit_forecast import cli, storage
 from lit_forecast.config import ConfigError
 from lit_forecast.data.source import DataError
 from lit_forecast.evaluation.backtest import format_table
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             windows_per_task=args.windows_per_task, batch_size=args.batch_size,
         )
         result = infer(request)
-    except (ConfigError, DataError, CheckpointError, CutoffError) as err:
+    except (ConfigError, DataError, CheckpointError, CutoffError, storage.StorageError) as err:
         cli.die(str(err))
     print(format_forecasts(result.frame))
     if result.table:

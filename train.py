@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from lit_forecast import cli
+from lit_forecast import cli, storage
 from lit_forecast.config import ConfigError, dump
 from lit_forecast.data.prepare import summary
 from lit_forecast.data.source import DataError
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
             print(summary(manifest, folder))
         else:
             print(runs.format_summary(runs.train(config, resume=args.resume)))
-    except (ConfigError, DataError, runs.RunError) as err:
+    except (ConfigError, DataError, runs.RunError, storage.StorageError) as err:
         cli.die(str(err))
 
 

@@ -155,6 +155,17 @@ class EpochLine(L.Callback):
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: one Lightning Trainer per worker over its rank's shard."""
     _worker_logging()
+    try:
+        _train_worker(loop_config)
+    except Exception as err:
+        # Storage that stops answering fails every client in its own way (pyarrow, botocore
+        # for TensorBoard, Ray's checkpoint upload), each with a long traceback: one line instead.
+        if storage.is_unreachable(err):
+            raise storage.StorageError(storage.unreachable_message(loop_config["run"], err)) from None
+        raise
+
+
+def _train_worker(loop_config: dict) -> None:
     config = validate(from_dict(loop_config["config"]))
     run = loop_config["run"]
     context = ray.train.get_context()
@@ -227,7 +238,18 @@ def fit(config: Config, run: str) -> dict:
         run_config=run_config(config, run),
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        if not storage.is_unreachable(err):
+            raise
+        # The workers' StorageError arrives as text inside Ray's error: take its one line back.
+        detail = next((line for line in str(err).splitlines() if "StorageError: " in line), "")
+        raise RunError(
+            (detail.split("StorageError: ", 1)[-1] or storage.unreachable_message(run, err))
+            + f"\nCheckpoints already in {run} are complete (Ray registers one only after its upload)."
+            "\nRun the same command again once the storage answers: training resumes from the latest checkpoint."
+        ) from None
     ranked = sorted(result.best_checkpoints, key=lambda pair: pair[1].get(SCORE, float("inf")))
     best, best_metrics = ranked[0] if ranked else (result.checkpoint, result.metrics or {})
 
