@@ -98,11 +98,14 @@ def best_checkpoint(run: str) -> str:
             if storage.exists(moved):
                 return moved
             log.warning("summary.json names %s, which does not exist; using the newest checkpoint instead", best)
-    folders = [name for name in storage.list_dir(run) if name.startswith("checkpoint_")]
-    if not folders:
-        raise CheckpointError(f"run {run} holds no checkpoint_* folder (has training written a checkpoint yet?)")
-    log.warning("run %s has not finished (no usable %s): using its newest checkpoint %s", run, SUMMARY_FILE, folders[-1])
-    return storage.join(run, folders[-1], CHECKPOINT_FILE)
+    # Newest first, and only folders holding the file: an upload cut short (on S3, a folder
+    # marker whose object never completed) leaves a checkpoint_* folder without it.
+    folders = [name for name in reversed(storage.list_dir(run)) if name.startswith("checkpoint_")]
+    complete = next((name for name in folders if storage.exists(storage.join(run, name, CHECKPOINT_FILE))), None)
+    if complete is None:
+        raise CheckpointError(f"run {run} holds no checkpoint_*/{CHECKPOINT_FILE} (has training written a checkpoint yet?)")
+    log.warning("run %s has not finished (no usable %s): using its newest checkpoint %s", run, SUMMARY_FILE, complete)
+    return storage.join(run, complete, CHECKPOINT_FILE)
 
 
 def run_of(checkpoint: str) -> str | None:
