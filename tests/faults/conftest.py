@@ -20,9 +20,6 @@ import logging
 
 import pytest
 
-moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (requirements-dev.txt)")
-boto3 = pytest.importorskip("boto3")
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -42,7 +39,9 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
         deadline = time.monotonic() + 10
         while True:  # until it accepts connections
@@ -72,6 +71,8 @@ class S3Server:
 
     def client(self):
         """A boto3 S3 client for checks made by the test itself."""
+        import boto3
+
         env = self.environment()
         return boto3.client(
             "s3", endpoint_url=self.endpoint, region_name=env["AWS_REGION"],
@@ -87,6 +88,8 @@ class S3Server:
 @pytest.fixture(scope="module")
 def s3_server():
     """A moto S3 server on 127.0.0.1 for the whole module."""
+    pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (requirements-dev.txt)")
+    pytest.importorskip("boto3")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = S3Server()
     server.start()

@@ -182,7 +182,8 @@ def test_training_in_the_bucket_survives_a_killed_worker_and_infer_reads_it(s3_s
     assert f"runs/{RUN}/forecasts/forecast_20240220T0000-20240222T0000.backtest.json" in s3_server.keys(bucket)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow  # about 3 minutes on an idle 2-core machine; three times that under heavy load
+@pytest.mark.timeout(900)
 def test_storage_outage_fails_clearly_and_the_same_command_resumes(s3_server, bucket, taxi_like_csv):
     epochs = 12  # long enough that the outage lands mid-run (about 2 s an epoch)
     cmd = command(taxi_like_csv, bucket, epochs)
@@ -190,7 +191,7 @@ def test_storage_outage_fails_clearly_and_the_same_command_resumes(s3_server, bu
     try:
         wait_for_checkpoint(s3_server, bucket, proc, timeout=240)
         s3_server.stop()
-        stdout, stderr = proc.communicate(timeout=180)
+        stdout, stderr = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -200,10 +201,13 @@ def test_storage_outage_fails_clearly_and_the_same_command_resumes(s3_server, bu
     error = stderr[stderr.rindex("error: "):]
     assert error.startswith(f"error: cannot reach the storage of s3://{bucket}/runs/{RUN}"), stderr[-5000:]
     assert s3_server.endpoint in error and "Run the same command again" in error
-    assert "Traceback" not in stderr[stderr.rindex("error: ") - 200:], "the driver printed a traceback"
+    assert "Traceback" not in error, "the driver printed a traceback"
+    # Workers print one short traceback each (Ray's "Error in training function"), but none of
+    # the S3 clients' own stacks: those are cut to StorageError's one line.
+    assert "site-packages/botocore" not in stderr and "pyarrow/_fs.pyx" not in stderr, stderr[-5000:]
     assert not any(key.endswith("summary.json") for key in s3_server.keys(bucket))
 
-    done = run(cmd, s3_server, timeout=240)
+    done = run(cmd, s3_server, timeout=360)
     output = done.stderr + done.stdout
     resumed = re.search(r"RESUMED from checkpoint \S+ \(epoch (\d+)/(\d+) done\)", output)
     assert "RESUMING run" in output and resumed, output[-5000:]
