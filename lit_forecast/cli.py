@@ -65,7 +65,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 def quiet_third_parties() -> None:
     """Silence the known-noisy loggers and warnings of Lightning, Ray and friends."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "ray", "urllib3", "matplotlib"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "ray", "urllib3", "matplotlib",
+                 "botocore", "boto3", "s3fs", "aiobotocore"):  # "Found endpoint for s3 via ..." on every S3 client
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (
         ".*does not have many workers.*",

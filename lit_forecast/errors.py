@@ -16,8 +16,9 @@ class ConfigError(UserError):
     """A configuration value is missing, unknown, of the wrong type or inconsistent."""
 
 
-class StorageError(UserError):
-    """A location (path or URI) names no filesystem pyarrow can open: an unknown or malformed URI."""
+class StorageError(UserError, OSError):
+    """The storage at a location cannot be used: a path or URI no filesystem can open (unknown or
+    malformed), or a store that does not answer. The message names the location."""
 
 
 class DataError(UserError):

@@ -222,11 +222,13 @@ def best_checkpoint(run: str) -> str:
             return best
         if best:
             log.warning("summary.json names %s, which does not exist; using the newest checkpoint instead", best)
-    folders = checkpoint_folders(run)  # not Ray's checkpoint_manager_snapshot.json beside them
-    if not folders:
-        raise CheckpointError(f"run {run} holds no {CHECKPOINT_PREFIX}* folder (has training written a checkpoint yet?)")
-    log.warning("run %s has not finished (no usable %s): using its newest checkpoint %s", run, SUMMARY_FILE, folders[-1])
-    return storage.join(run, folders[-1], CHECKPOINT_FILE)
+    # Newest first, and only folders holding the file: an upload cut short (on S3, a folder
+    # marker whose object never completed) leaves a checkpoint_* folder without it.
+    complete = next((name for name in reversed(checkpoint_folders(run)) if storage.exists(storage.join(run, name, CHECKPOINT_FILE))), None)
+    if complete is None:
+        raise CheckpointError(f"run {run} holds no {CHECKPOINT_PREFIX}*/{CHECKPOINT_FILE} (has training written a checkpoint yet?)")
+    log.warning("run %s has not finished (no usable %s): using its newest checkpoint %s", run, SUMMARY_FILE, complete)
+    return storage.join(run, complete, CHECKPOINT_FILE)
 
 
 def run_of(checkpoint: str) -> str | None:

@@ -1,22 +1,77 @@
 """Shared storage through ``pyarrow.fs``: a local folder by default, any URI on a cluster.
 
 All run artefacts (shards, manifests, resolved configs, forecasts) go through these helpers,
-so ``s3://bucket/prefix`` works wherever a local path does. Writes are atomic: bytes go to a
-temporary name first and are moved into place, so a reader never sees half a file.
+so ``s3://bucket/prefix`` works wherever a local path does. Writes are atomic, so a reader never
+sees half a file: on a local or shared file system bytes go to a temporary name and are renamed
+into place; an object store has no atomic rename (a "move" is a copy and a delete), but it makes
+one object visible only once its upload is complete, so objects are written in place.
+
+S3 clients (pyarrow, botocore, s3fs) read the endpoint and credentials from the environment:
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``. When the
+store cannot be reached, the helpers raise :class:`StorageError` with one readable line.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lit_forecast.errors import StorageError
+
+# What the S3 clients say when the endpoint does not answer: pyarrow (the AWS SDK), botocore
+# (TensorBoard's writer: "Could not connect to the endpoint URL", "Read timeout on endpoint URL")
+# and aiohttp under s3fs. Narrow on purpose: a dead DDP peer ("Connection reset by peer") is
+# not a storage failure and must not be reported as one.
+_UNREACHABLE = ("AWS Error NETWORK_CONNECTION", "endpoint URL", "Cannot connect to host")
+_OURS = "cannot reach the storage of "  # a StorageError's text, also after Ray re-raises it as text
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """True if ``err`` (or anything in its chain, or its text) says the storage did not answer."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, StorageError) or any(word in str(err) for word in (*_UNREACHABLE, _OURS)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def unreachable_message(location: str, err: BaseException) -> str:
+    """One line: which storage did not answer, the client's own words, and where to look."""
+    if isinstance(err, StorageError):
+        return str(err)  # already says it, naming the very object
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if any(word in line for word in _UNREACHABLE)), lines[0] if lines else type(err).__name__)
+    hint = ""
+    if location.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default endpoint"
+        hint = f" (endpoint {endpoint}; set AWS_ENDPOINT_URL for an S3-compatible server)"
+    return f"{_OURS}{location}{hint}: {detail[:300]}"
+
+
+def _reachable(function: Callable) -> Callable:
+    """Turn a connection failure inside ``function(location, ...)`` into a one-line StorageError."""
+
+    @functools.wraps(function)
+    def wrapper(location: str, *args, **kwargs):
+        try:
+            return function(location, *args, **kwargs)
+        except StorageError:
+            raise
+        except OSError as err:
+            if is_unreachable(err):
+                raise StorageError(unreachable_message(location, err)) from None
+            raise
+
+    return wrapper
 
 
 def is_uri(location: str) -> bool:
@@ -49,12 +104,19 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         ) from None
 
 
+def is_object_store(fs: pafs.FileSystem) -> bool:
+    """True for S3, GCS and Azure: keys, not folders, and no atomic rename."""
+    return fs.type_name in ("s3", "gcs", "abfs")
+
+
+@_reachable
 def exists(location: str) -> bool:
     """True if a file or folder is there."""
     fs, path = resolve(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+@_reachable
 def delete(location: str) -> None:
     """Remove a file or a folder tree if it exists."""
     fs, path = resolve(location)
@@ -65,6 +127,7 @@ def delete(location: str) -> None:
         fs.delete_file(path)
 
 
+@_reachable
 def list_dir(location: str) -> list[str]:
     """Names (not paths) of the entries directly inside a folder; empty if it does not exist."""
     fs, path = resolve(location)
@@ -73,6 +136,7 @@ def list_dir(location: str) -> list[str]:
     return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
 
 
+@_reachable
 def read_bytes(location: str) -> bytes:
     """The whole file."""
     fs, path = resolve(location)
@@ -80,9 +144,19 @@ def read_bytes(location: str) -> bytes:
         return stream.read()
 
 
+@_reachable
 def write_bytes(location: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then move it over ``location``."""
+    """Write ``data`` so that readers see the old file or the new one, never a part.
+
+    On a file system: a temporary sibling, then a rename over ``location``. On an object store
+    an object becomes visible only when its upload completes (one PUT, or the completion of a
+    multipart upload), so it is written in place; a copy and delete would be no more atomic.
+    """
     fs, path = resolve(location)
+    if is_object_store(fs):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)  # one call: the upload is all of ``data`` or it does not complete
+        return
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -123,6 +197,7 @@ def write_parquet(location: str, table: pa.Table) -> None:
     write_bytes(location, sink.getvalue().to_pybytes())
 
 
+@_reachable
 def read_parquet(location: str) -> pa.Table:
     """A Parquet file as an Arrow table."""
     fs, path = resolve(location)

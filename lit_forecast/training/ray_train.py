@@ -23,10 +23,10 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lit_forecast import cli, ray_cluster
+from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
-from lit_forecast.errors import RunError
+from lit_forecast.errors import RunError, StorageError
 from lit_forecast.layout import CHECKPOINT_FILE, checkpoint_folders, data_dir, relative_to_run, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
@@ -128,6 +128,17 @@ class ReportCallback(RayTrainReportCallback):
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: one Lightning Trainer per worker over its rank's shard."""
     _worker_logging()
+    try:
+        _train_worker(loop_config)
+    except Exception as err:
+        # Storage that stops answering fails every client in its own way (pyarrow, botocore
+        # for TensorBoard, Ray's checkpoint upload), each with a long traceback: one line instead.
+        if storage.is_unreachable(err):
+            raise StorageError(storage.unreachable_message(loop_config["run"], err)) from None
+        raise
+
+
+def _train_worker(loop_config: dict) -> None:
     config = from_dict(loop_config["config"])
     run = loop_config["run"]
     context = ray.train.get_context()
@@ -275,6 +286,14 @@ def fit(config: Config, run: str) -> dict:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
+        if storage.is_unreachable(err):
+            # The workers' StorageError arrives as text inside Ray's error: take its one line back.
+            detail = next((line for line in str(err).splitlines() if "StorageError: " in line), "")
+            raise RunError(
+                (detail.split("StorageError: ", 1)[-1] or storage.unreachable_message(run, err))
+                + f"\nCheckpoints already in {run} are complete (Ray registers one only after its upload)."
+                "\nRun the same command again once the storage answers: training resumes from the latest checkpoint."
+            ) from None
         raise RunError(_failure_message(err, config, run)) from None
     metrics = result.metrics or {}
     if DIVERGED_STEP in metrics:
