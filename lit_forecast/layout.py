@@ -34,6 +34,7 @@ CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
 CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each checkpoint_*/ (Ray's RayTrainReportCallback.CHECKPOINT_NAME)
 CHECKPOINT_PREFIX = "checkpoint_"
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of reported checkpoints
+DIVERGED_FILE = "diverged.json"  # written by rank 0 when the training loss stopped being finite
 LOCK_FILE = "run.lock"
 
 # A run name is one path component, so <storage>/<name> can never leave <storage>: no '/', no

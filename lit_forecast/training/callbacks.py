@@ -52,9 +52,11 @@ class EpochLine(L.Callback):
         self.stepped = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Every rank reads the metrics: the first read computes the epoch values, which for
+        # sync_dist values is a collective that all ranks must enter at the same point.
+        m = trainer.callback_metrics
         if trainer.global_rank != 0:
             return
-        m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
         parts += [f"{key} {format(m[key].item(), fmt)}" for key, fmt in self.KEYS if key in m]
         if "train/epoch_time_s" in m:

@@ -27,7 +27,7 @@ from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.errors import RunError, StorageError
-from lit_forecast.layout import CHECKPOINT_FILE, checkpoint_folders, data_dir, relative_to_run, tensorboard_dir
+from lit_forecast.layout import CHECKPOINT_FILE, DIVERGED_FILE, checkpoint_folders, data_dir, relative_to_run, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
 from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, RandomState, Throughput
@@ -35,7 +35,6 @@ from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, RandomSt
 log = logging.getLogger(__name__)
 
 SCORE = "val/mae"  # autoregressive validation MAE in passengers ranks checkpoints
-DIVERGED_EPOCH, DIVERGED_STEP = "diverged/epoch", "diverged/step"  # reported when the loss stopped being finite
 assert CHECKPOINT_FILE == RayTrainReportCallback.CHECKPOINT_NAME  # the run layout follows Ray's name
 
 # -- configuration objects (pure: CI builds them for configs/8gpu.yaml without GPUs) -------------
@@ -107,9 +106,9 @@ class ReportCallback(RayTrainReportCallback):
     whose loss diverged (``guard``) reports its metrics and where it diverged, and no checkpoint.
     """
 
-    def __init__(self, every_n_epochs: int, config: dict, guard: DivergenceGuard):
+    def __init__(self, every_n_epochs: int, config: dict, guard: DivergenceGuard, run: str):
         super().__init__()
-        self.every_n_epochs, self.config, self.guard = every_n_epochs, config, guard
+        self.every_n_epochs, self.config, self.guard, self.run = every_n_epochs, config, guard, run
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["lit_forecast_config"] = self.config
@@ -120,8 +119,9 @@ class ReportCallback(RayTrainReportCallback):
             super().on_train_epoch_end(trainer, pl_module)
             return
         metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
-        if self.guard.diverged is not None:
-            metrics[DIVERGED_EPOCH], metrics[DIVERGED_STEP] = self.guard.diverged
+        if self.guard.diverged is not None and trainer.global_rank == 0:  # for the driver to name
+            epoch, step = self.guard.diverged
+            storage.write_json(storage.join(self.run, DIVERGED_FILE), {"epoch": epoch, "step": step})
         ray.train.report(metrics={**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step})
 
 
@@ -156,11 +156,11 @@ def _train_worker(loop_config: dict) -> None:
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
         callbacks=[
+            guard,  # first: its epoch-end decision is a collective, and the report must know it
             Throughput(),
             EpochLine(loop_config["launched_at"]),
             RandomState(),
-            guard,  # before the report callback: a diverged epoch is not checkpointed
-            ReportCallback(config.cluster.checkpoint_every_n_epochs, plain, guard),
+            ReportCallback(config.cluster.checkpoint_every_n_epochs, plain, guard, run),
         ],
         logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),
     )
@@ -283,6 +283,7 @@ def fit(config: Config, run: str) -> dict:
         run_config=run_config(config, run),
     )
     started = time.perf_counter()
+    storage.delete(storage.join(run, DIVERGED_FILE))  # a marker left by an attempt whose driver died
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
@@ -295,11 +296,13 @@ def fit(config: Config, run: str) -> dict:
                 "\nRun the same command again once the storage answers: training resumes from the latest checkpoint."
             ) from None
         raise RunError(_failure_message(err, config, run)) from None
-    metrics = result.metrics or {}
-    if DIVERGED_STEP in metrics:
+    diverged = storage.join(run, DIVERGED_FILE)
+    if storage.exists(diverged):
+        where = storage.read_json(diverged)
+        storage.delete(diverged)  # said once; a rerun starts clean
         raise RunError(
-            f"training diverged: the loss became NaN or infinite in epoch {int(metrics[DIVERGED_EPOCH])} "
-            f"(first at step {int(metrics[DIVERGED_STEP])}), so that epoch was not checkpointed. Lower train.lr "
+            f"training diverged: the loss became NaN or infinite in epoch {where['epoch']} "
+            f"(first at step {where['step']}), so that epoch was not checkpointed. Lower train.lr "
             f"(now {config.train.lr:g}) or train.grad_clip and start a new run with --name NEW "
             f"(the same command would resume from the last good checkpoint with the same settings)"
         )
