@@ -24,7 +24,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows_file = Path(scratch) / "faults.jsonl"
         env = {**os.environ, "LIT_FORECAST_FAULTS": str(rows_file)}
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults/test_faults.py"],
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
+                               "tests/faults/test_faults.py"],
                               cwd=ROOT, env=env)
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
     print()

@@ -175,7 +175,7 @@ def _train_worker(loop_config: dict) -> None:
         if rank == 0:  # Lightning counts epochs from 0, people from 1
             log.warning(
                 "RESUMED from checkpoint %s (epoch %d/%d done); continuing with epoch %d",
-                name, epoch + 1, config.train.max_epochs, epoch + 2,
+                storage.join(run, name), epoch + 1, config.train.max_epochs, epoch + 2,
             )
         trainer.fit(module, datamodule=datamodule, ckpt_path=path)
 

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from lit_forecast import storage
-from lit_forecast.inference.checkpoint import CheckpointError, best_checkpoint
+from lit_forecast.errors import CheckpointError
+from lit_forecast.layout import best_checkpoint
 
 
 @pytest.fixture
