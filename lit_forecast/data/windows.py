@@ -17,6 +17,7 @@ A batch is a dict of named tensors (B = batch, W = input_window, H = horizon)::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class Segment:
     start: pd.Timestamp  # timestamp of values[0]
     values: np.ndarray  # (T,) passengers; NaN only where unknown (after the end of the data)
     window_starts: np.ndarray  # (N,) target-start offsets into values
+    stats: SeriesStats | None = None  # its own scaling (a series the model never saw); None: stats[series_id]
 
 
 def segments_from_table(table: pa.Table) -> list[Segment]:
@@ -54,11 +56,17 @@ def calendar_features(times: pd.DatetimeIndex, freq: str) -> np.ndarray:
     1 on US federal holidays (New Year, Thanksgiving, Christmas, ...), else 0."""
     slot = (times - times.normalize()) // pd.Timedelta(freq)
     days = times.normalize()
-    holidays = USFederalHolidayCalendar().holidays(days.min(), days.max()) if len(times) else []
+    holidays = _holidays(days.min().year, days.max().year) if len(times) else []
     return np.stack(
         [np.asarray(slot, dtype=np.int64), np.asarray(times.day_of_week, dtype=np.int64), np.asarray(days.isin(holidays), dtype=np.int64)],
         axis=1,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _holidays(first_year: int, last_year: int) -> pd.DatetimeIndex:
+    """US federal holidays of whole years: computed once, not once per segment (a fleet has thousands)."""
+    return USFederalHolidayCalendar().holidays(f"{first_year}-01-01", f"{last_year}-12-31")
 
 
 class WindowSet(Dataset):
@@ -74,10 +82,13 @@ class WindowSet(Dataset):
         self.spec = spec
         raw, times, targets, first, locs, scales, cutoffs, series_ids = [], [], [], [], [], [], [], []
         base = 0
+        scaling = []  # (loc, scale) of each segment
         for seg in segments:
-            if seg.series_id not in stats:
+            if seg.stats is None and seg.series_id not in stats:
                 raise DataError(f"no scaler statistics for series {seg.series_id!r}")
-            loc, scale = stats[seg.series_id].mean, stats[seg.series_id].std
+            own = seg.stats or stats[seg.series_id]
+            loc, scale = own.mean, own.std
+            scaling.append((loc, scale))
             slots = pd.date_range(seg.start, periods=len(seg.values), freq=spec.freq)
             raw.append(seg.values)
             times.append(calendar_features(slots, spec.freq))
@@ -89,8 +100,8 @@ class WindowSet(Dataset):
             series_ids.extend([seg.series_id] * len(seg.window_starts))
             base += len(seg.values)
         flat = np.concatenate(raw).astype(np.float64) if raw else np.zeros(0)
-        slot_loc = np.concatenate([np.full(len(s.values), stats[s.series_id].mean) for s in segments]) if segments else np.zeros(0)
-        slot_scale = np.concatenate([np.full(len(s.values), stats[s.series_id].std) for s in segments]) if segments else np.zeros(0)
+        slot_loc = np.concatenate([np.full(len(s.values), sc[0]) for s, sc in zip(segments, scaling)]) if segments else np.zeros(0)
+        slot_scale = np.concatenate([np.full(len(s.values), sc[1]) for s, sc in zip(segments, scaling)]) if segments else np.zeros(0)
         self.raw = flat  # (T,) float64 passengers
         self.values = torch.as_tensor((flat - slot_loc) / slot_scale, dtype=torch.float32)  # (T,) scaled
         self.times = torch.as_tensor(np.concatenate(times) if times else np.zeros((0, 3)), dtype=torch.int64)
