@@ -251,3 +251,20 @@ def test_prepare_keeps_at_most_n_validation_windows_per_series(tmp_path, make_co
     again = prep.prepare(thinned_config, str(tmp_path / "again"))
     assert storage.read_bytes(str(tmp_path / "again" / prep.VAL_FILE)) == storage.read_bytes(str(tmp_path / "five" / prep.VAL_FILE))
     assert again.fingerprint == thinned.fingerprint
+
+
+# -- fleet configs ----------------------------------------------------------------------------------------
+
+
+def test_fleet_configs_are_valid_and_sample_validation():
+    from lit_forecast.training import ray_train  # the Ray Train arguments build without a cluster or GPUs
+
+    local = cfg.load(cfg.DEFAULT_CONFIG.parent / "fleet-local.yaml")
+    assert local.data.series_column == "zone" and local.data.val_windows_per_series is not None
+    assert isinstance(local.train.limit_train_batches, int)  # a bounded number of steps, whatever the fleet
+    scaling = ray_train.scaling_config(local)
+    assert not scaling.use_gpu and scaling.num_workers * scaling.resources_per_worker["CPU"] <= 2
+    gpu = cfg.load(cfg.DEFAULT_CONFIG.parent / "8gpu-fleet.yaml")
+    assert ray_train.scaling_config(gpu).num_workers == 8 and ray_train.torch_config(gpu).backend == "nccl"
+    assert gpu.data.series_column == "zone" and gpu.data.val_windows_per_series is not None
+    assert ray_train.trainer_arguments(gpu)["limit_train_batches"] == gpu.train.limit_train_batches
