@@ -96,7 +96,7 @@ class WindowSet(Dataset):
             first.append(np.full(len(seg.window_starts), base))
             locs.append(np.full(len(seg.window_starts), loc))
             scales.append(np.full(len(seg.window_starts), scale))
-            cutoffs.extend(slots[seg.window_starts])
+            cutoffs.append(slots.values[seg.window_starts])  # datetime64: no Timestamp object per window
             series_ids.extend([seg.series_id] * len(seg.window_starts))
             base += len(seg.values)
         flat = np.concatenate(raw).astype(np.float64) if raw else np.zeros(0)
@@ -109,7 +109,7 @@ class WindowSet(Dataset):
         self.first_slot = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)  # (N,) start of each window's segment
         self.loc = torch.as_tensor(np.concatenate(locs) if locs else np.zeros(0), dtype=torch.float32)
         self.scale = torch.as_tensor(np.concatenate(scales) if scales else np.zeros(0), dtype=torch.float32)
-        self.cutoffs = pd.DatetimeIndex(cutoffs)  # (N,) first target timestamp of each window
+        self.cutoffs = pd.DatetimeIndex(np.concatenate(cutoffs) if cutoffs else np.zeros(0, dtype="datetime64[ns]"))  # (N,) first target timestamp of each window
         self.series_ids = series_ids  # (N,)
         W, H = spec.input_window, spec.horizon
         self._past = torch.arange(-W, 0)
