@@ -94,6 +94,7 @@ def infer(request: InferenceRequest) -> InferenceResult:
     cut: CutWindows = cut_windows(series, loaded.series_stats, spec, request.cutoffs, data.max_gap,
                                   history=max(lags.values()) if evaluating else None, strict=request.strict)
     windows, filled = cut.windows, cut.filled
+    plot_series = _plot_series(request.plot_series, windows, filled)  # before the costly part: a wrong id fails at once
 
     if request.use_ray:
         from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
@@ -131,7 +132,7 @@ def infer(request: InferenceRequest) -> InferenceResult:
             result.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
         result.table_path = _sibling(output, ".backtest.json")
         bt.save_table(result.table_path, result.table)
-    _plot(result, forecasts, request.plot_cutoff, request.plot_series, filled)
+    _plot(result, forecasts, request.plot_cutoff, plot_series)
     return result
 
 
@@ -201,19 +202,21 @@ def _sibling(output: str, suffix: str) -> str:
     return base + suffix
 
 
-def _plot(result: InferenceResult, forecasts: np.ndarray, cutoff: pd.Timestamp | None, series_id: str | None,
-          filled: list[Series]) -> None:
-    """PNG of one series (default: the busiest) at ``cutoff`` (default: its last cutoff), and error by step if evaluated."""
-    windows = result.windows
+def _plot_series(series_id: str | None, windows: WindowSet, filled: list[Series]) -> str:
+    """The series to plot: ``series_id`` if it has a window, else by default the busiest (largest mean) that has one."""
     forecast_ids = set(windows.series_ids)
-    if series_id is None:  # the busiest series that has a window: largest mean over its data
-        busiest = sorted(((float(np.nanmean(s.values)) if np.isfinite(s.values).any() else -np.inf, s.series_id)
-                          for s in filled if s.series_id in forecast_ids), key=lambda m: -m[0])
-        series_id = busiest[0][1] if busiest else windows.series_ids[0]
-    elif series_id not in forecast_ids:
+    if series_id is None:
+        means = [(float(np.nanmean(s.values)), s.series_id) for s in filled if s.series_id in forecast_ids and np.isfinite(s.values).any()]
+        return max(means)[1] if means else windows.series_ids[0]
+    if series_id not in forecast_ids:
         raise CutoffError(f"--plot-series {series_id!r} has no forecast window (series: {', '.join(map(repr, sorted(forecast_ids)[:5]))}"
                           f"{' ...' if len(forecast_ids) > 5 else ''})")
-    first = series_id
+    return series_id
+
+
+def _plot(result: InferenceResult, forecasts: np.ndarray, cutoff: pd.Timestamp | None, first: str) -> None:
+    """PNG of series ``first`` at ``cutoff`` (default: its last cutoff), and error by step if evaluated."""
+    windows = result.windows
     rows = [i for i, sid in enumerate(windows.series_ids) if sid == first]
     if cutoff is not None:
         rows = [i for i in rows if windows.cutoffs[i] == cutoff]

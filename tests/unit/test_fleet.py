@@ -268,3 +268,17 @@ def test_fleet_configs_are_valid_and_sample_validation():
     assert ray_train.scaling_config(gpu).num_workers == 8 and ray_train.torch_config(gpu).backend == "nccl"
     assert gpu.data.series_column == "zone" and gpu.data.val_windows_per_series is not None
     assert ray_train.trainer_arguments(gpu)["limit_train_batches"] == gpu.train.limit_train_batches
+
+
+def test_the_plot_shows_the_busiest_series_or_the_one_asked_for(checkpoint, zones_csv, tmp_path, monkeypatch):
+    from lit_forecast.inference import pipeline
+
+    data = zones_csv({"a": taxi_like(seed=0, level=300), "b": taxi_like(seed=1, level=2000)})
+    headings = []  # the plot's heading names its series
+    monkeypatch.setattr(pipeline, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq: headings.append(heading))
+    for plot_series in (None, "a"):
+        infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], output=str(tmp_path / "f.csv"), use_ray=False,
+                               plot_series=plot_series))
+    assert headings == ["series b: ", "series a: "]  # b is the busier
+    with pytest.raises(CutoffError, match="--plot-series 'zz' has no forecast window"):
+        infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], use_ray=False, plot_series="zz"))
