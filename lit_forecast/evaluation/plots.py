@@ -86,8 +86,8 @@ def plot_backtest_window(
 def plot_fleet(location: str, mase_model, mase_naive_weekly, title: str = "") -> None:
     """Scatter PNG: per-series MASE of the model (y) against the weekly seasonal-naive forecast (x).
 
-    Points under the diagonal are series where the model wins. Both axes logarithmic (MASE
-    spreads over orders of magnitude across a fleet); series without a finite positive MASE are left out.
+    Points under the diagonal are series where the model wins; series without a finite
+    positive MASE are left out.
     """
     x, y = np.asarray(mase_naive_weekly, dtype=np.float64), np.asarray(mase_model, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
@@ -96,17 +96,15 @@ def plot_fleet(location: str, mase_model, mase_naive_weekly, title: str = "") ->
     wins = y < x
     ax.scatter(x[wins], y[wins], s=9, alpha=0.6, color=COLORS["model"], label=f"model better ({wins.sum():,})")
     ax.scatter(x[~wins], y[~wins], s=9, alpha=0.6, color=COLORS["naive_daily"], label=f"weekly naive better ({(~wins).sum():,})")
-    if len(x):
-        lo, hi = min(x.min(), y.min()) / 1.2, max(x.max(), y.max()) * 1.2
-        ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    hi = 1.05 * max(x.max(), y.max()) if len(x) else 1.0
+    ax.plot([0, hi], [0, hi], color="0.4", lw=0.8, ls="--")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_aspect("equal")
     ax.set_xlabel("MASE of the weekly seasonal-naive forecast")
     ax.set_ylabel("MASE of the model")
     ax.set_title(title or f"per-series MASE, {len(x):,} series", fontsize=11)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="upper left")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
