@@ -54,13 +54,19 @@ def segments_from_table(table: pa.Table) -> list[Segment]:
 def calendar_features(times: pd.DatetimeIndex, freq: str) -> np.ndarray:
     """(T, 3) int64: slot of the day (0 .. slots_per_day-1), day of the week (Monday 0), and
     1 on US federal holidays (New Year, Thanksgiving, Christmas, ...), else 0."""
-    slot = (times - times.normalize()) // pd.Timedelta(freq)
-    days = times.normalize()
-    holidays = _holidays(days.min().year, days.max().year) if len(times) else []
-    return np.stack(
-        [np.asarray(slot, dtype=np.int64), np.asarray(times.day_of_week, dtype=np.int64), np.asarray(days.isin(holidays), dtype=np.int64)],
-        axis=1,
-    )
+    # Integer arithmetic on nanoseconds since 1970-01-01 (a Thursday): a fleet cuts thousands
+    # of segments, and pandas' calendar accessors cost about a millisecond per call.
+    ns = np.asarray(times, dtype="datetime64[ns]").view(np.int64)
+    day_ns = 86_400 * 10**9
+    days = ns // day_ns
+    slot = (ns - days * day_ns) // pd.Timedelta(freq).value
+    weekday = (days + 3) % 7  # Monday 0
+    if len(times):
+        holidays = _holidays(int(pd.Timestamp(times.min()).year), int(pd.Timestamp(times.max()).year))
+        holiday = np.isin(days, holidays.values.astype("datetime64[D]").astype(np.int64))
+    else:
+        holiday = np.zeros(0, dtype=bool)
+    return np.stack([slot, weekday, holiday.astype(np.int64)], axis=1).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=64)
