@@ -122,7 +122,7 @@ def cut_windows(
     history = max(history or W, W)
     step = pd.Timedelta(spec.freq)
     max_slots = gap_slots(max_gap, spec.freq)
-    segments, filled_series, skipped, unseen = [], [], [], []
+    segments, filled_series, skipped, unseen, unlike = [], [], [], [], []
     progress = Progress("cutting windows", total=len(series), unit="series")
     for s in series:
         T = len(s.values)
@@ -140,6 +140,8 @@ def cut_windows(
                 skipped.append(skip)
         if s.series_id in stats:
             segments.append(Segment(s.series_id, s.start, padded, np.asarray(starts, dtype=np.int64)))
+            if starts and _unlike(filled[: min(starts)], stats[s.series_id]):
+                unlike.append(s.series_id)
         else:
             unseen.append(s.series_id)
             segments.extend(_own_scaled_segments(s, filled, padded, starts, history, H, step))
@@ -152,11 +154,24 @@ def cut_windows(
     if unseen:
         log.info("%d series not in the checkpoint (%s): scaled with the mean and std of their own history before each cutoff",
                  len(unseen), _few(unseen))
+    if unlike:
+        log.warning("%d series (%s) have a mean before their first cutoff more than %g training standard deviations from "
+                    "the checkpoint's: the same name for other data? They are scaled with the checkpoint's statistics",
+                    len(unlike), _few(unlike), UNLIKE_STDS)
     if skipped:
         log.warning("%s", cut.skip_summary())
     if len(windows) == 0:
         raise CutoffError("no windows to forecast: " + (cut.skip_summary() if skipped else "no series or no cutoffs"))
     return cut
+
+
+UNLIKE_STDS = 3.0  # a known series whose past mean is further than this from its training mean is flagged
+
+
+def _unlike(past: np.ndarray, trained: SeriesStats) -> bool:
+    """True if the mean of ``past`` (passengers, NaN ignored) lies over UNLIKE_STDS training stds from the training mean."""
+    known = past[np.isfinite(past)]
+    return len(known) > 0 and abs(float(known.mean()) - trained.mean) > UNLIKE_STDS * trained.std
 
 
 def _own_scaled_segments(s: Series, filled: np.ndarray, padded: np.ndarray, starts: list[int], history: int, horizon: int,

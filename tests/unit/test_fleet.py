@@ -198,6 +198,16 @@ def test_an_unseen_series_is_scaled_on_its_own_history_before_each_cutoff(zones_
         np.testing.assert_array_equal(cut.windows.actual([i])[0], filled[c : c + H])
 
 
+def test_a_known_series_unlike_its_training_statistics_is_flagged(zones_csv, caplog):
+    """The same zone name for other data (another fleet, a renumbering) would be scaled wrongly: say so."""
+    data = cfg.DataConfig(source=zones_csv({"a": taxi_like(seed=0), "b": taxi_like(seed=1, level=20000)}), sha256=None,
+                          series_column="zone", input_window=W, horizon=H)
+    with caplog.at_level(logging.WARNING, logger="lit_forecast"):
+        cut_windows(read_series(data), STATS, SPEC, [at(700)])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith("1 series ('b') have a mean before their first cutoff more than 3 training")
+
+
 def test_an_unseen_series_forecast_does_not_look_ahead(checkpoint, zones_csv, tmp_path):
     """Data after the cutoff (other values, a gap, or none at all) changes neither the scaling nor the forecast."""
     values = taxi_like(seed=6, level=800)
