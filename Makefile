@@ -2,12 +2,13 @@
 #   make train   create .venv, install, prepare data, train (local Ray), forecast
 #   make test    create .venv, install, run the test suite
 #   make bench / make accuracy   the figures in the README
+#   make fleet   1,000 generated zones: train configs/fleet-local.yaml, backtest January 2015
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test bench accuracy clean
+.PHONY: train test bench accuracy fleet clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,22 @@ bench: $(STAMP)
 accuracy: $(STAMP)
 	$(BIN)/python train.py --name accuracy
 	$(BIN)/python bench/accuracy.py --run runs/accuracy
+
+# The fleet path end to end on this machine: generate ZONES zones from the NAB city series
+# (long format, timestamp,zone,value), train configs/fleet-local.yaml on them, then backtest
+# every zone at every midnight of January 2015 (per-zone table and fleet plot next to the JSON).
+ZONES ?= 1000
+FLEET_DATA := data/zones-$(ZONES).parquet
+FLEET_RUN ?= fleet_local
+
+$(FLEET_DATA): | $(STAMP)
+	mkdir -p data
+	$(BIN)/python bench/make_zones.py --zones $(ZONES) --output $@
+
+fleet: $(STAMP) $(FLEET_DATA)
+	$(BIN)/python train.py --config configs/fleet-local.yaml --data $(FLEET_DATA) --name $(FLEET_RUN)
+	$(BIN)/python infer.py --run runs/$(FLEET_RUN) --cutoffs 2015-01-01..2015-01-31/1D \
+		--output runs/$(FLEET_RUN)/forecasts/january.parquet
 
 clean:
 	rm -rf $(VENV) build *.egg-info

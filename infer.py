@@ -12,6 +12,13 @@ such as 30min, 6h or 1D (default 1D): 2015-01-01..2015-01-31/1D is every midnigh
 2015. A forecast at cutoff t uses only data strictly before t. Where the data holds actual
 values after a cutoff, a backtest table (model vs daily and weekly seasonal-naive) is printed
 and saved as JSON next to the forecasts.
+
+Fleets (many series, --data in long format): a window whose history has a hole (a gap longer
+than data.max_gap, or the slot before the cutoff missing) or too little history is skipped and
+counted in one warning (--strict: an error instead); a series the checkpoint never saw is
+scaled on its own history before each cutoff. A backtest of many series also writes
+<output>.zones.csv (per-series scores), <output>.fleet.png (per-series MASE, model vs weekly
+naive) and prints the mean and median MASE over series and the 10 worst series.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import math
 from pathlib import Path
 
 from lit_forecast import cli, storage
-from lit_forecast.console import format_backtest, format_forecasts
+from lit_forecast.console import format_backtest, format_fleet, format_forecasts
 from lit_forecast.errors import ConfigError, UserError
 from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
@@ -39,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help="forecasts file, .csv or .parquet (default: <run>/forecasts/forecast_<cutoff>.csv)")
     parser.add_argument("--plot", help="PNG file (default: next to --output)")
     parser.add_argument("--plot-cutoff", metavar="WHEN", help="cutoff drawn in the plot (default: the last one)")
+    parser.add_argument("--plot-series", metavar="ID", help="series drawn in the plot (default: the busiest, largest mean)")
+    parser.add_argument("--strict", action="store_true", help="a window with a hole in its history or too little history is an error (default: skipped and counted)")
     parser.add_argument("--num-cpus", type=float, default=1, help="CPUs per Ray task (default 1)")
     parser.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray task, e.g. 1 or 0.25; CPU if the cluster has none (default 0)")
     parser.add_argument("--windows-per-task", type=int, default=256, help="windows each Ray task forecasts (default 256)")
@@ -55,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
             use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
             windows_per_task=args.windows_per_task, batch_size=args.batch_size,
+            plot_series=args.plot_series, strict=args.strict,
         )
         result = infer(request)
     except UserError as err:
@@ -63,11 +73,23 @@ def main(argv: list[str] | None = None) -> None:
     if result.table:
         print()
         print(format_backtest(result.table))
+        if "fleet" in result.table:
+            print()
+            print(format_fleet(result.table))
+    if result.skipped:
+        print()
+        print(result.skipped)
+    if result.unseen:
+        print(f"{len(result.unseen):,} series not in the checkpoint: scaled on their own history before each cutoff "
+              f"(column in_checkpoint)")
     print()
     print(f"checkpoint  {result.checkpoint}")
     print(f"forecasts   {result.output}")
     if result.table_path:
         print(f"backtest    {result.table_path}")
+    if result.zones_path:
+        print(f"per series  {result.zones_path}")
+        print(f"fleet plot  {result.fleet_plot}")
     print(f"plot        {result.plot}")
 
 

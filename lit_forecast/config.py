@@ -55,6 +55,10 @@ class DataConfig:
     stride: int = 1  # steps between consecutive training windows
     eval_stride: int = 1  # steps between consecutive validation/test windows
     prepare_with: Literal["auto", "local", "ray"] = "auto"  # ray: Ray Data over groups of series; auto: ray for inputs over 64 MiB
+    # Validation windows kept per series: null keeps all (one series: 1,441 December windows);
+    # N keeps at most N, evenly spaced over the month with a per-series phase (data.splits.thin_evenly),
+    # so validation stays a bounded share of an epoch for a fleet of thousands of series.
+    val_windows_per_series: int | None = None
 
 
 @dataclass
@@ -281,6 +285,8 @@ def validate(config: Config) -> Config:
                 need(math.isfinite(value), f"'{section.name}.{f.name}' must be a finite number, got {value}")
     for key in ("input_window", "horizon", "stride", "eval_stride"):
         need(getattr(d, key) >= 1, f"'data.{key}' must be >= 1, got {getattr(d, key)}")
+    need(d.val_windows_per_series is None or d.val_windows_per_series >= 1,
+         f"'data.val_windows_per_series' must be >= 1 or null (all windows), got {d.val_windows_per_series}")
     try:
         step = pd.Timedelta(d.freq)
         max_gap = pd.Timedelta(d.max_gap)

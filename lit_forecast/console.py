@@ -97,3 +97,28 @@ def format_backtest(table: dict, steps: list[int] | None = None) -> str:
 
 def _num(value: float | None, digits: int, width: int = 10) -> str:
     return f"{'nan':>{width}}" if value is None or math.isnan(value) else f"{value:>{width},.{digits}f}"
+
+
+def format_fleet(table: dict) -> str:
+    """A fleet backtest's spread over series: mean and median MASE, the share where the model
+    beats the weekly seasonal-naive forecast, the worst series by MASE, and what was skipped."""
+    fleet = table["fleet"]
+    methods = list(fleet["mase_mean"])
+    lines = [
+        f"fleet: {fleet['series']:,} series ({fleet['series_scored']:,} with a MASE); MASE over series:",
+        f"{'':<14}" + "".join(f"{m:>14}" for m in methods),
+        f"{'mean':<14}" + "".join(_num(fleet["mase_mean"][m], 2, 14) for m in methods),
+        f"{'median':<14}" + "".join(_num(fleet["mase_median"][m], 2, 14) for m in methods),
+        f"model beats the weekly seasonal-naive forecast (lower MASE) in {_percent(fleet['share_model_beats_naive_weekly'])} of series",
+    ]
+    if fleet["worst"]:
+        lines += ["", f"{len(fleet['worst'])} worst series by model MASE (all in the per-series table):",
+                  f"{'series':<12}{'MASE model':>12}{'MASE weekly':>13}{'MAE model':>11}{'mean actual':>13}"]
+        for row in fleet["worst"]:
+            lines.append(f"{row['series_id']:<12}" + _num(row["mase_model"], 2, 12) + _num(row["mase_naive_weekly"], 2, 13)
+                         + _num(row["mae_model"], 1, 11) + _num(row["mean_actual"], 1, 13))
+    return "\n".join(lines)
+
+
+def _percent(share: float | None) -> str:
+    return "nan %" if share is None or math.isnan(share) else f"{100 * share:.1f} %"

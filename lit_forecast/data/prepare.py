@@ -32,7 +32,7 @@ from lit_forecast import storage
 from lit_forecast.config import Config, DataConfig, dump
 from lit_forecast.data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, SeriesInfo, SplitInfo, read_manifest
 from lit_forecast.data.source import LoadReport, Series, Source, fetch, load_series
-from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, window_starts
+from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, thin_evenly, window_starts
 from lit_forecast.errors import DataError
 from lit_forecast.spec import WindowSpec
 
@@ -78,6 +78,8 @@ def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
     settings.pop("cache_dir")  # where a download is cached does not change the data
     settings.pop("source")  # the bytes (sha256) matter, not where they came from
     settings.pop("prepare_with")  # both paths write the same shards
+    if settings["val_windows_per_series"] is None:  # the default: datasets prepared before the key existed stay valid
+        settings.pop("val_windows_per_series")
     blob = json.dumps({"format": FORMAT_VERSION, "sha256": source_sha256, "data": settings, "shards": num_shards}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -133,6 +135,11 @@ def _write(config: Config, data_dir: str, num_shards: int, series: list[Series],
     data = config.data
     stats = {s.series_id: fit_stats(s, data) for s in series}
     starts = {split: [(s, window_starts(s, split, data)) for s in series] for split in SPLITS}
+    if data.val_windows_per_series is not None:  # a bounded validation set for a fleet (val.parquet holds only these)
+        before = sum(len(w) for _, w in starts["val"])
+        starts["val"] = [(s, thin_evenly(w, data.val_windows_per_series, s.series_id)) for s, w in starts["val"]]
+        log.info("validation: kept %d of %d windows (at most %d per series, data.val_windows_per_series)",
+                 sum(len(w) for _, w in starts["val"]), before, data.val_windows_per_series)
     counts = {split: sum(len(w) for _, w in starts[split]) for split in SPLITS}
     _check_counts(counts, num_shards, data)
 

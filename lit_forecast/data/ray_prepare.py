@@ -45,7 +45,7 @@ from lit_forecast.data import readers, source as src
 from lit_forecast.data.manifest import Manifest, SeriesInfo, SplitInfo
 from lit_forecast.data.readers import Rows, UnreadableFile
 from lit_forecast.data.source import LoadReport, Series, Source
-from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, window_starts
+from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, thin_evenly, window_starts
 from lit_forecast.errors import DataError
 from lit_forecast.ray_cluster import init_ray
 from lit_forecast.spec import WindowSpec, series_label
@@ -254,6 +254,7 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
             problems.series.setdefault("no training data", []).append(f"{name}: {err}")
             continue
         starts = {split: window_starts(series, split, data) for split in SPLITS}
+        starts["val"] = thin_evenly(starts["val"], data.val_windows_per_series, series.series_id)  # as prepare does
         out["series_id"].append(series.series_id)
         out["start"].append(series.start.value)
         out["slots"].append(len(series.values))

@@ -8,6 +8,8 @@ to the split that holds *all* of its target slots; its past may reach back into 
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
@@ -72,3 +74,20 @@ def window_starts(series: Series, split: str, config: DataConfig) -> np.ndarray:
         touched = missing[starts + H] - missing[starts - W] > 0
         starts = starts[~touched]
     return starts
+
+
+def thin_evenly(starts: np.ndarray, limit: int | None, series_id: str) -> np.ndarray:
+    """At most ``limit`` of ``starts`` (time-ordered), evenly spaced; all of them if ``limit`` is None.
+
+    The n candidates are cut into ``limit`` equal spans and one window is kept per span, at the
+    same fraction of every span. That fraction is derived from the series id (sha256), so the
+    choice is deterministic (the same data and config keep the same windows on every machine)
+    and a fleet's series are validated at different times of day instead of all at one
+    timestamp. ``data.val_windows_per_series`` applies it to validation windows.
+    """
+    n = len(starts)
+    if limit is None or n <= limit:
+        return starts
+    phase = int.from_bytes(hashlib.sha256(series_id.encode()).digest()[:8], "big") / 2**64  # in [0, 1)
+    span = n / limit  # > 1, so the picks are distinct
+    return starts[np.floor((np.arange(limit) + phase) * span).astype(np.int64)]

@@ -17,6 +17,7 @@ A batch is a dict of named tensors (B = batch, W = input_window, H = horizon)::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class Segment:
     start: pd.Timestamp  # timestamp of values[0]
     values: np.ndarray  # (T,) passengers; NaN only where unknown (after the end of the data)
     window_starts: np.ndarray  # (N,) target-start offsets into values
+    stats: SeriesStats | None = None  # its own scaling (a series the model never saw); None: stats[series_id]
 
 
 def segments_from_table(table: pa.Table) -> list[Segment]:
@@ -52,13 +54,25 @@ def segments_from_table(table: pa.Table) -> list[Segment]:
 def calendar_features(times: pd.DatetimeIndex, freq: str) -> np.ndarray:
     """(T, 3) int64: slot of the day (0 .. slots_per_day-1), day of the week (Monday 0), and
     1 on US federal holidays (New Year, Thanksgiving, Christmas, ...), else 0."""
-    slot = (times - times.normalize()) // pd.Timedelta(freq)
-    days = times.normalize()
-    holidays = USFederalHolidayCalendar().holidays(days.min(), days.max()) if len(times) else []
-    return np.stack(
-        [np.asarray(slot, dtype=np.int64), np.asarray(times.day_of_week, dtype=np.int64), np.asarray(days.isin(holidays), dtype=np.int64)],
-        axis=1,
-    )
+    # Integer arithmetic on nanoseconds since 1970-01-01 (a Thursday): a fleet cuts thousands
+    # of segments, and pandas' calendar accessors cost about a millisecond per call.
+    ns = np.asarray(times, dtype="datetime64[ns]").view(np.int64)
+    day_ns = 86_400 * 10**9
+    days = ns // day_ns
+    slot = (ns - days * day_ns) // pd.Timedelta(freq).value
+    weekday = (days + 3) % 7  # Monday 0
+    if len(times):
+        holidays = _holidays(int(pd.Timestamp(times.min()).year), int(pd.Timestamp(times.max()).year))
+        holiday = np.isin(days, holidays.values.astype("datetime64[D]").astype(np.int64))
+    else:
+        holiday = np.zeros(0, dtype=bool)
+    return np.stack([slot, weekday, holiday.astype(np.int64)], axis=1).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _holidays(first_year: int, last_year: int) -> pd.DatetimeIndex:
+    """US federal holidays of whole years: computed once, not once per segment (a fleet has thousands)."""
+    return USFederalHolidayCalendar().holidays(f"{first_year}-01-01", f"{last_year}-12-31")
 
 
 class WindowSet(Dataset):
@@ -74,10 +88,13 @@ class WindowSet(Dataset):
         self.spec = spec
         raw, times, targets, first, locs, scales, cutoffs, series_ids = [], [], [], [], [], [], [], []
         base = 0
+        scaling = []  # (loc, scale) of each segment
         for seg in segments:
-            if seg.series_id not in stats:
+            if seg.stats is None and seg.series_id not in stats:
                 raise DataError(f"no scaler statistics for series {seg.series_id!r}")
-            loc, scale = stats[seg.series_id].mean, stats[seg.series_id].std
+            own = seg.stats or stats[seg.series_id]
+            loc, scale = own.mean, own.std
+            scaling.append((loc, scale))
             slots = pd.date_range(seg.start, periods=len(seg.values), freq=spec.freq)
             raw.append(seg.values)
             times.append(calendar_features(slots, spec.freq))
@@ -85,12 +102,12 @@ class WindowSet(Dataset):
             first.append(np.full(len(seg.window_starts), base))
             locs.append(np.full(len(seg.window_starts), loc))
             scales.append(np.full(len(seg.window_starts), scale))
-            cutoffs.extend(slots[seg.window_starts])
+            cutoffs.append(slots.values[seg.window_starts])  # datetime64: no Timestamp object per window
             series_ids.extend([seg.series_id] * len(seg.window_starts))
             base += len(seg.values)
         flat = np.concatenate(raw).astype(np.float64) if raw else np.zeros(0)
-        slot_loc = np.concatenate([np.full(len(s.values), stats[s.series_id].mean) for s in segments]) if segments else np.zeros(0)
-        slot_scale = np.concatenate([np.full(len(s.values), stats[s.series_id].std) for s in segments]) if segments else np.zeros(0)
+        slot_loc = np.concatenate([np.full(len(s.values), sc[0]) for s, sc in zip(segments, scaling)]) if segments else np.zeros(0)
+        slot_scale = np.concatenate([np.full(len(s.values), sc[1]) for s, sc in zip(segments, scaling)]) if segments else np.zeros(0)
         self.raw = flat  # (T,) float64 passengers
         self.values = torch.as_tensor((flat - slot_loc) / slot_scale, dtype=torch.float32)  # (T,) scaled
         self.times = torch.as_tensor(np.concatenate(times) if times else np.zeros((0, 3)), dtype=torch.int64)
@@ -98,7 +115,7 @@ class WindowSet(Dataset):
         self.first_slot = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)  # (N,) start of each window's segment
         self.loc = torch.as_tensor(np.concatenate(locs) if locs else np.zeros(0), dtype=torch.float32)
         self.scale = torch.as_tensor(np.concatenate(scales) if scales else np.zeros(0), dtype=torch.float32)
-        self.cutoffs = pd.DatetimeIndex(cutoffs)  # (N,) first target timestamp of each window
+        self.cutoffs = pd.DatetimeIndex(np.concatenate(cutoffs) if cutoffs else np.zeros(0, dtype="datetime64[ns]"))  # (N,) first target timestamp of each window
         self.series_ids = series_ids  # (N,)
         W, H = spec.input_window, spec.horizon
         self._past = torch.arange(-W, 0)

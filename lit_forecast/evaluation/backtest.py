@@ -95,3 +95,94 @@ def _nan_to_none(obj):
     if isinstance(obj, list):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def mase_scales(series: dict[str, tuple[np.ndarray, pd.DatetimeIndex]], train_end: pd.Timestamp,
+                first_cutoff: dict[str, pd.Timestamp], week: int) -> dict[str, float]:
+    """:func:`mase_scale` of every series, with one log line per kind of fallback (not one per series).
+
+    ``series``: {series_id: (values (T,) passengers with short gaps filled, their timestamps)};
+    ``first_cutoff``: each series' first forecast cutoff (a series with less than a week before
+    ``train_end`` is scaled on its data before it).
+    """
+    scales, moved, none = {}, [], []
+    for sid, (values, times) in series.items():
+        end = train_end
+        if (times < end).sum() <= week:
+            moved.append(sid)
+            end = first_cutoff[sid]
+        try:
+            scales[sid] = training_scale(values, times, end, week)
+        except ValueError:
+            none.append(sid)
+            scales[sid] = float("nan")
+    if moved:
+        log.warning("MASE: %d series (%s) have less than a week of data before data.train_end=%s, so they are scaled "
+                    "on their data before their first cutoff", len(moved), _few(moved), train_end)
+    if none:
+        log.warning("MASE: %d series (%s) have no weekly seasonal-naive error to scale by: their MASE is NaN", len(none), _few(none))
+    return scales
+
+
+def per_series(
+    forecast: np.ndarray, history: np.ndarray, actual: np.ndarray, series_ids: list[str], mase_scale: dict[str, float],
+    lags: dict[str, int],
+) -> pd.DataFrame:
+    """One row per series: its windows, mean actual, MASE scale, and MAE, sMAPE and MASE of every method.
+
+    Arrays as in :func:`backtest`. Each metric pools the series' known points over all its
+    windows (the pooled metrics of the table, restricted to one series). Sorted by series id.
+    """
+    H = forecast.shape[1]
+    codes, names = pd.factorize(np.asarray(series_ids), sort=True)
+    known = np.isfinite(actual)
+    points = np.bincount(codes, weights=known.sum(axis=1), minlength=len(names))
+
+    def per_id(values: np.ndarray) -> np.ndarray:  # mean of (N, H) point values over each series' known points
+        summed = np.bincount(codes, weights=np.where(known & np.isfinite(values), values, 0.0).sum(axis=1), minlength=len(names))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return summed / points
+
+    scale = np.array([mase_scale[sid] for sid in names], dtype=np.float64)
+    columns = {
+        "series_id": names,
+        "windows": np.bincount(codes, minlength=len(names)),
+        "mean_actual": per_id(actual),
+        "mase_scale": scale,
+    }
+    forecasts = {MODEL: forecast} | {name: seasonal_naive(history, H, lag) for name, lag in lags.items()}
+    for name, f in forecasts.items():
+        error = np.abs(f - actual)
+        denominator = np.abs(actual) + np.abs(f)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            smape = np.where(denominator > 0, 2 * error / denominator, 0.0)
+        columns[f"mae_{name}"] = per_id(error)
+        columns[f"smape_{name}"] = per_id(smape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            columns[f"mase_{name}"] = columns[f"mae_{name}"] / scale
+    return pd.DataFrame(columns)
+
+
+def fleet_summary(zones: pd.DataFrame, worst: int = 10) -> dict:
+    """Over series: mean and median MASE of every method, the share where the model beats the
+    weekly seasonal-naive forecast (lower MASE, i.e. lower MAE on the same windows), and the
+    ``worst`` series by model MASE. ``zones``: :func:`per_series`. Plain values (JSON-ready)."""
+    methods = [c.removeprefix("mase_") for c in zones.columns if c.startswith("mase_") and c != "mase_scale"]
+    scored = zones[np.isfinite(zones[f"mase_{MODEL}"]) & np.isfinite(zones["mase_naive_weekly"])]
+    ranked = zones[np.isfinite(zones[f"mase_{MODEL}"])].sort_values(f"mase_{MODEL}", ascending=False, kind="stable")
+    return {
+        "series": len(zones),
+        "series_scored": len(scored),
+        "mase_mean": {m: float(np.nanmean(zones[f"mase_{m}"])) if zones[f"mase_{m}"].notna().any() else float("nan") for m in methods},
+        "mase_median": {m: float(np.nanmedian(zones[f"mase_{m}"])) if zones[f"mase_{m}"].notna().any() else float("nan") for m in methods},
+        "share_model_beats_naive_weekly": float((scored[f"mase_{MODEL}"] < scored["mase_naive_weekly"]).mean()) if len(scored) else float("nan"),
+        "worst": [
+            {"series_id": r.series_id, "mase_model": float(r.mase_model), "mase_naive_weekly": float(r.mase_naive_weekly),
+             "mae_model": float(r.mae_model), "mean_actual": float(r.mean_actual)}
+            for r in ranked.head(worst).itertuples()
+        ],
+    }
+
+
+def _few(ids: list[str], shown: int = 3) -> str:
+    return ", ".join(map(repr, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")

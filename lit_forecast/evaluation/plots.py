@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed (servers, Ray workers, CI)
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
@@ -80,3 +81,32 @@ def plot_backtest_window(
         f"= {table['mae_ratio_model_vs_naive_weekly']:.2f})" if table else ""
     )
     plot_forecast(location, history, forecast, actual, errors, title, freq)
+
+
+def plot_fleet(location: str, mase_model, mase_naive_weekly, title: str = "") -> None:
+    """Scatter PNG: per-series MASE of the model (y) against the weekly seasonal-naive forecast (x).
+
+    Points under the diagonal are series where the model wins; series without a finite
+    positive MASE are left out.
+    """
+    x, y = np.asarray(mase_naive_weekly, dtype=np.float64), np.asarray(mase_model, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    x, y = x[ok], y[ok]
+    fig, ax = plt.subplots(figsize=(6.5, 6), layout="constrained")
+    wins = y < x
+    ax.scatter(x[wins], y[wins], s=9, alpha=0.6, color=COLORS["model"], label=f"model better ({wins.sum():,})")
+    ax.scatter(x[~wins], y[~wins], s=9, alpha=0.6, color=COLORS["naive_daily"], label=f"weekly naive better ({(~wins).sum():,})")
+    hi = 1.05 * max(x.max(), y.max()) if len(x) else 1.0
+    ax.plot([0, hi], [0, hi], color="0.4", lw=0.8, ls="--")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("MASE of the weekly seasonal-naive forecast")
+    ax.set_ylabel("MASE of the model")
+    ax.set_title(title or f"per-series MASE, {len(x):,} series", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="upper left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    storage.write_bytes(location, buffer.getvalue())

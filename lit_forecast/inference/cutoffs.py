@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,8 @@ import pandas as pd
 from lit_forecast.config import DataConfig
 from lit_forecast.data.source import Series, fetch, fill_short_gaps, load_series
 from lit_forecast.data.windows import Segment, WindowSet
-from lit_forecast.errors import CutoffError, DataError
+from lit_forecast.errors import CutoffError
+from lit_forecast.progress import Progress
 from lit_forecast.spec import SeriesStats, WindowSpec, gap_slots, series_label
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,52 @@ def read_series(data: DataConfig) -> list[Series]:
     return series
 
 
+SKIP_REASONS = {  # reason -> how the summary names it
+    "gap_before_cutoff": "gap before cutoff",
+    "gap_in_history": "gap in history",
+    "too_little_history": "too little history",
+    "data_ends_before_cutoff": "data ends before cutoff",
+}
+
+
+@dataclass(frozen=True)
+class SkippedWindow:
+    """A (series, cutoff) that could not be forecast without look-ahead or holes, and why."""
+
+    series_id: str
+    cutoff: pd.Timestamp
+    reason: str  # a key of SKIP_REASONS
+    message: str  # the full sentence, what ``strict`` raises
+
+
+@dataclass
+class CutWindows:
+    """What :func:`cut_windows` made: the windows, the filled series, the skipped windows, the unseen series."""
+
+    windows: WindowSet
+    filled: list[Series]  # the series with their short gaps filled (what the windows were cut from)
+    skipped: list[SkippedWindow]
+    unseen: list[str]  # series not in the checkpoint: scaled on their own history before each cutoff
+    asked: int  # windows asked for: series x cutoffs
+
+    def skip_summary(self, examples: int = 1) -> str:
+        """``skipped 3 of 31,000 windows: 2 gap before cutoff (e.g. 'z0038' at 2015-01-22), ...``; '' if none."""
+        return summarize_skips(self.skipped, self.asked, examples)
+
+
+def summarize_skips(skipped: list[SkippedWindow], asked: int, examples: int = 1) -> str:
+    """A count per reason with ``examples`` examples each: one line however many windows were skipped."""
+    if not skipped:
+        return ""
+    parts = []
+    for reason, name in SKIP_REASONS.items():
+        these = [k for k in skipped if k.reason == reason]
+        if these:
+            shown = ", ".join(f"{k.series_id!r} at {k.cutoff}" for k in these[:examples])
+            parts.append(f"{len(these):,} {name} (e.g. {shown})")
+    return f"skipped {len(skipped):,} of {asked:,} windows: " + ", ".join(parts)
+
+
 def build_windows(
     series: list[Series],
     stats: dict[str, SeriesStats],
@@ -43,48 +91,105 @@ def build_windows(
     max_gap: str = "2h",
     history: int | None = None,
 ) -> tuple[WindowSet, list[Series]]:
+    """:func:`cut_windows` with ``strict``: any window that cannot be cut is a CutoffError.
+
+    Returns the windows and the series with their short gaps filled.
+    """
+    cut = cut_windows(series, stats, spec, cutoffs, max_gap, history, strict=True)
+    return cut.windows, cut.filled
+
+
+def cut_windows(
+    series: list[Series],
+    stats: dict[str, SeriesStats],
+    spec: WindowSpec,
+    cutoffs: list[pd.Timestamp] | None = None,
+    max_gap: str = "2h",
+    history: int | None = None,
+    strict: bool = False,
+) -> CutWindows:
     """Windows for every series at every cutoff (series by series, cutoffs in the given order).
 
     ``cutoffs`` None: one window per series right after its last slot (the next ``horizon``
-    slots, unknown). ``stats``: the checkpoint's training statistics. ``history``: slots each
-    cutoff needs before it (default ``input_window``; the baselines need their lag). Returns
-    the windows and the series with their short gaps filled (what the windows were cut from).
+    slots, unknown). ``stats``: the checkpoint's training statistics; a series the checkpoint
+    does not know is scaled with the mean and std of its own slots strictly before each cutoff.
+    ``history``: slots each cutoff needs before it (default ``input_window``; the baselines need
+    their lag). A window whose history has a hole (the slot before the cutoff missing, or a gap
+    longer than ``max_gap``), too little history, or no data up to the cutoff is skipped and
+    listed, or with ``strict`` raises a CutoffError. A cutoff off the data's grid always raises.
     """
     W, H = spec.input_window, spec.horizon
     history = max(history or W, W)
     step = pd.Timedelta(spec.freq)
     max_slots = gap_slots(max_gap, spec.freq)
-    segments, filled_series = [], []
+    segments, filled_series, skipped, unseen, unlike = [], [], [], [], []
+    progress = Progress("cutting windows", total=len(series), unit="series")
     for s in series:
-        if s.series_id not in stats:
-            raise DataError(
-                f"series {s.series_id!r} is not one the checkpoint was trained on (it has statistics for {_few(stats)})"
-            )
         T = len(s.values)
         filled = fill_short_gaps(s.values, max_slots)
+        padded = np.concatenate([filled, np.full(H, np.nan)])  # H unknown slots after the data: a calendar, no actuals
         end = s.start + T * step  # the slot after the last one: the latest possible cutoff
         starts = []
         for cutoff in cutoffs if cutoffs is not None else [end]:
-            c = _slot(s, pd.Timestamp(cutoff), step, history, W, end)
-            if np.isnan(s.values[c - 1]):
-                raise CutoffError(
-                    f"cutoff {cutoff}{series_label(s.series_id)}: slot {cutoff - step} just before it is missing in the data; "
-                    f"filling it would use values after the cutoff"
-                )
-            if np.isnan(filled[c - history : c]).any():
-                first = s.start + (c - history + int(np.flatnonzero(np.isnan(filled[c - history : c]))[0])) * step
-                raise CutoffError(
-                    f"cutoff {cutoff}{series_label(s.series_id)}: its {history} slots of history touch a gap longer than "
-                    f"data.max_gap={max_gap} (missing from {first})"
-                )
-            starts.append(c)
-        # H unknown slots after the data: windows near its end have a calendar but no actuals.
-        segments.append(Segment(s.series_id, s.start, np.concatenate([filled, np.full(H, np.nan)]), np.asarray(starts, dtype=np.int64)))
+            c, skip = _check(s, filled, pd.Timestamp(cutoff), step, history, W, end, max_gap)
+            if skip is None:
+                starts.append(c)
+            elif strict:
+                raise CutoffError(skip.message)
+            else:
+                skipped.append(skip)
+        if s.series_id in stats:
+            segments.append(Segment(s.series_id, s.start, padded, np.asarray(starts, dtype=np.int64)))
+            if starts and _unlike(filled[: min(starts)], stats[s.series_id]):
+                unlike.append(s.series_id)
+        else:
+            unseen.append(s.series_id)
+            segments.extend(_own_scaled_segments(s, filled, padded, starts, history, H, step))
         filled_series.append(dataclasses.replace(s, values=filled))
+        progress.advance()
+    progress.done()
     windows = WindowSet(segments, stats, spec)
+    asked = len(series) * (len(cutoffs) if cutoffs is not None else 1)
+    cut = CutWindows(windows, filled_series, skipped, unseen, asked)
+    if unseen:
+        log.info("%d series not in the checkpoint (%s): scaled with the mean and std of their own history before each cutoff",
+                 len(unseen), _few(unseen))
+    if unlike:
+        log.warning("%d series (%s) have a mean before their first cutoff more than %g training standard deviations from "
+                    "the checkpoint's: the same name for other data? They are scaled with the checkpoint's statistics",
+                    len(unlike), _few(unlike), UNLIKE_STDS)
+    if skipped:
+        log.warning("%s", cut.skip_summary())
     if len(windows) == 0:
-        raise CutoffError("no windows to forecast: no series or no cutoffs")
-    return windows, filled_series
+        raise CutoffError("no windows to forecast: " + (cut.skip_summary() if skipped else "no series or no cutoffs"))
+    return cut
+
+
+UNLIKE_STDS = 3.0  # a known series whose past mean is further than this from its training mean is flagged
+
+
+def _unlike(past: np.ndarray, trained: SeriesStats) -> bool:
+    """True if the mean of ``past`` (passengers, NaN ignored) lies over UNLIKE_STDS training stds from the training mean."""
+    known = past[np.isfinite(past)]
+    return len(known) > 0 and abs(float(known.mean()) - trained.mean) > UNLIKE_STDS * trained.std
+
+
+def _own_scaled_segments(s: Series, filled: np.ndarray, padded: np.ndarray, starts: list[int], history: int, horizon: int,
+                         step: pd.Timedelta) -> list[Segment]:
+    """One segment per cutoff for a series the model never saw, scaled on its slots strictly before that cutoff."""
+    known = np.isfinite(filled)
+    zero = np.where(known, filled, 0.0)
+    count = np.concatenate([[0], np.cumsum(known)])  # count[c]: known slots before slot c
+    total = np.concatenate([[0.0], np.cumsum(zero)])
+    squares = np.concatenate([[0.0], np.cumsum(zero**2)])
+    segments = []
+    for c in starts:
+        mean = total[c] / count[c]
+        std = float(np.sqrt(max(squares[c] / count[c] - mean**2, 0.0)))
+        own = SeriesStats(mean=float(mean), std=std if std > 1e-8 else 1.0)  # as training's fit_stats
+        lo = c - history
+        segments.append(Segment(s.series_id, s.start + lo * step, padded[lo : c + horizon], np.asarray([history]), stats=own))
+    return segments
 
 
 def _few(ids, shown: int = 5) -> str:
@@ -92,25 +197,39 @@ def _few(ids, shown: int = 5) -> str:
     return ", ".join(map(repr, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
-def _slot(s: Series, cutoff: pd.Timestamp, step: pd.Timedelta, history: int, input_window: int, end: pd.Timestamp) -> int:
-    """Index of ``cutoff`` in the series' slots, after checking it can be forecast."""
+def _check(s: Series, filled: np.ndarray, cutoff: pd.Timestamp, step: pd.Timedelta, history: int, input_window: int,
+           end: pd.Timestamp, max_gap: str) -> tuple[int, SkippedWindow | None]:
+    """Index of ``cutoff`` in the series' slots, or why its window cannot be forecast."""
     first_ok = s.start + history * step
+    label = series_label(s.series_id)
+
+    def skip(reason: str, message: str) -> tuple[int, SkippedWindow]:
+        return -1, SkippedWindow(s.series_id, cutoff, reason, message)
+
     if cutoff < s.start or cutoff > end:
-        raise CutoffError(
-            f"cutoff {cutoff} is outside the data{series_label(s.series_id)}: its slots run from {s.start} to {end - step}, "
-            f"so cutoffs can be {first_ok} .. {end}"
-        )
+        return skip("too_little_history" if cutoff < s.start else "data_ends_before_cutoff",
+                    f"cutoff {cutoff} is outside the data{label}: its slots run from {s.start} to {end - step}, "
+                    f"so cutoffs can be {first_ok} .. {end}")
     offset = (cutoff - s.start) / step
     if offset != int(offset):
-        raise CutoffError(f"cutoff {cutoff} is not on the {step} grid of the data{series_label(s.series_id)} (which starts at {s.start})")
+        raise CutoffError(f"cutoff {cutoff} is not on the {step} grid of the data{label} (which starts at {s.start})")
     c = int(offset)
     if c < history:
         why = f"input_window {input_window}" + (f", and the seasonal-naive baselines {history}" if history > input_window else "")
-        raise CutoffError(
-            f"too little history before cutoff {cutoff}{series_label(s.series_id)}: {c} slots from {s.start}, needs {history} ({why}); "
-            f"the earliest possible cutoff is {first_ok}"
-        )
-    return c
+        return skip("too_little_history",
+                    f"too little history before cutoff {cutoff}{label}: {c} slots from {s.start}, needs {history} ({why}); "
+                    f"the earliest possible cutoff is {first_ok}")
+    if np.isnan(s.values[c - 1]):
+        return skip("gap_before_cutoff",
+                    f"cutoff {cutoff}{label}: slot {cutoff - step} just before it is missing in the data; "
+                    f"filling it would use values after the cutoff")
+    holes = np.isnan(filled[c - history : c])
+    if holes.any():
+        first = s.start + (c - history + int(np.flatnonzero(holes)[0])) * step
+        return skip("gap_in_history",
+                    f"cutoff {cutoff}{label}: its {history} slots of history touch a gap longer than "
+                    f"data.max_gap={max_gap} (missing from {first})")
+    return c, None
 
 
 MAX_CUTOFFS = 100_000  # per call: each cutoff is one window per series, held in memory at once

@@ -7,6 +7,7 @@ import torch
 
 from lit_forecast.data.windows import WindowSet
 from lit_forecast.models.module import ForecastModule
+from lit_forecast.progress import Progress
 
 MODEL_INPUTS = ("past_target", "past_time", "future_time", "loc", "scale")  # what a forecast needs of a batch
 
@@ -21,16 +22,22 @@ def model_inputs(windows: WindowSet, lo: int = 0, hi: int | None = None) -> dict
 
 
 @torch.inference_mode()
-def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
+def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: int = 256, report_progress: bool = False) -> np.ndarray:
     """Autoregressive forecasts (N, H) float64 in passengers for ``inputs`` from :func:`model_inputs`.
 
-    Runs on the module's device, ``batch_size`` windows at a time.
+    Runs on the module's device, ``batch_size`` windows at a time; ``report_progress`` logs a
+    line every few seconds (windows done, rate).
     """
     device = next(module.parameters()).device
     n = len(inputs["past_target"])
     outputs = []
+    progress = Progress("forecast", total=n) if report_progress else None
     for lo in range(0, n, batch_size):
         # torch.tensor copies: arrays from Ray's object store are read-only.
         batch = {name: torch.tensor(array[lo : lo + batch_size], device=device) for name, array in inputs.items()}
         outputs.append(module.forecast(batch).float().cpu().numpy())
+        if progress:
+            progress.advance(len(outputs[-1]))
+    if progress:
+        progress.done()
     return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, module.window.horizon))

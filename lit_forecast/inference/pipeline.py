@@ -4,6 +4,10 @@
     data (checkpoint's data.source, or given) -> series on the grid
     cutoffs (default: right after the end of the data) -> windows -> forecasts (Ray tasks or plain)
     -> a CSV/Parquet of forecasts, a PNG, and with known actuals a backtest JSON
+       (for many series also a per-series table, <output>.zones.csv, and a fleet scatter, <output>.fleet.png)
+
+Windows that cannot be cut without a hole or look-ahead are skipped and counted (``strict``:
+an error); series the checkpoint never saw are scaled on their own history before each cutoff.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from lit_forecast.data.windows import WindowSet
 from lit_forecast.errors import CutoffError
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
-from lit_forecast.evaluation.plots import plot_backtest_window
+from lit_forecast.evaluation.plots import plot_backtest_window, plot_fleet
 from lit_forecast.inference.checkpoint import load_checkpoint
-from lit_forecast.inference.cutoffs import build_windows, read_series
+from lit_forecast.inference.cutoffs import CutWindows, cut_windows, read_series
 from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.spec import SINGLE_SERIES, series_label
 
@@ -47,6 +51,8 @@ class InferenceRequest:
     output: str | None = None  # .csv or .parquet; None: <run>/forecasts/forecast_<cutoff>.csv
     plot: str | None = None  # .png; None: next to the output
     plot_cutoff: pd.Timestamp | None = None  # None: the last cutoff
+    plot_series: str | None = None  # None: the busiest series (largest mean), the only one for one series
+    strict: bool = False  # True: a window that cannot be cut is an error instead of skipped and counted
     use_ray: bool = True
     num_cpus: float = 1  # per task
     num_gpus: float = 0  # per task
@@ -64,6 +70,11 @@ class InferenceResult:
     table: dict | None = None  # backtest table when actuals were known
     table_path: str | None = None
     windows: WindowSet | None = field(default=None, repr=False)
+    zones: pd.DataFrame | None = field(default=None, repr=False)  # per-series scores of a fleet backtest
+    zones_path: str | None = None
+    fleet_plot: str | None = None
+    skipped: str = ""  # one-line summary of the windows skipped, '' if none
+    unseen: list[str] = field(default_factory=list)  # series not in the checkpoint (scaled on their own history)
 
 
 def infer(request: InferenceRequest) -> InferenceResult:
@@ -80,8 +91,10 @@ def infer(request: InferenceRequest) -> InferenceResult:
     lags = seasonal_naive_lags(spec.slots_per_day)
     evaluating = _has_actuals(series, request.cutoffs, spec.freq)
     # A backtest scores the seasonal-naive baselines too: they need their full lag before every cutoff.
-    windows, filled = build_windows(series, loaded.series_stats, spec, request.cutoffs, data.max_gap,
-                                    history=max(lags.values()) if evaluating else None)
+    cut: CutWindows = cut_windows(series, loaded.series_stats, spec, request.cutoffs, data.max_gap,
+                                  history=max(lags.values()) if evaluating else None, strict=request.strict)
+    windows, filled = cut.windows, cut.filled
+    plot_series = _plot_series(request.plot_series, windows, filled)  # before the costly part: a wrong id fails at once
 
     if request.plot_cutoff is not None and request.plot_cutoff not in set(windows.cutoffs):
         raise CutoffError(f"--plot-cutoff {request.plot_cutoff} is not one of the forecast cutoffs")  # before anything is written
@@ -92,24 +105,37 @@ def infer(request: InferenceRequest) -> InferenceResult:
         forecasts = forecast_remote(loaded.path, windows, request.windows_per_task, request.num_cpus,
                                     request.num_gpus, request.batch_size, request.max_retries)
     else:
-        forecasts = forecast(loaded.module, model_inputs(windows), request.batch_size)
+        forecasts = forecast(loaded.module, model_inputs(windows), request.batch_size, report_progress=True)
 
-    frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column))
+    frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
+                           unseen=set(cut.unseen))
     output = request.output or _default_output(loaded.path, windows)
     write_frame(output, frame)
-    result = InferenceResult(loaded.path, frame, output, request.plot or _sibling(output, ".png"), windows=windows)
+    result = InferenceResult(loaded.path, frame, output, request.plot or _sibling(output, ".png"), windows=windows,
+                             skipped=cut.skip_summary(), unseen=cut.unseen)
     if evaluating:
-        week, first = lags["naive_weekly"], windows.cutoffs.min()
-        scales = {
-            s.series_id: bt.mase_scale(s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq),
-                                       pd.Timestamp(data.train_end), first, week, series_label(s.series_id))
-            for s in filled
-        }
+        week = lags["naive_weekly"]
+        first = pd.Series(windows.cutoffs, index=windows.series_ids).groupby(level=0).min().to_dict()  # per series
+        scored = {s.series_id: (s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq))
+                  for s in filled if s.series_id in first}  # series with every window skipped are not scored
+        scales = bt.mase_scales(scored, pd.Timestamp(data.train_end), first, week)
         history = windows.history(slice(None), max(lags.values()))
         result.table = bt.backtest(forecasts, history, windows.actual(), windows.series_ids, windows.cutoffs, scales, lags)
+        if len(scored) > 1:  # a fleet: scores per series, their spread, the worst ones, a scatter
+            result.zones = bt.per_series(forecasts, history, windows.actual(), windows.series_ids, scales, lags)
+            result.table["fleet"] = bt.fleet_summary(result.zones)
+            result.zones_path = _sibling(output, ".zones.csv")
+            storage.write_text(result.zones_path, result.zones.to_csv(index=False, float_format="%.6g"))
+            result.fleet_plot = _sibling(output, ".fleet.png")
+            plot_fleet(result.fleet_plot, result.zones["mase_model"], result.zones["mase_naive_weekly"],
+                       f"per-series MASE over {len(result.table['cutoffs'])} cutoffs, {len(result.zones):,} series")
+        if cut.skipped:
+            result.table["skipped"] = {"windows": len(cut.skipped), "asked": cut.asked, "summary": cut.skip_summary(examples=3)}
+        if cut.unseen:
+            result.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
         result.table_path = _sibling(output, ".backtest.json")
         bt.save_table(result.table_path, result.table)
-    _plot(result, forecasts, request.plot_cutoff)
+    _plot(result, forecasts, request.plot_cutoff, plot_series)
     return result
 
 
@@ -128,8 +154,12 @@ def _data_config(trained: DataConfig, data: str | None) -> DataConfig:
     return dataclasses.replace(trained, source=data, sha256=None)  # new data: no checksum to expect
 
 
-def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool) -> pd.DataFrame:
-    """Long table, one row per window and step: [series_id,] cutoff, timestamp, forecast[, actual]."""
+def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool, unseen: set[str] = frozenset()) -> pd.DataFrame:
+    """Long table, one row per window and step: [series_id,] cutoff, timestamp, forecast[, actual][, in_checkpoint].
+
+    ``in_checkpoint`` (only when some series are ``unseen``): False for a series the model never
+    saw, whose forecast was scaled on its own history before the cutoff.
+    """
     N, H = forecasts.shape
     actual = windows.actual()
     steps = np.arange(H) * pd.Timedelta(windows.spec.freq).to_timedelta64()
@@ -140,6 +170,8 @@ def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool)
         "forecast": forecasts.ravel(),
         "actual": actual.ravel(),
     }
+    if unseen:
+        columns["in_checkpoint"] = np.repeat([sid not in unseen for sid in windows.series_ids], H)
     frame = pd.DataFrame(columns)
     if not with_series:
         frame = frame.drop(columns="series_id")
@@ -173,15 +205,26 @@ def _sibling(output: str, suffix: str) -> str:
     return base + suffix
 
 
-def _plot(result: InferenceResult, forecasts: np.ndarray, cutoff: pd.Timestamp | None) -> None:
-    """PNG of the first series at ``cutoff`` (default: its last cutoff), and error by step if evaluated."""
+def _plot_series(series_id: str | None, windows: WindowSet, filled: list[Series]) -> str:
+    """The series to plot: ``series_id`` if it has a window, else by default the busiest (largest mean) that has one."""
+    forecast_ids = set(windows.series_ids)
+    if series_id is None:
+        means = [(float(np.nanmean(s.values)), s.series_id) for s in filled if s.series_id in forecast_ids and np.isfinite(s.values).any()]
+        return max(means)[1] if means else windows.series_ids[0]
+    if series_id not in forecast_ids:
+        raise CutoffError(f"--plot-series {series_id!r} has no forecast window (series: {', '.join(map(repr, sorted(forecast_ids)[:5]))}"
+                          f"{' ...' if len(forecast_ids) > 5 else ''})")
+    return series_id
+
+
+def _plot(result: InferenceResult, forecasts: np.ndarray, cutoff: pd.Timestamp | None, first: str) -> None:
+    """PNG of series ``first`` at ``cutoff`` (default: its last cutoff), and error by step if evaluated."""
     windows = result.windows
-    first = windows.series_ids[0]
     rows = [i for i, sid in enumerate(windows.series_ids) if sid == first]
     if cutoff is not None:
         rows = [i for i in rows if windows.cutoffs[i] == cutoff]
         if not rows:
-            raise CutoffError(f"--plot-cutoff {cutoff} is not one of the forecast cutoffs")
+            raise CutoffError(f"--plot-cutoff {cutoff} is not one of the forecast cutoffs{series_label(first)}")
     i = rows[-1]
     spec, at = windows.spec, windows.cutoffs[i]
     week = min(7 * spec.slots_per_day, int(windows.history_available()[i]))  # one week of history, or what there is

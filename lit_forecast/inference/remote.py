@@ -19,6 +19,7 @@ from lit_forecast.errors import CheckpointError
 from lit_forecast.inference.checkpoint import load_checkpoint
 from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.layout import checkpoint_file
+from lit_forecast.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,14 @@ def forecast_remote(
     ]
     log.info("forecasting %d windows in %d Ray tasks (%s CPU%s each)", len(windows), len(refs), num_cpus,
              f", {num_gpus} GPU" if num_gpus else "")
+    sizes = {ref: min(windows_per_task, len(windows) - i * windows_per_task) for i, ref in enumerate(refs)}
+    progress = Progress("forecast", total=len(windows))
     try:
+        pending = list(refs)
+        while pending:  # a line every few seconds while tasks finish, then the results in window order
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=progress.every_s)
+            progress.advance(sum(sizes[ref] for ref in ready))
+        progress.done()
         return np.concatenate(ray.get(refs))
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, CheckpointError):  # a user error, not a crash: no Ray traceback

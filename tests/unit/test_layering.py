@@ -17,19 +17,20 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lit_forecast"
 
-BOTTOM = {"errors", "spec", "config", "storage"}
+BOTTOM = {"errors", "spec", "config", "storage", "progress"}
 # Layer (a top-level module, or a subpackage) -> the layers it may import besides itself.
 ALLOWED = {
     "errors": set(),
     "spec": {"errors"},
     "config": {"errors"},
     "storage": {"errors"},
+    "progress": set(),
     "layout": {"errors", "config", "storage"},
     "ray_cluster": {"errors"},
     "cli": {"errors", "config", "layout"},
     "data": BOTTOM | {"ray_cluster"},  # data/ray_prepare joins or starts Ray as training does
     "models": {"errors", "spec"},  # never data/: the network knows windows only as tensors
-    "evaluation": {"errors", "storage"},
+    "evaluation": {"errors", "storage", "progress"},
     "console": {"data"},
     "inference": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation"},
     "training": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation", "console", "cli"},
