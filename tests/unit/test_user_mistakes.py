@@ -340,7 +340,7 @@ def test_infer_storage_without_runs(infer_work, capsys, storage, named):
     ("2024-13-45", "cannot read"),
     ("2024-01-05T00:00+01:00", "UTC offset"),
     ("2024-01-05T00:10", "not on the"),
-    ("2030-01-01", "outside the data"),
+    ("2030-01-01", "data ends before cutoff"),
 ])  # fmt: skip
 def test_cutoffs_that_cannot_be_forecast(infer_work, capsys, cutoffs, named):
     tmp_path, csv, checkpoint = infer_work
