@@ -22,7 +22,9 @@ def model_inputs(windows: WindowSet, lo: int = 0, hi: int | None = None) -> dict
 
 @torch.inference_mode()
 def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
-    """Autoregressive forecasts (N, H) float64 in passengers for ``inputs`` from :func:`model_inputs`.
+    """Autoregressive quantiles (N, H, Q) float64 in passengers for ``inputs`` from :func:`model_inputs`.
+
+    Q levels are ``module.levels`` (Q = 1 for a point model); ``[..., module.median_index]`` is the point forecast.
 
     Runs on the module's device, ``batch_size`` windows at a time.
     """
@@ -33,4 +35,4 @@ def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: 
         # torch.tensor copies: arrays from Ray's object store are read-only.
         batch = {name: torch.tensor(array[lo : lo + batch_size], device=device) for name, array in inputs.items()}
         outputs.append(module.forecast(batch).float().cpu().numpy())
-    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, module.window.horizon))
+    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, module.window.horizon, max(1, len(module.levels))))

@@ -25,7 +25,7 @@ ALLOWED = {
     "cli": {"errors", "config"},
     "data": BOTTOM,
     "models": {"errors", "spec"},  # never data/: the network knows windows only as tensors
-    "evaluation": {"errors", "storage"},
+    "evaluation": {"errors", "storage", "spec"},
     "console": {"data"},
     "inference": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation"},
     "training": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation", "console", "cli"},
