@@ -28,7 +28,7 @@ from lit_forecast.errors import RunError
 from lit_forecast.layout import CHECKPOINT_FILE, data_dir, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
-from lit_forecast.training.callbacks import EpochLine, Throughput
+from lit_forecast.training.callbacks import EpochLine, ForecastFigure, Throughput
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         callbacks=[
             Throughput(),
             EpochLine(loop_config["launched_at"]),
+            ForecastFigure(),
             ReportCallback(config.cluster.checkpoint_every_n_epochs, plain),
         ],
         logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),
