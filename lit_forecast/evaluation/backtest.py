@@ -62,7 +62,14 @@ def baseline_residual_quantiles(values: np.ndarray, times: pd.DatetimeIndex, tra
     Newer data without that period uses its history before ``first_cutoff`` instead, as MASE does.
     """
     end = train_end if (times < train_end).sum() > max(lags.values()) else first_cutoff
-    return {name: [float(v) for v in residual_quantiles(values[times < end], lag, levels)] for name, lag in lags.items()}
+    quantiles = {}
+    for name, lag in lags.items():
+        try:
+            quantiles[name] = [float(v) for v in residual_quantiles(values[times < end], lag, levels)]
+        except ValueError as err:  # too little history: that baseline has no quantiles (NaN, left out of its scores)
+            log.warning("%s quantiles: none (%s)", name, err)
+            quantiles[name] = [float("nan")] * len(levels)
+    return quantiles
 
 
 def backtest(

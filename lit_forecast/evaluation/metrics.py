@@ -83,14 +83,15 @@ def quantile_scores(quantiles: np.ndarray, actual: np.ndarray, levels: list[floa
     ``wql`` = mean over levels q of 2 * sum pinball_q / sum |actual| (GluonTS's mean wQL; for
     levels spread evenly over (0, 1) it approximates the CRPS scaled by sum |actual|), where
     pinball_q = q (y - f) if y >= f else (1 - q) (f - y). ``coverage_80`` = share of actuals in
-    [q0.1, q0.9], bounds included, and so on for every symmetric pair. Unknown actuals are left
-    out. Returns ``{"overall": {name: float}, "by_step": {name: [H floats]}}``.
+    [q0.1, q0.9], bounds included, and so on for every symmetric pair. Points with an unknown
+    actual or a non-finite quantile are left out. Returns ``{"overall": {name: float}, "by_step": {name: [H floats]}}``.
     """
     quantiles, actual = np.asarray(quantiles, dtype=np.float64), np.asarray(actual, dtype=np.float64)
     if quantiles.shape != (*actual.shape, len(levels)):
         raise ValueError(f"quantiles {quantiles.shape} must be actual {actual.shape} x {len(levels)} levels")
-    known = np.isfinite(actual)
+    known = np.isfinite(actual) & np.isfinite(quantiles).all(axis=-1)
     y = np.where(known, actual, 0.0)
+    quantiles = np.where(known[..., None], quantiles, 0.0)
     error = y[..., None] - quantiles
     q = np.asarray(levels, dtype=np.float64)
     loss = np.where(known[..., None], np.maximum(q * error, (q - 1) * error), 0.0)  # (N, H, Q)
