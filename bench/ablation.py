@@ -44,7 +44,11 @@ VARIANTS = {
     "window_norm": ["model.window_norm=true"],
     "holidays": ["model.holidays=true"],
     "no_scheduled_sampling": ["train.sampling_max_prob=0"],
-    "mae_loss": ["train.loss=mae"],  # train on the metric itself rather than smooth L1
+    "mae_loss": ["model.quantiles=[]", "train.loss=mae"],  # a point forecast trained on the metric itself
+    "point": ["model.quantiles=[]"],  # one value per step, train.loss (smooth L1), no quantile head
+    "daily_lag": ["model.daily_lag=48"],  # the same slot yesterday as a known input too
+    "residual": ["model.residual=true"],  # predict the correction to last week's value
+    "daily_lag_residual": ["model.daily_lag=48", "model.residual=true"],
     # The reference tutorial's setup (one token per step, a 3.5-day window, nothing but the
     # series itself), with our causal decoder mask.
     "tutorial_univariate": [
@@ -69,7 +73,9 @@ class Recorder(L.Callback):
         m["seconds"] = time.perf_counter() - self.start
         self.epochs.append(m)
         print(f"  epoch {len(self.epochs)}  val/mae {m['val/mae']:.0f}  val/loss {m['val/loss']:.4f}  "
-              f"val/loss_tf {m['val/loss_tf']:.4f}  {m.get('train/windows_per_s', 0):.0f} windows/s  ({m['seconds']:.1f} s)",
+              f"val/loss_tf {m['val/loss_tf']:.4f}  "
+              + (f"val/wql {m['val/wql']:.4f}  val/coverage_80 {m['val/coverage_80']:.3f}  " if "val/coverage_80" in m else "")
+              + f"{m.get('train/windows_per_s', 0):.0f} windows/s  ({m['seconds']:.1f} s)",
               flush=True)
 
 

@@ -21,7 +21,8 @@ from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 
 HEADLINE_CUTOFFS = "2015-01-01..2015-01-31/1D"  # the test period of the default split
-TARGET_RATIO = 0.85
+TARGET_RATIO = 0.75  # issue 11; the LightGBM direct baseline reaches 0.788
+COVERAGE_TARGET = (0.75, 0.85)  # the 80 % interval's empirical coverage
 
 
 def main() -> None:
@@ -51,6 +52,14 @@ def main() -> None:
     print()
     print(f"model MAE / weekly seasonal-naive MAE = {ratio:.3f}   target <= {TARGET_RATIO}: "
           f"{'MET' if ratio <= TARGET_RATIO else 'NOT MET'}")
+    if "wql_ratio_model_vs_naive_weekly" in result.table:
+        model = result.table["methods"]["model"]["overall"]
+        low, high = COVERAGE_TARGET
+        if "coverage_80" in model:
+            print(f"80 % interval coverage = {model['coverage_80']:.1%}   target {low:.0%}-{high:.0%}: "
+                  f"{'MET' if low <= model['coverage_80'] <= high else 'NOT MET'}")
+        wql = result.table["wql_ratio_model_vs_naive_weekly"]
+        print(f"model wQL / weekly seasonal-naive (empirical quantiles) wQL = {wql:.3f}   target < 1: {'MET' if wql < 1 else 'NOT MET'}")
     print(f"table {result.table_path}\nplot  {result.plot}")
 
 

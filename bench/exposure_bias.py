@@ -43,8 +43,9 @@ def step_errors(module: ForecastModule, windows: WindowSet, batch_size: int = 51
     with torch.inference_mode():
         for batch in DataLoader(windows, batch_size=batch_size, collate_fn=collate_batch):
             past, future = batch["past_target"], batch["future_target"]
-            forced = module.teacher_forced(past, batch["past_time"], batch["future_time"], future)
-            forecast = module.forecast_scaled(past, batch["past_time"], batch["future_time"])
+            # The median: the point forecast (and the value fed back) of a quantile model.
+            forced = module.median(module.teacher_forced(past, batch["past_time"], batch["future_time"], future))
+            forecast = module.median(module.forecast_scaled(past, batch["past_time"], batch["future_time"]))
             for name, prediction in (
                 ("teacher-forced", forced),
                 ("autoregressive", forecast),

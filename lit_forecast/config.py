@@ -77,6 +77,9 @@ class ModelConfig:
     seasonal_lag: int = 336  # decoder also sees the value this many steps earlier; 0 = off
     window_norm: bool = False  # scale each window by its own past mean and std (level shifts)
     members: int = 2  # networks trained side by side from different initial weights; forecast = their mean
+    quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])  # levels forecast (with 0.5, the point forecast); [] = one point value
+    daily_lag: int = 0  # decoder also sees the value this many steps earlier (48 = same slot yesterday); 0 = off
+    residual: bool = False  # predict the correction to the seasonal_lag value rather than the value itself
 
 
 @dataclass
@@ -89,7 +92,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
-    loss: Literal["smooth_l1", "mse", "mae"] = "smooth_l1"
+    loss: Literal["smooth_l1", "mse", "mae"] = "smooth_l1"  # only without model.quantiles (else the pinball loss)
     grad_clip: float = 1.0
     sampling_max_prob: float = 0.5  # scheduled sampling: final share of own predictions fed back
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
@@ -173,6 +176,10 @@ def _suggest(key: str, names: list[str], prefix: str) -> str:
 def _coerce(value: Any, hint: Any, dotted: str) -> Any:
     """Return ``value`` if it fits type ``hint`` (ints widen to floats), else raise."""
     origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"'{dotted}' must be a list, got {value!r}")
+        return [_coerce(v, typing.get_args(hint)[0], f"{dotted}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -319,10 +326,17 @@ def validate(config: Config) -> Config:
     need(m.patch_len >= 1, f"'model.patch_len' must be >= 1, got {m.patch_len}")
     need(d.input_window % m.patch_len == 0,
          f"'data.input_window' ({d.input_window}) must be a multiple of 'model.patch_len' ({m.patch_len})")
-    if m.seasonal_lag:
-        need(d.horizon <= m.seasonal_lag <= d.input_window,
-             f"'model.seasonal_lag' ({m.seasonal_lag}) must lie between 'data.horizon' ({d.horizon}) "
-             f"and 'data.input_window' ({d.input_window}), or be 0")
+    for key in ("seasonal_lag", "daily_lag"):
+        lag = getattr(m, key)
+        if lag:
+            need(d.horizon <= lag <= d.input_window,
+                 f"'model.{key}' ({lag}) must lie between 'data.horizon' ({d.horizon}) "
+                 f"and 'data.input_window' ({d.input_window}), or be 0")
+    need(not m.residual or m.seasonal_lag > 0, "'model.residual: true' needs 'model.seasonal_lag' (the value it corrects)")
+    if m.quantiles:
+        need(all(0.0 < q < 1.0 for q in m.quantiles) and m.quantiles == sorted(set(m.quantiles)),
+             f"'model.quantiles' must be increasing levels in (0, 1), got {m.quantiles}")
+        need(0.5 in m.quantiles, f"'model.quantiles' must include 0.5 (the median is the point forecast), got {m.quantiles}")
 
     need(t.max_epochs >= 1 and t.batch_size >= 1, "'train.max_epochs' and 'train.batch_size' must be >= 1")
     need(t.lr > 0, f"'train.lr' must be positive, got {t.lr}")

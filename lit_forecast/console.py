@@ -11,8 +11,12 @@ import pandas as pd
 
 from lit_forecast.data.manifest import Manifest
 
-DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2}  # decimals shown in the backtest table
-PERCENT = {"mape", "smape"}  # fractions in the JSON, percentages when printed
+DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2, "wql": 3}  # decimals shown in the backtest table (coverage: 1)
+
+
+def _percent(metric: str) -> bool:
+    """Fractions in the JSON, percentages when printed: MAPE, sMAPE and interval coverage."""
+    return metric in ("mape", "smape") or metric.startswith("coverage_")
 
 
 def format_dataset(manifest: Manifest, data_dir: str) -> str:
@@ -63,7 +67,7 @@ def format_forecasts(frame: pd.DataFrame, max_rows: int = 48) -> str:
     for column in ("cutoff", "timestamp"):
         if column in shown:
             shown[column] = shown[column].dt.strftime("%Y-%m-%d %H:%M")
-    for column in ("forecast", "actual"):
+    for column in ("forecast", "actual", *(c for c in shown.columns if c.startswith("q"))):
         if column in shown:
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:,.0f}")
     text = heading + shown.to_string(index=False)
@@ -80,13 +84,18 @@ def format_backtest(table: dict, steps: list[int] | None = None) -> str:
     metrics = list(next(iter(table["methods"].values()))["overall"])
     lines = [
         f"backtest: {table['windows']} windows x {H} steps, cutoffs {table['cutoffs'][0]} .. {table['cutoffs'][-1]} "
-        f"({len(table['cutoffs'])}); MAE/RMSE in passengers, MAPE/sMAPE in %, MASE vs weekly naive in-sample",
-        f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in metrics),
+        f"({len(table['cutoffs'])}); MAE/RMSE in passengers, MAPE/sMAPE in %, MASE vs weekly naive in-sample"
+        + ("; wQL over levels " + ", ".join(f"{q:g}" for q in table["levels"]) + ", coverage of central intervals in %"
+           if table.get("levels") else ""),
+        f"{'method':<14}" + "".join(f"{m.upper().replace('COVERAGE_', 'COVER'):>10}" for m in metrics),
     ]
     for name in names:
         overall = table["methods"][name]["overall"]
-        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if m in PERCENT else 1), DIGITS.get(m, 3)) for m in metrics))
+        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if _percent(m) else 1), DIGITS.get(m, 1)) for m in metrics))
     lines.append(f"model MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
+    if "wql_ratio_model_vs_naive_weekly" in table:
+        lines.append(f"model wQL / weekly-naive wQL = {table['wql_ratio_model_vs_naive_weekly']:.3f}  (naive quantiles: "
+                     "the forecast plus the empirical quantiles of its in-sample residuals before data.train_end)")
     lines.append("")
     lines.append("MAE by horizon step (all steps and metrics in the JSON):")
     lines.append(f"{'step':>6}" + "".join(f"{n:>14}" for n in names))

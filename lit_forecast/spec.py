@@ -35,6 +35,19 @@ def series_label(series_id: str) -> str:
     return "" if series_id == SINGLE_SERIES else f" (series {series_id!r})"
 
 
+def central_intervals(levels: list[float]) -> list[tuple[int, int, str]]:
+    """Symmetric pairs of quantile levels as (lower index, upper index, name): 0.1 and 0.9 -> 'coverage_80'.
+
+    The name of each central interval's coverage, in training metrics and backtest tables alike.
+    """
+    return [
+        (i, j, f"coverage_{round(100 * (high - low))}")
+        for i, low in enumerate(levels)
+        for j, high in enumerate(levels)
+        if low < 0.5 < high and abs(low + high - 1) < 1e-9
+    ]
+
+
 SINGLE_SERIES = "0"  # the id of the one series of a file without a series column
 
 

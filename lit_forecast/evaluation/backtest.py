@@ -3,6 +3,12 @@
 Every method forecasts the same N windows (one per series and cutoff) from the same history,
 and is scored by the same code (:func:`lit_forecast.evaluation.metrics.evaluate`). MASE divides
 by each series' in-sample weekly seasonal-naive MAE on its training period.
+
+With quantile levels, every method is also scored by its weighted quantile loss and the
+coverage of its central intervals (:func:`lit_forecast.evaluation.metrics.quantile_scores`):
+the model by its own quantiles, each seasonal-naive baseline by its forecast plus the
+empirical quantiles of its in-sample residuals on the training period (per series, pooled
+over slots; see :func:`lit_forecast.evaluation.baselines.residual_quantiles`).
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from lit_forecast import storage
-from lit_forecast.evaluation.baselines import seasonal_naive
-from lit_forecast.evaluation.metrics import evaluate, seasonal_naive_mae
+from lit_forecast.evaluation.baselines import residual_quantiles, seasonal_naive, seasonal_naive_quantiles
+from lit_forecast.evaluation.metrics import evaluate, quantile_scores, seasonal_naive_mae
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,23 @@ def mase_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timest
         return float("nan")
 
 
+def baseline_residual_quantiles(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, first_cutoff: pd.Timestamp,
+                                lags: dict[str, int], levels: list[float]) -> dict[str, list[float]]:
+    """One series' residual quantiles per baseline (name -> Q values), from its slots before ``train_end``.
+
+    Newer data without that period uses its history before ``first_cutoff`` instead, as MASE does.
+    """
+    end = train_end if (times < train_end).sum() > max(lags.values()) else first_cutoff
+    quantiles = {}
+    for name, lag in lags.items():
+        try:
+            quantiles[name] = [float(v) for v in residual_quantiles(values[times < end], lag, levels)]
+        except ValueError as err:  # too little history: that baseline has no quantiles (NaN, left out of its scores)
+            log.warning("%s quantiles: none (%s)", name, err)
+            quantiles[name] = [float("nan")] * len(levels)
+    return quantiles
+
+
 def backtest(
     forecast: np.ndarray,
     history: np.ndarray,
@@ -57,6 +80,9 @@ def backtest(
     cutoffs: pd.DatetimeIndex,
     mase_scale: dict[str, float],
     lags: dict[str, int],
+    quantiles: np.ndarray | None = None,
+    levels: list[float] | None = None,
+    residuals: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict:
     """Scores of the model and each seasonal-naive baseline on the same windows.
 
@@ -64,12 +90,28 @@ def backtest(
     P at least the longest baseline lag; ``lags`` names each seasonal-naive baseline and its
     lag (see baselines.seasonal_naive_lags). Returns a plain dict (JSON-ready): per method the
     overall and per-step metrics, plus the model's MAE over the weekly baseline's.
+
+    With ``levels``: ``quantiles`` (N, H, Q) the model's, ``residuals`` per series and baseline
+    name the residual quantiles (:func:`baseline_residual_quantiles`); ``wql`` and the
+    coverages join each method's metrics, and the model's wQL over the weekly baseline's is added.
     """
     H = forecast.shape[1]
     scale = np.array([mase_scale[sid] for sid in series_ids], dtype=np.float64)
     forecasts = {MODEL: forecast} | {name: seasonal_naive(history, H, lag) for name, lag in lags.items()}
     methods = {name: evaluate(f, actual, scale) for name, f in forecasts.items()}
     ratio = methods[MODEL]["overall"]["mae"] / methods["naive_weekly"]["overall"]["mae"]
+    extra = {}
+    if levels:
+        bands = {MODEL: quantiles} | {
+            name: seasonal_naive_quantiles(history, H, lag, np.array([residuals[sid][name] for sid in series_ids]))
+            for name, lag in lags.items()
+        }
+        for name, q in bands.items():
+            scores = quantile_scores(q, actual, levels)
+            methods[name]["overall"].update(scores["overall"])
+            methods[name]["by_step"].update(scores["by_step"])
+        extra = {"levels": list(levels), "residual_quantiles": residuals,
+                 "wql_ratio_model_vs_naive_weekly": methods[MODEL]["overall"]["wql"] / methods["naive_weekly"]["overall"]["wql"]}
     return {
         "windows": len(forecast),
         "horizon": H,
@@ -79,6 +121,7 @@ def backtest(
         "lags": dict(lags),
         "methods": methods,
         "mae_ratio_model_vs_naive_weekly": ratio,
+        **extra,
     }
 
 

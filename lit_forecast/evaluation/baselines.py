@@ -1,5 +1,9 @@
 """Seasonal-naive forecasts: tomorrow looks like today, or like the same day last week.
 
+Their quantiles add the empirical quantiles of the in-sample seasonal-naive residuals
+(y_t - y_{t-L} on the training period, per series) to the point forecast
+(:func:`residual_quantiles`, :func:`seasonal_naive_quantiles`).
+
 With cutoff c (the first forecast slot) and lag L, step k (0-based) forecasts slot c + k with
 the value of slot c + k - L. For k >= L that slot is itself in the future, so the last season
 before the cutoff repeats: the value of slot c - L + (k mod L).
@@ -27,3 +31,22 @@ def seasonal_naive(history: np.ndarray, horizon: int, lag: int) -> np.ndarray:
     P = history.shape[1]
     columns = P - lag + np.arange(horizon) % lag  # slot c - L + (k mod L), as a column of history
     return history[:, columns]
+
+
+def residual_quantiles(values: np.ndarray, lag: int, levels: list[float]) -> np.ndarray:
+    """(Q,) empirical quantiles of the in-sample lag-``lag`` residuals y_t - y_{t-lag} of ``values`` (T,).
+
+    Pooled over all slots, hence over horizon steps: for steps k < lag every step of the
+    seasonal-naive forecast is a lag-``lag`` forecast, so its in-sample residuals are the same
+    whatever the step. NaN slots are skipped.
+    """
+    residuals = values[lag:] - values[:-lag] if len(values) > lag else np.zeros(0)
+    residuals = residuals[np.isfinite(residuals)]
+    if len(residuals) == 0:
+        raise ValueError(f"residual quantiles with lag {lag}: no pair of known values {lag} slots apart")
+    return np.quantile(residuals, levels)
+
+
+def seasonal_naive_quantiles(history: np.ndarray, horizon: int, lag: int, residual_levels: np.ndarray) -> np.ndarray:
+    """(N, P) history and (N, Q) each window's series' residual quantiles -> (N, horizon, Q) quantiles."""
+    return seasonal_naive(history, horizon, lag)[..., None] + residual_levels[:, None, :]

@@ -1,4 +1,4 @@
-"""Point-forecast metrics in numpy, overall and per horizon step.
+"""Point- and quantile-forecast metrics in numpy, overall and per horizon step.
 
 Arrays are (N, H): N windows, H horizon steps, in passengers. Actual values that are not
 known (NaN: beyond the end of the data or inside a long gap) are left out of every metric.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
+from lit_forecast.spec import central_intervals
 
 METRICS = ("mae", "rmse", "mape", "smape", "mase")
 
@@ -73,3 +75,35 @@ def evaluate(forecast: np.ndarray, actual: np.ndarray, mase_scale: np.ndarray) -
         "points": int(np.isfinite(terms["mae"]).sum()),
     }
 
+
+
+def quantile_scores(quantiles: np.ndarray, actual: np.ndarray, levels: list[float]) -> dict:
+    """Weighted quantile loss and central-interval coverage of (N, H, Q) ``quantiles`` against (N, H) ``actual``.
+
+    ``wql`` = mean over levels q of 2 * sum pinball_q / sum |actual| (GluonTS's mean wQL; for
+    levels spread evenly over (0, 1) it approximates the CRPS scaled by sum |actual|), where
+    pinball_q = q (y - f) if y >= f else (1 - q) (f - y). ``coverage_80`` = share of actuals in
+    [q0.1, q0.9], bounds included, and so on for every symmetric pair. Points with an unknown
+    actual or a non-finite quantile are left out. Returns ``{"overall": {name: float}, "by_step": {name: [H floats]}}``.
+    """
+    quantiles, actual = np.asarray(quantiles, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    if quantiles.shape != (*actual.shape, len(levels)):
+        raise ValueError(f"quantiles {quantiles.shape} must be actual {actual.shape} x {len(levels)} levels")
+    known = np.isfinite(actual) & np.isfinite(quantiles).all(axis=-1)
+    y = np.where(known, actual, 0.0)
+    quantiles = np.where(known[..., None], quantiles, 0.0)
+    error = y[..., None] - quantiles
+    q = np.asarray(levels, dtype=np.float64)
+    loss = np.where(known[..., None], np.maximum(q * error, (q - 1) * error), 0.0)  # (N, H, Q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wql = {"overall": (2 * loss.sum(axis=(0, 1)) / np.abs(y).sum()).mean(),
+               "by_step": (2 * loss.sum(axis=0) / np.abs(y).sum(axis=0)[:, None]).mean(axis=1)}
+        scores = {"wql": wql}
+        count = known.sum(axis=0)
+        for i, j, name in central_intervals(list(levels)):
+            inside = known & (quantiles[..., i] <= y) & (y <= quantiles[..., j])
+            scores[name] = {"overall": inside.sum() / count.sum(), "by_step": inside.sum(axis=0) / count}
+    return {
+        "overall": {name: float(s["overall"]) for name, s in scores.items()},
+        "by_step": {name: [float(v) for v in s["by_step"]] for name, s in scores.items()},
+    }

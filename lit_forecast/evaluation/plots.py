@@ -1,4 +1,8 @@
-"""One PNG per call: history, forecast and actuals at one cutoff; for a backtest, error by step too."""
+"""One PNG per call: history, forecast, its quantile bands and actuals at one cutoff; for a backtest, error by step too.
+
+:func:`forecast_figure` builds the matplotlib figure (TensorBoard takes it as it is);
+:func:`plot_forecast` writes it as a PNG.
+"""
 
 from __future__ import annotations
 
@@ -14,33 +18,37 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from lit_forecast import storage  # noqa: E402
+from lit_forecast.spec import central_intervals  # noqa: E402
 
 PASSENGERS = FuncFormatter(lambda v, _: f"{v:,.0f}")
 COLORS = {"history": "0.45", "actual": "black", "model": "tab:blue", "naive_daily": "tab:orange", "naive_weekly": "tab:green"}
 
 
-def plot_forecast(
-    location: str,
+def interval_bands(quantiles: np.ndarray, levels: list[float], times: pd.DatetimeIndex) -> dict[str, tuple[pd.Series, pd.Series]]:
+    """(H, Q) quantiles of one window -> {'80 % interval': (q0.1, q0.9)}, widest first; {} without levels."""
+    return {f"{name[9:]} % interval": (pd.Series(quantiles[:, i], index=times), pd.Series(quantiles[:, j], index=times))
+            for i, j, name in sorted(central_intervals(list(levels)))}
+
+
+def forecast_figure(
     history: pd.Series,
     forecast: pd.Series,
     actual: pd.Series | None = None,
     errors_by_step: dict[str, list[float]] | None = None,
     title: str = "",
     freq: str = "30min",
-) -> None:
-    """Write a PNG to ``location`` (path or URI).
-
-    history, forecast, actual: passengers indexed by slot timestamp (history: e.g. the last
-    week before the cutoff; forecast: the horizon from the cutoff). errors_by_step: per method
-    (model, naive_daily, ...), the MAE at each horizon step; adds a second panel.
-    """
+    bands: dict[str, tuple[pd.Series, pd.Series]] | None = None,
+) -> plt.Figure:
+    """The figure :func:`plot_forecast` writes; the caller closes it (``plt.close(fig)``)."""
     panels = 2 if errors_by_step else 1
     fig, axes = plt.subplots(panels, 1, figsize=(11, 4.2 * panels), squeeze=False, layout="constrained")
     ax = axes[0, 0]
     ax.plot(history.index, history.to_numpy(), color=COLORS["history"], lw=1.0, label="history")
+    for n, (label, (lower, upper)) in enumerate((bands or {}).items()):  # widest first, so narrower ones show on top
+        ax.fill_between(lower.index, lower.to_numpy(), upper.to_numpy(), color=COLORS["model"], alpha=0.15 + 0.1 * n, lw=0, label=label)
     if actual is not None and actual.notna().any():
         ax.plot(actual.index, actual.to_numpy(), color=COLORS["actual"], lw=1.3, label="actual")
-    ax.plot(forecast.index, forecast.to_numpy(), color=COLORS["model"], lw=1.8, label="forecast")
+    ax.plot(forecast.index, forecast.to_numpy(), color=COLORS["model"], lw=1.8, label="forecast (median)" if bands else "forecast")
     ax.axvline(forecast.index[0], color="0.6", ls="--", lw=0.8)
     ax.annotate(f"cutoff {forecast.index[0]:%a %d %b %H:%M}", (forecast.index[0], 1.0), xycoords=("data", "axes fraction"),
                 xytext=(4, -12), textcoords="offset points", fontsize=8, color="0.35")
@@ -65,6 +73,27 @@ def plot_forecast(
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
+    return fig
+
+
+def plot_forecast(
+    location: str,
+    history: pd.Series,
+    forecast: pd.Series,
+    actual: pd.Series | None = None,
+    errors_by_step: dict[str, list[float]] | None = None,
+    title: str = "",
+    freq: str = "30min",
+    bands: dict[str, tuple[pd.Series, pd.Series]] | None = None,
+) -> None:
+    """Write a PNG to ``location`` (path or URI).
+
+    history, forecast, actual: passengers indexed by slot timestamp (history: e.g. the last
+    week before the cutoff; forecast: the median over the horizon from the cutoff). errors_by_step:
+    per method (model, naive_daily, ...), the MAE at each horizon step; adds a second panel.
+    bands: label -> (lower, upper) quantiles over the horizon, shaded (see :func:`interval_bands`).
+    """
+    fig = forecast_figure(history, forecast, actual, errors_by_step, title, freq, bands)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
@@ -72,15 +101,18 @@ def plot_forecast(
 
 
 def plot_backtest_window(
-    location: str, history: pd.Series, forecast: pd.Series, actual: pd.Series, table: dict | None, heading: str, freq: str
+    location: str, history: pd.Series, forecast: pd.Series, actual: pd.Series, table: dict | None, heading: str, freq: str,
+    bands: dict[str, tuple[pd.Series, pd.Series]] | None = None,
 ) -> None:
     """:func:`plot_forecast` for one window of a backtest: the table adds MAE by step and its ratio to the title."""
     errors = {name: m["by_step"]["mae"] for name, m in table["methods"].items()} if table else None
+    cover = next((k for k in (table or {}).get("methods", {}).get("model", {}).get("overall", {}) if k.startswith("coverage_")), None)
     title = f"{heading}forecast from {forecast.index[0]:%a %Y-%m-%d %H:%M}" + (
         f"  (backtest over {len(table['cutoffs'])} cutoffs: model MAE / weekly-naive MAE "
-        f"= {table['mae_ratio_model_vs_naive_weekly']:.2f})" if table else ""
+        f"= {table['mae_ratio_model_vs_naive_weekly']:.2f}"
+        + (f", {cover[9:]} % interval covers {table['methods']['model']['overall'][cover]:.0%}" if cover else "") + ")" if table else ""
     )
-    plot_forecast(location, history, forecast, actual, errors, title, freq)
+    plot_forecast(location, history, forecast, actual, errors, title, freq, bands)
 
 
 def plot_fleet(location: str, mase_model, mase_naive_weekly, title: str = "") -> None:

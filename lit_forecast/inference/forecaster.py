@@ -23,7 +23,9 @@ def model_inputs(windows: WindowSet, lo: int = 0, hi: int | None = None) -> dict
 
 @torch.inference_mode()
 def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: int = 256, report_progress: bool = False) -> np.ndarray:
-    """Autoregressive forecasts (N, H) float64 in passengers for ``inputs`` from :func:`model_inputs`.
+    """Autoregressive quantiles (N, H, Q) float64 in passengers for ``inputs`` from :func:`model_inputs`.
+
+    Q levels are ``module.levels`` (Q = 1 for a point model); ``[..., module.median_index]`` is the point forecast.
 
     Runs on the module's device, ``batch_size`` windows at a time; ``report_progress`` logs a
     line every few seconds (windows done, rate).
@@ -40,4 +42,4 @@ def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: 
             progress.advance(len(outputs[-1]))
     if progress:
         progress.done()
-    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, module.window.horizon))
+    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, module.window.horizon, max(1, len(module.levels))))

@@ -29,7 +29,7 @@ from lit_forecast.data.windows import WindowSet
 from lit_forecast.errors import CutoffError
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
-from lit_forecast.evaluation.plots import plot_backtest_window, plot_fleet
+from lit_forecast.evaluation.plots import interval_bands, plot_backtest_window, plot_fleet
 from lit_forecast.inference.checkpoint import load_checkpoint
 from lit_forecast.inference.cutoffs import CutWindows, cut_windows, read_series
 from lit_forecast.inference.forecaster import forecast, model_inputs
@@ -64,7 +64,7 @@ class InferenceRequest:
 @dataclass
 class InferenceResult:
     checkpoint: str
-    frame: pd.DataFrame  # series_id, cutoff, timestamp, forecast[, actual]
+    frame: pd.DataFrame  # series_id, cutoff, timestamp, forecast (the median)[, q0.1, q0.9, ...][, actual]
     output: str
     plot: str
     table: dict | None = None  # backtest table when actuals were known
@@ -106,9 +106,11 @@ def infer(request: InferenceRequest) -> InferenceResult:
                                     request.num_gpus, request.batch_size, request.max_retries)
     else:
         forecasts = forecast(loaded.module, model_inputs(windows), request.batch_size, report_progress=True)
+    levels = loaded.module.levels
+    quantiles, forecasts = forecasts, forecasts[..., loaded.module.median_index]  # (N, H, Q); the median (N, H)
 
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
-                           unseen=set(cut.unseen))
+                           unseen=set(cut.unseen), quantiles=quantiles, levels=levels)
     output = request.output or _default_output(loaded.path, windows)
     write_frame(output, frame)
     result = InferenceResult(loaded.path, frame, output, request.plot or _sibling(output, ".png"), windows=windows,
@@ -119,8 +121,14 @@ def infer(request: InferenceRequest) -> InferenceResult:
         scored = {s.series_id: (s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq))
                   for s in filled if s.series_id in first}  # series with every window skipped are not scored
         scales = bt.mase_scales(scored, pd.Timestamp(data.train_end), first, week)
+        train_end = pd.Timestamp(data.train_end)
+        residuals = {
+            sid: bt.baseline_residual_quantiles(values, times, train_end, first[sid], lags, levels)
+            for sid, (values, times) in scored.items()
+        } if levels else None
         history = windows.history(slice(None), max(lags.values()))
-        result.table = bt.backtest(forecasts, history, windows.actual(), windows.series_ids, windows.cutoffs, scales, lags)
+        result.table = bt.backtest(forecasts, history, windows.actual(), windows.series_ids, windows.cutoffs, scales, lags,
+                                   quantiles, levels, residuals)
         if len(scored) > 1:  # a fleet: scores per series, their spread, the worst ones, a scatter
             result.zones = bt.per_series(forecasts, history, windows.actual(), windows.series_ids, scales, lags)
             result.table["fleet"] = bt.fleet_summary(result.zones)
@@ -135,7 +143,7 @@ def infer(request: InferenceRequest) -> InferenceResult:
             result.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
         result.table_path = _sibling(output, ".backtest.json")
         bt.save_table(result.table_path, result.table)
-    _plot(result, forecasts, request.plot_cutoff, plot_series)
+    _plot(result, quantiles, levels, request.plot_cutoff, plot_series)
     return result
 
 
@@ -154,11 +162,14 @@ def _data_config(trained: DataConfig, data: str | None) -> DataConfig:
     return dataclasses.replace(trained, source=data, sha256=None)  # new data: no checksum to expect
 
 
-def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool, unseen: set[str] = frozenset()) -> pd.DataFrame:
-    """Long table, one row per window and step: [series_id,] cutoff, timestamp, forecast[, actual][, in_checkpoint].
+def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool, unseen: set[str] = frozenset(),
+                   quantiles: np.ndarray | None = None, levels: list[float] | None = None) -> pd.DataFrame:
+    """Long table, one row per window and step: [series_id,] cutoff, timestamp, forecast[, q<level>...][, actual][, in_checkpoint].
 
-    ``in_checkpoint`` (only when some series are ``unseen``): False for a series the model never
-    saw, whose forecast was scaled on its own history before the cutoff.
+    ``forecast`` (N, H) is the point forecast (the median); ``quantiles`` (N, H, Q) at ``levels``
+    add one column per level other than 0.5, named ``q0.1``, ``q0.9``, ... ``in_checkpoint``
+    (only when some series are ``unseen``): False for a series the model never saw, whose
+    forecast was scaled on its own history before the cutoff.
     """
     N, H = forecasts.shape
     actual = windows.actual()
@@ -168,6 +179,7 @@ def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool,
         "cutoff": np.repeat(windows.cutoffs.to_numpy(), H),
         "timestamp": (windows.cutoffs.to_numpy()[:, None] + steps[None, :]).ravel(),
         "forecast": forecasts.ravel(),
+        **{f"q{q:g}": quantiles[..., i].ravel() for i, q in enumerate(levels or []) if q != 0.5},
         "actual": actual.ravel(),
     }
     if unseen:
@@ -217,8 +229,8 @@ def _plot_series(series_id: str | None, windows: WindowSet, filled: list[Series]
     return series_id
 
 
-def _plot(result: InferenceResult, forecasts: np.ndarray, cutoff: pd.Timestamp | None, first: str) -> None:
-    """PNG of series ``first`` at ``cutoff`` (default: its last cutoff), and error by step if evaluated."""
+def _plot(result: InferenceResult, quantiles: np.ndarray, levels: list[float], cutoff: pd.Timestamp | None, first: str) -> None:
+    """PNG of series ``first`` at ``cutoff`` (default: its last cutoff) with its quantile bands, and error by step if evaluated."""
     windows = result.windows
     rows = [i for i, sid in enumerate(windows.series_ids) if sid == first]
     if cutoff is not None:
@@ -231,5 +243,7 @@ def _plot(result: InferenceResult, forecasts: np.ndarray, cutoff: pd.Timestamp |
     step = pd.Timedelta(spec.freq)
     history = pd.Series(windows.history([i], week)[0], index=pd.date_range(at - week * step, periods=week, freq=spec.freq))
     times = pd.date_range(at, periods=spec.horizon, freq=spec.freq)
-    plot_backtest_window(result.plot, history, pd.Series(forecasts[i], index=times), pd.Series(windows.actual([i])[0], index=times),
-                         result.table, "" if first == SINGLE_SERIES else f"series {first}: ", spec.freq)
+    median = quantiles[i, :, levels.index(0.5) if levels else 0]
+    plot_backtest_window(result.plot, history, pd.Series(median, index=times), pd.Series(windows.actual([i])[0], index=times),
+                         result.table, "" if first == SINGLE_SERIES else f"series {first}: ", spec.freq,
+                         bands=interval_bands(quantiles[i], levels, times))

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def forecast_chunk(
     checkpoint: str | bytes, name: str, inputs: dict[str, np.ndarray], batch_size: int, use_gpu: bool, threads: int
 ) -> np.ndarray:
-    """One task: load the checkpoint, forecast the chunk's windows -> (n, H) float64 passengers."""
+    """One task: load the checkpoint, forecast the chunk's windows -> (n, H, Q) float64 passengers."""
     torch.set_num_threads(max(1, threads))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     module = load_checkpoint(checkpoint, device, name=name).module
@@ -44,7 +44,7 @@ def forecast_remote(
     batch_size: int = 256,
     max_retries: int = 3,
 ) -> np.ndarray:
-    """Forecasts (N, H) float64 in passengers, from ceil(N / windows_per_task) Ray tasks.
+    """Forecasts (N, H, Q) float64 in passengers (quantiles, see forecaster.forecast), from ceil(N / windows_per_task) Ray tasks.
 
     ``num_gpus`` > 0 asks each task for that share of a GPU when the cluster has GPUs; without
     any, tasks run on CPU. A task whose worker dies, or which fails reading the checkpoint

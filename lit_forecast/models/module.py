@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 
+from lit_forecast.models.quantiles import QuantileScores, pinball_loss
 from lit_forecast.models.transformer import Seq2SeqTransformer
 from lit_forecast.spec import SeriesStats, WindowSpec, stats_from_dict
 
@@ -35,6 +36,10 @@ def passenger_metrics() -> torchmetrics.MetricCollection:
 
 class ForecastModule(L.LightningModule):
     """Trains with teacher forcing (plus scheduled sampling); evaluates the autoregressive forecast.
+
+    With ``model.quantiles`` the networks output those levels, the loss is the pinball loss
+    (mean over levels; ``train.loss`` applies only without levels), the median is the point
+    forecast, and validation also logs ``val/wql`` and ``val/coverage_80`` (in passengers).
 
     Args (all plain values):
         model: ``ModelConfig`` fields (d_model, nhead, layers, patch_len, ...); ``members``
@@ -58,10 +63,27 @@ class ForecastModule(L.LightningModule):
             )
             for _ in range(model.get("members", 1))
         )
-        self.loss_fn = LOSSES[train["loss"]]
+        self.levels: list[float] = self.nets[0].levels  # [] for a point forecast (Q = 1)
+        self.median_index = self.nets[0].median_index
+        self.register_buffer("level_tensor", torch.tensor(self.levels or [0.5]), persistent=False)
+        self.point_loss = LOSSES[train["loss"]]
         self.val_metrics = passenger_metrics()
+        self.val_quantiles = QuantileScores(self.levels) if self.levels else None
         # Window-weighted means, so ranks with unequal window counts still give the global value.
         self.val_losses = torch.nn.ModuleDict({"loss": torchmetrics.MeanMetric(), "loss_tf": torchmetrics.MeanMetric()})
+
+    def loss_fn(self, quantiles: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, H, Q) scaled predictions, (B, H) scaled target -> the training loss (a scalar).
+
+        The pinball loss averaged over levels with ``model.quantiles``, else ``train.loss``.
+        """
+        if self.levels:
+            return pinball_loss(quantiles, target, self.level_tensor)
+        return self.point_loss(quantiles[..., 0], target)
+
+    def median(self, quantiles: torch.Tensor) -> torch.Tensor:
+        """(..., Q) -> (...): the median level, which is the point forecast."""
+        return quantiles[..., self.median_index]
 
     # -- training -------------------------------------------------------------------------------
 
@@ -78,7 +100,7 @@ class ForecastModule(L.LightningModule):
             # Parallel scheduled sampling: a first teacher-forced pass gives the model's own
             # predictions, and a random share p of the fed-back inputs is replaced by them.
             with torch.no_grad():
-                own = net(past, batch["past_time"], batch["future_time"], decoder_input)
+                own = net.median(net(past, batch["past_time"], batch["future_time"], decoder_input))
             replace = torch.rand_like(decoder_input) < p
             replace[:, 0] = False  # step 0 is fed the last observed value, which is always known
             decoder_input = torch.where(replace, net.shift(past, own), decoder_input)
@@ -112,20 +134,23 @@ class ForecastModule(L.LightningModule):
     # -- evaluation: the same autoregressive path as inference -----------------------------------
 
     def forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
-        """Autoregressive forecast (B, H) in scaled units: the mean over the ensemble's members."""
+        """Autoregressive quantiles (B, H, Q) in scaled units: the mean of the members' quantiles, level by level.
+
+        A mean of non-decreasing rows is non-decreasing, so averaged quantiles never cross.
+        """
         return torch.stack([net.forecast(past_target, past_time, future_time) for net in self.nets]).mean(dim=0)
 
     def teacher_forced(
         self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor, future_target: torch.Tensor
     ) -> torch.Tensor:
-        """Teacher-forced predictions (B, H) in scaled units: the mean over the ensemble's members."""
+        """Teacher-forced quantiles (B, H, Q) in scaled units: the mean over the ensemble's members."""
         decoder_input = Seq2SeqTransformer.shift(past_target, future_target)
         return torch.stack([net(past_target, past_time, future_time, decoder_input) for net in self.nets]).mean(dim=0)
 
     def forecast(self, batch: dict) -> torch.Tensor:
-        """Autoregressive forecast (B, H) in passengers."""
+        """Autoregressive quantiles (B, H, Q) in passengers; ``median`` of it is the point forecast."""
         scaled = self.forecast_scaled(batch["past_target"], batch["past_time"], batch["future_time"])
-        return scaled * batch["scale"][:, None] + batch["loc"][:, None]
+        return scaled * batch["scale"][:, None, None] + batch["loc"][:, None, None]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         past, future = batch["past_target"], batch["future_target"]
@@ -136,8 +161,16 @@ class ForecastModule(L.LightningModule):
         self.val_losses["loss"].update(self.loss_fn(scaled, future), weight=n)
         self.log_dict({f"val/{k}": m for k, m in self.val_losses.items()}, batch_size=n)
         scale, loc = batch["scale"][:, None], batch["loc"][:, None]
-        self.val_metrics.update(scaled * scale + loc, future * scale + loc)
+        actual = future * scale + loc
+        self.val_metrics.update(self.median(scaled) * scale + loc, actual)
         self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, batch_size=n)
+        if self.val_quantiles is not None:
+            self.val_quantiles.update(scaled * scale[..., None] + loc[..., None], actual)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_quantiles is not None:  # compute() sums the states over ranks first
+            self.log_dict({f"val/{k}": v for k, v in self.val_quantiles.compute().items()}, sync_dist=True)  # equal on every rank
+            self.val_quantiles.reset()
 
     # -- optimisation ---------------------------------------------------------------------------
 

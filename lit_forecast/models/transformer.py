@@ -8,11 +8,17 @@ when forecasting. It also gets inputs that are known in advance, so it does not 
 on its own, drifting, predictions: the value ``seasonal_lag`` steps earlier (same slot last
 week) and calendar embeddings (slot of day, day of week).
 
+Outputs: with ``quantiles`` (levels such as 0.1, 0.5, 0.9, which must include 0.5) the head
+gives Q values per step, built as the median plus cumulated softplus increments above and
+below it, so the quantiles never cross. The median is the point forecast and the value fed
+back to the next step. Without levels the head gives one value per step (Q = 1).
+
 Positions are sinusoidal over absolute step indices: past step i sits at position i and
 future step k at ``input_window + k``, so the decoder's positions continue after the
 encoder's. A causal mask keeps step k from seeing decoder inputs after k.
 
-Shapes: B batch, W input_window, H horizon, D d_model, N = W / patch_len encoder tokens.
+Shapes: B batch, W input_window, H horizon, D d_model, N = W / patch_len encoder tokens,
+Q quantile levels (1 without levels).
 """
 
 from __future__ import annotations
@@ -130,18 +136,30 @@ class Seq2SeqTransformer(nn.Module):
         slots_per_day: int = 48,
         window_norm: bool = False,
         holidays: bool = False,
+        quantiles: list[float] | tuple[float, ...] = (),
+        daily_lag: int = 0,
+        residual: bool = False,
     ):
         super().__init__()
         if input_window % patch_len:
             raise ValueError(f"input_window {input_window} is not a multiple of patch_len {patch_len}")
-        if seasonal_lag and not horizon <= seasonal_lag <= input_window:
-            raise ValueError(f"seasonal_lag {seasonal_lag} must lie in [horizon {horizon}, input_window {input_window}]")
+        for name, lag in (("seasonal_lag", seasonal_lag), ("daily_lag", daily_lag)):
+            if lag and not horizon <= lag <= input_window:
+                raise ValueError(f"{name} {lag} must lie in [horizon {horizon}, input_window {input_window}]")
+        if residual and not seasonal_lag:
+            raise ValueError("residual needs seasonal_lag: the forecast is a correction of the seasonal value")
+        levels = [float(q) for q in quantiles]
+        if levels and (0.5 not in levels or levels != sorted(set(levels))):
+            raise ValueError(f"quantiles {levels} must be increasing and include 0.5 (the median)")
         self.input_window, self.horizon, self.patch_len = input_window, horizon, patch_len
         self.d_model, self.covariates, self.seasonal_lag = d_model, covariates, seasonal_lag
-        self.window_norm = window_norm
+        self.window_norm, self.residual = window_norm, residual
+        self.lags = [lag for lag in (seasonal_lag, daily_lag) if lag]  # known-future lagged inputs
+        self.levels = levels
+        self.median_index = levels.index(0.5) if levels else 0
 
         self.patch_embed = nn.Linear(patch_len, d_model)
-        self.step_embed = nn.Linear(2 if seasonal_lag else 1, d_model)  # [previous value, seasonal lag]
+        self.step_embed = nn.Linear(1 + len(self.lags), d_model)  # [previous value, value at each lag]
         self.calendar = CalendarEmbedding(slots_per_day, d_model, holidays) if covariates else None
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, dim_feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
@@ -149,7 +167,7 @@ class Seq2SeqTransformer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
         self.decoder = nn.ModuleList(DecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(decoder_layers))
         self.decoder_norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, 1)
+        self.head = nn.Linear(d_model, max(1, len(levels)))
         self.drop = nn.Dropout(dropout)
         # Fixed position tables: encoder token j starts at step j * patch_len, decoder step k at W + k.
         steps = torch.arange(input_window + horizon)
@@ -179,11 +197,39 @@ class Seq2SeqTransformer(nn.Module):
         return self.encoder(self.drop(x))
 
     def seasonal_inputs(self, past_target: torch.Tensor) -> torch.Tensor | None:
-        """(B, W) -> (B, H): for future step k, the past value ``seasonal_lag`` steps before it."""
-        if not self.seasonal_lag:
+        """(B, W) -> (B, H, L): for future step k, the past value each of the L lags before it.
+
+        Lags are ``seasonal_lag`` (same slot last week) then ``daily_lag`` (yesterday), where set.
+        """
+        if not self.lags:
             return None
-        start = self.input_window - self.seasonal_lag
-        return past_target[:, start : start + self.horizon]
+        starts = [self.input_window - lag for lag in self.lags]
+        return torch.stack([past_target[:, s : s + self.horizon] for s in starts], dim=-1)
+
+    def quantile_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) decoder states -> (B, T, Q) quantiles, non-decreasing along Q.
+
+        The head's median column is the median; the columns above it add cumulated
+        softplus increments, the columns below subtract them, so no two levels cross.
+        """
+        raw = self.head(hidden)
+        if raw.shape[-1] == 1:
+            return raw
+        m = self.median_index
+        median = raw[..., m : m + 1]
+        above = median + torch.cumsum(F.softplus(raw[..., m + 1 :]), dim=-1)
+        below = median - torch.cumsum(F.softplus(raw[..., :m].flip(-1)), dim=-1).flip(-1)
+        return torch.cat([below, median, above], dim=-1)
+
+    def _output(self, x: torch.Tensor, seasonal: torch.Tensor | None, first: int) -> torch.Tensor:
+        """Decoder states (B, T, D) for steps first..first+T-1 -> quantiles (B, T, Q), window-scaled units.
+
+        With ``residual`` the network predicts the correction to last week's value at each step.
+        """
+        out = self.quantile_outputs(self.decoder_norm(x))
+        if self.residual:
+            out = out + seasonal[:, first : first + x.shape[1], 0:1]
+        return out
 
     def _known_inputs(self, seasonal: torch.Tensor | None, future_time: torch.Tensor) -> torch.Tensor:
         """The part of every decoder token that is known before decoding: (B, H, D), or (H, D).
@@ -194,7 +240,7 @@ class Seq2SeqTransformer(nn.Module):
         """
         x = self.step_embed.bias + self.dec_pos
         if seasonal is not None:
-            x = x + seasonal[..., None] * self.step_embed.weight[:, 1]
+            x = x + seasonal @ self.step_embed.weight[:, 1:].T
         if self.calendar is not None:
             x = x + self.calendar(future_time)
         return x
@@ -212,7 +258,7 @@ class Seq2SeqTransformer(nn.Module):
     def forward(
         self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor, decoder_input: torch.Tensor
     ) -> torch.Tensor:
-        """Teacher-forced pass: predictions (B, H) for all steps in parallel.
+        """Teacher-forced pass: quantiles (B, H, Q) for all steps in parallel.
 
         ``decoder_input`` (B, H) is the value fed at each step: ``[last past value, y_1 .. y_{H-1}]``
         under teacher forcing (see :meth:`shift`), possibly mixed with the model's own predictions
@@ -221,10 +267,15 @@ class Seq2SeqTransformer(nn.Module):
         loc, scale = self.window_stats(past_target)
         past_target, decoder_input = (past_target - loc) / scale, (decoder_input - loc) / scale
         memory_kv = self._memory_kv(self.encode(past_target, past_time))
-        x = self._decoder_tokens(decoder_input, self._known_inputs(self.seasonal_inputs(past_target), future_time), 0)
+        seasonal = self.seasonal_inputs(past_target)
+        x = self._decoder_tokens(decoder_input, self._known_inputs(seasonal, future_time), 0)
         for layer, kv in zip(self.decoder, memory_kv):
             x = layer(x, kv)
-        return self.head(self.decoder_norm(x)).squeeze(-1) * scale + loc
+        return self._output(x, seasonal, 0) * scale[..., None] + loc[..., None]
+
+    def median(self, quantiles: torch.Tensor) -> torch.Tensor:
+        """(..., Q) -> (...): the median, i.e. the point forecast and the value fed back."""
+        return quantiles[..., self.median_index]
 
     @staticmethod
     def shift(past_target: torch.Tensor, future_target: torch.Tensor) -> torch.Tensor:
@@ -233,7 +284,7 @@ class Seq2SeqTransformer(nn.Module):
 
     @torch.no_grad()
     def forecast(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
-        """Autoregressive forecast (B, H) in scaled units: each step is fed the previous prediction.
+        """Autoregressive forecast: quantiles (B, H, Q) in scaled units; each step is fed the previous median.
 
         The encoder runs once; each decoder layer caches its keys/values, so step k costs one
         token's work instead of recomputing steps 0..k-1.
@@ -241,7 +292,8 @@ class Seq2SeqTransformer(nn.Module):
         loc, scale = self.window_stats(past_target)
         past_target = (past_target - loc) / scale
         memory_kv = self._memory_kv(self.encode(past_target, past_time))
-        known = self._known_inputs(self.seasonal_inputs(past_target), future_time)
+        seasonal = self.seasonal_inputs(past_target)
+        known = self._known_inputs(seasonal, future_time)
         caches = [{} for _ in self.decoder]
         prev = past_target[:, -1:]  # (B, 1)
         outputs = []
@@ -249,6 +301,7 @@ class Seq2SeqTransformer(nn.Module):
             x = self._decoder_tokens(prev, known, k)
             for layer, kv, cache in zip(self.decoder, memory_kv, caches):
                 x = layer(x, kv, cache)
-            prev = self.head(self.decoder_norm(x)).squeeze(-1)  # (B, 1)
-            outputs.append(prev)
-        return torch.cat(outputs, dim=1) * scale + loc
+            out = self._output(x, seasonal, k)  # (B, 1, Q)
+            prev = self.median(out)  # (B, 1)
+            outputs.append(out)
+        return torch.cat(outputs, dim=1) * scale[..., None] + loc[..., None]

@@ -30,7 +30,7 @@ from lit_forecast.errors import RunError, StorageError
 from lit_forecast.layout import CHECKPOINT_FILE, DIVERGED_FILE, checkpoint_folders, data_dir, relative_to_run, tensorboard_dir
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import stats_to_dict
-from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, RandomState, Throughput
+from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, ForecastFigure, RandomState, Throughput
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def _train_worker(loop_config: dict) -> None:
             Throughput(),
             EpochLine(loop_config["launched_at"]),
             RandomState(),
+            ForecastFigure(),
             ReportCallback(config.cluster.checkpoint_every_n_epochs, plain, guard, run),
         ],
         logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),

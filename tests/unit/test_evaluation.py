@@ -11,9 +11,9 @@ import pytest
 
 from lit_forecast.console import format_backtest
 from lit_forecast.evaluation.backtest import backtest, save_table, training_scale
-from lit_forecast.evaluation.baselines import seasonal_naive, seasonal_naive_lags
-from lit_forecast.evaluation.metrics import evaluate, seasonal_naive_mae
-from lit_forecast.evaluation.plots import plot_forecast
+from lit_forecast.evaluation.baselines import residual_quantiles, seasonal_naive, seasonal_naive_lags, seasonal_naive_quantiles
+from lit_forecast.evaluation.metrics import evaluate, quantile_scores, seasonal_naive_mae
+from lit_forecast.evaluation.plots import interval_bands, plot_forecast
 
 
 def test_seasonal_naive_takes_the_value_one_lag_back_and_repeats_the_last_season():
@@ -90,6 +90,53 @@ def test_plot_writes_one_png(tmp_path):
     history = pd.Series(np.arange(336.0), index=pd.date_range("2024-01-01", periods=336, freq="30min"))
     future = pd.date_range("2024-01-08", periods=48, freq="30min")
     path = tmp_path / "plot.png"
+    quantiles = np.stack([np.zeros(48), np.ones(48), 2 * np.ones(48)], axis=1)
+    bands = interval_bands(quantiles, [0.1, 0.5, 0.9], future)
+    assert list(bands) == ["80 % interval"] and bands["80 % interval"][1].iloc[0] == 2.0
     plot_forecast(str(path), history, pd.Series(np.ones(48), index=future), pd.Series(np.ones(48), index=future),
-                  {"model": [1.0] * 48, "naive_weekly": [2.0] * 48}, "test")
+                  {"model": [1.0] * 48, "naive_weekly": [2.0] * 48}, "test", bands=bands)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- quantiles ---------------------------------------------------------------------------------------
+
+
+def test_quantile_scores_equal_a_hand_computation():
+    levels = [0.1, 0.5, 0.9]
+    quantiles = np.array([[[8.0, 10.0, 12.0], [0.0, 1.0, 2.0]], [[5.0, 6.0, 7.0], [1.0, 2.0, 3.0]]])  # (2, 2, 3)
+    actual = np.array([[13.0, 1.0], [6.0, np.nan]])  # the unknown actual is left out
+    # pinball per point and level: q (y - f) above, (1 - q) (f - y) below
+    pinball = np.array([[0.5, 1.5, 0.9], [0.1, 0.0, 0.1], [0.1, 0.0, 0.1]])  # y=13 on row 1; y=1 on row 2; y=6 on 5,6,7
+    scores = quantile_scores(quantiles, actual, levels)
+    assert scores["overall"]["wql"] == pytest.approx((2 * pinball.sum(axis=0) / 20.0).mean())
+    assert scores["overall"]["coverage_80"] == pytest.approx(2 / 3)  # 13 outside [8, 12]; 1 in [0, 2]; 6 in [5, 7]
+    assert scores["by_step"]["coverage_80"] == pytest.approx([0.5, 1.0])
+    assert scores["by_step"]["wql"][1] == pytest.approx((2 * pinball[1] / 1.0).mean())
+
+
+def test_naive_quantiles_add_the_in_sample_residual_quantiles():
+    values = np.array([0.0, 0.0, 1.0, 2.0, 3.0, 0.0])  # lag-2 residuals: 1, 2, 2, -2
+    np.testing.assert_allclose(residual_quantiles(values, 2, [0.0, 0.5, 1.0]), [-2.0, 1.5, 2.0])
+    history = np.array([[1.0, 2.0, 3.0, 4.0]])
+    bands = seasonal_naive_quantiles(history, 3, 2, np.array([[-1.0, 0.0, 1.0]]))
+    np.testing.assert_array_equal(bands[0], [[2, 3, 4], [3, 4, 5], [2, 3, 4]])  # naive 3, 4, 3 plus -1, 0, 1
+
+
+def test_backtest_scores_quantiles_of_model_and_baselines():
+    t = np.arange(4 * 336, dtype=np.float64)
+    values = 100 + 20 * np.sin(2 * np.pi * t / 48)
+    times = pd.date_range("2024-01-01", periods=len(t), freq="30min")
+    H, cutoffs, levels = 48, [2 * 336 + 48 * i for i in range(5)], [0.1, 0.5, 0.9]
+    history = np.stack([values[c - 336 : c] for c in cutoffs])
+    actual = np.stack([values[c : c + H] for c in cutoffs])
+    quantiles = actual[..., None] + np.array([-1.0, 0.0, 1.0])  # always covers, median exact: wQL from the tails only
+    residuals = {"0": {"naive_daily": [-2.0, 0.0, 2.0], "naive_weekly": [-4.0, 0.0, 4.0]}}
+    table = backtest(actual, history, actual, ["0"] * 5, pd.DatetimeIndex(times[cutoffs]), {"0": 1.0}, seasonal_naive_lags(48),
+                     quantiles, levels, residuals)
+    model, weekly = table["methods"]["model"]["overall"], table["methods"]["naive_weekly"]["overall"]
+    tails = 2 * (0.1 + 0.1) * actual.size / np.abs(actual).sum() / 3  # pinball 0.1 at q0.1 and q0.9, 0 at the median
+    assert model["coverage_80"] == 1.0 and model["wql"] == pytest.approx(tails)
+    assert weekly["coverage_80"] == 1.0 and weekly["wql"] == pytest.approx(4 * tails)  # naive exact, tails 4 away: 0.1 x 4
+    assert table["wql_ratio_model_vs_naive_weekly"] == pytest.approx(0.25)
+    text = format_backtest(table)
+    assert "COVER80" in text and "100.0" in text and "model wQL / weekly-naive wQL = 0.250" in text

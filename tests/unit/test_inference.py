@@ -230,9 +230,12 @@ def test_backtest_writes_forecasts_table_and_plot(checkpoint, csv, tmp_path, suf
     cutoffs = parse_cutoffs([f"{at(2 * 336)}..{at(SLOTS - H)}/12h"])
     result = infer(InferenceRequest(checkpoint=checkpoint, data=csv(), cutoffs=cutoffs, output=output, use_ray=False))
     frame = pd.read_csv(output, parse_dates=["cutoff", "timestamp"]) if suffix == ".csv" else pd.read_parquet(output)
-    assert list(frame.columns) == ["cutoff", "timestamp", "forecast", "actual"]
+    assert list(frame.columns) == ["cutoff", "timestamp", "forecast", "q0.1", "q0.9", "actual"]
     assert len(frame) == len(cutoffs) * H and frame["actual"].notna().all()
+    assert (frame["q0.1"] <= frame["forecast"]).all() and (frame["forecast"] <= frame["q0.9"]).all()
     assert set(result.table["methods"]) == {"model", "naive_daily", "naive_weekly"}
+    for scores in result.table["methods"].values():
+        assert 0 <= scores["overall"]["coverage_80"] <= 1 and scores["overall"]["wql"] > 0
     assert result.table_path == str(tmp_path / "out.backtest.json") and storage.exists(result.table_path)
     assert (tmp_path / "out.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -283,7 +286,7 @@ def test_infer_command_line(checkpoint, csv, tmp_path, capsys, package_logger):
     main(["--checkpoint", checkpoint, "--data", csv(), "--no-ray", "--output", str(tmp_path / "f.csv")])
     out = capsys.readouterr().out
     assert f"forecast from cutoff Mon {at(SLOTS):%Y-%m-%d %H:%M}" in out and f"forecasts   {tmp_path / 'f.csv'}" in out
-    assert pd.read_csv(tmp_path / "f.csv").columns.tolist() == ["cutoff", "timestamp", "forecast"]
+    assert pd.read_csv(tmp_path / "f.csv").columns.tolist() == ["cutoff", "timestamp", "forecast", "q0.1", "q0.9"]
     assert (tmp_path / "f.png").exists()
     with pytest.raises(SystemExit) as exit_:
         main(["--checkpoint", str(tmp_path / "nope"), "--no-ray"])

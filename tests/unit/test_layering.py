@@ -30,7 +30,7 @@ ALLOWED = {
     "cli": {"errors", "config", "layout"},
     "data": BOTTOM | {"ray_cluster"},  # data/ray_prepare joins or starts Ray as training does
     "models": {"errors", "spec"},  # never data/: the network knows windows only as tensors
-    "evaluation": {"errors", "storage", "progress"},
+    "evaluation": {"errors", "storage", "progress", "spec"},
     "console": {"data"},
     "inference": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation"},
     "training": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation", "console", "cli"},

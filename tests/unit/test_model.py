@@ -1,4 +1,4 @@
-"""The network and its LightningModule: causality, positions, one decoding path, checkpoints."""
+"""The network and its LightningModule: causality, positions, one decoding path, quantiles, checkpoints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from lit_forecast import config as cfg
+from lit_forecast.evaluation.metrics import quantile_scores
 from lit_forecast.models.module import ForecastModule
+from lit_forecast.models.quantiles import QuantileScores, pinball_loss
 from lit_forecast.models.transformer import Seq2SeqTransformer, sinusoidal
 from lit_forecast.spec import WindowSpec
 
@@ -41,11 +43,13 @@ def make_batch(batch_size: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
 
 
 def teacher_forced(net: Seq2SeqTransformer, batch: dict, future: torch.Tensor) -> torch.Tensor:
+    """(B, H, Q) quantiles with ``future`` (B, H) fed back."""
     decoder_input = net.shift(batch["past_target"], future)
     return net(batch["past_target"], batch["past_time"], batch["future_time"], decoder_input)
 
 
-OPTIONS = [{}, {"window_norm": True, "holidays": True}]  # the default, and the optional inputs
+# The default (quantiles 0.1, 0.5, 0.9), the optional inputs, and a point head (Q = 1).
+OPTIONS = [{}, {"window_norm": True, "holidays": True, "daily_lag": H, "residual": True}, {"quantiles": []}]
 
 
 @pytest.mark.parametrize("options", OPTIONS)
@@ -100,7 +104,7 @@ def test_teacher_forced_and_autoregressive_agree_on_the_first_step():
     net, batch = make_module().nets[0], make_batch()
     forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
     forced = teacher_forced(net, batch, batch["future_target"])
-    torch.testing.assert_close(forecast[:, 0], forced[:, 0])
+    torch.testing.assert_close(forecast[:, 0], forced[:, 0])  # every level
     assert not torch.allclose(forecast[:, 1:], forced[:, 1:])  # later steps differ: inputs differ
 
 
@@ -110,7 +114,8 @@ def test_cached_decoding_equals_a_full_pass_over_its_own_predictions(options):
     # proves the key/value cache and the causal mask compute the same function.
     net, batch = make_module(**options).nets[0], make_batch()
     forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
-    torch.testing.assert_close(teacher_forced(net, batch, forecast), forecast, rtol=1e-5, atol=1e-5)
+    assert forecast.shape == (3, H, max(1, len(net.levels)))
+    torch.testing.assert_close(teacher_forced(net, batch, net.median(forecast)), forecast, rtol=1e-5, atol=1e-5)
 
 
 def test_overfits_one_small_batch():
@@ -130,6 +135,7 @@ def test_overfits_one_small_batch():
 @pytest.mark.parametrize("members", [1, 2])
 def test_checkpoint_round_trip_needs_only_the_checkpoint(tmp_path, members):
     module, batch = make_module(members=members), make_batch()
+    assert module.levels == [0.1, 0.5, 0.9]
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     path = tmp_path / "model.ckpt"
@@ -138,14 +144,28 @@ def test_checkpoint_round_trip_needs_only_the_checkpoint(tmp_path, members):
     raw = torch.load(path, weights_only=True)  # plain tensors and primitives only
     assert raw["hyper_parameters"]["series"] == SERIES
     assert raw["hyper_parameters"]["window"]["horizon"] == H
+    assert raw["hyper_parameters"]["model"]["quantiles"] == [0.1, 0.5, 0.9]
     loaded = ForecastModule.load_from_checkpoint(path, map_location="cpu").eval()
     torch.testing.assert_close(loaded.forecast(batch), module.forecast(batch), rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_before_quantiles_loads_as_a_point_model(tmp_path):
+    # Older checkpoints have no quantiles, daily_lag or residual in their hyperparameters.
+    plain = cfg.to_dict(TINY)
+    old = {k: v for k, v in plain["model"].items() if k not in ("quantiles", "daily_lag", "residual")}
+    torch.manual_seed(0)
+    module = ForecastModule(old, WINDOW, plain["train"], SERIES).eval()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "old.ckpt")
+    loaded = ForecastModule.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu").eval()
+    assert loaded.levels == [] and loaded.forecast(make_batch()).shape == (3, H, 1)
 
 
 def test_metrics_are_in_passengers_and_match_a_hand_computation():
     module = make_module()
     batch = make_batch(batch_size=2)
-    scaled_forecast = torch.zeros(2, H)  # forecast = loc = 1000 passengers at every step
+    scaled_forecast = torch.zeros(2, H, 3)  # every level = loc = 1000 passengers at every step
     module.forecast_scaled = lambda *args: scaled_forecast
     truth = batch["future_target"] * 200.0 + 1000.0
     with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: logging is skipped
@@ -216,3 +236,99 @@ def test_each_member_is_clipped_on_its_own():
     # A clip over both members together would have shrunk the tiny gradient as well.
     for before, p in zip(small, module.nets[1].parameters()):
         torch.testing.assert_close(p.grad, before)
+
+
+# -- quantiles ---------------------------------------------------------------------------------------
+
+
+def test_quantiles_never_cross_even_for_a_wild_head():
+    module = make_module(members=2)
+    with torch.no_grad():
+        for net in module.nets:  # large random head weights: raw outputs in any order
+            net.head.weight.normal_(0, 5.0)
+            net.head.bias.normal_(0, 5.0)
+    batch = make_batch(batch_size=16)
+    for quantiles in (module.forecast(batch), teacher_forced(module.nets[0], batch, batch["future_target"])):
+        assert quantiles.shape == (16, H, 3)
+        assert (quantiles.diff(dim=-1) >= 0).all()
+
+
+def test_the_median_of_the_quantile_head_is_its_point_forecast():
+    # A point network with the quantile network's weights and only its median row of the head
+    # forecasts exactly the quantile network's median: the other levels never reach the
+    # decoding path (only the median is fed back).
+    quantile_net = make_module().nets[0]
+    point_net = make_module(quantiles=[]).nets[0]
+    state = quantile_net.state_dict()
+    m = quantile_net.median_index
+    state["head.weight"], state["head.bias"] = state["head.weight"][m : m + 1], state["head.bias"][m : m + 1]
+    point_net.load_state_dict(state)
+    batch = make_batch()
+    args = batch["past_target"], batch["past_time"], batch["future_time"]
+    # Equal up to float32 rounding: a 3-row and a 1-row head are different matrix products.
+    torch.testing.assert_close(quantile_net.median(quantile_net.forecast(*args)), point_net.forecast(*args)[..., 0], rtol=0, atol=1e-6)
+    module = make_module(members=2)
+    torch.testing.assert_close(module.median(module.forecast(batch)),
+                               torch.stack([net.median(net.forecast(*args)) for net in module.nets]).mean(0) * 200 + 1000)
+
+
+def test_pinball_loss_and_scores_equal_a_hand_computation():
+    levels = [0.1, 0.5, 0.9]
+    quantiles = torch.tensor([[[8.0, 10.0, 12.0], [0.0, 1.0, 2.0]]])  # (1, 2, 3)
+    actual = torch.tensor([[13.0, 1.0]])
+    # step 0: y = 13 above all: 0.1*5, 0.5*3, 0.9*1 = 0.5, 1.5, 0.9; step 1: y = 1 in [0, 2]: 0.1*1, 0, 0.1*1
+    pinball = torch.tensor([[0.5, 1.5, 0.9], [0.1, 0.0, 0.1]])
+    assert pinball_loss(quantiles, actual, torch.tensor(levels)).item() == pytest.approx(pinball.mean().item())
+    # wQL = mean over levels of 2 * sum pinball / sum |y| = mean(2 * [0.6, 1.5, 1.0] / 14)
+    wql = (2 * pinball.sum(0) / 14.0).mean().item()
+    scores = QuantileScores(levels)
+    scores.update(quantiles[:, :1], actual[:, :1])  # two updates: sums, not means of means
+    scores.update(quantiles[:, 1:], actual[:, 1:])
+    got = {k: v.item() for k, v in scores.compute().items()}
+    assert got == pytest.approx({"wql": wql, "coverage_80": 0.5})  # 13 is outside [8, 12], 1 inside [0, 2]
+    numpy = quantile_scores(quantiles.numpy(), actual.numpy(), levels)
+    assert numpy["overall"] == pytest.approx({"wql": wql, "coverage_80": 0.5})
+    assert numpy["by_step"]["coverage_80"] == [0.0, 1.0]
+    assert numpy["by_step"]["wql"] == pytest.approx([(2 * pinball[0] / 13).mean().item(), (2 * pinball[1] / 1).mean().item()])
+
+
+def test_validation_logs_quantile_scores_in_passengers():
+    module = make_module()
+    batch = make_batch(batch_size=2)
+    module.forecast_scaled = lambda *args: torch.zeros(2, H, 3) + torch.tensor([-1.0, 0.0, 1.0])  # 800, 1000, 1200
+    with pytest.warns(UserWarning, match="self.log"):
+        module.validation_step(batch, 0)
+    truth = batch["future_target"] * 200.0 + 1000.0
+    got = module.val_quantiles.compute()
+    inside = ((truth >= 800) & (truth <= 1200)).float().mean().item()
+    assert got["coverage_80"].item() == pytest.approx(inside)
+    expected = quantile_scores((torch.zeros(2, H, 3) + torch.tensor([800.0, 1000.0, 1200.0])).numpy(), truth.numpy(), module.levels)
+    assert got["wql"].item() == pytest.approx(expected["overall"]["wql"], rel=1e-5)
+
+
+def test_forecast_figure_draws_one_fixed_validation_window_on_rank_0():
+    import numpy as np
+    import pandas as pd
+
+    from lit_forecast.data.windows import Segment, WindowSet
+    from lit_forecast.spec import SeriesStats
+    from lit_forecast.training.callbacks import ForecastFigure
+
+    module = make_module()
+    values = 1000 + 200 * np.sin(np.arange(200) / 7)
+    segment = Segment("0", pd.Timestamp("2024-01-01 12:00"), values, np.arange(W, 200 - H))  # first cutoff Mon 20:00
+    windows = WindowSet([segment], {"0": SeriesStats(1000.0, 200.0)}, WindowSpec(W, H, "30min"))
+    drawn = []
+    experiment = types.SimpleNamespace(add_figure=lambda tag, figure, global_step, close: drawn.append((tag, figure)))
+    trainer = types.SimpleNamespace(global_rank=0, sanity_checking=False, current_epoch=1, max_epochs=5, global_step=7,
+                                    logger=types.SimpleNamespace(experiment=experiment),
+                                    val_dataloaders=types.SimpleNamespace(dataset=windows))
+    ForecastFigure(every_n_epochs=2).on_validation_epoch_end(trainer, module)
+    assert [tag for tag, _ in drawn] == ["val/forecast"]
+    title = drawn[0][1].axes[0].get_title()
+    assert "from Tue 2024-01-02 00:00" in title  # the first window starting at midnight
+    assert any("80 % interval" in t.get_text() for t in drawn[0][1].axes[0].get_legend().get_texts())
+    for rank, epoch in ((1, 1), (0, 0)):  # not rank 0, or not an epoch to draw: nothing
+        trainer.global_rank, trainer.current_epoch = rank, epoch
+        ForecastFigure(every_n_epochs=2).on_validation_epoch_end(trainer, module)
+    assert len(drawn) == 1
