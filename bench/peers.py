@@ -36,7 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 # Everything this script takes from lit_forecast, in one place (the package is being reorganised).
 from lit_forecast.config import DataConfig
-from lit_forecast.console import DIGITS, PERCENT
+from lit_forecast.console import DIGITS, percent
 from lit_forecast.data.source import Series, fill_short_gaps
 from lit_forecast.data.windows import calendar_features
 from lit_forecast.errors import UserError
@@ -151,7 +151,7 @@ def format_table(table: dict, title: str) -> str:
              f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in metrics)]
     for name, result in table["methods"].items():
         o = result["overall"]
-        lines.append(f"{name:<14}" + "".join(_num(o[m] * (100 if m in PERCENT else 1), DIGITS[m]) for m in metrics))
+        lines.append(f"{name:<14}" + "".join(_num(o[m] * (100 if percent(m) else 1), DIGITS[m]) for m in metrics))
     lines.append(f"{NAME} MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
     return "\n".join(lines)
 

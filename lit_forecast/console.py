@@ -14,7 +14,7 @@ from lit_forecast.data.manifest import Manifest
 DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2, "wql": 3}  # decimals shown in the backtest table (coverage: 1)
 
 
-def _percent(metric: str) -> bool:
+def percent(metric: str) -> bool:
     """Fractions in the JSON, percentages when printed: MAPE, sMAPE and interval coverage."""
     return metric in ("mape", "smape") or metric.startswith("coverage_")
 
@@ -91,7 +91,7 @@ def format_backtest(table: dict, steps: list[int] | None = None) -> str:
     ]
     for name in names:
         overall = table["methods"][name]["overall"]
-        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if _percent(m) else 1), DIGITS.get(m, 1)) for m in metrics))
+        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if percent(m) else 1), DIGITS.get(m, 1)) for m in metrics))
     lines.append(f"model MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
     if "wql_ratio_model_vs_naive_weekly" in table:
         lines.append(f"model wQL / weekly-naive wQL = {table['wql_ratio_model_vs_naive_weekly']:.3f}  (naive quantiles: "
@@ -118,7 +118,7 @@ def format_fleet(table: dict) -> str:
         f"{'':<14}" + "".join(f"{m:>14}" for m in methods),
         f"{'mean':<14}" + "".join(_num(fleet["mase_mean"][m], 2, 14) for m in methods),
         f"{'median':<14}" + "".join(_num(fleet["mase_median"][m], 2, 14) for m in methods),
-        f"model beats the weekly seasonal-naive forecast (lower MASE) in {_percent(fleet['share_model_beats_naive_weekly'])} of series",
+        f"model beats the weekly seasonal-naive forecast (lower MASE) in {_share(fleet['share_model_beats_naive_weekly'])} of series",
     ]
     if fleet["worst"]:
         lines += ["", f"{len(fleet['worst'])} worst series by model MASE (all in the per-series table):",
@@ -129,5 +129,5 @@ def format_fleet(table: dict) -> str:
     return "\n".join(lines)
 
 
-def _percent(share: float | None) -> str:
+def _share(share: float | None) -> str:
     return "nan %" if share is None or math.isnan(share) else f"{100 * share:.1f} %"

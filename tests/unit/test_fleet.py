@@ -285,7 +285,7 @@ def test_the_plot_shows_the_busiest_series_or_the_one_asked_for(checkpoint, zone
 
     data = zones_csv({"a": taxi_like(seed=0, level=300), "b": taxi_like(seed=1, level=2000)})
     headings = []  # the plot's heading names its series
-    monkeypatch.setattr(pipeline, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq: headings.append(heading))
+    monkeypatch.setattr(pipeline, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq, bands=None: headings.append(heading))
     for plot_series in (None, "a"):
         infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], output=str(tmp_path / "f.csv"), use_ray=False,
                                plot_series=plot_series))
