@@ -70,3 +70,16 @@ def make_config(tmp_path: Path):
         return cfg.validate(cfg.from_dict(raw))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def taxi_like_csv(tmp_path_factory) -> Path:
+    """Eight weeks of half-hourly counts with daily and weekly cycles and noise (the Ray tests' data)."""
+    slots = pd.date_range("2024-01-01", periods=8 * 7 * 48, freq="30min")
+    hour = slots.hour + slots.minute / 60
+    weekday = slots.day_of_week.to_numpy()
+    rng = np.random.default_rng(0)
+    values = 10_000 + 6_000 * np.sin((hour - 6) / 24 * 2 * np.pi) + 1_500 * (weekday >= 5) + rng.normal(0, 300, len(slots))
+    path = tmp_path_factory.mktemp("data") / "taxi_like.csv"
+    pd.DataFrame({"timestamp": slots, "value": values.round()}).to_csv(path, index=False)
+    return path

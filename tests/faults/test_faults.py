@@ -23,15 +23,7 @@ import psutil
 import pytest
 import torch
 
-from tests.integration.test_ray_train import (  # noqa: F401 (taxi_like_csv is a fixture)
-    ROOT,
-    checkpoints,
-    command,
-    environment,
-    epoch_lines,
-    taxi_like_csv,
-    training_workers,
-)
+from tests.integration.test_ray_train import ROOT, checkpoints, command, environment, epoch_lines, training_workers
 
 pytestmark = [pytest.mark.ray]
 RESUMED = re.compile(r"RESUMED from checkpoint (\S+) \(epoch (\d+)/(\d+) done\)")

@@ -27,17 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray]
 
 
-@pytest.fixture(scope="module")
-def taxi_like_csv(tmp_path_factory) -> Path:
-    """Eight weeks of half-hourly counts with daily and weekly cycles and noise."""
-    slots = pd.date_range("2024-01-01", periods=8 * 7 * 48, freq="30min")
-    hour = slots.hour + slots.minute / 60
-    weekday = slots.dayofweek.to_numpy()
-    rng = np.random.default_rng(0)
-    values = 10_000 + 6_000 * np.sin((hour - 6) / 24 * 2 * np.pi) + 1_500 * (weekday >= 5) + rng.normal(0, 300, len(slots))
-    path = tmp_path_factory.mktemp("data") / "taxi_like.csv"
-    pd.DataFrame({"timestamp": slots, "value": values.round()}).to_csv(path, index=False)
-    return path
 
 
 def command(csv: Path, storage: Path, name: str, epochs: int, *extra: str) -> list[str]:
