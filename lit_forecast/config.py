@@ -98,6 +98,10 @@ class TrainConfig:
     loss: Literal["smooth_l1", "mse", "mae"] = "smooth_l1"  # only without model.quantiles (else the pinball loss)
     grad_clip: float = 1.0
     sampling_max_prob: float = 0.5  # scheduled sampling: final share of own predictions fed back
+    # Where the fed-back predictions come from: "teacher_forced", a parallel pass given the true
+    # past (cheap; one step ahead); "rollout", the autoregressive forecast itself (the inputs
+    # the decoder sees at inference, so its errors and quantiles are learnt under those).
+    sampling_source: Literal["teacher_forced", "rollout"] = "teacher_forced"
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     seed: int = 42
     limit_train_batches: int | float = 1.0  # Lightning's; shrink for smoke tests

@@ -97,14 +97,30 @@ class ForecastModule(L.LightningModule):
         past, future = batch["past_target"], batch["future_target"]
         decoder_input = net.shift(past, future)
         if p > 0:
-            # Parallel scheduled sampling: a first teacher-forced pass gives the model's own
-            # predictions, and a random share p of the fed-back inputs is replaced by them.
-            with torch.no_grad():
-                own = net.median(net(past, batch["past_time"], batch["future_time"], decoder_input))
+            # Scheduled sampling: a random share p of the fed-back inputs is replaced by the
+            # model's own predictions, from a parallel teacher-forced pass or from its forecast.
+            own = self.own_predictions(net, batch, decoder_input)
             replace = torch.rand_like(decoder_input) < p
             replace[:, 0] = False  # step 0 is fed the last observed value, which is always known
             decoder_input = torch.where(replace, net.shift(past, own), decoder_input)
         return self.loss_fn(net(past, batch["past_time"], batch["future_time"], decoder_input), future)
+
+    @torch.no_grad()
+    def own_predictions(self, net: Seq2SeqTransformer, batch: dict, decoder_input: torch.Tensor) -> torch.Tensor:
+        """The member's own medians (B, H) to feed back, per ``train.sampling_source``.
+
+        ``rollout`` is the autoregressive forecast, run as at inference (dropout off): step k
+        then sees what it will see in use, its own earlier steps, errors and all. It costs one
+        cached decode per member and step, about a third of a training step on a CPU.
+        """
+        past, past_time, future_time = batch["past_target"], batch["past_time"], batch["future_time"]
+        if self.hparams.train.get("sampling_source", "teacher_forced") != "rollout":
+            return net.median(net(past, past_time, future_time, decoder_input))
+        net.eval()
+        try:
+            return net.median(net.forecast(past, past_time, future_time))
+        finally:
+            net.train()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         p = self.sampling_probability()

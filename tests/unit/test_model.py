@@ -332,3 +332,36 @@ def test_forecast_figure_draws_one_fixed_validation_window_on_rank_0():
         trainer.global_rank, trainer.current_epoch = rank, epoch
         ForecastFigure(every_n_epochs=2).on_validation_epoch_end(trainer, module)
     assert len(drawn) == 1
+
+
+@pytest.mark.parametrize("source", ["teacher_forced", "rollout"])
+def test_scheduled_sampling_feeds_back_the_chosen_predictions(source, monkeypatch):
+    """At p = 1 every fed-back input after step 0 is the member's own median: from a parallel
+    teacher-forced pass, or (rollout) from its autoregressive forecast, run with dropout off."""
+    plain = cfg.to_dict(TINY)
+    torch.manual_seed(0)
+    module = ForecastModule({**plain["model"], "quantiles": [0.1, 0.5, 0.9]}, WINDOW,
+                            {**plain["train"], "sampling_source": source}, SERIES).train()
+    net, batch = module.nets[0], make_batch()
+    past, future = batch["past_target"], batch["future_target"]
+    if source == "rollout":
+        net.eval()
+        expected = net.shift(past, net.median(net.forecast(past, batch["past_time"], batch["future_time"])))
+        net.train()
+    seen = []
+    original = type(net).forward
+
+    def spy(self, past_target, past_time, future_time, decoder_input):
+        seen.append(decoder_input.detach().clone())
+        return original(self, past_target, past_time, future_time, decoder_input)
+
+    monkeypatch.setattr(type(net), "forward", spy)
+    module.member_loss(net, batch, 1.0)
+    assert net.training  # the rollout puts dropout back on
+    fed = seen[-1]  # the pass the loss is computed on
+    assert torch.equal(fed[:, 0], past[:, -1])  # step 0 is always the last observed value
+    assert not torch.equal(fed[:, 1:], future[:, :-1])  # not teacher forcing
+    if source == "rollout":
+        torch.testing.assert_close(fed, expected)
+    else:
+        assert len(seen) == 2  # one teacher-forced pass for the predictions, one for the loss
