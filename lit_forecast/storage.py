@@ -8,14 +8,17 @@ one object visible only once its upload is complete, so objects are written in p
 
 S3 clients (pyarrow, botocore, s3fs) read the endpoint and credentials from the environment:
 ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``. When the
-store cannot be reached, the helpers raise :class:`StorageError` with one readable line.
+store cannot be reached, or a local folder is full or read-only, the helpers raise
+:class:`StorageError` with one readable line.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import re
 import uuid
 from typing import Any, Callable
 
@@ -44,6 +47,50 @@ def is_unreachable(err: BaseException) -> bool:
     return False
 
 
+# A storage folder that takes no more bytes: (the OS's words, what the folder has become).
+_UNWRITABLE = {
+    errno.ENOSPC: ("No space left on device", "is full"),
+    errno.EDQUOT: ("Disk quota exceeded", "is over its disk quota"),
+    errno.EROFS: ("Read-only file system", "has become read-only"),
+}
+_OURS_UNWRITABLE = "cannot write to the storage of "
+
+
+def _unwritable_errno(err: BaseException | None) -> int | None:
+    """The errno of a full or read-only storage in ``err``'s chain or text (Ray passes worker errors as text)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in _UNWRITABLE:
+            return err.errno
+        text = str(err)
+        for code, (words, _) in _UNWRITABLE.items():
+            if words in text:
+                return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def is_unwritable(err: BaseException) -> bool:
+    """True if ``err`` (or anything in its chain, or its text) says the storage is full or read-only."""
+    return _unwritable_errno(err) is not None
+
+
+def unwritable_message(location: str, err: BaseException) -> str:
+    """One paragraph: which storage takes no more writes, why, and that the same command resumes."""
+    text = str(err)
+    if _OURS_UNWRITABLE in text:  # already ours, perhaps inside Ray's text: take it back whole
+        return _OURS_UNWRITABLE + text.split(_OURS_UNWRITABLE, 1)[1].splitlines()[0]
+    words, state = _UNWRITABLE[_unwritable_errno(err)]
+    failed = getattr(err, "filename", None) or next(iter(re.findall(r"'(/[^']+)'", text)), None)
+    where = f" writing {failed}" if failed else ""
+    return (
+        f"{_OURS_UNWRITABLE}{location}: it {state} ({words}{where}). Free space there (or restore write access), "
+        "then run the same command again: training resumes from the last complete checkpoint (Ray registers a "
+        "checkpoint only once it is written whole)."
+    )
+
+
 def unreachable_message(location: str, err: BaseException) -> str:
     """One line: which storage did not answer, the client's own words, and where to look."""
     if isinstance(err, StorageError):
@@ -58,7 +105,8 @@ def unreachable_message(location: str, err: BaseException) -> str:
 
 
 def _reachable(function: Callable) -> Callable:
-    """Turn a connection failure inside ``function(location, ...)`` into a one-line StorageError."""
+    """Turn a connection failure, or a full or read-only folder, inside ``function(location, ...)``
+    into a one-line StorageError."""
 
     @functools.wraps(function)
     def wrapper(location: str, *args, **kwargs):
@@ -69,6 +117,8 @@ def _reachable(function: Callable) -> Callable:
         except OSError as err:
             if is_unreachable(err):
                 raise StorageError(unreachable_message(location, err)) from None
+            if is_unwritable(err):
+                raise StorageError(unwritable_message(location, err)) from None
             raise
 
     return wrapper

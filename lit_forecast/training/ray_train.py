@@ -16,6 +16,7 @@ import time
 
 import lightning as L
 import ray
+import ray.exceptions
 import ray.train
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -135,6 +136,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # for TensorBoard, Ray's checkpoint upload), each with a long traceback: one line instead.
         if storage.is_unreachable(err):
             raise StorageError(storage.unreachable_message(loop_config["run"], err)) from None
+        if storage.is_unwritable(err):  # a full or read-only run folder (checkpoint, TensorBoard, marker)
+            raise StorageError(storage.unwritable_message(loop_config["run"], err)) from None
         raise
 
 
@@ -256,6 +259,34 @@ def _failure_message(err: Exception, config: Config, run: str) -> str:
     )
 
 
+# What reaches the driver when the Ray node under it dies (its raylet killed, out of memory):
+# the Train controller actor dies with its node, or the driver loses its own raylet.
+_CLUSTER_DIED = tuple(
+    getattr(ray.exceptions, name)
+    for name in ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "LocalRayletDiedError", "OwnerDiedError", "RaySystemError")
+    if hasattr(ray.exceptions, name)
+)
+
+
+def _failure_causes(err: Exception) -> list:
+    """Ray Train's error and what it carries: the workers' errors and the controller's."""
+    failures = getattr(err, "worker_failures", None) or {}
+    return [err, *failures.values(), getattr(err, "controller_failure", None)]
+
+
+def _cluster_died_message(err: Exception, run: str) -> str:
+    """What to tell the user when the Ray cluster under the driver died in the middle of a run."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if "node" in line.lower() or "raylet" in line.lower()), lines[0] if lines else "")
+    cluster = (f"the Ray cluster at {os.environ['RAY_ADDRESS']} lost the node running this run's controller"
+               if os.environ.get("RAY_ADDRESS") else "the local Ray cluster this driver started died")
+    return (
+        f"{cluster} during training ({type(err).__name__}: {detail[:300]}); a raylet killed or out of memory ends "
+        f"it this way. Every checkpoint reported so far is kept: run the same command again to resume {run} from its "
+        "last checkpoint."
+    )
+
+
 def check_resources(config: Config) -> None:
     """Refuse, before anything is written, a config this machine cannot run (without RAY_ADDRESS)."""
     c = config.cluster
@@ -287,7 +318,18 @@ def fit(config: Config, run: str) -> dict:
     storage.delete(storage.join(run, DIVERGED_FILE))  # a marker left by an attempt whose driver died
     try:
         result = trainer.fit()
+    except _CLUSTER_DIED as err:
+        # Shut down now, not at interpreter exit, where Ray's core worker, finding its raylet gone,
+        # ends the process with status 1 before ours (2) is returned.
+        try:
+            ray.shutdown()
+        except Exception as shutdown_error:  # the cluster is gone: nothing left to clean up
+            log.debug("ray.shutdown after the cluster died: %s", shutdown_error)
+        raise RunError(_cluster_died_message(err, run)) from None
     except ray.train.TrainingFailedError as err:
+        unwritable = next((cause for cause in _failure_causes(err) if cause is not None and storage.is_unwritable(cause)), None)
+        if unwritable is not None:  # a full or read-only run folder: one paragraph, not Ray's retries' story
+            raise RunError(storage.unwritable_message(run, unwritable)) from None
         if storage.is_unreachable(err):
             # The workers' StorageError arrives as text inside Ray's error: take its one line back.
             detail = next((line for line in str(err).splitlines() if "StorageError: " in line), "")

@@ -81,7 +81,10 @@ class RunLock:
         if self._beat is not None:
             self._beat.join(timeout=5)
         if (self._read() or {}).get("token") == self.holder["token"]:
-            storage.delete(self.path)
+            try:
+                storage.delete(self.path)
+            except OSError as err:  # a read-only folder: the next driver here takes a dead pid's lock over
+                log.warning("could not remove the lock %s (%s): the next run takes it over", self.path, err)
         if self.created:
             log.info("removing %s: the run did not start", self.run)
             if self.local:
@@ -109,10 +112,25 @@ class RunLock:
                 if not self._stale(holder, age):
                     raise RunError(self._held_message(holder, age)) from None
                 self._warn_takeover(holder, age)
-                self._remove_stale_local(seen)
+                try:
+                    self._remove_stale_local(seen)
+                except OSError as err:
+                    if storage.is_unwritable(err):  # a read-only storage folder
+                        raise RunError(storage.unwritable_message(self.run, err)) from None
+                    raise
                 continue
-            with os.fdopen(fd, "w") as stream:
-                stream.write(text)
+            except OSError as err:
+                if storage.is_unwritable(err):  # a full or read-only storage folder
+                    raise RunError(storage.unwritable_message(self.run, err)) from None
+                raise
+            try:
+                with os.fdopen(fd, "w") as stream:
+                    stream.write(text)
+            except OSError as err:  # created, but no room for its bytes
+                os.unlink(self.path)
+                if storage.is_unwritable(err):
+                    raise RunError(storage.unwritable_message(self.run, err)) from None
+                raise
             return
         raise RunError(f"could not take the lock {self.path}: other processes keep taking it; run one driver per run name")
 

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -99,6 +100,28 @@ def kill_a_worker(training: Training) -> None:
         assert time.monotonic() < deadline, "no Ray Train worker to kill"
         time.sleep(0.1)
     random.choice(workers).send_signal(signal.SIGKILL)
+
+
+def no_driver_traceback(output: str) -> bool:
+    """True if no traceback went through train.py (Ray's own threads and workers may still print theirs)."""
+    return f'File "{ROOT / "train.py"}"' not in output
+
+
+@pytest.fixture
+def small_storage(tmp_path):
+    """A 20 MB tmpfs mounted on a fresh folder (it can be filled, or remounted read-only); skips where mounting is not allowed."""
+    folder = tmp_path / "small_storage"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command on this machine")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # busy: detach it anyway
 
 
 def lost_epochs(output: str) -> list[int]:
@@ -218,3 +241,97 @@ def test_driver_killed_while_a_checkpoint_is_written_then_a_corrupt_latest_is_sk
     lost = finished - int(resumed.group(2))
     record("driver SIGKILL while a checkpoint is written; latest checkpoint then truncated", 2, 2, lost - 1, 0,
            "resumed from the last readable checkpoint, never the partial folder")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_storage_full_or_read_only_mid_run_stops_cleanly_and_the_same_command_resumes(taxi_like_csv, small_storage, fault):
+    epochs, run_dir = 6, small_storage / "store"
+    cmd = command(taxi_like_csv, small_storage, "store", epochs)
+    training = Training(cmd)
+    try:
+        training.wait_for(rf"epoch 2/{epochs}", 180)  # epoch 1's checkpoint is registered by now
+        if fault == "full":  # dd writes until the folder is full (ENOSPC)
+            subprocess.run(["dd", "if=/dev/zero", f"of={small_storage / 'filler'}", "bs=1M"], capture_output=True, timeout=60)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(small_storage)], check=True, timeout=30)
+        code = training.finish(180)
+    finally:
+        training.kill()
+    output = training.output
+    finished = max(e for e, _ in epoch_lines(output))
+    state, words = ("is full", "No space left on device") if fault == "full" else ("has become read-only", "Read-only file system")
+    said = re.compile(rf"error: cannot write to the storage of {re.escape(str(run_dir))}: it {state} \({words}[^)]*\)\. "
+                      r"Free space there \(or restore write access\), then run the same command again: training resumes "
+                      r"from the last complete checkpoint")
+    assert code == 2, output[-5000:]
+    assert [line for line in output.splitlines() if line.startswith("error: ")] and said.search(output), output[-5000:]
+    assert no_driver_traceback(output), output[-5000:]
+
+    # The same command while the folder still takes no bytes: refused at once, the same way.
+    again = subprocess.run(cmd, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and said.search(again.stderr) and no_driver_traceback(again.stderr), again.stderr[-3000:]
+
+    if fault == "full":
+        (small_storage / "filler").unlink()
+    else:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_storage)], check=True, timeout=30)
+    resumed_run = Training(cmd)
+    code = resumed_run.finish(240)
+    output = resumed_run.output
+    assert code == 0, output[-5000:]
+    resumed = RESUMED.search(output)
+    assert resumed and int(resumed.group(2)) >= 1, output[-5000:]
+    final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
+    wrong = int(final["epoch"] != epochs - 1 or not (run_dir / "summary.json").is_file())
+    record(f"storage folder {'full (tmpfs filled by dd)' if fault == 'full' else 'remounted read-only'} mid-run, then back",
+           1, 1, max(0, finished - int(resumed.group(2))), wrong,
+           "refused: exit 2 naming the folder; the same command resumed once it took writes again")
+    assert not wrong, (final["epoch"], sorted(p.name for p in run_dir.iterdir()))
+
+
+@pytest.mark.timeout(360)
+def test_a_killed_raylet_stops_the_driver_with_how_to_resume(taxi_like_csv, tmp_path):
+    epochs, run_dir = 20, tmp_path / "raylet"
+    cmd = command(taxi_like_csv, tmp_path, "raylet", epochs)
+    training = Training(cmd)
+    cluster: list[psutil.Process] = []
+    try:
+        training.wait_for(rf"epoch 2/{epochs}", 180)
+        cluster = psutil.Process(training.proc.pid).children(recursive=True)
+        raylets = [p for p in cluster if p.name() == "raylet"]
+        assert len(raylets) == 1, [p.name() for p in cluster]
+        raylets[0].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = training.finish(150)  # the driver must not hang: Ray marks the node dead within seconds
+        took = time.monotonic() - killed_at
+        # The cluster's other processes (workers, controller) must not outlive it, training into the run folder.
+        _, left = psutil.wait_procs([p for p in cluster if p.is_running()], timeout=30)
+        left = [p for p in left if p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        training.kill()
+        for p in cluster:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    output = training.output
+    finished = max(e for e, _ in epoch_lines(output))
+    assert code == 2, output[-5000:]
+    assert took < 90, took
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert errors and errors[0].startswith("error: the local Ray cluster this driver started died during training"), output[-5000:]
+    assert f"run the same command again to resume {run_dir}" in output and no_driver_traceback(output), output[-5000:]
+    assert not left, [(p.pid, p.name()) for p in left]
+
+    again = Training(cmd)
+    code = again.finish(240)
+    output = again.output
+    assert code == 0, output[-5000:]
+    resumed = RESUMED.search(output)
+    assert resumed, output[-5000:]
+    final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
+    wrong = int(final["epoch"] != epochs - 1 or not (run_dir / "summary.json").is_file())
+    record("raylet SIGKILL mid-run (the local Ray cluster dies)", 1, 1, max(0, finished - int(resumed.group(2))), wrong,
+           f"refused: exit 2 {took:.0f} s after the kill; the same command resumed and finished")
+    assert not wrong, final["epoch"]
