@@ -3,10 +3,12 @@ computed in parallel over groups of series; the driver holds only per-series sum
 
 Three Ray Data stages (``R`` rows, ``S`` series, ``G`` series groups)::
 
-    read      one task per chunk: a Parquet or .csv.gz file, or a byte range of a large CSV
-              (cut at line ends; line numbers are counted on the driver in one streaming pass,
-              so messages name the true line). Row checks as in readers.py. Out: one row per
-              reading (series, group = crc32(series) % G, timestamp, value, row, file).
+    read      one task per chunk: a .csv.gz file, a run of row groups of a Parquet file, or a
+              byte range of a CSV (cut at line ends; line numbers are counted on the driver in
+              one streaming pass, so messages name the true line). Inputs are cut into at
+              least 2 chunks per CPU where they allow it, so every CPU reads. Row checks as in
+              readers.py. Out: one row per reading (series, group = crc32(series) % G,
+              timestamp, value, row, file).
     series    groupby(group).map_groups: a group holds whole series. Duplicates, outliers,
               resampling, gap filling (source.py's own functions, on the group's rows), the
               training-only scaler, and each split's window starts (splits.py). Out: one row per
@@ -19,12 +21,15 @@ Problems are carried as data, not raised in workers: the driver gathers every ch
 group's problems and reports them as the single-process path does (a count and a few
 examples each, with file, series and row), before any file is written.
 
+Every stage may use every CPU Ray gives (see :func:`_every_cpu_per_stage`).
+
 Ray is imported here only (tests/unit/test_layering.py): this is the data layer's one
 framework-bound module, as ray_train.py is training's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,6 +42,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 
 from lit_forecast import storage
@@ -52,8 +58,13 @@ from lit_forecast.spec import WindowSpec, series_label
 
 log = logging.getLogger(__name__)
 
-# A large plain CSV is read in byte ranges of about this size, one task each.
+# A plain CSV is read in byte ranges of at most this size, one task each; smaller ones when
+# that gives every CPU two ranges, but none below MIN_CHUNK_BYTES (a task costs ~10 ms).
 CHUNK_BYTES = 32 << 20
+MIN_CHUNK_BYTES = 1 << 20
+# A Parquet file is read in runs of whole row groups of at most about this many rows (a CSV
+# range of CHUNK_BYTES holds ~1 M rows of long format), fewer when that gives every CPU two.
+CHUNK_ROWS = 1 << 20
 # Series are hashed into groups of about this many input bytes (~1 M rows of long CSV), and
 # at least 2 groups per CPU, so every CPU has work and no group is large.
 GROUP_BYTES = 32 << 20
@@ -70,15 +81,19 @@ class Chunk:
     start: int = 0
     end: int = -1  # -1: the whole file
     header: bytes = b""  # prepended to a range that does not start the file
-    line_shift: int = 0  # added to the line numbers the reader gives the range
+    line_shift: int = 0  # added to the line numbers (CSV) or row indices (Parquet) the reader gives the range
+    row_groups: tuple[int, ...] = ()  # a Parquet file's row groups to read; () with end == -1: the whole file
 
 
 # ---------------------------------------------------------------------------------------------
 # Planning the reads (driver)
 
 
-def plan_chunks(source: Source, config: DataConfig) -> tuple[str, list[str], list[Chunk], int]:
-    """(name for messages, display name per file, read chunks, total bytes) of ``source``."""
+def plan_chunks(source: Source, config: DataConfig, tasks: int = 1) -> tuple[str, list[str], list[Chunk], int]:
+    """(name for messages, display name per file, read chunks, total bytes) of ``source``.
+
+    ``tasks``: read tasks wanted at least (2 per CPU); large inputs get more, small ones fewer.
+    """
     name = source.origin.rstrip("/").rsplit("/", 1)[-1]
     fs, path = storage.resolve(source.location)
     info = fs.get_file_info(path)
@@ -87,20 +102,29 @@ def plan_chunks(source: Source, config: DataConfig) -> tuple[str, list[str], lis
         files = [(m, f"{name}/{readers.relative(path, m.path)}", readers.hive_partitions(readers.relative(path, m.path))) for m in members]
     else:
         files = [(info, name, {})]
+    total = sum(m.size or 0 for m, _, _ in files)
+    # Bytes of CSV per range: CHUNK_BYTES, or less so that the input makes ``tasks`` ranges.
+    chunk_bytes = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, math.ceil(total / max(tasks, 1))))
     chunks: list[Chunk] = []
     for index, (member, display, parts) in enumerate(files):
-        chunks += _file_chunks(fs, member, display, index, parts)
-    return name, [display for _, display, _ in files], chunks, sum(m.size or 0 for m, _, _ in files)
+        # A file's share of the tasks, by size: a folder of many small files needs no cutting.
+        share = max(1, round(tasks * (member.size or 0) / total)) if total else 1
+        chunks += _file_chunks(fs, member, display, index, parts, chunk_bytes, share)
+    return name, [display for _, display, _ in files], chunks, total
 
 
-def _file_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: int, parts: dict) -> list[Chunk]:
-    """A large plain CSV in line-aligned byte ranges; anything else whole."""
+def _file_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: int, parts: dict,
+                 chunk_bytes: int = CHUNK_BYTES, tasks: int = 1) -> list[Chunk]:
+    """A plain CSV over ``chunk_bytes`` in line-aligned byte ranges, a Parquet file in runs of
+    row groups (``tasks`` of them, or more of at most CHUNK_ROWS rows); anything else whole."""
     whole = [Chunk(info.path, display, index, parts)]
-    if (info.size or 0) <= CHUNK_BYTES or info.path.lower().endswith(".gz"):
+    if info.path.lower().endswith(".gz"):
         return whole
     with fs.open_input_stream(info.path, compression=None) as stream:
         head = stream.read(4)
     if head == b"PAR1":
+        return _parquet_chunks(fs, info, display, index, parts, tasks)
+    if (info.size or 0) <= chunk_bytes:
         return whole
     # One streaming pass: cut after the first line end past every CHUNK_BYTES, and count the
     # line ends before each cut, so each range knows the line number it starts at.
@@ -115,13 +139,13 @@ def _file_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: 
                     header = stripped.split(b"\n", 1)[0]
             raw = np.frombuffer(block, dtype=np.uint8)
             ends = np.flatnonzero(raw == 10)
-            target = cuts[-1] + CHUNK_BYTES
+            target = cuts[-1] + chunk_bytes
             while len(ends) and offset + ends[-1] + 1 >= target:
                 k = int(np.searchsorted(ends + offset + 1, target))
                 cut = int(offset + ends[k] + 1)
                 cuts.append(cut)
                 newlines_before.append(seen_lines + k + 1)
-                target = cut + CHUNK_BYTES
+                target = cut + chunk_bytes
             seen_lines += len(ends)
             offset += len(block)
     if header is None or len(cuts) == 1:
@@ -133,6 +157,35 @@ def _file_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: 
         Chunk(info.path, display, index, parts, a, b, b"" if k == 0 else header + b"\n", 0 if k == 0 else newlines_before[k] - 1)
         for k, (a, b) in enumerate(ranges)
     ]
+
+
+def _parquet_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: int, parts: dict, tasks: int) -> list[Chunk]:
+    """A Parquet file in runs of consecutive non-empty row groups, each knowing its first row index."""
+    whole = [Chunk(info.path, display, index, parts)]
+    try:
+        with fs.open_input_file(info.path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except (pa.ArrowInvalid, OSError):
+        return whole  # the reader names what is wrong with it
+    rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if sum(rows) == 0 or len([n for n in rows if n]) < 2:
+        return whole
+    target = min(CHUNK_ROWS, math.ceil(sum(rows) / max(tasks, 1)))
+    runs: list[list[int]] = [[]]
+    firsts, seen, in_run = [0], 0, 0
+    for group, n in enumerate(rows):
+        if n == 0:
+            continue
+        if in_run and in_run + n > target:  # close the run before it overshoots
+            runs.append([])
+            firsts.append(seen)
+            in_run = 0
+        runs[-1].append(group)
+        in_run += n
+        seen += n
+    if len(runs) == 1:
+        return whole
+    return [Chunk(info.path, display, index, parts, line_shift=first, row_groups=tuple(run)) for run, first in zip(runs, firsts)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +232,8 @@ def _notes(notes: list[dict]) -> pa.Table:
 
 def _read_rows(chunk: Chunk, location: str, data: DataConfig) -> Rows | None:
     fs, _ = storage.resolve(location)
+    if chunk.row_groups:
+        return _read_row_groups(fs, chunk, data)
     if chunk.end < 0:
         return readers.read_file(fs, chunk.path, chunk.display, data, chunk.partitions)
     with fs.open_input_file(chunk.path) as f:
@@ -186,10 +241,55 @@ def _read_rows(chunk: Chunk, location: str, data: DataConfig) -> Rows | None:
     if chunk.start > 0 and not body.strip():
         return None  # blank lines at the end of the file
     rows = readers._read_csv(chunk.header + body, chunk.display, data, chunk.partitions)
-    rows.rows = rows.rows + chunk.line_shift  # line numbers in the whole file
-    for p in rows.problems:
-        p.examples = [(r + chunk.line_shift, t, s) for r, t, s in p.examples]
+    _shift_rows(rows, chunk.line_shift)  # line numbers in the whole file
     return rows
+
+
+def _read_row_groups(fs: pafs.FileSystem, chunk: Chunk, data: DataConfig) -> Rows:
+    """Row groups ``chunk.row_groups`` of a Parquet file, checked by readers.py's own Parquet reader.
+
+    The reader takes a file's bytes, so the row groups are written again as one small
+    uncompressed Parquet file in memory; row indices are shifted to count from the file's start.
+    """
+    try:
+        with fs.open_input_file(chunk.path) as f:
+            table = pq.ParquetFile(f).read_row_groups(list(chunk.row_groups))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UnreadableFile(f"{chunk.display}: not a readable Parquet file: {readers._short(err)}") from None
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="none")
+    rows = readers._read_parquet(sink.getvalue().to_pybytes(), chunk.display, data, chunk.partitions)
+    _shift_rows(rows, chunk.line_shift)
+    return rows
+
+
+def _shift_rows(rows: Rows, shift: int) -> None:
+    """Count a chunk's row labels (and its problems' examples) from the start of its file."""
+    rows.rows = rows.rows + shift
+    for p in rows.problems:
+        p.examples = [(r + shift, t, s) for r, t, s in p.examples]
+
+
+@contextlib.contextmanager
+def _every_cpu_per_stage():
+    """Let every Ray Data stage of the preparation run as many tasks as there are CPUs.
+
+    Ray Data's resource allocator (Ray 2.60, ``ReservationOpResourceAllocator``) gives each of
+    the k stages of a running dataset its reservation plus 1/k of the shared CPUs: on 2 CPUs
+    and 3 stages (read, shuffle map, shuffle reduce) that is under one CPU each, so each stage
+    ran one task at a time and the second CPU idled. Preparation is a batch job whose every
+    dataset is consumed at once (``materialize``, ``take_all``) and whose blocks are bounded
+    by GROUP_BYTES, so it needs no per-stage reservation: ``op_resource_reservation_enabled``
+    off leaves the CPUs and object store limits of the whole dataset. Set on this driver's
+    DataContext for the preparation only, and restored afterwards.
+    """
+    context = ray.data.DataContext.get_current()
+    saved = context.op_resource_reservation_enabled
+    context.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled = saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +405,7 @@ def raise_problems(name: str, notes: list[dict], series_total: int) -> None:
     stage = min(n["stage"] for n in notes)
     problems = src._Problems()
     for note in sorted((n for n in notes if n["stage"] == stage), key=json.dumps):
-        problems.files += note.get("files", [])
+        problems.files += [f for f in note.get("files", []) if f not in problems.files]  # every chunk of a file says it
         for what, found in note.get("rows", {}).items():
             problems.rows.setdefault(what, []).extend(tuple(f) for f in found)
         for kind, messages in note.get("series", {}).items():
@@ -403,12 +503,21 @@ def prepare_on_ray(config: Config, data_dir: str, num_shards: int, source: Sourc
     Ray cluster this process has joined, or starts a local one sized to the machine.
     """
     init_ray()
+    with _every_cpu_per_stage():
+        return _prepare(config, data_dir, num_shards, source, before_write=before_write, check_counts=check_counts,
+                        train_files=train_files, val_file=val_file, segment_schema=segment_schema)
+
+
+def _prepare(config: Config, data_dir: str, num_shards: int, source: Source, *, before_write: Callable[[], None],
+             check_counts: Callable[[dict[str, int]], None], train_files: list[str], val_file: str,
+             segment_schema: pa.Schema) -> Manifest:
+    """The body of :func:`prepare_on_ray`, on a joined Ray."""
     data = config.data
     settings = dataclasses.asdict(data)
-    name, displays, chunks, total_bytes = plan_chunks(source, data)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    name, displays, chunks, total_bytes = plan_chunks(source, data, tasks=2 * cpus)
     if not chunks:
         raise DataError(f"{source.location}: no CSV or Parquet files (.csv, .csv.gz, .parquet, .pq) in this folder")
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     groups = max(2 * cpus, math.ceil(total_bytes / GROUP_BYTES))
     many_files = len(displays) > 1
     log.info("preparing %s on Ray Data: %d read task(s), %d series group(s), %d CPU(s)", name, len(chunks), groups, cpus)
