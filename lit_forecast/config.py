@@ -102,6 +102,10 @@ class TrainConfig:
     # past (cheap; one step ahead); "rollout", the autoregressive forecast itself (the inputs
     # the decoder sees at inference, so its errors and quantiles are learnt under those).
     sampling_source: Literal["teacher_forced", "rollout"] = "teacher_forced"
+    # With model.quantiles: after each validation epoch, widen (or narrow) each level at each
+    # horizon step so that it holds its share of the validation actuals (models/quantiles.py,
+    # QuantileCalibration); the factors travel in the checkpoint and every forecast uses them.
+    calibrate_quantiles: bool = True
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     seed: int = 42
     limit_train_batches: int | float = 1.0  # Lightning's; shrink for smoke tests

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 
-from lit_forecast.models.quantiles import QuantileScores, pinball_loss
+from lit_forecast.models.quantiles import QuantileCalibration, QuantileScores, pinball_loss, widen
 from lit_forecast.models.transformer import Seq2SeqTransformer
 from lit_forecast.spec import SeriesStats, WindowSpec, stats_from_dict
 
@@ -69,6 +69,11 @@ class ForecastModule(L.LightningModule):
         self.point_loss = LOSSES[train["loss"]]
         self.val_metrics = passenger_metrics()
         self.val_quantiles = QuantileScores(self.levels) if self.levels else None
+        # Per-step, per-level widening factors fitted on validation (ones until then); a buffer,
+        # so every checkpoint carries the factors its own validation gave.
+        self.calibrating = bool(self.levels) and train.get("calibrate_quantiles", True)
+        self.register_buffer("calibration", torch.ones(self.window.horizon, len(self.levels) or 1))
+        self.val_calibration = QuantileCalibration(self.levels, self.window.horizon) if self.calibrating else None
         # Window-weighted means, so ranks with unequal window counts still give the global value.
         self.val_losses = torch.nn.ModuleDict({"loss": torchmetrics.MeanMetric(), "loss_tf": torchmetrics.MeanMetric()})
 
@@ -150,11 +155,21 @@ class ForecastModule(L.LightningModule):
     # -- evaluation: the same autoregressive path as inference -----------------------------------
 
     def forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
-        """Autoregressive quantiles (B, H, Q) in scaled units: the mean of the members' quantiles, level by level.
+        """Autoregressive quantiles (B, H, Q) in scaled units, calibrated: what validation and inference use."""
+        return self.calibrated(self.raw_forecast_scaled(past_target, past_time, future_time))
+
+    def raw_forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
+        """The members' quantiles (B, H, Q) averaged level by level, before calibration (scaled units).
 
         A mean of non-decreasing rows is non-decreasing, so averaged quantiles never cross.
         """
         return torch.stack([net.forecast(past_target, past_time, future_time) for net in self.nets]).mean(dim=0)
+
+    def calibrated(self, quantiles: torch.Tensor) -> torch.Tensor:
+        """(B, H, Q) -> (B, H, Q) with the checkpoint's calibration factors applied; the median never moves."""
+        if not self.calibrating:
+            return quantiles
+        return widen(quantiles, self.calibration.to(quantiles.dtype), self.median_index)
 
     def teacher_forced(
         self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor, future_target: torch.Tensor
@@ -171,7 +186,10 @@ class ForecastModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         past, future = batch["past_target"], batch["future_target"]
         teacher_forced = self.teacher_forced(past, batch["past_time"], batch["future_time"], future)
-        scaled = self.forecast_scaled(past, batch["past_time"], batch["future_time"])
+        raw = self.raw_forecast_scaled(past, batch["past_time"], batch["future_time"])
+        # Scored with the factors fitted at the previous validation (none at the first): the
+        # weights have moved since, so the logged coverage is not the in-sample 80 % of a fit.
+        scaled = self.calibrated(raw)
         n = len(past)
         self.val_losses["loss_tf"].update(self.loss_fn(teacher_forced, future), weight=n)
         self.val_losses["loss"].update(self.loss_fn(scaled, future), weight=n)
@@ -182,11 +200,26 @@ class ForecastModule(L.LightningModule):
         self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, batch_size=n)
         if self.val_quantiles is not None:
             self.val_quantiles.update(scaled * scale[..., None] + loc[..., None], actual)
+        if self.val_calibration is not None:
+            self.val_calibration.update(raw, future)
 
     def on_validation_epoch_end(self) -> None:
         if self.val_quantiles is not None:  # compute() sums the states over ranks first
             self.log_dict({f"val/{k}": v for k, v in self.val_quantiles.compute().items()}, sync_dist=True)  # equal on every rank
             self.val_quantiles.reset()
+        if self.val_calibration is not None:
+            factors = self.val_calibration.compute()  # summed over ranks first: equal on every rank
+            self.val_calibration.reset()
+            if not (self._trainer is not None and self.trainer.sanity_checking):
+                self.calibration.copy_(factors)
+            outer = [j for j in (0, len(self.levels) - 1) if j != self.median_index]
+            self.log("val/calibration_widen", factors[:, outer].mean(), sync_dist=False)  # mean factor of the outer levels
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Checkpoints from before calibration existed load as uncalibrated (factors of one)."""
+        if "calibration" not in state_dict:
+            state_dict = {**state_dict, "calibration": torch.ones_like(self.calibration)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- optimisation ---------------------------------------------------------------------------
 

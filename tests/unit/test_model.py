@@ -11,7 +11,7 @@ import torch
 from lit_forecast import config as cfg
 from lit_forecast.evaluation.metrics import quantile_scores
 from lit_forecast.models.module import ForecastModule
-from lit_forecast.models.quantiles import QuantileScores, pinball_loss
+from lit_forecast.models.quantiles import QuantileCalibration, QuantileScores, pinball_loss, widen
 from lit_forecast.models.transformer import Seq2SeqTransformer, sinusoidal
 from lit_forecast.spec import WindowSpec
 
@@ -166,7 +166,7 @@ def test_metrics_are_in_passengers_and_match_a_hand_computation():
     module = make_module()
     batch = make_batch(batch_size=2)
     scaled_forecast = torch.zeros(2, H, 3)  # every level = loc = 1000 passengers at every step
-    module.forecast_scaled = lambda *args: scaled_forecast
+    module.raw_forecast_scaled = lambda *args: scaled_forecast
     truth = batch["future_target"] * 200.0 + 1000.0
     with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: logging is skipped
         module.validation_step(batch, 0)
@@ -295,7 +295,7 @@ def test_pinball_loss_and_scores_equal_a_hand_computation():
 def test_validation_logs_quantile_scores_in_passengers():
     module = make_module()
     batch = make_batch(batch_size=2)
-    module.forecast_scaled = lambda *args: torch.zeros(2, H, 3) + torch.tensor([-1.0, 0.0, 1.0])  # 800, 1000, 1200
+    module.raw_forecast_scaled = lambda *args: torch.zeros(2, H, 3) + torch.tensor([-1.0, 0.0, 1.0])  # 800, 1000, 1200
     with pytest.warns(UserWarning, match="self.log"):
         module.validation_step(batch, 0)
     truth = batch["future_target"] * 200.0 + 1000.0
@@ -365,3 +365,53 @@ def test_scheduled_sampling_feeds_back_the_chosen_predictions(source, monkeypatc
         torch.testing.assert_close(fed, expected)
     else:
         assert len(seen) == 2  # one teacher-forced pass for the predictions, one for the loss
+
+
+def test_calibration_factors_equal_a_hand_computation():
+    # Median 0, q0.1 at -1 and q0.9 at +2 for every window; actuals 0.1, 0.2, ..., 1.0 above and
+    # -0.1 .. -1.0 below the median (ratios 0.05 .. 0.5 for q0.9 and 0.1 .. 1.0 for q0.1).
+    levels = [0.1, 0.5, 0.9]
+    quantiles = torch.tensor([-1.0, 0.0, 2.0]).expand(20, 1, 3)
+    actual = torch.cat([torch.arange(1, 11) / 10, -torch.arange(1, 11) / 10])[:, None]
+    calibration = QuantileCalibration(levels, horizon=1)
+    calibration.update(quantiles, actual)
+    factors = calibration.compute()[0]
+    # q0.9: 90 % of the 20 ratios (y - m) / 2 must lie at or below s: the 18th smallest is 0.4
+    # (the 10 negative ones, then 0.05 .. 0.40). q0.1: (y - m) / -1, the 18th smallest is 0.8.
+    assert factors.tolist() == pytest.approx([0.8, 1.0, 0.4], abs=QuantileCalibration.BIN_WIDTH + 1e-6)  # exact to one bin
+    widened = widen(quantiles, torch.tensor([[0.8, 1.0, 0.4]]), 1)
+    assert widened[0, 0].tolist() == pytest.approx([-0.8, 0.0, 0.8])
+    inside = ((widened[..., 0] <= actual) & (actual <= widened[..., 2])).float().mean()
+    assert inside.item() == pytest.approx(0.8)  # 16 of 20: the four largest |y| fall outside
+
+
+def test_too_few_windows_leave_the_head_uncalibrated():
+    calibration = QuantileCalibration([0.1, 0.5, 0.9], horizon=2)
+    calibration.update(torch.tensor([-1.0, 0.0, 1.0]).expand(5, 2, 3), torch.full((5, 2), 3.0))
+    assert torch.equal(calibration.compute(), torch.ones(2, 3))
+
+
+def test_validation_calibrates_the_next_forecasts_and_keeps_the_median():
+    module = make_module(quantiles=[0.05, 0.1, 0.5, 0.9, 0.95])
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    batches = [make_batch(batch_size=32, seed=s) for s in range(4)]
+    before = [module.forecast(b) for b in batches]
+    for i, b in enumerate(batches):
+        module.validation_step(b, i)
+    module.on_validation_epoch_end()
+    assert not torch.equal(module.calibration, torch.ones_like(module.calibration))
+    after = [module.forecast(b) for b in batches]
+    for raw, calibrated, b in zip(before, after, batches):
+        torch.testing.assert_close(calibrated[..., 2], raw[..., 2])  # the median (point forecast) is untouched
+        assert (calibrated.diff(dim=-1) >= 0).all()  # no two levels cross
+    forecast, actual = torch.cat(after), torch.cat([b["future_target"] * 200.0 + 1000.0 for b in batches])
+    for low, high, share in ((1, 3, 0.8), (0, 4, 0.9)):  # in-sample, the fitted data: within a bin and ties
+        inside = ((forecast[..., low] <= actual) & (actual <= forecast[..., high])).float().mean().item()
+        assert inside == pytest.approx(share, abs=0.03)
+    # The factors travel in the checkpoint's state dict; an older one without them loads as uncalibrated.
+    state = module.state_dict()
+    fresh = make_module(quantiles=[0.05, 0.1, 0.5, 0.9, 0.95])
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.forecast(batches[0]), after[0])
+    fresh.load_state_dict({k: v for k, v in state.items() if k != "calibration"})
+    torch.testing.assert_close(fresh.forecast(batches[0]), before[0])
