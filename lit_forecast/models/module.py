@@ -213,7 +213,7 @@ class ForecastModule(L.LightningModule):
             if not (self._trainer is not None and self.trainer.sanity_checking):
                 self.calibration.copy_(factors)
             outer = [j for j in (0, len(self.levels) - 1) if j != self.median_index]
-            self.log("val/calibration_widen", factors[:, outer].mean(), sync_dist=False)  # mean factor of the outer levels
+            self.log("val/calibration_widen", factors[:, outer].mean(), sync_dist=True)  # mean factor of the outer levels (equal on every rank)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Checkpoints from before calibration existed load as uncalibrated (factors of one)."""
