@@ -62,7 +62,7 @@ def make_config(tmp_path: Path):
                 **data,
             },
             "model": {"d_model": 16, "nhead": 2, "encoder_layers": 1, "decoder_layers": 1,
-                      "dim_feedforward": 32, "dropout": 0.0, "patch_len": 4, "seasonal_lag": 0, **(model or {})},
+                      "dim_feedforward": 32, "dropout": 0.0, "patch_len": 4, "seasonal_lag": 0, "daily_lag": 0, **(model or {})},
             "train": {"max_epochs": 1, "batch_size": 8, "warmup_steps": 1, "precision": "32-true", **(train or {})},
             "cluster": {"num_workers": 2, "use_gpu": False, **(cluster or {})},
             "run": {"storage": str(tmp_path / "runs")},

@@ -14,7 +14,7 @@ from lit_forecast.config import ConfigError
 # A small valid file; every test starts from it and breaks one thing.
 BASE = {
     "data": {"input_window": 16, "horizon": 4, "train_end": "2024-01-10", "val_end": "2024-01-20"},
-    "model": {"d_model": 32, "nhead": 4, "patch_len": 4, "seasonal_lag": 8},
+    "model": {"d_model": 32, "nhead": 4, "patch_len": 4, "seasonal_lag": 8, "daily_lag": 0},
     "train": {"lr": 0.01},
     "cluster": {"num_workers": 3},
 }
@@ -157,13 +157,13 @@ def test_overrides_nested_typed_and_null(write_yaml):
 
 
 def test_override_creates_missing_section(write_yaml):
-    path = write_yaml(text="data:\n  input_window: 16\n  horizon: 4\nmodel:\n  patch_len: 4\n  seasonal_lag: 0\n")
+    path = write_yaml(text="data:\n  input_window: 16\n  horizon: 4\nmodel:\n  patch_len: 4\n  seasonal_lag: 0\n  daily_lag: 0\n")
     assert cfg.load(path, overrides=["run.storage=/tmp/x"]).run.storage == "/tmp/x"
 
 
 def test_overrides_are_validated(write_yaml):
     with pytest.raises(ConfigError, match=re.escape("'data.input_window' (12) must be a multiple of 'model.patch_len' (8)")):
-        cfg.load(write_yaml(), overrides=["model.patch_len=8", "data.input_window=12", "model.seasonal_lag=0"])
+        cfg.load(write_yaml(), overrides=["model.patch_len=8", "data.input_window=12", "model.seasonal_lag=0", "model.daily_lag=0"])
 
 
 @pytest.mark.parametrize(
