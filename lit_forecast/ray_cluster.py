@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import ray
 import torch
@@ -70,3 +75,51 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
     # address="local": always a cluster of our own, never one that happens to run here.
     ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, **quiet)
     log.info("started a local Ray (%d CPUs, %d GPUs) in %.1f s", cpus, gpus, time.perf_counter() - started)
+
+
+def _local_raylet() -> Path | None:
+    """/proc/<pid>/stat of the raylet this process started (Linux); None elsewhere or when joined."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.find("(") + 1 : text.rfind(")")], text[text.rfind(")") + 2 :].split()
+        if name == "raylet" and len(rest) > 1 and int(rest[1]) == os.getpid():
+            return stat
+    return None
+
+
+def _gone(stat: Path) -> bool:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie is dead, not yet reaped
+    except (OSError, IndexError):
+        return True
+
+
+@contextlib.contextmanager
+def exit_if_local_ray_dies(message: str, interval: float = 0.2) -> Iterator[None]:
+    """While the block runs, exit with status 2 and ``error: <message>`` as soon as the raylet
+    of the local Ray this process started is gone (killed, out of memory).
+
+    Ray's own core worker ends the driver with status 1 some seconds after its raylet dies,
+    from C++, where no exception reaches Python; this watcher speaks first. A no-op on a
+    joined cluster (RAY_ADDRESS) and where /proc does not exist.
+    """
+    stat = _local_raylet()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            if _gone(stat):
+                print(f"error: {message}", file=sys.stderr, flush=True)
+                os._exit(2)  # from a thread: sys.exit would end only the thread
+
+    if stat is not None:
+        threading.Thread(target=watch, name="raylet-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()  # before any shutdown ends the raylet on purpose

@@ -246,19 +246,16 @@ def _read_rows(chunk: Chunk, location: str, data: DataConfig) -> Rows | None:
 
 
 def _read_row_groups(fs: pafs.FileSystem, chunk: Chunk, data: DataConfig) -> Rows:
-    """Row groups ``chunk.row_groups`` of a Parquet file, checked by readers.py's own Parquet reader.
-
-    The reader takes a file's bytes, so the row groups are written again as one small
-    uncompressed Parquet file in memory; row indices are shifted to count from the file's start.
-    """
+    """Row groups ``chunk.row_groups`` of a Parquet file (the needed columns only), checked as
+    readers.py checks a whole file; row indices are shifted to count from the file's start."""
     try:
         with fs.open_input_file(chunk.path) as f:
-            table = pq.ParquetFile(f).read_row_groups(list(chunk.row_groups))
+            parquet = pq.ParquetFile(f)
+            columns = readers.parquet_columns(parquet.schema_arrow.names, chunk.display, data, chunk.partitions)
+            table = parquet.read_row_groups(list(chunk.row_groups), columns=columns)
     except (pa.ArrowInvalid, OSError) as err:
         raise UnreadableFile(f"{chunk.display}: not a readable Parquet file: {readers._short(err)}") from None
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="none")
-    rows = readers._read_parquet(sink.getvalue().to_pybytes(), chunk.display, data, chunk.partitions)
+    rows = readers.parquet_rows(table, chunk.display, data, chunk.partitions)
     _shift_rows(rows, chunk.line_shift)
     return rows
 

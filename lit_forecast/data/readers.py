@@ -18,6 +18,7 @@ text and checked cell by cell with pandas, which also gives error messages the o
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -280,15 +281,28 @@ def _from_text(display, rows, ts_text: pd.Series, value_text: pd.Series, codes, 
     return Rows(display, "row", rows, ns, values, codes, names, problems)
 
 
+def parquet_columns(names: list[str], display: str, config: DataConfig, partitions: dict[str, str]) -> list[str]:
+    """The columns of a Parquet file (its schema's ``names``) to read; an UnreadableFile if one is missing."""
+    have = names + [p for p in partitions if p not in names]
+    if any(c not in have for c in _needed(config)):
+        raise _missing_columns(display, have, config)
+    return [c for c in _needed(config) if c in names]
+
+
 def _read_parquet(data: bytes, display: str, config: DataConfig, partitions: dict[str, str]) -> Rows:
     try:
-        schema = pq.read_schema(pa.BufferReader(data))
-        have = schema.names + [p for p in partitions if p not in schema.names]
-        if any(c not in have for c in _needed(config)):
-            raise _missing_columns(display, have, config)
-        table = pq.read_table(pa.BufferReader(data), columns=[c for c in _needed(config) if c in schema.names])
+        columns = parquet_columns(pq.read_schema(pa.BufferReader(data)).names, display, config, partitions)
+        table = pq.read_table(pa.BufferReader(data), columns=columns)
     except (pa.ArrowInvalid, OSError) as err:
         raise UnreadableFile(f"{display}: not a readable Parquet file: {_short(err)}") from None
+    return parquet_rows(table, display, config, partitions)
+
+
+def parquet_rows(table: pa.Table, display: str, config: DataConfig, partitions: dict[str, str]) -> Rows:
+    """Check and convert the columns (``parquet_columns``) of a Parquet file, or of some of its row groups.
+
+    Row indices count from the table's first row.
+    """
     if table.num_rows == 0:
         raise UnreadableFile(f"{display}: no data rows")
     rows = np.arange(table.num_rows, dtype=np.int64)
@@ -319,22 +333,28 @@ def _read_parquet(data: bytes, display: str, config: DataConfig, partitions: dic
     problems: list[RowProblem] = []
     ids = np.asarray(names, dtype=object)[codes] if config.series_column else None
 
-    def flag(bad: np.ndarray, what: str, shown: np.ndarray) -> None:
-        if bad.any():
+    def flag(bad: np.ndarray, what: str, show: Callable[[int], str]) -> None:
+        if bad.any():  # the examples' text is made for the few rows shown, not for every row
             where = np.flatnonzero(bad)
-            examples = [(int(i), str(shown[i]), ids[i] if ids is not None else "") for i in where[:MAX_SHOWN]]
+            examples = [(int(i), show(i), ids[i] if ids is not None else "") for i in where[:MAX_SHOWN]]
             problems.append(RowProblem(what, len(where), examples))
 
+    def null(i: int) -> str:
+        return "null"
+
+    value_null = value.is_null().to_numpy(zero_copy_only=False)
+
+    def shown(i: int) -> str:
+        return "null" if value_null[i] else str(values[i])
+
     ts_null = ns.is_null().to_numpy(zero_copy_only=False)
-    flag(ts_null, "missing timestamp", np.full(len(rows), "null", dtype=object))
-    shown = np.where(value.is_null().to_numpy(zero_copy_only=False), "null", values.astype(str))
+    flag(ts_null, "missing timestamp", null)
     with np.errstate(invalid="ignore"):
         flag(np.isnan(values), "missing (NaN) value", shown)
         flag(values < 0, "negative value", shown)
         flag(np.isinf(values), "infinite value", shown)
         flag(np.isfinite(values) & (values > FLOAT32_MAX), f"value beyond the float32 range (max {FLOAT32_MAX:.4g})", shown)
     if config.series_column in table.column_names and table.column(config.series_column).null_count:
-        flag(table.column(config.series_column).is_null().to_numpy(zero_copy_only=False), "missing series id",
-             np.full(len(rows), "null", dtype=object))
+        flag(table.column(config.series_column).is_null().to_numpy(zero_copy_only=False), "missing series id", null)
     ns_values = pc.fill_null(ns, pa.scalar(0, pa.timestamp("ns"))).to_numpy().view("int64")
     return Rows(display, "row index", rows, ns_values, values, codes, names, problems)

@@ -69,11 +69,12 @@ class ForecastModule(L.LightningModule):
         self.point_loss = LOSSES[train["loss"]]
         self.val_metrics = passenger_metrics()
         self.val_quantiles = QuantileScores(self.levels) if self.levels else None
-        # Per-step, per-level widening factors fitted on validation (ones until then); a buffer,
-        # so every checkpoint carries the factors its own validation gave.
-        self.calibrating = bool(self.levels) and train.get("calibrate_quantiles", True)
-        self.register_buffer("calibration", torch.ones(self.window.horizon, len(self.levels) or 1))
-        self.val_calibration = QuantileCalibration(self.levels, self.window.horizon) if self.calibrating else None
+        # Per-step, per-level widening factors fitted on validation (ones until then, and with
+        # train.calibrate_quantiles off); a buffer, so every checkpoint carries its own factors.
+        if self.levels:
+            self.register_buffer("calibration", torch.ones(self.window.horizon, len(self.levels)))
+        fit = self.levels and train.get("calibrate_quantiles", True)
+        self.val_calibration = QuantileCalibration(self.levels, self.window.horizon) if fit else None
         # Window-weighted means, so ranks with unequal window counts still give the global value.
         self.val_losses = torch.nn.ModuleDict({"loss": torchmetrics.MeanMetric(), "loss_tf": torchmetrics.MeanMetric()})
 
@@ -167,7 +168,7 @@ class ForecastModule(L.LightningModule):
 
     def calibrated(self, quantiles: torch.Tensor) -> torch.Tensor:
         """(B, H, Q) -> (B, H, Q) with the checkpoint's calibration factors applied; the median never moves."""
-        if not self.calibrating:
+        if not self.levels:
             return quantiles
         return widen(quantiles, self.calibration.to(quantiles.dtype), self.median_index)
 
@@ -217,7 +218,7 @@ class ForecastModule(L.LightningModule):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Checkpoints from before calibration existed load as uncalibrated (factors of one)."""
-        if "calibration" not in state_dict:
+        if self.levels and "calibration" not in state_dict:
             state_dict = {**state_dict, "calibration": torch.ones_like(self.calibration)}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

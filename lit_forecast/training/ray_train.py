@@ -274,14 +274,16 @@ def _failure_causes(err: Exception) -> list:
     return [err, *failures.values(), getattr(err, "controller_failure", None)]
 
 
-def _cluster_died_message(err: Exception, run: str) -> str:
-    """What to tell the user when the Ray cluster under the driver died in the middle of a run."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+def _cluster_died_message(err: Exception | None, run: str) -> str:
+    """What to tell the user when the Ray cluster under the driver died in the middle of a run
+    (``err``: Ray's exception, or None when the driver saw its local raylet go first)."""
+    lines = [line.strip() for line in str(err or "").splitlines() if line.strip()]
     detail = next((line for line in lines if "node" in line.lower() or "raylet" in line.lower()), lines[0] if lines else "")
     cluster = (f"the Ray cluster at {os.environ['RAY_ADDRESS']} lost the node running this run's controller"
                if os.environ.get("RAY_ADDRESS") else "the local Ray cluster this driver started died")
+    cause = f" ({type(err).__name__}: {detail[:300]})" if err is not None else " (its raylet process is gone)"
     return (
-        f"{cluster} during training ({type(err).__name__}: {detail[:300]}); a raylet killed or out of memory ends "
+        f"{cluster} during training{cause}; a raylet killed or out of memory ends "
         f"it this way. Every checkpoint reported so far is kept: run the same command again to resume {run} from its "
         "last checkpoint."
     )
@@ -317,7 +319,8 @@ def fit(config: Config, run: str) -> dict:
     started = time.perf_counter()
     storage.delete(storage.join(run, DIVERGED_FILE))  # a marker left by an attempt whose driver died
     try:
-        result = trainer.fit()
+        with ray_cluster.exit_if_local_ray_dies(_cluster_died_message(None, run)):
+            result = trainer.fit()
     except _CLUSTER_DIED as err:
         # Shut down now, not at interpreter exit, where Ray's core worker, finding its raylet gone,
         # ends the process with status 1 before ours (2) is returned.

@@ -22,6 +22,7 @@ config (validation failed), the folder is removed too: a failed start leaves not
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,17 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 600.0  # 10 heartbeats missed: the holder is gone
 SETTLE_S = 2.0  # object stores: wait before reading our lock back
+
+
+@contextlib.contextmanager
+def _unwritable_as_run_error(run: str):
+    """A full or read-only storage folder met inside the block becomes the RunError that says so."""
+    try:
+        yield
+    except OSError as err:
+        if storage.is_unwritable(err):
+            raise RunError(storage.unwritable_message(run, err)) from None
+        raise
 
 
 class RunLock:
@@ -102,35 +114,25 @@ class RunLock:
             raise RunError(f"cannot create the run folder {self.run}: {err.strerror or err}; choose another --storage") from None
         text = json.dumps(self.holder, indent=2) + "\n"
         for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except PermissionError as err:
-                raise RunError(f"cannot write the lock {self.path}: {err.strerror}; check the run folder's permissions") from None
-            except FileExistsError:
-                seen = self._read_text()
-                holder, age = _parse(seen), self._age()
-                if not self._stale(holder, age):
-                    raise RunError(self._held_message(holder, age)) from None
-                self._warn_takeover(holder, age)
+            with _unwritable_as_run_error(self.run):
                 try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except PermissionError as err:
+                    raise RunError(f"cannot write the lock {self.path}: {err.strerror}; check the run folder's permissions") from None
+                except FileExistsError:
+                    seen = self._read_text()
+                    holder, age = _parse(seen), self._age()
+                    if not self._stale(holder, age):
+                        raise RunError(self._held_message(holder, age)) from None
+                    self._warn_takeover(holder, age)
                     self._remove_stale_local(seen)
-                except OSError as err:
-                    if storage.is_unwritable(err):  # a read-only storage folder
-                        raise RunError(storage.unwritable_message(self.run, err)) from None
+                    continue
+                try:
+                    with os.fdopen(fd, "w") as stream:
+                        stream.write(text)
+                except OSError:  # created, but no room for its bytes
+                    os.unlink(self.path)
                     raise
-                continue
-            except OSError as err:
-                if storage.is_unwritable(err):  # a full or read-only storage folder
-                    raise RunError(storage.unwritable_message(self.run, err)) from None
-                raise
-            try:
-                with os.fdopen(fd, "w") as stream:
-                    stream.write(text)
-            except OSError as err:  # created, but no room for its bytes
-                os.unlink(self.path)
-                if storage.is_unwritable(err):
-                    raise RunError(storage.unwritable_message(self.run, err)) from None
-                raise
             return
         raise RunError(f"could not take the lock {self.path}: other processes keep taking it; run one driver per run name")
 

@@ -415,3 +415,16 @@ def test_validation_calibrates_the_next_forecasts_and_keeps_the_median():
     torch.testing.assert_close(fresh.forecast(batches[0]), after[0])
     fresh.load_state_dict({k: v for k, v in state.items() if k != "calibration"})
     torch.testing.assert_close(fresh.forecast(batches[0]), before[0])
+
+
+def test_calibration_off_leaves_the_head_as_trained():
+    plain = cfg.to_dict(TINY)
+    torch.manual_seed(0)
+    module = ForecastModule(plain["model"], WINDOW, {**plain["train"], "calibrate_quantiles": False}, SERIES).eval()
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    batch = make_batch(batch_size=32)
+    before = module.forecast(batch)
+    module.validation_step(batch, 0)
+    module.on_validation_epoch_end()
+    torch.testing.assert_close(module.forecast(batch), before, rtol=0, atol=0)
+    assert torch.equal(module.calibration, torch.ones_like(module.calibration))
