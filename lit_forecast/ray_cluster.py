@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import ray
-import torch
 
 from lit_forecast.errors import UserError
 
@@ -34,6 +33,14 @@ class ResourceError(UserError):
     """Asked for more CPUs or GPUs than this machine has: Ray would wait forever."""
 
 
+def _gpu_count() -> int:
+    """GPUs of this machine. Torch is imported here only: Ray Data workers import this module
+    (through the data layer) and should not pay torch's 2-3 s start for it."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def check_resources(cpus_needed: float, gpus_needed: float, hint: str) -> None:
     """Without RAY_ADDRESS (a local Ray sized to this machine), refuse what the machine cannot hold.
 
@@ -42,7 +49,7 @@ def check_resources(cpus_needed: float, gpus_needed: float, hint: str) -> None:
     """
     if os.environ.get("RAY_ADDRESS"):
         return
-    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    cpus, gpus = os.cpu_count() or 1, _gpu_count()
     if cpus_needed > cpus or gpus_needed > gpus:
         raise ResourceError(
             f"this machine has {cpus} CPU(s) and {gpus} GPU(s) but {cpus_needed:g} CPU(s) and {gpus_needed:g} GPU(s) "
@@ -68,7 +75,7 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
         ray.init(**quiet)
         return
     check_resources(cpus_needed, gpus_needed, hint)
-    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    cpus, gpus = os.cpu_count() or 1, _gpu_count()
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
     started = time.perf_counter()

@@ -65,9 +65,12 @@ MIN_CHUNK_BYTES = 1 << 20
 # A Parquet file is read in runs of whole row groups of at most about this many rows (a CSV
 # range of CHUNK_BYTES holds ~1 M rows of long format), fewer when that gives every CPU two.
 CHUNK_ROWS = 1 << 20
-# Series are hashed into groups of about this many input bytes (~1 M rows of long CSV), and
-# at least 2 groups per CPU, so every CPU has work and no group is large.
-GROUP_BYTES = 32 << 20
+# Series are hashed into groups of about this many readings, and at least 2 groups per CPU,
+# so every CPU has work and no group is large: a group of 1 M readings peaks near 0.6 GiB in
+# its worker. Counted from Parquet metadata, estimated from a CSV's bytes.
+GROUP_ROWS = 1 << 20
+CSV_ROW_BYTES = 28  # a long-format CSV row (timestamp,zone,value)
+GZIP_RATIO = 4  # a .csv.gz is about a quarter of its CSV
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Chunk:
     header: bytes = b""  # prepended to a range that does not start the file
     line_shift: int = 0  # added to the line numbers (CSV) or row indices (Parquet) the reader gives the range
     row_groups: tuple[int, ...] = ()  # a Parquet file's row groups to read; () with end == -1: the whole file
+    rows: int = 0  # readings it holds: exact for Parquet, estimated from bytes for CSV
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,13 +121,14 @@ def _file_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: 
                  chunk_bytes: int = CHUNK_BYTES, tasks: int = 1) -> list[Chunk]:
     """A plain CSV over ``chunk_bytes`` in line-aligned byte ranges, a Parquet file in runs of
     row groups (``tasks`` of them, or more of at most CHUNK_ROWS rows); anything else whole."""
-    whole = [Chunk(info.path, display, index, parts)]
+    size = info.size or 0
     if info.path.lower().endswith(".gz"):
-        return whole
+        return [Chunk(info.path, display, index, parts, rows=size * GZIP_RATIO // CSV_ROW_BYTES)]
     with fs.open_input_stream(info.path, compression=None) as stream:
         head = stream.read(4)
     if head == b"PAR1":
         return _parquet_chunks(fs, info, display, index, parts, tasks)
+    whole = [Chunk(info.path, display, index, parts, rows=size // CSV_ROW_BYTES)]
     if (info.size or 0) <= chunk_bytes:
         return whole
     # One streaming pass: cut after the first line end past every CHUNK_BYTES, and count the
@@ -154,22 +159,22 @@ def _file_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: 
         cuts.pop(), newlines_before.pop()
     ranges = list(zip(cuts, cuts[1:] + [offset]))
     return [
-        Chunk(info.path, display, index, parts, a, b, b"" if k == 0 else header + b"\n", 0 if k == 0 else newlines_before[k] - 1)
+        Chunk(info.path, display, index, parts, a, b, b"" if k == 0 else header + b"\n", 0 if k == 0 else newlines_before[k] - 1,
+              rows=(b - a) // CSV_ROW_BYTES)
         for k, (a, b) in enumerate(ranges)
     ]
 
 
 def _parquet_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, index: int, parts: dict, tasks: int) -> list[Chunk]:
     """A Parquet file in runs of consecutive non-empty row groups, each knowing its first row index."""
-    whole = [Chunk(info.path, display, index, parts)]
     try:
         with fs.open_input_file(info.path) as f:
             meta = pq.ParquetFile(f).metadata
     except (pa.ArrowInvalid, OSError):
-        return whole  # the reader names what is wrong with it
+        return [Chunk(info.path, display, index, parts)]  # the reader names what is wrong with it
     rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     if sum(rows) == 0 or len([n for n in rows if n]) < 2:
-        return whole
+        return [Chunk(info.path, display, index, parts, rows=sum(rows))]
     target = min(CHUNK_ROWS, math.ceil(sum(rows) / max(tasks, 1)))
     runs: list[list[int]] = [[]]
     firsts, seen, in_run = [0], 0, 0
@@ -184,8 +189,9 @@ def _parquet_chunks(fs: pafs.FileSystem, info: pafs.FileInfo, display: str, inde
         in_run += n
         seen += n
     if len(runs) == 1:
-        return whole
-    return [Chunk(info.path, display, index, parts, line_shift=first, row_groups=tuple(run)) for run, first in zip(runs, firsts)]
+        return [Chunk(info.path, display, index, parts, rows=sum(rows))]
+    return [Chunk(info.path, display, index, parts, line_shift=first, row_groups=tuple(run), rows=sum(rows[g] for g in run))
+            for run, first in zip(runs, firsts)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +282,7 @@ def _every_cpu_per_stage():
     and 3 stages (read, shuffle map, shuffle reduce) that is under one CPU each, so each stage
     ran one task at a time and the second CPU idled. Preparation is a batch job whose every
     dataset is consumed at once (``materialize``, ``take_all``) and whose blocks are bounded
-    by GROUP_BYTES, so it needs no per-stage reservation: ``op_resource_reservation_enabled``
+    by GROUP_ROWS, so it needs no per-stage reservation: ``op_resource_reservation_enabled``
     off leaves the CPUs and object store limits of the whole dataset. Set on this driver's
     DataContext for the preparation only, and restored afterwards.
     """
@@ -322,7 +328,7 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
     data = DataConfig(**config)
     files, parquet = table["file"].to_numpy(), table["parquet"].to_numpy(zero_copy_only=False)
     parquet_files = set(np.unique(files[parquet]).tolist())
-    codes, names = np.unique(table["series"].to_numpy(zero_copy_only=False), return_inverse=True)[::-1]
+    codes, names = _factorize_sorted(table["series"])
     rows = {
         "codes": codes.astype(np.int64), "timestamps": table["timestamp"].to_numpy(), "values": table["value"].to_numpy().copy(),
         "rows": table["row"].to_numpy(), "file": table["file"].to_numpy(), "names": [str(n) for n in names],
@@ -342,7 +348,9 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
     out = {c: [] for c in SERIES_SCHEMA.names}
     for bound in bounds:
         series_report = LoadReport()
-        (series,) = src._regularise(name, rows, [bound], data, series_report, problems) or (None,)
+        code, lo, hi = bound  # one series' rows alone: _regularise's whole-table steps then cost O(its rows)
+        one = {k: (v[lo:hi] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
+        (series,) = src._regularise(name, one, [(code, 0, hi - lo)], data, series_report, problems) or (None,)
         if series is None:
             continue
         try:
@@ -371,6 +379,16 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
     if _has(problems):
         return _series_notes([_problem_note(4, problems, len(names))])
     return pa.Table.from_pydict(out, schema=SERIES_SCHEMA)
+
+
+def _factorize_sorted(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """(code per row, names) with names sorted and codes numbering them: a hash pass, not a sort of every row's text."""
+    encoded = column.combine_chunks().dictionary_encode()
+    names = encoded.dictionary.to_pylist()
+    order = np.argsort(np.asarray(names, dtype=object), kind="stable")
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(names))
+    return rank[encoded.indices.to_numpy(zero_copy_only=False)], [names[i] for i in order]
 
 
 def _target_range(series: Series, starts: np.ndarray, data: DataConfig) -> tuple[str, str]:
@@ -482,7 +500,7 @@ def _write_file(table: pa.Table, data_dir: str, schema: pa.Schema) -> pa.Table:
     file = table["file"][0].as_py()
     table = table.sort_by("series_id")
     storage.write_parquet(storage.join(data_dir, file), table.select(schema.names).cast(schema))
-    windows = sum(len(w) for w in table["window_starts"].to_pylist())
+    windows = int(pa.compute.sum(pa.compute.list_value_length(table["window_starts"])).as_py() or 0)
     return pa.table({"file": [file], "windows": pa.array([windows], pa.int64())})
 
 
@@ -512,10 +530,10 @@ def _prepare(config: Config, data_dir: str, num_shards: int, source: Source, *, 
     data = config.data
     settings = dataclasses.asdict(data)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    name, displays, chunks, total_bytes = plan_chunks(source, data, tasks=2 * cpus)
+    name, displays, chunks, _ = plan_chunks(source, data, tasks=2 * cpus)
     if not chunks:
         raise DataError(f"{source.location}: no CSV or Parquet files (.csv, .csv.gz, .parquet, .pq) in this folder")
-    groups = max(2 * cpus, math.ceil(total_bytes / GROUP_BYTES))
+    groups = max(2 * cpus, math.ceil(sum(c.rows for c in chunks) / GROUP_ROWS))
     many_files = len(displays) > 1
     log.info("preparing %s on Ray Data: %d read task(s), %d series group(s), %d CPU(s)", name, len(chunks), groups, cpus)
 
