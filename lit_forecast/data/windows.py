@@ -43,12 +43,26 @@ class Segment:
 
 
 def segments_from_table(table: pa.Table) -> list[Segment]:
-    """Read the segment rows written by :mod:`lit_forecast.data.prepare`."""
-    columns = table.to_pydict()
+    """Read the segment rows written by :mod:`lit_forecast.data.prepare`.
+
+    The list columns are read as one flat numpy array each and sliced per segment: no Python
+    object per value (a 5,000-zone shard holds 18 M slots).
+    """
+    values, starts = _flat(table.column("values"), np.float64), _flat(table.column("window_starts"), np.int64)
     return [
-        Segment(sid, pd.Timestamp(start), np.asarray(values, dtype=np.float64), np.asarray(starts, dtype=np.int64))
-        for sid, start, values, starts in zip(columns["series_id"], columns["start"], columns["values"], columns["window_starts"])
+        Segment(sid, pd.Timestamp(start), values[0][values[1][i] : values[1][i + 1]], starts[0][starts[1][i] : starts[1][i + 1]])
+        for i, (sid, start) in enumerate(zip(table.column("series_id").to_pylist(), table.column("start").to_pylist()))
     ]
+
+
+def _flat(column: pa.ChunkedArray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (all its items in one array, offsets: row i holds items[offsets[i]:offsets[i + 1]])."""
+    lists = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if len(lists) == 0:
+        return np.zeros(0, dtype=dtype), np.zeros(1, dtype=np.int64)
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    items = lists.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return items, offsets
 
 
 def calendar_features(times: pd.DatetimeIndex, freq: str) -> np.ndarray:
@@ -86,37 +100,33 @@ class WindowSet(Dataset):
 
     def __init__(self, segments: list[Segment], stats: dict[str, SeriesStats], spec: WindowSpec):
         self.spec = spec
-        raw, times, targets, first, locs, scales, cutoffs, series_ids = [], [], [], [], [], [], [], []
-        base = 0
-        scaling = []  # (loc, scale) of each segment
+        scaling = []  # the statistics of each segment: its own, or its series' training ones
         for seg in segments:
             if seg.stats is None and seg.series_id not in stats:
                 raise DataError(f"no scaler statistics for series {seg.series_id!r}")
-            own = seg.stats or stats[seg.series_id]
-            loc, scale = own.mean, own.std
-            scaling.append((loc, scale))
-            slots = pd.date_range(seg.start, periods=len(seg.values), freq=spec.freq)
-            raw.append(seg.values)
-            times.append(calendar_features(slots, spec.freq))
-            targets.append(base + seg.window_starts)
-            first.append(np.full(len(seg.window_starts), base))
-            locs.append(np.full(len(seg.window_starts), loc))
-            scales.append(np.full(len(seg.window_starts), scale))
-            cutoffs.append(slots.values[seg.window_starts])  # datetime64: no Timestamp object per window
-            series_ids.extend([seg.series_id] * len(seg.window_starts))
-            base += len(seg.values)
-        flat = np.concatenate(raw).astype(np.float64) if raw else np.zeros(0)
-        slot_loc = np.concatenate([np.full(len(s.values), sc[0]) for s, sc in zip(segments, scaling)]) if segments else np.zeros(0)
-        slot_scale = np.concatenate([np.full(len(s.values), sc[1]) for s, sc in zip(segments, scaling)]) if segments else np.zeros(0)
+            scaling.append(seg.stats or stats[seg.series_id])
+        # Segments laid end to end, in whole-array operations: a fleet's shard holds thousands.
+        lengths = np.asarray([len(seg.values) for seg in segments], dtype=np.int64)
+        counts = np.asarray([len(seg.window_starts) for seg in segments], dtype=np.int64)  # windows per segment
+        bases = np.cumsum(lengths) - lengths  # first flat slot of each segment
+        loc = np.asarray([own.mean for own in scaling], dtype=np.float64)
+        scale = np.asarray([own.std for own in scaling], dtype=np.float64)
+        flat = np.concatenate([seg.values for seg in segments]).astype(np.float64) if segments else np.zeros(0)
+        starts = np.concatenate([seg.window_starts for seg in segments]).astype(np.int64) if segments else np.zeros(0, np.int64)
+        # The timestamp of every slot: its segment's start plus its offset in the segment.
+        first = np.asarray([pd.Timestamp(seg.start).value for seg in segments], dtype=np.int64)
+        offset = np.arange(len(flat), dtype=np.int64) - np.repeat(bases, lengths)
+        slot_ns = np.repeat(first, lengths) + offset * pd.Timedelta(spec.freq).value
+        targets = np.repeat(bases, counts) + starts
         self.raw = flat  # (T,) float64 passengers
-        self.values = torch.as_tensor((flat - slot_loc) / slot_scale, dtype=torch.float32)  # (T,) scaled
-        self.times = torch.as_tensor(np.concatenate(times) if times else np.zeros((0, 3)), dtype=torch.int64)
-        self.targets = torch.as_tensor(np.concatenate(targets) if targets else np.zeros(0), dtype=torch.int64)
-        self.first_slot = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)  # (N,) start of each window's segment
-        self.loc = torch.as_tensor(np.concatenate(locs) if locs else np.zeros(0), dtype=torch.float32)
-        self.scale = torch.as_tensor(np.concatenate(scales) if scales else np.zeros(0), dtype=torch.float32)
-        self.cutoffs = pd.DatetimeIndex(np.concatenate(cutoffs) if cutoffs else np.zeros(0, dtype="datetime64[ns]"))  # (N,) first target timestamp of each window
-        self.series_ids = series_ids  # (N,)
+        self.values = torch.as_tensor((flat - np.repeat(loc, lengths)) / np.repeat(scale, lengths), dtype=torch.float32)  # (T,) scaled
+        self.times = torch.as_tensor(calendar_features(pd.DatetimeIndex(slot_ns.view("datetime64[ns]")), spec.freq), dtype=torch.int64)
+        self.targets = torch.as_tensor(targets, dtype=torch.int64)
+        self.first_slot = np.repeat(bases, counts)  # (N,) start of each window's segment
+        self.loc = torch.as_tensor(np.repeat(loc, counts), dtype=torch.float32)
+        self.scale = torch.as_tensor(np.repeat(scale, counts), dtype=torch.float32)
+        self.cutoffs = pd.DatetimeIndex(slot_ns[targets].view("datetime64[ns]"))  # (N,) first target timestamp of each window
+        self.series_ids = np.repeat(np.asarray([seg.series_id for seg in segments], dtype=object), counts).tolist()  # (N,)
         W, H = spec.input_window, spec.horizon
         self._past = torch.arange(-W, 0)
         self._future = torch.arange(H)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
+from torch.utils.data import BatchSampler, RandomSampler
 
 from lit_forecast import storage
 from lit_forecast.data import prepare as prep
-from lit_forecast.data.datamodule import ShardDataModule
+from lit_forecast.data.datamodule import ShardDataModule, ShuffledBatches
 from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
 from lit_forecast.data.source import fetch, load_series
 from lit_forecast.data.splits import window_starts
@@ -621,6 +623,42 @@ def test_dataloaders_yield_named_tensors_without_trainer(prepared):
     first = (val["future_target"][:, 0] * val["scale"] + val["loc"]).numpy()
     np.testing.assert_allclose(first, np.arange(TRAIN_SLOTS, TRAIN_SLOTS + 5), atol=1e-3)
     assert set(module.datasets) == {"train", "val"}  # nothing reads the test period while training
+
+
+@pytest.mark.parametrize("size, batch", [(10, 4), (12, 4), (1, 3)])
+def test_training_batches_are_those_of_a_shuffled_dataloader_as_index_tensors(size, batch):
+    torch.manual_seed(7)
+    expected = list(BatchSampler(RandomSampler(range(size)), batch, drop_last=False))
+    after_expected = torch.rand(3)  # the global generator moved as far
+    torch.manual_seed(7)
+    sampler = ShuffledBatches(size, batch)
+    got = list(sampler)
+    assert [b.tolist() for b in got] == expected and all(b.dtype == torch.int64 for b in got)
+    assert torch.equal(torch.rand(3), after_expected)
+    assert len(sampler) == len(expected) and sorted(i for b in got for i in b.tolist()) == list(range(size))
+
+
+def test_training_epochs_draw_new_orders_and_cover_every_window_once(prepared):
+    data_dir, _ = prepared(np.arange(SLOTS), num_shards=1)
+    module = ShardDataModule(data_dir, batch_size=8)
+    module.setup("fit")
+    epochs = [[i for b in module.train_dataloader().batch_sampler for i in b.tolist()] for _ in range(2)]
+    assert epochs[0] != epochs[1]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(len(module.datasets["train"])))
+
+
+def test_segments_read_from_several_row_chunks_are_the_rows(prepared):
+    data_dir, manifest = prepared(np.arange(SLOTS), num_shards=1)
+    table = storage.read_parquet(storage.join(data_dir, manifest.train_files[0]))
+    doubled = pa.concat_tables([table, table])  # two chunks
+    for part in (table, doubled, doubled.slice(len(table))):  # a slice starts inside its list buffers
+        rows = part.to_pylist()
+        segments = segments_from_table(part)
+        assert len(segments) == len(rows) > 0
+        for segment, row in zip(segments, rows):
+            assert segment.series_id == row["series_id"] and segment.start == pd.Timestamp(row["start"])
+            np.testing.assert_array_equal(segment.values, np.asarray(row["values"], dtype=np.float64))
+            np.testing.assert_array_equal(segment.window_starts, np.asarray(row["window_starts"], dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
