@@ -197,11 +197,13 @@ def main() -> None:
 
     # Fit: every training window of every series, 48 boosters.
     start = time.perf_counter()
-    features, targets, means, scales = [], [], {}, {}
+    features, targets, means, scales, stats = [], [], {}, {}, {}
     for s in series:
         values = fill_short_gaps(s.values, max_slots)  # short gaps interpolated, as in training
         times = pd.date_range(s.start, periods=len(values), freq=data.freq)
         means[s.series_id] = series_mean(values, times, train_end) if glob else 1.0
+        train = values[times < train_end]  # the window cutter's statistics, as training's (checks only)
+        stats[s.series_id] = SeriesStats(float(np.nanmean(train)), float(np.nanstd(train)) or 1.0)
         scales[s.series_id] = bt.training_scale(values, times, train_end, 7 * spd)
         x, y = training_windows(values, times, data.freq, train_end, args.train_stride)
         if glob:
@@ -215,7 +217,6 @@ def main() -> None:
     # Predict: windows at the cutoffs as infer.py builds them, with a week of history for the baselines.
     start = time.perf_counter()
     lags = seasonal_naive_lags(spd)
-    stats = {sid: SeriesStats(means[sid], 1.0) for sid in means}  # scaled by each series mean (1: none)
     longest = max(max(LAGS), *lags.values())
     try:
         windows, _ = build_windows(series, stats, WindowSpec(max(LAGS), HORIZON, data.freq), cutoffs, data.max_gap,
