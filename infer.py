@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows-per-task", type=int, default=256, help="windows each Ray task forecasts (default 256)")
     parser.add_argument("--batch-size", type=int, default=256, help="windows per forward pass (default 256)")
     parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
+    parser.add_argument("--recalibrate-days", type=float, default=0, metavar="N",
+                        help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
+                             "(actuals known by then; N x slots per day extra forecasts per series); default 0: the checkpoint's bands")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
             use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
             windows_per_task=args.windows_per_task, batch_size=args.batch_size,
-            plot_series=args.plot_series, strict=args.strict,
+            plot_series=args.plot_series, strict=args.strict, recalibrate_days=args.recalibrate_days,
         )
         result = infer(request)
     except UserError as err:
@@ -99,6 +102,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--num-cpus {args.num_cpus:g}: CPUs per Ray task must be a positive number, e.g. 1 or 0.5")
     if not (math.isfinite(args.num_gpus) and args.num_gpus >= 0):
         raise ConfigError(f"--num-gpus {args.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, e.g. 1 or 0.25")
+    if not (math.isfinite(args.recalibrate_days) and args.recalibrate_days >= 0):
+        raise ConfigError(f"--recalibrate-days {args.recalibrate_days:g}: days must be 0 (off) or a positive number, e.g. 14")
     if args.windows_per_task < 1 or args.batch_size < 1:
         raise ConfigError("--windows-per-task and --batch-size must be >= 1")
     if not args.no_ray:  # a local Ray is sized to this machine: a task asking for more would wait forever

@@ -35,12 +35,13 @@ def main() -> None:
     parser.add_argument("--cutoffs", default=HEADLINE_CUTOFFS, help=f"see infer.py --help (default {HEADLINE_CUTOFFS})")
     parser.add_argument("--output", help="forecasts file (default: <run>/forecasts/forecast_<cutoffs>.csv)")
     parser.add_argument("--ray", action="store_true", help="forecast through the Ray tasks (default: a plain call)")
+    parser.add_argument("--recalibrate-days", type=float, default=0, metavar="N", help="as infer.py --recalibrate-days (default 0: off)")
     args = parser.parse_args()
     cli.setup_logging()
     try:
         result = infer(InferenceRequest(
             run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
-            cutoffs=parse_cutoffs([args.cutoffs]), output=args.output, use_ray=args.ray,
+            cutoffs=parse_cutoffs([args.cutoffs]), output=args.output, use_ray=args.ray, recalibrate_days=args.recalibrate_days,
         ))
     except UserError as err:
         cli.die(str(err))

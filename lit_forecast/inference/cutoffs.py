@@ -107,6 +107,7 @@ def cut_windows(
     max_gap: str = "2h",
     history: int | None = None,
     strict: bool = False,
+    quiet: bool = False,
 ) -> CutWindows:
     """Windows for every series at every cutoff (series by series, cutoffs in the given order).
 
@@ -117,13 +118,14 @@ def cut_windows(
     their lag). A window whose history has a hole (the slot before the cutoff missing, or a gap
     longer than ``max_gap``), too little history, or no data up to the cutoff is skipped and
     listed, or with ``strict`` raises a CutoffError. A cutoff off the data's grid always raises.
+    ``quiet``: log nothing about skipped windows and series (windows cut again for another purpose).
     """
     W, H = spec.input_window, spec.horizon
     history = max(history or W, W)
     step = pd.Timedelta(spec.freq)
     max_slots = gap_slots(max_gap, spec.freq)
     segments, filled_series, skipped, unseen, unlike = [], [], [], [], []
-    progress = Progress("cutting windows", total=len(series), unit="series")
+    progress = Progress("cutting windows", total=len(series), unit="series") if not quiet else None
     for s in series:
         T = len(s.values)
         filled = fill_short_gaps(s.values, max_slots)
@@ -146,23 +148,31 @@ def cut_windows(
             unseen.append(s.series_id)
             segments.extend(_own_scaled_segments(s, filled, padded, starts, history, H, step))
         filled_series.append(dataclasses.replace(s, values=filled))
-        progress.advance()
-    progress.done()
+        if progress:
+            progress.advance()
+    if progress:
+        progress.done()
     windows = WindowSet(segments, stats, spec)
     asked = len(series) * (len(cutoffs) if cutoffs is not None else 1)
     cut = CutWindows(windows, filled_series, skipped, unseen, asked)
-    if unseen:
+    if not quiet:
+        _log_cut(cut, unlike)
+    if len(windows) == 0:
+        raise CutoffError("no windows to forecast: " + (cut.skip_summary() if skipped else "no series or no cutoffs"))
+    return cut
+
+
+def _log_cut(cut: CutWindows, unlike: list[str]) -> None:
+    """One line each for the unseen series, the known ones unlike their statistics, and the skipped windows."""
+    if cut.unseen:
         log.info("%d series not in the checkpoint (%s): scaled with the mean and std of their own history before each cutoff",
-                 len(unseen), _few(unseen))
+                 len(cut.unseen), _few(cut.unseen))
     if unlike:
         log.warning("%d series (%s) have a mean before their first cutoff more than %g training standard deviations from "
                     "the checkpoint's: the same name for other data? They are scaled with the checkpoint's statistics",
                     len(unlike), _few(unlike), UNLIKE_STDS)
-    if skipped:
+    if cut.skipped:
         log.warning("%s", cut.skip_summary())
-    if len(windows) == 0:
-        raise CutoffError("no windows to forecast: " + (cut.skip_summary() if skipped else "no series or no cutoffs"))
-    return cut
 
 
 UNLIKE_STDS = 3.0  # a known series whose past mean is further than this from its training mean is flagged

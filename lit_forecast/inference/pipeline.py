@@ -33,6 +33,8 @@ from lit_forecast.evaluation.plots import interval_bands, plot_backtest_window, 
 from lit_forecast.inference.checkpoint import load_checkpoint
 from lit_forecast.inference.cutoffs import CutWindows, cut_windows, read_series
 from lit_forecast.inference.forecaster import forecast, model_inputs
+from lit_forecast.inference.recalibration import RecentForecasts, calibration_cutoffs, recalibrate
+from lit_forecast.models.quantiles import QuantileCalibration
 from lit_forecast.spec import SINGLE_SERIES, series_label
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class InferenceRequest:
     windows_per_task: int = 256
     batch_size: int = 256
     max_retries: int = 3
+    recalibrate_days: float = 0  # > 0: refit the bands at each cutoff on the forecasts of the days before it
 
 
 @dataclass
@@ -99,15 +102,11 @@ def infer(request: InferenceRequest) -> InferenceResult:
     if request.plot_cutoff is not None and request.plot_cutoff not in set(windows.cutoffs):
         raise CutoffError(f"--plot-cutoff {request.plot_cutoff} is not one of the forecast cutoffs")  # before anything is written
 
-    if request.use_ray:
-        from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
-
-        forecasts = forecast_remote(loaded.path, windows, request.windows_per_task, request.num_cpus,
-                                    request.num_gpus, request.batch_size, request.max_retries)
-    else:
-        forecasts = forecast(loaded.module, model_inputs(windows), request.batch_size, report_progress=True)
+    quantiles = _forecast(request, loaded, windows)  # (N, H, Q)
     levels = loaded.module.levels
-    quantiles, forecasts = forecasts, forecasts[..., loaded.module.median_index]  # (N, H, Q); the median (N, H)
+    if request.recalibrate_days and levels:
+        quantiles = _recalibrate(request, loaded, series, data, windows, quantiles)
+    forecasts = quantiles[..., loaded.module.median_index]  # the median (N, H)
 
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
                            unseen=set(cut.unseen), quantiles=quantiles, levels=levels)
@@ -141,10 +140,44 @@ def infer(request: InferenceRequest) -> InferenceResult:
             result.table["skipped"] = {"windows": len(cut.skipped), "asked": cut.asked, "summary": cut.skip_summary(examples=3)}
         if cut.unseen:
             result.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
+        if request.recalibrate_days and levels:
+            result.table["recalibrate_days"] = request.recalibrate_days
         result.table_path = _sibling(output, ".backtest.json")
         bt.save_table(result.table_path, result.table)
     _plot(result, quantiles, levels, request.plot_cutoff, plot_series)
     return result
+
+
+def _forecast(request: InferenceRequest, loaded, windows: WindowSet) -> np.ndarray:
+    """Quantiles (N, H, Q) in passengers of ``windows``: Ray tasks, or a plain call with ``use_ray`` off."""
+    if request.use_ray:
+        from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
+
+        return forecast_remote(loaded.path, windows, request.windows_per_task, request.num_cpus,
+                               request.num_gpus, request.batch_size, request.max_retries)
+    return forecast(loaded.module, model_inputs(windows), request.batch_size, report_progress=True)
+
+
+def _recalibrate(request: InferenceRequest, loaded, series: list[Series], data: DataConfig, windows: WindowSet,
+                 quantiles: np.ndarray) -> np.ndarray:
+    """``quantiles`` with each window's bands refitted on its series' last ``recalibrate_days`` days."""
+    spec, days = loaded.window, request.recalibrate_days
+    at = calibration_cutoffs(windows.cutoffs, days, spec.freq, spec.horizon)
+    try:
+        recent = cut_windows(series, loaded.series_stats, spec, at, data.max_gap, quiet=True).windows if at else None
+    except CutoffError:  # no window could be cut there: too little data before the cutoffs
+        recent = None
+    if recent is None:
+        log.warning("--recalibrate-days %g: no forecast can be scored in the %g days before the cutoffs; the "
+                    "checkpoint's bands are kept", days, days)
+        return quantiles
+    log.info("recalibrating the bands: forecasting %s windows of the %g days before the cutoffs", f"{len(recent):,}", days)
+    done = RecentForecasts(_forecast(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs)
+    quantiles, counts = recalibrate(quantiles, windows.series_ids, windows.cutoffs, done, loaded.module.levels, days, spec.freq)
+    log.info("recalibrated the bands of %s windows on the %g days before each cutoff%s", f"{counts['refitted']:,}", days,
+             f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} scored windows before them)"
+             if counts["kept"] else "")
+    return quantiles
 
 
 def _has_actuals(series: list[Series], cutoffs: list[pd.Timestamp] | None, freq: str) -> bool:

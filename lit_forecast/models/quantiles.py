@@ -72,15 +72,20 @@ class QuantileCalibration(torchmetrics.Metric):
     windows, so that a share q of them lies below the widened level (quantile recalibration,
     as in split-conformal prediction). Counts are histograms of that ratio, summed over ranks,
     so the factor is exact to one bin (``BIN_WIDTH``) on any number of ranks.
+
+    ``margin`` asks each level other than the median to hold ``margin`` more than its share
+    (level 0.9 fitted to 0.9 + margin, level 0.1 to 0.1 - margin): the bands validation gives
+    are then that much wider, against the drift between the validation month and later ones
+    (``train.calibration_margin``, chosen on validation by bench/calibration.py).
     """
 
     full_state_update = False
     BIN_WIDTH, MAX_FACTOR, MIN_FACTOR = 0.01, 10.0, 0.05
     MIN_WINDOWS = 20  # fewer validation windows than this leave the level as the head gives it
 
-    def __init__(self, levels: list[float], horizon: int):
+    def __init__(self, levels: list[float], horizon: int, margin: float = 0.0):
         super().__init__()
-        self.levels, self.median_index = list(levels), list(levels).index(0.5)
+        self.levels, self.median_index, self.margin = list(levels), list(levels).index(0.5), margin
         bins = round(self.MAX_FACTOR / self.BIN_WIDTH)
         self.register_buffer("edges", torch.linspace(0.0, self.MAX_FACTOR, bins + 1, dtype=torch.float64), persistent=False)
         # bucket 0: ratio <= 0 (the actual lies on the median's other side); bucket bins + 1: above MAX_FACTOR
@@ -99,7 +104,7 @@ class QuantileCalibration(torchmetrics.Metric):
         """(H, Q) factors: 1 at the median and where there were too few windows."""
         total = self.counts.sum(dim=-1, keepdim=True)
         share = self.counts.cumsum(dim=-1) / total.clamp(min=1)
-        target = torch.tensor([max(q, 1 - q) for q in self.levels], dtype=torch.float64, device=share.device)
+        target = torch.tensor([min(max(q, 1 - q) + self.margin, 1.0) for q in self.levels], dtype=torch.float64, device=share.device)
         first = (share < target[None, :, None] - 1e-9).sum(dim=-1).clamp(max=len(self.edges) - 1)  # (H, Q) bucket index
         factors = self.edges[first].clamp(self.MIN_FACTOR, self.MAX_FACTOR)  # the bucket's upper edge
         enough = total[..., 0] >= self.MIN_WINDOWS

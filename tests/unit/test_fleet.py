@@ -227,6 +227,25 @@ def test_an_unseen_series_forecast_does_not_look_ahead(checkpoint, zones_csv, tm
         np.testing.assert_array_equal(other["forecast"].to_numpy(), results[0]["forecast"].to_numpy())
 
 
+def test_recalibrated_bands_do_not_look_ahead(checkpoint, zones_csv, tmp_path):
+    """Refitted on the days before the cutoff only: data after it changes none of the quantiles."""
+    values, cutoff = taxi_like(seed=7), 700
+    altered = values.copy()
+    altered[cutoff:] = altered[cutoff:] * 3 + 500
+    frames = []
+    for name, zone in (("original", values), ("altered", altered)):
+        data = zones_csv({"a": zone}, name=f"{name}.csv")
+        result = infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(cutoff)], output=str(tmp_path / f"{name}.csv"),
+                                        use_ray=False, recalibrate_days=3))
+        frames.append(result.frame)
+    plain = infer(InferenceRequest(checkpoint=checkpoint, data=zones_csv({"a": values}), cutoffs=[at(cutoff)],
+                                   output=str(tmp_path / "plain.csv"), use_ray=False)).frame
+    for column in ("forecast", "q0.1", "q0.9"):
+        np.testing.assert_array_equal(frames[1][column].to_numpy(), frames[0][column].to_numpy())
+    np.testing.assert_array_equal(frames[0]["forecast"].to_numpy(), plain["forecast"].to_numpy())  # the median never moves
+    assert not np.array_equal(frames[0]["q0.9"].to_numpy(), plain["q0.9"].to_numpy())  # the bands were refitted
+
+
 # -- validation windows: bounded and deterministic -------------------------------------------------------
 
 

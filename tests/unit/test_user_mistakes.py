@@ -364,6 +364,8 @@ def test_cutoffs_that_cannot_be_forecast(infer_work, capsys, cutoffs, named):
     (["--num-gpus", "-1"], "--num-gpus"),
     (["--num-gpus", "nan"], "--num-gpus"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--recalibrate-days", "-1"], "--recalibrate-days"),
+    (["--recalibrate-days", "nan"], "--recalibrate-days"),
 ])  # fmt: skip
 def test_impossible_infer_requests(infer_work, capsys, extra, named):
     tmp_path, csv, checkpoint = infer_work
