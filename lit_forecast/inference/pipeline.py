@@ -106,6 +106,8 @@ def infer(request: InferenceRequest) -> InferenceResult:
     levels = loaded.module.levels
     if request.recalibrate_days and levels:
         quantiles = _recalibrate(request, loaded, series, data, windows, quantiles)
+    elif request.recalibrate_days:
+        log.warning("--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit")
     forecasts = quantiles[..., loaded.module.median_index]  # the median (N, H)
 
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
