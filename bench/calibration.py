@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from lit_forecast import layout
+from lit_forecast.errors import UserError
 from lit_forecast.evaluation.metrics import quantile_scores
 from lit_forecast.inference.checkpoint import load_checkpoint
 from lit_forecast.inference.cutoffs import build_windows, parse_cutoffs, read_series
@@ -79,8 +80,11 @@ def main() -> None:
         raise SystemExit(f"error: the checkpoint's levels {levels} have no 80 % interval (0.1 and 0.9)")
     series = read_series(loaded.config.data)
     spec, stats, gap = loaded.window, loaded.series_stats, loaded.config.data.max_gap
-    dec, _ = build_windows(series, stats, spec, parse_cutoffs([DECEMBER]), gap)
-    jan, _ = build_windows(series, stats, spec, parse_cutoffs([JANUARY]), gap)
+    try:
+        dec, _ = build_windows(series, stats, spec, parse_cutoffs([DECEMBER]), gap)
+        jan, _ = build_windows(series, stats, spec, parse_cutoffs([JANUARY]), gap)
+    except UserError as err:
+        raise SystemExit(f"error: {err}")
     d_raw, d_y, d_loc, d_scale = raw_quantiles(module, dec)
     j_raw, j_y, j_loc, j_scale = raw_quantiles(module, jan)
     first = np.asarray(dec.cutoffs + pd.Timedelta(spec.freq) * (spec.horizon - 1) < SPLIT)  # targets before the split

@@ -23,8 +23,8 @@ from lit_forecast.errors import DataError
 class ShuffledBatches(Sampler[torch.Tensor]):
     """Every window once per epoch, in a new random order, as batches of index tensors.
 
-    The batches of ``DataLoader(shuffle=True, batch_size=B)``, drawn the same way from torch's
-    global generator (so a run, and its resume, trains on the same batches as with it), but
+    The batches ``DataLoader(shuffle=True, batch_size=B)`` would give, drawn the same way from
+    torch's global generator (so a run, and its resume, trains on exactly those batches), but
     without the list of one Python int per window that its sampler builds at the start of
     every epoch: at 5,000 zones a shard holds 17.4 M windows, and that list cost over a second
     and 0.6 GiB per epoch, however few batches the epoch uses (``train.limit_train_batches``).
@@ -73,6 +73,9 @@ class ShardDataModule(L.LightningDataModule):
             )
         if stage in (None, "fit") and "train" not in self.datasets:
             self.datasets["train"] = self._load(self.manifest.train_files[rank])
+            if len(self.datasets["train"]) == 0:
+                raise DataError(f"{self.data_dir}: training shard {rank} holds no windows; prepare the data again "
+                                f"(python train.py --prepare-only) with fewer workers or more data")
         if stage in (None, "fit", "validate") and "val" not in self.datasets:
             self.datasets["val"] = self._load(self.manifest.val_file).subset(rank, world)
 

@@ -48,9 +48,11 @@ def segments_from_table(table: pa.Table) -> list[Segment]:
     The list columns are read as one flat numpy array each and sliced per segment: no Python
     object per value (a 5,000-zone shard holds 18 M slots).
     """
-    values, starts = _flat(table.column("values"), np.float64), _flat(table.column("window_starts"), np.int64)
+    values, value_offsets = _flat(table.column("values"), np.float64)
+    starts, start_offsets = _flat(table.column("window_starts"), np.int64)
     return [
-        Segment(sid, pd.Timestamp(start), values[0][values[1][i] : values[1][i + 1]], starts[0][starts[1][i] : starts[1][i + 1]])
+        Segment(sid, pd.Timestamp(start), values[value_offsets[i] : value_offsets[i + 1]],
+                starts[start_offsets[i] : start_offsets[i + 1]])
         for i, (sid, start) in enumerate(zip(table.column("series_id").to_pylist(), table.column("start").to_pylist()))
     ]
 

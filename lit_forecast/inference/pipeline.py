@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +27,7 @@ from lit_forecast import layout, storage
 from lit_forecast.config import DataConfig
 from lit_forecast.data.source import Series
 from lit_forecast.data.windows import WindowSet
-from lit_forecast.errors import CutoffError
+from lit_forecast.errors import ConfigError, CutoffError
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
 from lit_forecast.evaluation.plots import interval_bands, plot_backtest_window, plot_fleet
@@ -82,6 +83,8 @@ class InferenceResult:
 
 def infer(request: InferenceRequest) -> InferenceResult:
     """Load, forecast, evaluate when actuals are known, and write the files."""
+    if not (math.isfinite(request.recalibrate_days) and request.recalibrate_days >= 0):
+        raise ConfigError(f"--recalibrate-days {request.recalibrate_days:g}: days must be 0 (off) or a positive number, e.g. 14")
     path = request.checkpoint or layout.best_checkpoint(request.run or layout.latest_run(request.storage))
     use_cuda = request.num_gpus > 0 and torch.cuda.is_available() and not request.use_ray
     loaded = load_checkpoint(path, "cuda" if use_cuda else "cpu", horizon=request.horizon)
@@ -102,12 +105,17 @@ def infer(request: InferenceRequest) -> InferenceResult:
     if request.plot_cutoff is not None and request.plot_cutoff not in set(windows.cutoffs):
         raise CutoffError(f"--plot-cutoff {request.plot_cutoff} is not one of the forecast cutoffs")  # before anything is written
 
-    quantiles = _forecast(request, loaded, windows)  # (N, H, Q)
     levels = loaded.module.levels
-    if request.recalibrate_days and levels:
-        quantiles = _recalibrate(request, loaded, series, data, windows, quantiles)
+    recalibration_cutoffs = []
+    if request.recalibrate_days and levels:  # before the costly part: a request too large fails at once
+        recalibration_cutoffs = calibration_cutoffs(windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon,
+                                                    series=len(set(windows.series_ids)))
     elif request.recalibrate_days:
         log.warning("--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit")
+
+    quantiles = _forecast(request, loaded, windows)  # (N, H, Q)
+    if request.recalibrate_days and levels:
+        quantiles = _recalibrate(request, loaded, series, data, windows, quantiles, recalibration_cutoffs)
     forecasts = quantiles[..., loaded.module.median_index]  # the median (N, H)
 
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
@@ -161,13 +169,13 @@ def _forecast(request: InferenceRequest, loaded, windows: WindowSet) -> np.ndarr
 
 
 def _recalibrate(request: InferenceRequest, loaded, series: list[Series], data: DataConfig, windows: WindowSet,
-                 quantiles: np.ndarray) -> np.ndarray:
-    """``quantiles`` with each window's bands refitted on its series' last ``recalibrate_days`` days."""
+                 quantiles: np.ndarray, at: list[pd.Timestamp]) -> np.ndarray:
+    """``quantiles`` with each window's bands refitted on its series' last ``recalibrate_days`` days,
+    from the model's forecasts at the calibration cutoffs ``at``."""
     spec, days = loaded.window, request.recalibrate_days
-    at = calibration_cutoffs(windows.cutoffs, days, spec.freq, spec.horizon)
     try:
         recent = cut_windows(series, loaded.series_stats, spec, at, data.max_gap, quiet=True).windows if at else None
-    except CutoffError:  # no window could be cut there: too little data before the cutoffs
+    except CutoffError:  # every calibration window skipped: too little data before the cutoffs
         recent = None
     if recent is None:
         log.warning("--recalibrate-days %g: no forecast can be scored in the %g days before the cutoffs; the "
@@ -176,9 +184,10 @@ def _recalibrate(request: InferenceRequest, loaded, series: list[Series], data: 
     log.info("recalibrating the bands: forecasting %s windows of the %g days before the cutoffs", f"{len(recent):,}", days)
     done = RecentForecasts(_forecast(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs)
     quantiles, counts = recalibrate(quantiles, windows.series_ids, windows.cutoffs, done, loaded.module.levels, days, spec.freq)
-    log.info("recalibrated the bands of %s windows on the %g days before each cutoff%s", f"{counts['refitted']:,}", days,
-             f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} scored windows before them)"
-             if counts["kept"] else "")
+    log.log(logging.INFO if counts["refitted"] else logging.WARNING,
+            "recalibrated the bands of %s windows on the %g days before each cutoff%s", f"{counts['refitted']:,}", days,
+            f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} windows with known "
+            f"actuals in those days: more days, or a later cutoff, give them some)" if counts["kept"] else "")
     return quantiles
 
 

@@ -6,7 +6,11 @@ at every cutoff t, per series, on the windows whose cutoffs lie in the N days be
 whose targets all lie before t: actuals known at t, so nothing is looked ahead. The factors
 multiply the checkpoint's (the fit is on the calibrated forecasts), the median never moves,
 and with fewer than ``QuantileCalibration.MIN_WINDOWS`` such windows a cutoff keeps the
-checkpoint's bands. Cost: one extra forecast per slot of those N days, per series.
+checkpoint's bands. N is rounded down to whole slots.
+
+Cost: one extra forecast per series for every slot from N days before the first cutoff to the
+last (2,065 for 14 days before the 31 midnights of a month, at 30 min), held in memory at once:
+meant for one or a few series, not a fleet (``MAX_WINDOWS``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lit_forecast.errors import ConfigError
 from lit_forecast.models.quantiles import QuantileCalibration, widen
+
+MAX_WINDOWS = 100_000  # extra forecasts one call may make for the recalibration (series x calibration cutoffs)
 
 
 @dataclass
@@ -30,11 +37,27 @@ class RecentForecasts:
     cutoffs: pd.DatetimeIndex  # (M,)
 
 
-def calibration_cutoffs(cutoffs: pd.DatetimeIndex, days: float, freq: str, horizon: int) -> list[pd.Timestamp]:
-    """Every slot from ``days`` before the first cutoff to the last whose targets end before the last cutoff."""
+def lookback(days: float, freq: str) -> pd.Timedelta:
+    """``days`` rounded down to whole slots of ``freq``: calibration cutoffs stay on the data's grid."""
     step = pd.Timedelta(freq)
-    first, last = cutoffs.min() - pd.Timedelta(days=days), cutoffs.max() - horizon * step
-    return list(pd.date_range(first, last, freq=step)) if last >= first else []
+    return step * int(pd.Timedelta(days=days) // step)
+
+
+def calibration_cutoffs(cutoffs: pd.DatetimeIndex, days: float, freq: str, horizon: int, series: int = 1) -> list[pd.Timestamp]:
+    """Every slot from ``days`` before the first cutoff to the last whose targets end before the last cutoff.
+
+    ``series``: how many series each is forecast for; over ``MAX_WINDOWS`` in all is a ConfigError.
+    """
+    step = pd.Timedelta(freq)
+    first, last = cutoffs.min() - lookback(days, freq), cutoffs.max() - horizon * step
+    at = list(pd.date_range(first, last, freq=step)) if last >= first else []
+    if len(at) * series > MAX_WINDOWS:
+        raise ConfigError(
+            f"--recalibrate-days {days:g} would forecast {len(at) * series:,} extra windows ({series:,} series x {len(at):,} "
+            f"slots from {first} on), more than the {MAX_WINDOWS:,} one call may: use fewer days, fewer cutoffs or fewer series "
+            f"per call, or leave the option off for a fleet"
+        )
+    return at
 
 
 def recalibrate(quantiles: np.ndarray, series_ids: list[str], cutoffs: pd.DatetimeIndex, recent: RecentForecasts,
@@ -45,9 +68,9 @@ def recalibrate(quantiles: np.ndarray, series_ids: list[str], cutoffs: pd.Dateti
     for want of ``QuantileCalibration.MIN_WINDOWS`` calibration windows.
     """
     horizon, median = quantiles.shape[1], levels.index(0.5)
-    span, back = horizon * pd.Timedelta(freq), pd.Timedelta(days=days)
+    span, back = horizon * pd.Timedelta(freq), lookback(days, freq)
     known = np.isfinite(recent.actual).all(axis=1) & np.isfinite(recent.quantiles).all(axis=(1, 2))
-    by_series: dict[str, np.ndarray] = {}
+    by_series: dict[str, list[int]] = {}  # series -> its calibration windows with every actual known
     for i in np.flatnonzero(known):
         by_series.setdefault(recent.series_ids[i], []).append(i)
     out, refitted, kept = quantiles.copy(), 0, 0

@@ -75,8 +75,8 @@ class QuantileCalibration(torchmetrics.Metric):
 
     ``margin`` asks each level other than the median to hold ``margin`` more than its share
     (level 0.9 fitted to 0.9 + margin, level 0.1 to 0.1 - margin): the bands validation gives
-    are then that much wider, against the drift between the validation month and later ones
-    (``train.calibration_margin``, chosen on validation by bench/calibration.py).
+    are then that much wider. Training fits with no margin; bench/calibration.py tries margins
+    against the drift between the two halves of the validation month.
     """
 
     full_state_update = False
@@ -85,6 +85,8 @@ class QuantileCalibration(torchmetrics.Metric):
 
     def __init__(self, levels: list[float], horizon: int, margin: float = 0.0):
         super().__init__()
+        if not 0 <= margin < 0.5:
+            raise ValueError(f"margin {margin} must lie in [0, 0.5)")
         self.levels, self.median_index, self.margin = list(levels), list(levels).index(0.5), margin
         bins = round(self.MAX_FACTOR / self.BIN_WIDTH)
         self.register_buffer("edges", torch.linspace(0.0, self.MAX_FACTOR, bins + 1, dtype=torch.float64), persistent=False)

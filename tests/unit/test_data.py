@@ -23,8 +23,9 @@ from lit_forecast.data.datamodule import ShardDataModule, ShuffledBatches
 from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
 from lit_forecast.data.source import fetch, load_series
 from lit_forecast.data.splits import window_starts
-from lit_forecast.data.windows import WindowSet, calendar_features, segments_from_table
+from lit_forecast.data.windows import Segment, WindowSet, calendar_features, segments_from_table
 from lit_forecast.errors import DataError
+from lit_forecast.spec import SeriesStats, WindowSpec
 
 START = pd.Timestamp("2024-01-01 00:00")  # a Monday
 STEP = pd.Timedelta("30min")
@@ -647,11 +648,50 @@ def test_training_epochs_draw_new_orders_and_cover_every_window_once(prepared):
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(len(module.datasets["train"])))
 
 
+def reference_window_set(segments, stats, spec):
+    """What WindowSet holds, built segment by segment (the loop it replaced)."""
+    values, times, targets, first, loc, scale, cutoffs, ids, base = [], [], [], [], [], [], [], [], 0
+    for seg in segments:
+        own = seg.stats or stats[seg.series_id]
+        slots = pd.date_range(seg.start, periods=len(seg.values), freq=spec.freq)
+        values.append((seg.values - own.mean) / own.std)
+        times.append(calendar_features(slots, spec.freq))
+        targets += list(base + seg.window_starts)
+        first += [base] * len(seg.window_starts)
+        loc += [own.mean] * len(seg.window_starts)
+        scale += [own.std] * len(seg.window_starts)
+        cutoffs += list(slots[seg.window_starts])
+        ids += [seg.series_id] * len(seg.window_starts)
+        base += len(seg.values)
+    return values, times, targets, first, loc, scale, cutoffs, ids
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_window_set_lays_segments_end_to_end(count):
+    spec = WindowSpec(W, H, "30min")
+    stats = {"a": SeriesStats(10.0, 2.0), "b": SeriesStats(-1.0, 0.5)}
+    segments = [
+        Segment("a", START, np.arange(30.0), np.asarray([8, 12, 26])),
+        Segment("b", START + 5 * STEP, np.arange(20.0) * 2, np.asarray([], dtype=np.int64)),  # no windows
+        Segment("new", pd.Timestamp("2024-12-31 22:00"), np.arange(14.0), np.asarray([9, 10]), stats=SeriesStats(3.0, 4.0)),
+    ][:count]
+    ws = WindowSet(segments, stats, spec)
+    values, times, targets, first, loc, scale, cutoffs, ids = reference_window_set(segments, stats, spec)
+    np.testing.assert_allclose(ws.values.numpy(), np.concatenate(values) if values else [], rtol=1e-6)
+    assert ws.times.tolist() == (np.concatenate(times).tolist() if times else [])
+    assert ws.targets.tolist() == targets and ws.first_slot.tolist() == first
+    np.testing.assert_allclose(ws.loc.numpy(), loc)
+    np.testing.assert_allclose(ws.scale.numpy(), scale)
+    assert list(ws.cutoffs) == cutoffs and ws.series_ids == ids
+    assert len(ws) == len(targets)
+
+
 def test_segments_read_from_several_row_chunks_are_the_rows(prepared):
     data_dir, manifest = prepared(np.arange(SLOTS), num_shards=1)
     table = storage.read_parquet(storage.join(data_dir, manifest.train_files[0]))
     doubled = pa.concat_tables([table, table])  # two chunks
-    for part in (table, doubled, doubled.slice(len(table))):  # a slice starts inside its list buffers
+    one_chunk = doubled.combine_chunks()
+    for part in (table, doubled, one_chunk.slice(1), doubled.slice(1)):  # a slice starts inside its list buffers
         rows = part.to_pylist()
         segments = segments_from_table(part)
         assert len(segments) == len(rows) > 0

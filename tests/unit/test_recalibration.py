@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from lit_forecast.errors import ConfigError
 from lit_forecast.inference.recalibration import RecentForecasts, calibration_cutoffs, recalibrate
 from lit_forecast.models.quantiles import QuantileCalibration
 
@@ -66,3 +68,22 @@ def test_calibration_cutoffs_cover_the_days_before_the_first_cutoff_up_to_the_la
     assert at[0] == T - pd.Timedelta(days=2) and at[-1] == T + pd.Timedelta(days=1) - H * STEP
     assert all(b - a == STEP for a, b in zip(at, at[1:]))
     assert calibration_cutoffs(pd.DatetimeIndex([T]), days=0.01, freq="30min", horizon=H) == []
+
+
+def test_windows_older_than_the_days_asked_for_are_not_fitted_on():
+    recent = recent_forecasts(lambda n: np.linspace(0, 2, n), ratio_after=1.0)
+    older = recent.cutoffs < T - pd.Timedelta(days=2)  # the first day of the three
+    recent.actual[older] = 100 + 10 * 50.0  # would push the upper factor to the cap
+    out, counts = recalibrate(bands(1), ["s"], pd.DatetimeIndex([T]), recent, LEVELS, days=2, freq="30min")
+    assert counts["refitted"] == 1 and out[0, 0, 2] < 100 + 10 * 2
+
+
+def test_days_are_rounded_down_to_whole_slots_on_the_grid():
+    at = calibration_cutoffs(pd.DatetimeIndex([T]), days=1.3, freq="30min", horizon=H)
+    assert at[0] == T - 62 * STEP  # 1.3 days = 62.4 slots
+    assert all((t - T) % STEP == pd.Timedelta(0) for t in at)
+
+
+def test_a_recalibration_over_the_window_limit_is_refused():
+    with pytest.raises(ConfigError, match="extra windows"):
+        calibration_cutoffs(pd.DatetimeIndex([T]), days=14, freq="30min", horizon=H, series=1_000)
