@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
     parser.add_argument("--recalibrate-days", type=float, default=0, metavar="N",
                         help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
-                             "(actuals known by then; N x slots per day extra forecasts per series); default 0: the checkpoint's bands")
+                             "(actuals known by then); costs one extra forecast per series for every slot from N days before "
+                             "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
@@ -102,8 +103,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--num-cpus {args.num_cpus:g}: CPUs per Ray task must be a positive number, e.g. 1 or 0.5")
     if not (math.isfinite(args.num_gpus) and args.num_gpus >= 0):
         raise ConfigError(f"--num-gpus {args.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, e.g. 1 or 0.25")
-    if not (math.isfinite(args.recalibrate_days) and args.recalibrate_days >= 0):
-        raise ConfigError(f"--recalibrate-days {args.recalibrate_days:g}: days must be 0 (off) or a positive number, e.g. 14")
     if args.windows_per_task < 1 or args.batch_size < 1:
         raise ConfigError("--windows-per-task and --batch-size must be >= 1")
     if not args.no_ray:  # a local Ray is sized to this machine: a task asking for more would wait forever

@@ -207,7 +207,7 @@ def measure_loading(datamodule: ShardDataModule, batches: int, batch_size: int |
                 break
     seconds = time.perf_counter() - started
     return {
-        "how": "ShardDataModule.train_dataloader (shuffle, WindowSet.__getitems__), one process",
+        "how": "ShardDataModule.train_dataloader (ShuffledBatches, WindowSet.__getitems__), one process",
         "shard_windows": len(windows), "shard_slots": int(windows.values.numel()),
         "batch_size": datamodule.batch_size, "batches": done, "windows": seen, "seconds": seconds,
         "windows_per_s": seen / seconds if seconds else float("nan"),

@@ -118,14 +118,14 @@ def cut_windows(
     their lag). A window whose history has a hole (the slot before the cutoff missing, or a gap
     longer than ``max_gap``), too little history, or no data up to the cutoff is skipped and
     listed, or with ``strict`` raises a CutoffError. A cutoff off the data's grid always raises.
-    ``quiet``: log nothing about skipped windows and series (windows cut again for another purpose).
+    ``quiet``: no warning about skipped windows and series (windows cut again for another purpose).
     """
     W, H = spec.input_window, spec.horizon
     history = max(history or W, W)
     step = pd.Timedelta(spec.freq)
     max_slots = gap_slots(max_gap, spec.freq)
     segments, filled_series, skipped, unseen, unlike = [], [], [], [], []
-    progress = Progress("cutting windows", total=len(series), unit="series") if not quiet else None
+    progress = Progress("cutting windows", total=len(series), unit="series")
     for s in series:
         T = len(s.values)
         filled = fill_short_gaps(s.values, max_slots)
@@ -148,10 +148,8 @@ def cut_windows(
             unseen.append(s.series_id)
             segments.extend(_own_scaled_segments(s, filled, padded, starts, history, H, step))
         filled_series.append(dataclasses.replace(s, values=filled))
-        if progress:
-            progress.advance()
-    if progress:
-        progress.done()
+        progress.advance()
+    progress.done()
     windows = WindowSet(segments, stats, spec)
     asked = len(series) * (len(cutoffs) if cutoffs is not None else 1)
     cut = CutWindows(windows, filled_series, skipped, unseen, asked)

@@ -106,16 +106,16 @@ def infer(request: InferenceRequest) -> InferenceResult:
         raise CutoffError(f"--plot-cutoff {request.plot_cutoff} is not one of the forecast cutoffs")  # before anything is written
 
     levels = loaded.module.levels
-    recalibration_cutoffs = []
-    if request.recalibrate_days and levels:  # before the costly part: a request too large fails at once
-        recalibration_cutoffs = calibration_cutoffs(windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon,
-                                                    series=len(set(windows.series_ids)))
+    recalibrating = bool(request.recalibrate_days and levels)
+    if recalibrating:  # before the costly part: a request too large fails at once
+        recent_cutoffs = calibration_cutoffs(windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon,
+                                             series=len(set(windows.series_ids)))
     elif request.recalibrate_days:
         log.warning("--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit")
 
     quantiles = _forecast(request, loaded, windows)  # (N, H, Q)
-    if request.recalibrate_days and levels:
-        quantiles = _recalibrate(request, loaded, series, data, windows, quantiles, recalibration_cutoffs)
+    if recalibrating:
+        quantiles = _recalibrate(request, loaded, series, data, windows, quantiles, recent_cutoffs)
     forecasts = quantiles[..., loaded.module.median_index]  # the median (N, H)
 
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
@@ -150,7 +150,7 @@ def infer(request: InferenceRequest) -> InferenceResult:
             result.table["skipped"] = {"windows": len(cut.skipped), "asked": cut.asked, "summary": cut.skip_summary(examples=3)}
         if cut.unseen:
             result.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
-        if request.recalibrate_days and levels:
+        if recalibrating:
             result.table["recalibrate_days"] = request.recalibrate_days
         result.table_path = _sibling(output, ".backtest.json")
         bt.save_table(result.table_path, result.table)
