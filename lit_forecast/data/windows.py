@@ -91,6 +91,19 @@ def _holidays(first_year: int, last_year: int) -> pd.DatetimeIndex:
     return USFederalHolidayCalendar().holidays(f"{first_year}-01-01", f"{last_year}-12-31")
 
 
+CALENDAR_CHUNK = 1 << 20  # slots per calendar_features call: its temporaries stay in cache-sized pieces
+
+
+def _calendar_in_chunks(slot_ns: np.ndarray, freq: str) -> np.ndarray:
+    """calendar_features of every slot (nanoseconds since 1970), a million slots at a time: one call
+    over a 5,000-zone fleet's 52 M slots made gigabytes of temporaries and ran slower than per segment."""
+    times = np.empty((len(slot_ns), 3), dtype=np.int64)
+    for lo in range(0, len(slot_ns), CALENDAR_CHUNK):
+        part = slot_ns[lo : lo + CALENDAR_CHUNK]
+        times[lo : lo + len(part)] = calendar_features(pd.DatetimeIndex(part.view("datetime64[ns]")), freq)
+    return times
+
+
 class WindowSet(Dataset):
     """Windows over segments laid end to end in flat tensors; a window is a slice of them.
 
@@ -122,7 +135,7 @@ class WindowSet(Dataset):
         targets = np.repeat(bases, counts) + starts
         self.raw = flat  # (T,) float64 passengers
         self.values = torch.as_tensor((flat - np.repeat(loc, lengths)) / np.repeat(scale, lengths), dtype=torch.float32)  # (T,) scaled
-        self.times = torch.as_tensor(calendar_features(pd.DatetimeIndex(slot_ns.view("datetime64[ns]")), spec.freq), dtype=torch.int64)
+        self.times = torch.as_tensor(_calendar_in_chunks(slot_ns, spec.freq), dtype=torch.int64)
         self.targets = torch.as_tensor(targets, dtype=torch.int64)
         self.first_slot = np.repeat(bases, counts)  # (N,) start of each window's segment
         self.loc = torch.as_tensor(np.repeat(loc, counts), dtype=torch.float32)

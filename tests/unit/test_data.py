@@ -23,6 +23,7 @@ from lit_forecast.data.datamodule import ShardDataModule, ShuffledBatches
 from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
 from lit_forecast.data.source import fetch, load_series
 from lit_forecast.data.splits import window_starts
+from lit_forecast.data import windows as windows_module
 from lit_forecast.data.windows import Segment, WindowSet, calendar_features, segments_from_table
 from lit_forecast.errors import DataError
 from lit_forecast.spec import SeriesStats, WindowSpec
@@ -666,8 +667,9 @@ def reference_window_set(segments, stats, spec):
     return values, times, targets, first, loc, scale, cutoffs, ids
 
 
-@pytest.mark.parametrize("count", [0, 3])
-def test_window_set_lays_segments_end_to_end(count):
+@pytest.mark.parametrize("count, chunk", [(0, 1 << 20), (3, 1 << 20), (3, 7)])  # 7: calendar chunks cut inside segments
+def test_window_set_lays_segments_end_to_end(count, chunk, monkeypatch):
+    monkeypatch.setattr(windows_module, "CALENDAR_CHUNK", chunk)
     spec = WindowSpec(W, H, "30min")
     stats = {"a": SeriesStats(10.0, 2.0), "b": SeriesStats(-1.0, 0.5)}
     segments = [
