@@ -90,7 +90,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, per training worker."""
 
-    max_epochs: int = 10  # ~36 s each for 2 members on 2 cores
+    max_epochs: int = 10  # passes over the training windows (~36 s each for 2 members on 2 cores)
     batch_size: int = 32  # per worker; 2 workers -> 64 windows per optimiser step
     lr: float = 2e-3  # chosen on validation (bench/ablation.py, 3 seeds): 1e-3 was worse for each
     weight_decay: float = 0.01  # AdamW weight decay

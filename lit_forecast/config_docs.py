@@ -70,6 +70,11 @@ def default_text(value: object) -> str:
     return str(value)
 
 
+def escape(text: str) -> str:
+    """Markdown-safe prose: ``<storage>`` would otherwise be read as an HTML tag and vanish."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render() -> str:
     """The whole of docs/configuration.md."""
     comments = field_comments(Path(config.__file__).read_text(encoding="utf-8"))
@@ -89,10 +94,10 @@ def render() -> str:
     for section in SECTIONS:
         part = getattr(defaults, section)
         cls = type(part)
-        lines += ["", f"## `{section}`", "", (cls.__doc__ or "").strip(), "",
+        lines += ["", f"## `{section}`", "", escape((cls.__doc__ or "").strip()), "",
                   "| key | type | default | description |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
-            description = comments.get((cls.__name__, f.name), "") or "(no description)"
+            description = escape(comments.get((cls.__name__, f.name), "") or "(no description)")
             cells = (f"`{section}.{f.name}`", type_name(hints_of[section][f.name]),
                      f"`{default_text(getattr(part, f.name))}`", description)
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")

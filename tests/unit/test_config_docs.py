@@ -30,6 +30,7 @@ def test_every_key_is_listed_with_its_default_and_a_description():
     assert "| `train.max_epochs` | int | `10` |" in text
     assert "| `data.series_column` | str or null | `null` |" in text
     assert "| `model.quantiles` | list of float | `[0.1, 0.5, 0.9]` |" in text
+    assert "Where a run lives: &lt;storage&gt;/&lt;name&gt;." in text  # not an HTML tag that Markdown hides
 
 
 def test_field_comments_joins_the_lines_above_and_the_end_of_line():
