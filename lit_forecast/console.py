@@ -64,6 +64,8 @@ def format_run(result: dict, bin_prefix: str | None = None) -> str:
     metrics = result.get("best_metrics", {})
     shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in ("val/mae", "val/rmse", "val/mape", "val/smape", "val/loss") if k in metrics)
     epoch = result.get("best_epoch")
+    if epoch is None and "epoch" in metrics:  # a summary without best_epoch holds Lightning's count, from 0
+        epoch = int(metrics["epoch"]) + 1
     return "\n".join(
         [
             "",

@@ -48,6 +48,9 @@ def test_closing_words_name_the_best_epoch_as_the_epoch_lines_count_and_runnable
     assert lines[-1] == "forecast     .venv/bin/python infer.py --run runs/x"
     assert format_run(summary, bin_prefix="").splitlines()[-1] == "forecast     python infer.py --run runs/x"
     assert "best)" not in format_run({**summary, "best_epoch": None}, bin_prefix="")
+    older = {**summary, "best_metrics": {"val/mae": 1202.3, "epoch": 6}}
+    del older["best_epoch"]
+    assert "epochs       10 (epoch 7 best)" in format_run(older, bin_prefix="").splitlines()
 
 
 def test_commands_name_the_project_venv_only_when_this_python_is_it(tmp_path):
