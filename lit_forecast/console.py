@@ -14,7 +14,8 @@ import pandas as pd
 
 from lit_forecast.data.manifest import Manifest
 
-DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2, "wql": 3}  # decimals shown in the backtest table (coverage: 1)
+# decimals shown in the backtest table (coverage: 1)
+DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2, "wql": 3}
 
 
 def percent(metric: str) -> bool:
@@ -62,7 +63,8 @@ def format_run(result: dict, bin_prefix: str | None = None) -> str:
     bin_prefix = interpreter_bin() if bin_prefix is None else bin_prefix
     best = result.get("best_checkpoint")
     metrics = result.get("best_metrics", {})
-    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in ("val/mae", "val/rmse", "val/mape", "val/smape", "val/loss") if k in metrics)
+    keys = ("val/mae", "val/rmse", "val/mape", "val/smape", "val/loss")
+    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
     epoch = result.get("best_epoch")
     if epoch is None and "epoch" in metrics:  # a summary without best_epoch holds Lightning's count, from 0
         epoch = int(metrics["epoch"]) + 1
@@ -143,10 +145,12 @@ def format_backtest(table: dict, steps: list[int] | None = None) -> str:
     ]
     for name in names:
         overall = table["methods"][name]["overall"]
-        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if percent(m) else 1), DIGITS.get(m, 1)) for m in metrics))
+        cells = (_num(overall[m] * (100 if percent(m) else 1), DIGITS.get(m, 1)) for m in metrics)
+        lines.append(f"{name:<14}" + "".join(cells))
     lines.append(f"model MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
     if "wql_ratio_model_vs_naive_weekly" in table:
-        lines.append(f"model wQL / weekly-naive wQL = {table['wql_ratio_model_vs_naive_weekly']:.3f}  (naive quantiles: "
+        ratio = table["wql_ratio_model_vs_naive_weekly"]
+        lines.append(f"model wQL / weekly-naive wQL = {ratio:.3f}  (naive quantiles: "
                      "the forecast plus the empirical quantiles of its in-sample residuals before data.train_end)")
     lines.append("")
     lines.append("MAE by horizon step (all steps and metrics in the JSON):")
@@ -170,13 +174,15 @@ def format_fleet(table: dict) -> str:
         f"{'':<14}" + "".join(f"{m:>14}" for m in methods),
         f"{'mean':<14}" + "".join(_num(fleet["mase_mean"][m], 2, 14) for m in methods),
         f"{'median':<14}" + "".join(_num(fleet["mase_median"][m], 2, 14) for m in methods),
-        f"model beats the weekly seasonal-naive forecast (lower MASE) in {_share(fleet['share_model_beats_naive_weekly'])} of series",
+        "model beats the weekly seasonal-naive forecast (lower MASE) in "
+        f"{_share(fleet['share_model_beats_naive_weekly'])} of series",
     ]
     if fleet["worst"]:
         lines += ["", f"{len(fleet['worst'])} worst series by model MASE (all in the per-series table):",
                   f"{'series':<12}{'MASE model':>12}{'MASE weekly':>13}{'MAE model':>11}{'mean actual':>13}"]
         for row in fleet["worst"]:
-            lines.append(f"{row['series_id']:<12}" + _num(row["mase_model"], 2, 12) + _num(row["mase_naive_weekly"], 2, 13)
+            lines.append(f"{row['series_id']:<12}" + _num(row["mase_model"], 2, 12)
+                         + _num(row["mase_naive_weekly"], 2, 13)
                          + _num(row["mae_model"], 1, 11) + _num(row["mean_actual"], 1, 13))
     return "\n".join(lines)
 

@@ -39,7 +39,8 @@ def test_forecast_table_names_every_central_interval_and_cuts_long_tables():
 
 
 def test_closing_words_name_the_best_epoch_as_the_epoch_lines_count_and_runnable_commands():
-    summary = {"run_dir": "runs/x", "epochs": 10, "best_epoch": 7, "best_checkpoint": "runs/x/checkpoint_000006/checkpoint.ckpt",
+    summary = {"run_dir": "runs/x", "epochs": 10, "best_epoch": 7,
+               "best_checkpoint": "runs/x/checkpoint_000006/checkpoint.ckpt",
                "best_metrics": {"val/mae": 1202.3, "step": 7000}, "tensorboard": "runs/x/tensorboard"}
     lines = format_run(summary, bin_prefix=".venv/bin/").splitlines()
     assert "epochs       10 (epoch 7 best)" in lines
