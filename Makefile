@@ -1,14 +1,15 @@
 # Two entry points that set themselves up on a fresh machine with Python 3.11:
 #   make train   create .venv, install, prepare data, train (local Ray), forecast
 #   make test    create .venv, install, run the test suite
-#   make bench / make accuracy   the figures in the README
+#   make bench / make accuracy   figures of docs/results.md
 #   make fleet   1,000 generated zones: train configs/fleet-local.yaml, backtest January 2015
+#   make docs    regenerate docs/configuration.md from lit_forecast/config.py
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test bench accuracy fleet clean
+.PHONY: train test bench accuracy fleet docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,9 @@ fleet: $(STAMP) $(FLEET_DATA)
 	$(BIN)/python train.py --config configs/fleet-local.yaml --data $(FLEET_DATA) --name $(FLEET_RUN)
 	$(BIN)/python infer.py --run runs/$(FLEET_RUN) --cutoffs 2015-01-01..2015-01-31/1D \
 		--output runs/$(FLEET_RUN)/forecasts/january.parquet
+
+docs: $(STAMP)
+	$(BIN)/python -m lit_forecast.config_docs > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

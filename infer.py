@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> None:
         result = infer(request)
     except UserError as err:
         cli.die(str(err))
-    print(format_forecasts(result.frame))
-    if result.table:
-        print()
+    if result.table:  # a backtest: its scores; every forecast row is in the file named below
         print(format_backtest(result.table))
+    else:
+        print(format_forecasts(result.frame))
+    if result.table:
         if "fleet" in result.table:
             print()
             print(format_fleet(result.table))

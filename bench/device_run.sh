@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Issue 12 on a lent GPU machine, in one call of the device tool (10 minutes at most a call,
-# ~15 minutes of device time a session). Prepare here first, at the repository root:
-#   bash ../shared/tools/device-wheels.sh        # packs a trimmed Ray (+ jsonschema, tensorboardX,
-#                                                 # pydantic) into .whl/, which git ignores
-# then, through the device tool:
-#   run(command="bash bench/device_run.sh", carry=[".whl"], timeout_s=600)
+# Issue 12 on one GPU machine, every step inside DEADLINE seconds, from the repository root:
+#   bash bench/device_run.sh
+# Where the machine lacks Ray, pack Ray and what Ray Train needs (jsonschema, tensorboardX,
+# pydantic) as wheels into .whl/ (which git ignores), with an installer .whl/device-wheels.sh
+# that this script runs with --install.
 #
 # Steps, each time-boxed, all inside DEADLINE seconds (default 540):
 #   1. bench/gpu.py, eager: training windows/s at batch 32 (the 8-GPU config's per-worker batch),
@@ -13,7 +12,7 @@
 #      ranks on one GPU), synthetic 8-zone fleet, 3 short epochs, one worker SIGKILLed after the
 #      first checkpoint: must resume and finish (bench/fleet_fault.py)
 #   3. bench/gpu.py with train.compile=true at batch 32 and 256 (training only), if time is left
-# Under $OUT (7 files, the tool brings back 8 at most): device_run.log (everything printed),
+# Under $OUT (7 files): device_run.log (everything printed),
 # gpu_bench.txt, gpu_bench.json, profile.txt, trace.json.gz, fleet_fault.log, compile_bench.txt.
 set -uo pipefail
 OUT=${OUT:-out}
@@ -40,7 +39,7 @@ if [[ -f .whl/device-wheels.sh ]]; then
   SITE=$(bash .whl/device-wheels.sh --install) || { echo "installing .whl/ failed"; exit 1; }
   export PYTHONPATH="$SITE:$PWD"
 else
-  echo "no .whl/ (run bash ../shared/tools/device-wheels.sh here and carry .whl): Ray is missing, step 2 will fail"
+  echo "no .whl/ (see the header): Ray is missing, step 2 will fail"
   export PYTHONPATH="$PWD"
 fi
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"

@@ -67,9 +67,9 @@ from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict  # noqa: E4
 # whose headline figures assume 2:4 sparsity and are halved here: H100 SXM5 1,979 TFLOPS
 # sparse -> 989 dense, H100 PCIe 1,513 -> 756, H100 NVL 1,671 -> 835 (H100 Tensor Core GPU
 # datasheet); H200 SXM 1,979 -> 989 (H200 datasheet: the H100's compute with more memory);
-# A100 312 dense (A100 datasheet); L40S 733 -> 366; L4 242 -> 121. On this workplace's H200 a
-# large 8192^3 bf16 matrix product measured 769-798 TFLOP/s (device README, KINDS.md), a more
-# honest ceiling than the datasheet's. The longest name contained in the device's name wins.
+# A100 312 dense (A100 datasheet); L40S 733 -> 366; L4 242 -> 121. A large bf16 matrix product
+# reaches somewhat less than these peaks in practice. The longest name contained in the device's
+# name wins.
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
     "H100": 989e12,
@@ -80,7 +80,6 @@ PEAK_BF16_FLOPS = {
     "L4": 121e12,
 }
 STATS: dict[str, SeriesStats] = {}  # the fleet's scaler statistics (checkpointed with the module)
-MEASURED_MATMUL_H200 = 790e12  # bf16 8192^3 product on this workplace's H200 (KINDS.md, 2026-11-04)
 
 
 def peak_flops(device_name: str) -> float | None:
@@ -523,7 +522,7 @@ def main() -> None:
                 f"  ({r['forecast_flops_per_window'] / 1e6:.1f} MFLOP/window, {r['achieved_flops'] / 1e12:.3f} TFLOP/s{share})"
             )
     if peak:
-        lines.append(f"\npeak: {peak / 1e12:.0f} TFLOP/s dense bf16 (datasheet); measured bf16 matmul on this workplace's H200 ~{MEASURED_MATMUL_H200 / 1e12:.0f}")
+        lines.append(f"\npeak: {peak / 1e12:.0f} TFLOP/s dense bf16 (datasheet)")
     text = "\n".join(lines)
     (out / "gpu_bench.txt").write_text(text + "\n")
     (out / "gpu_bench.json").write_text(json.dumps(report, indent=1, default=str))

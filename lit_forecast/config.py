@@ -39,10 +39,10 @@ class DataConfig:
     source: str = NAB_NYC_TAXI_URL  # URL, local path or pyarrow.fs URI of a CSV or Parquet file, or a folder of them
     sha256: str | None = NAB_NYC_TAXI_SHA256  # checked wherever the data comes from; None: record only
     cache_dir: str = "~/.cache/lit_forecast"  # downloads land here (env LIT_FORECAST_CACHE wins)
-    timestamp_column: str = "timestamp"
-    value_column: str = "value"
+    timestamp_column: str = "timestamp"  # name of the column holding the timestamps
+    value_column: str = "value"  # name of the column holding the values (passengers for the taxi data)
     series_column: str | None = None  # e.g. "series_id" for many series in long format
-    freq: str = "30min"
+    freq: str = "30min"  # length of one slot: readings are folded onto this grid (must divide a day)
     aggregation: Literal["sum", "mean"] = "sum"  # how finer or irregular readings fold into a slot
     max_gap: str = "2h"  # gaps up to this long are interpolated
     long_gaps: Literal["error", "drop"] = "error"  # drop: skip windows that touch a longer gap
@@ -65,12 +65,12 @@ class DataConfig:
 class ModelConfig:
     """Shape of the seq2seq Transformer (see lit_forecast.models.transformer)."""
 
-    d_model: int = 64
-    nhead: int = 4
-    encoder_layers: int = 2
-    decoder_layers: int = 2
-    dim_feedforward: int = 128
-    dropout: float = 0.1
+    d_model: int = 64  # width of every token embedding (must be divisible by nhead)
+    nhead: int = 4  # attention heads per layer
+    encoder_layers: int = 2  # Transformer layers over the past
+    decoder_layers: int = 2  # Transformer layers over the future slots (causal)
+    dim_feedforward: int = 128  # hidden width of each layer's feed-forward block
+    dropout: float = 0.1  # dropout in every layer, in [0, 1)
     patch_len: int = 8  # past steps per encoder token; 1 = one token per step (tutorial)
     covariates: bool = True  # time-of-day and day-of-week embeddings
     holidays: bool = False  # with covariates: a US federal holiday embedding too
@@ -81,7 +81,7 @@ class ModelConfig:
     # calibrated on validation, train.calibrate_quantiles). [] = one point value (train.loss).
     quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
     # The decoder also sees the value this many steps earlier (48 = same slot yesterday); 0 = off.
-    # Chosen on December validation: val/mae 1202 against 1423 without it (README, Results).
+    # Chosen on December validation: val/mae 1202 against 1423 without it (docs/results.md).
     daily_lag: int = 48
     residual: bool = False  # predict the correction to the seasonal_lag value rather than the value itself
 
@@ -90,14 +90,14 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, per training worker."""
 
-    max_epochs: int = 10  # ~36 s each for 2 members on 2 cores
+    max_epochs: int = 10  # passes over the training windows (~36 s each for 2 members on 2 cores)
     batch_size: int = 32  # per worker; 2 workers -> 64 windows per optimiser step
     lr: float = 2e-3  # chosen on validation (bench/ablation.py, 3 seeds): 1e-3 was worse for each
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # optimiser steps of linear learning-rate warm-up before the cosine decay
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     loss: Literal["smooth_l1", "mse", "mae"] = "smooth_l1"  # only without model.quantiles (else the pinball loss)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # gradient norm clipped per member; 0 = off
     sampling_max_prob: float = 0.5  # scheduled sampling: final share of own predictions fed back
     # Where the fed-back predictions come from: "teacher_forced", a parallel pass given the true
     # past (cheap; one step ahead); "rollout", the autoregressive forecast itself (the inputs
@@ -108,7 +108,7 @@ class TrainConfig:
     # QuantileCalibration); the factors travel in the checkpoint and every forecast uses them.
     calibrate_quantiles: bool = True
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
-    seed: int = 42
+    seed: int = 42  # seeds weights, shuffling, dropout and sampling (same seed, same run on one machine)
     limit_train_batches: int | float = 1.0  # Lightning's; shrink for smoke tests
     compile: bool = False  # torch.compile each member's training pass in the workers (GPU; the first steps compile)
 
@@ -117,14 +117,14 @@ class TrainConfig:
 class ClusterConfig:
     """Ray Train scaling, fault tolerance and checkpointing."""
 
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    num_workers: int = 2  # Ray Train workers (DDP ranks), one training shard each
+    use_gpu: bool = False  # one GPU (or gpus_per_worker) per worker
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker
     gpus_per_worker: float = 1.0  # used only with use_gpu
-    backend: Literal["gloo", "nccl"] = "gloo"
+    backend: Literal["gloo", "nccl"] = "gloo"  # torch.distributed backend: gloo on CPU, nccl on GPUs
     timeout_s: int = 600  # collective-operation timeout (TorchConfig)
     max_failures: int = 3  # worker-group restarts before the run fails
-    checkpoint_every_n_epochs: int = 1
+    checkpoint_every_n_epochs: int = 1  # epochs between checkpoints (the last epoch is always checkpointed)
     num_to_keep: int = 2  # best checkpoints kept, ranked by val/mae (Ray also keeps the latest)
 
 
@@ -133,7 +133,7 @@ class RunConfig:
     """Where a run lives: <storage>/<name>."""
 
     storage: str = "runs"  # local folder or pyarrow.fs URI (s3://bucket/prefix)
-    name: str | None = "nyc_taxi_local"
+    name: str | None = "nyc_taxi_local"  # the run folder inside storage: letters, digits, ".", "_", "-"
 
 
 @dataclass

@@ -6,12 +6,16 @@ Formatting only: every function takes plain results and returns text. Nothing he
 from __future__ import annotations
 
 import math
+import os
+import sys
+from pathlib import Path
 
 import pandas as pd
 
 from lit_forecast.data.manifest import Manifest
 
-DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2, "wql": 3}  # decimals shown in the backtest table (coverage: 1)
+# decimals shown in the backtest table (coverage: 1)
+DIGITS = {"mae": 0, "rmse": 0, "mape": 1, "smape": 1, "mase": 2, "wql": 3}
 
 
 def percent(metric: str) -> bool:
@@ -39,31 +43,55 @@ def format_dataset(manifest: Manifest, data_dir: str) -> str:
     return "\n".join(lines)
 
 
-def format_run(result: dict) -> str:
-    """Closing words of a run: best checkpoint, its metrics, where to look next."""
+def interpreter_bin(prefix: str | None = None, base_prefix: str | None = None, cwd: str | None = None) -> str:
+    """How to name the environment's programs in a printed command: ``.venv/bin/`` when this
+    Python is the project's own ``.venv`` (what ``make train`` creates) seen from ``cwd``, so the
+    command works without activating it; ``""`` (plain ``python``) in any other environment."""
+    prefix = sys.prefix if prefix is None else prefix
+    base_prefix = sys.base_prefix if base_prefix is None else base_prefix
+    if prefix == base_prefix:
+        return ""
+    here = Path(os.getcwd() if cwd is None else cwd).resolve()
+    return ".venv/bin/" if Path(prefix).resolve() == here / ".venv" else ""
+
+
+def format_run(result: dict, bin_prefix: str | None = None) -> str:
+    """Closing words of a run: best checkpoint, its metrics, the commands to run next.
+
+    ``bin_prefix`` goes before ``python`` and ``tensorboard`` (default: :func:`interpreter_bin`).
+    """
+    bin_prefix = interpreter_bin() if bin_prefix is None else bin_prefix
     best = result.get("best_checkpoint")
     metrics = result.get("best_metrics", {})
-    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in ("val/mae", "val/rmse", "val/mape", "val/smape", "val/loss") if k in metrics)
+    keys = ("val/mae", "val/rmse", "val/mape", "val/smape", "val/loss")
+    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+    epoch = result.get("best_epoch")
+    if epoch is None and "epoch" in metrics:  # a summary without best_epoch holds Lightning's count, from 0
+        epoch = int(metrics["epoch"]) + 1
     return "\n".join(
         [
             "",
             f"run          {result['run_dir']}",
-            f"epochs       {result.get('epochs')}" + (f" (epoch {int(metrics['epoch']) + 1} best)" if "epoch" in metrics else ""),  # Lightning counts from 0
+            f"epochs       {result.get('epochs')}" + (f" (epoch {epoch} best)" if epoch is not None else ""),
             f"best         {best}",
             f"metrics      {shown}  (passengers; mape/smape as fractions)",
-            f"tensorboard  tensorboard --logdir {result['tensorboard']}",
-            f"forecast     python infer.py --run {result['run_dir']}",
+            f"tensorboard  {bin_prefix}tensorboard --logdir {result['tensorboard']}",
+            f"forecast     {bin_prefix}python infer.py --run {result['run_dir']}",
         ]
     )
 
 
 def format_forecasts(frame: pd.DataFrame, max_rows: int = 48) -> str:
-    """The first ``max_rows`` rows as a small aligned table, passengers rounded; one cutoff goes in the heading."""
+    """The first ``max_rows`` rows as a small aligned table, passengers rounded; one cutoff goes in the heading.
+
+    The heading says the unit and what the quantile columns bound (``q0.1`` and ``q0.9``: the 80 % interval).
+    """
     shown = frame.head(max_rows).copy()
     heading = ""
     if frame["cutoff"].nunique() == 1:
         heading = f"forecast from cutoff {frame['cutoff'].iloc[0]:%a %Y-%m-%d %H:%M}\n"
         shown = shown.drop(columns="cutoff")
+    heading += f"{forecast_legend(list(frame.columns), slot_length(frame['timestamp']))}\n"
     for column in ("cutoff", "timestamp"):
         if column in shown:
             shown[column] = shown[column].dt.strftime("%Y-%m-%d %H:%M")
@@ -74,6 +102,32 @@ def format_forecasts(frame: pd.DataFrame, max_rows: int = 48) -> str:
     if len(frame) > max_rows:
         text += f"\n... {len(frame) - max_rows} more rows"
     return text
+
+
+def slot_length(timestamps: pd.Series) -> str:
+    """The smallest step between distinct timestamps as words (``30 min``, ``1 h``); ``slot`` if there is one."""
+    steps = pd.Series(sorted(timestamps.unique())).diff().dropna()
+    if steps.empty:
+        return "slot"
+    minutes = steps.min().total_seconds() / 60
+    return f"{minutes:g} min" if minutes < 60 else f"{minutes / 60:g} h"
+
+
+def forecast_legend(columns: list[str], slot: str = "slot") -> str:
+    """What the forecast table's numbers are: passengers per slot, the median, and each central interval."""
+    levels = sorted(float(c[1:]) for c in columns if c.startswith("q") and _is_level(c[1:]))
+    pairs = [(low, high) for low in levels for high in levels if low < 0.5 < high and abs(low + high - 1) < 1e-9]
+    text = f"passengers per {slot}" + ("; forecast = the median" if pairs else "")
+    for low, high in sorted(pairs):  # widest first
+        text += f"; q{low:g} .. q{high:g} = the {round(100 * (high - low))} % interval"
+    return text
+
+
+def _is_level(text: str) -> bool:
+    try:
+        return 0.0 < float(text) < 1.0
+    except ValueError:
+        return False
 
 
 def format_backtest(table: dict, steps: list[int] | None = None) -> str:
@@ -91,10 +145,12 @@ def format_backtest(table: dict, steps: list[int] | None = None) -> str:
     ]
     for name in names:
         overall = table["methods"][name]["overall"]
-        lines.append(f"{name:<14}" + "".join(_num(overall[m] * (100 if percent(m) else 1), DIGITS.get(m, 1)) for m in metrics))
+        cells = (_num(overall[m] * (100 if percent(m) else 1), DIGITS.get(m, 1)) for m in metrics)
+        lines.append(f"{name:<14}" + "".join(cells))
     lines.append(f"model MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
     if "wql_ratio_model_vs_naive_weekly" in table:
-        lines.append(f"model wQL / weekly-naive wQL = {table['wql_ratio_model_vs_naive_weekly']:.3f}  (naive quantiles: "
+        ratio = table["wql_ratio_model_vs_naive_weekly"]
+        lines.append(f"model wQL / weekly-naive wQL = {ratio:.3f}  (naive quantiles: "
                      "the forecast plus the empirical quantiles of its in-sample residuals before data.train_end)")
     lines.append("")
     lines.append("MAE by horizon step (all steps and metrics in the JSON):")
@@ -118,13 +174,15 @@ def format_fleet(table: dict) -> str:
         f"{'':<14}" + "".join(f"{m:>14}" for m in methods),
         f"{'mean':<14}" + "".join(_num(fleet["mase_mean"][m], 2, 14) for m in methods),
         f"{'median':<14}" + "".join(_num(fleet["mase_median"][m], 2, 14) for m in methods),
-        f"model beats the weekly seasonal-naive forecast (lower MASE) in {_share(fleet['share_model_beats_naive_weekly'])} of series",
+        "model beats the weekly seasonal-naive forecast (lower MASE) in "
+        f"{_share(fleet['share_model_beats_naive_weekly'])} of series",
     ]
     if fleet["worst"]:
         lines += ["", f"{len(fleet['worst'])} worst series by model MASE (all in the per-series table):",
                   f"{'series':<12}{'MASE model':>12}{'MASE weekly':>13}{'MAE model':>11}{'mean actual':>13}"]
         for row in fleet["worst"]:
-            lines.append(f"{row['series_id']:<12}" + _num(row["mase_model"], 2, 12) + _num(row["mase_naive_weekly"], 2, 13)
+            lines.append(f"{row['series_id']:<12}" + _num(row["mase_model"], 2, 12)
+                         + _num(row["mase_naive_weekly"], 2, 13)
                          + _num(row["mae_model"], 1, 11) + _num(row["mean_actual"], 1, 13))
     return "\n".join(lines)
 

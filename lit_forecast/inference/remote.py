@@ -68,8 +68,8 @@ def forecast_remote(
         task.remote(payload, path, model_inputs(windows, lo, lo + windows_per_task), batch_size, num_gpus > 0, int(num_cpus))
         for lo in range(0, len(windows), windows_per_task)
     ]
-    log.info("forecasting %d windows in %d Ray tasks (%s CPU%s each)", len(windows), len(refs), num_cpus,
-             f", {num_gpus} GPU" if num_gpus else "")
+    log.info("forecasting %s window%s in %s Ray task%s (%g CPU%s each)", f"{len(windows):,}", "" if len(windows) == 1 else "s",
+             f"{len(refs):,}", "" if len(refs) == 1 else "s", num_cpus, f", {num_gpus:g} GPU" if num_gpus else "")
     sizes = {ref: min(windows_per_task, len(windows) - i * windows_per_task) for i, ref in enumerate(refs)}
     progress = Progress("forecast", total=len(windows))
     try:

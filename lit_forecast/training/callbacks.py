@@ -142,7 +142,8 @@ class ForecastFigure(L.Callback):
     """Every ``every_n_epochs`` epochs, rank 0 draws one fixed validation window into TensorBoard.
 
     The window is the first of rank 0's validation windows whose forecast starts at midnight
-    (the first window if none does): a week of history, the actuals, the median and the
+    (the first window if none does): the history before it (the figure draws the last two
+    horizons of it), the actuals, the median and the
     quantile bands, logged as ``val/forecast`` with ``experiment.add_figure``. The model
     knows nothing of matplotlib; only this callback does.
     """

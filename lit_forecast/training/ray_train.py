@@ -362,10 +362,13 @@ def fit(config: Config, run: str) -> dict:
             return None
         return f"{checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}/{CHECKPOINT_FILE}"
 
+    metrics = {k: v for k, v in (best_metrics or {}).items() if isinstance(v, (int, float))}
+    epoch = metrics.pop("epoch", None)  # Lightning's, counted from 0; the summary counts as the epoch lines do
     return {
         "epochs": config.train.max_epochs,
+        "best_epoch": None if epoch is None else int(epoch) + 1,
         "best_checkpoint": location(best),
-        "best_metrics": {k: v for k, v in (best_metrics or {}).items() if isinstance(v, (int, float))},
+        "best_metrics": metrics,
         "latest_checkpoint": location(result.checkpoint),
         "tensorboard": relative_to_run(run, tensorboard_dir(run)),
         "train_seconds": round(time.perf_counter() - started, 1),

@@ -253,15 +253,19 @@ def local_ray():
 
 @pytest.mark.ray
 @pytest.mark.timeout(120)
-def test_ray_tasks_forecast_exactly_what_the_plain_call_does(local_ray, checkpoint, csv, tmp_path):
+def test_ray_tasks_forecast_exactly_what_the_plain_call_does(local_ray, checkpoint, csv, tmp_path, caplog):
     from lit_forecast.inference.remote import forecast_remote
 
     windows = windows_for(csv(), [at(s) for s in range(400, 400 + 11 * 37, 37)])  # 11 windows
     plain = forecast(load_checkpoint(checkpoint).module, model_inputs(windows), batch_size=2)
     # 4 windows per task: 3 tasks, the last one short, batched as the plain call batches them;
     # results must come back in window order, bit for bit.
-    remote = forecast_remote(checkpoint, windows, windows_per_task=4, num_cpus=1, batch_size=2)
+    with caplog.at_level(logging.INFO, logger="lit_forecast"):
+        remote = forecast_remote(checkpoint, windows, windows_per_task=4, num_cpus=1, batch_size=2)
+        forecast_remote(checkpoint, windows_for(csv(), [at(400)]), windows_per_task=4, num_cpus=1, batch_size=2)
     np.testing.assert_array_equal(remote, plain)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("forecasting ")]
+    assert said == ["forecasting 11 windows in 3 Ray tasks (1 CPU each)", "forecasting 1 window in 1 Ray task (1 CPU each)"]
     # Other batch boundaries change only float32 rounding (matrix kernels depend on the batch size).
     regrouped = forecast_remote(checkpoint, windows, windows_per_task=3, num_cpus=1, batch_size=3)
     np.testing.assert_allclose(regrouped, plain, rtol=1e-6)
@@ -291,3 +295,14 @@ def test_infer_command_line(checkpoint, csv, tmp_path, capsys, package_logger):
     with pytest.raises(SystemExit) as exit_:
         main(["--checkpoint", str(tmp_path / "nope"), "--no-ray"])
     assert exit_.value.code == 2 and f"checkpoint not found: {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+def test_infer_command_line_backtest_prints_its_scores_not_the_forecast_rows(checkpoint, csv, tmp_path, capsys,
+                                                                             package_logger):
+    main = runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))["main"]
+    main(["--checkpoint", checkpoint, "--data", csv(), "--no-ray", "--output", str(tmp_path / "b.csv"),
+          "--cutoffs", f"{at(2 * 336)}..{at(SLOTS - H)}/12h"])
+    out = capsys.readouterr().out
+    assert out.startswith("backtest: ") and "model MAE / weekly-naive MAE = " in out
+    assert "more rows" not in out and "forecast from cutoff" not in out
+    assert f"forecasts   {tmp_path / 'b.csv'}" in out and len(pd.read_csv(tmp_path / "b.csv")) > 48

@@ -23,6 +23,7 @@ ALLOWED = {
     "errors": set(),
     "spec": {"errors"},
     "config": {"errors"},
+    "config_docs": {"config"},  # docs/configuration.md from the config dataclasses
     "storage": {"errors"},
     "progress": set(),
     "layout": {"errors", "config", "storage"},
