@@ -21,7 +21,8 @@ from lit_forecast import storage
 from lit_forecast.data import prepare as prep
 from lit_forecast.data.datamodule import ShardDataModule, ShuffledBatches
 from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
-from lit_forecast.data.source import fetch, load_series
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.source import load_series
 from lit_forecast.data.splits import window_starts
 from lit_forecast.data import windows as windows_module
 from lit_forecast.data.windows import Segment, WindowSet, calendar_features, segments_from_table
@@ -531,16 +532,17 @@ def test_interrupted_prepare_leaves_no_manifest_and_recovers(tmp_path, synthetic
     prep.prepare(make_config(csv, **SPLIT_DATES), data_dir)  # an older dataset, another config
     assert storage.exists(manifest_path)
 
-    real_write = storage.write_parquet
+    real_write = storage.write_bytes
     manifest_seen = []
 
-    def write_then_fail(location, table):
-        manifest_seen.append(storage.exists(manifest_path))
-        if len(manifest_seen) > 1:
-            raise OSError("disk full")
-        real_write(location, table)
+    def write_then_fail(location, data):
+        if location.endswith(".parquet"):
+            manifest_seen.append(storage.exists(manifest_path))
+            if len(manifest_seen) > 1:
+                raise OSError("disk full")
+        real_write(location, data)
 
-    monkeypatch.setattr(storage, "write_parquet", write_then_fail)
+    monkeypatch.setattr(storage, "write_bytes", write_then_fail)
     changed = make_config(csv, **SPLIT_DATES, horizon=6)
     with pytest.raises(OSError, match="disk full"):
         prep.prepare(changed, data_dir)
@@ -550,7 +552,7 @@ def test_interrupted_prepare_leaves_no_manifest_and_recovers(tmp_path, synthetic
     with pytest.raises(DataError, match="no prepared dataset"):
         ShardDataModule(data_dir, batch_size=4)
 
-    monkeypatch.setattr(storage, "write_parquet", real_write)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
     manifest = prep.prepare(changed, data_dir)
     assert manifest.reused is False and read_manifest(data_dir).window.horizon == 6
     assert_windows_match(load_file(data_dir, manifest.train_files[1]), np.arange(SLOTS), h=6)
