@@ -90,7 +90,9 @@ def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
 def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Manifest:
     """Prepare (or reuse) the dataset for ``num_shards`` training workers in ``data_dir``.
 
-    Returns the manifest. Idempotent: a complete dataset with the same fingerprint is reused.
+    Returns the manifest. Idempotent: a complete dataset with the same fingerprint is reused,
+    once every file passes the manifest's check (:func:`lit_forecast.data.shards.check_shards`): a file changed
+    since it was written is a DataError that names it, never trained on.
     Atomic: every file is written under a temporary name and moved into place, and the manifest
     comes last, so an interrupted prepare leaves no manifest pointing at partial files.
     """
