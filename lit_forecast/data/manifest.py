@@ -64,7 +64,7 @@ class Manifest:
     series: dict[str, SeriesInfo]
     num_shards: int
     shard_windows: list[int]  # windows in each training shard
-    train_files: list[str]  # one per rank
+    train_files: list[str]  # num_shards of them; ranks take theirs at run time (shards.rank_windows)
     val_file: str
     data_config: dict[str, Any]  # the resolved data section that produced it
     load_report: dict[str, Any]  # rows, points, interpolated gaps and slots, long gaps, dropped windows

@@ -4,7 +4,7 @@ Layout of a prepared dataset folder (local or any pyarrow.fs URI)::
 
     manifest.json                  written last: its presence means every file below is complete
     config.yaml                    the resolved config that produced it
-    train-00000-of-00002.parquet   one per training worker, equal window counts
+    train-00000-of-00002.parquet   K training shards of equal window counts (K: the largest worker count)
     val.parquet                    read by every rank, each rank taking every N-th window
 
 The test period (after ``data.val_end``) is counted in the manifest but not written: nothing
@@ -88,7 +88,11 @@ def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
 
 
 def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Manifest:
-    """Prepare (or reuse) the dataset for ``num_shards`` training workers in ``data_dir``.
+    """Prepare (or reuse) the dataset of ``num_shards`` training shards in ``data_dir``.
+
+    ``num_shards`` (default ``cluster.num_workers``) is the largest worker count the dataset
+    serves: any world size up to it takes its part at run time (:func:`lit_forecast.data.shards.rank_windows`),
+    every window once per epoch when the world size divides it.
 
     Returns the manifest. Idempotent: a complete dataset with the same fingerprint is reused,
     once every file passes the manifest's check (:func:`lit_forecast.data.shards.check_shards`): a file changed

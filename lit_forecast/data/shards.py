@@ -39,13 +39,13 @@ SEGMENT_SCHEMA = pa.schema(
 MAX_NAMED = 5  # damaged files named in one message
 
 
-def train_shard_name(rank: int, num_shards: int) -> str:
-    """File name of one rank's training shard."""
-    return f"train-{rank:05d}-of-{num_shards:05d}.parquet"
+def train_shard_name(shard: int, num_shards: int) -> str:
+    """File name of one training shard."""
+    return f"train-{shard:05d}-of-{num_shards:05d}.parquet"
 
 
 def check_counts(counts: dict[str, int], num_shards: int, data: DataConfig) -> None:
-    """Every rank needs at least one training and one validation window."""
+    """Every shard needs a training window, and every rank of the largest world a validation window."""
     if counts["train"] < num_shards:
         raise DataError(
             f"only {counts['train']} training windows for {num_shards} workers: move data.train_end "
@@ -79,11 +79,11 @@ def plan_train_shards(
     end and cut into ``num_shards`` runs of ``total // num_shards`` windows: a shard holds whole
     series, and only the series that straddle a cut are split into two segments (at most
     ``num_shards - 1`` of them, each costing one extra window's overlap of storage). The last
-    ``total % num_shards`` windows (< num_shards) are dropped so every DDP rank takes the same
-    number of steps. Greedy largest-first packing would split nothing but must drop windows
+    ``total % num_shards`` windows (< num_shards) are dropped so every shard holds the same
+    number. Greedy largest-first packing would split nothing but must drop windows
     until every shard is as light as the lightest one (up to a whole series for few series).
 
-    Returns ``({series_id: [(rank, first, end)]}, windows per shard, windows dropped)`` where
+    Returns ``({series_id: [(shard, first, end)]}, windows per shard, windows dropped)`` where
     ``[first, end)`` indexes that series' training window starts.
     """
     total = sum(n for _, n in windows)
@@ -93,12 +93,38 @@ def plan_train_shards(
     for series_id, n in windows:
         lo, hi = offset, min(offset + n, per_shard * num_shards)
         while per_shard and lo < hi:
-            rank = lo // per_shard
-            end = min(hi, (rank + 1) * per_shard)
-            plan.setdefault(series_id, []).append((rank, lo - offset, end - offset))
+            shard = lo // per_shard
+            end = min(hi, (shard + 1) * per_shard)
+            plan.setdefault(series_id, []).append((shard, lo - offset, end - offset))
             lo = end
         offset += n
     return plan, per_shard, total - per_shard * num_shards
+
+
+def rank_windows(shard_windows: list[int], rank: int, world: int) -> tuple[list[int], int, int]:
+    """The training windows of ``rank`` of ``world`` workers: ``(shards, first, end)``.
+
+    ``shard_windows``: windows in each of the K shards. The shards' windows are laid end to end
+    and cut into ``world`` equal runs of ``total // world``; rank r takes run r: the shards
+    ``shards`` it overlaps, and windows ``[first, end)`` of their windows read in that order.
+    When ``world`` divides K (a dataset prepared for 8 workers, run on 8, 4, 2 or 1), a rank
+    takes whole shards and every window is seen once per epoch; otherwise (6 of 8) ranks
+    share the shards at their edges, and the last ``total % world`` (< world) windows are left
+    out so that every rank takes the same number of steps. A world larger than K is refused.
+    """
+    if world > len(shard_windows):
+        raise DataError(
+            f"the dataset holds {len(shard_windows)} training shard(s), too few for {world} worker(s); "
+            f"prepare it for {world} or more (python train.py --prepare-only --set cluster.num_workers={world})"
+        )
+    per_rank = sum(shard_windows) // world
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    bounds = np.concatenate([[0], np.cumsum(shard_windows)])
+    shards = [k for k in range(len(shard_windows)) if bounds[k] < hi and bounds[k + 1] > lo]
+    if not shards:
+        raise DataError(f"{sum(shard_windows)} training windows cannot give each of {world} worker(s) one")
+    first = lo - int(bounds[shards[0]])
+    return shards, first, first + per_rank
 
 
 def series_segments(
@@ -111,10 +137,12 @@ def series_segments(
     train_files: list[str],
     data: DataConfig,
 ) -> list[tuple]:
-    """One series cut into the segments of the files it lands in: ``(file, series_id, start_ns, values, window_starts)``.
+    """One series cut into the segments of the files it lands in.
+
+    Each segment is ``(file, series_id, start_ns, values, window_starts)``.
 
     ``values`` (T,): the series on its grid from ``start_ns``; ``train_starts``/``val_starts``:
-    its windows' target starts; ``plan``: its ``(rank, first, end)`` runs of training windows
+    its windows' target starts; ``plan``: its ``(shard, first, end)`` runs of training windows
     (:func:`plan_train_shards`). A segment holds the slots its windows cover, as float32, and
     their target starts counted from its own first slot.
     """
@@ -130,7 +158,7 @@ def series_segments(
             np.asarray(targets, dtype=np.int32) - lo,
         )
 
-    out = [segment(train_files[rank], train_starts[first:end]) for rank, first, end in plan]
+    out = [segment(train_files[shard], train_starts[first:end]) for shard, first, end in plan]
     if len(val_starts):
         out.append(segment(VAL_FILE, val_starts))
     return out
