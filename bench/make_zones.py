@@ -38,7 +38,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from lit_forecast.config import DataConfig
-from lit_forecast.data.source import fetch, load_series
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.source import load_series
 from lit_forecast.errors import UserError
 
 SHARE_RANGE = (1 / 5000, 1 / 10)  # zone level as a share of the city total: 500x between the extremes

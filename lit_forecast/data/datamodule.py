@@ -1,5 +1,8 @@
-"""LightningDataModule that reads the training shard of its own rank.
+"""LightningDataModule that reads the training shards that fall to its rank.
 
+A dataset holds K training shards (prepared for the largest worker count); at every start or
+restart each rank takes its part for the world size it finds (:func:`shards.rank_windows`),
+so a dataset prepared for 8 workers trains on 8, 6, 4 or 1 without being prepared again.
 The validation file is shared: rank r takes windows r, r+N, r+2N, ... so the ranks cover it
 exactly once and metrics synchronised across ranks are the global ones (no sampler padding,
 no duplicated windows).
@@ -11,11 +14,13 @@ import math
 from collections.abc import Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from lit_forecast import storage
 from lit_forecast.data.manifest import read_manifest
+from lit_forecast.data.shards import rank_windows
 from lit_forecast.data.windows import WindowSet, collate_batch, segments_from_table
 from lit_forecast.errors import DataError
 
@@ -47,7 +52,7 @@ class ShuffledBatches(Sampler[torch.Tensor]):
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Training windows from ``train-<rank>-of-<N>.parquet``; validation windows split by rank."""
+    """Training windows from the shards that fall to this rank; validation windows split by rank."""
 
     def __init__(self, data_dir: str, batch_size: int, eval_batch_size: int = 512):
         super().__init__()
@@ -59,23 +64,24 @@ class ShardDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _load(self, filename: str) -> WindowSet:
-        table = storage.read_parquet(storage.join(self.data_dir, filename))
-        return WindowSet(segments_from_table(table), self.manifest.series_stats(), self.manifest.window)
+    def _load(self, *filenames: str) -> WindowSet:
+        tables = [storage.read_parquet(storage.join(self.data_dir, name)) for name in filenames]
+        segments = [segment for table in tables for segment in segments_from_table(table)]
+        return WindowSet(segments, self.manifest.series_stats(), self.manifest.window)
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_and_world()
-        shards = self.manifest.num_shards
-        if world != shards:
-            raise DataError(
-                f"{self.data_dir} holds {shards} training shard(s) but this run has {world} worker(s); "
-                f"prepare the data for {world} workers (python train.py --prepare-only --set cluster.num_workers={world})"
-            )
         if stage in (None, "fit") and "train" not in self.datasets:
-            self.datasets["train"] = self._load(self.manifest.train_files[rank])
-            if len(self.datasets["train"]) == 0:
-                raise DataError(f"{self.data_dir}: training shard {rank} holds no windows; prepare the data again "
-                                f"(python train.py --prepare-only) with fewer workers or more data")
+            try:
+                shards, first, end = rank_windows(self.manifest.shard_windows, rank, world)
+            except DataError as err:
+                raise DataError(f"{self.data_dir}: {err}") from None
+            windows = self._load(*(self.manifest.train_files[k] for k in shards))
+            if len(windows) != sum(self.manifest.shard_windows[k] for k in shards):
+                raise DataError(f"{self.data_dir}: training shards {shards} do not hold the windows the manifest says; "
+                                f"delete {self.data_dir} and prepare the data again (python train.py --prepare-only)")
+            whole = (first, end) == (0, len(windows))  # the world size divides the shard count
+            self.datasets["train"] = windows if whole else windows.select(np.arange(first, end))
         if stage in (None, "fit", "validate") and "val" not in self.datasets:
             self.datasets["val"] = self._load(self.manifest.val_file).subset(rank, world)
 

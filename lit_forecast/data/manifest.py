@@ -44,6 +44,18 @@ class SplitInfo:
 
 
 @dataclass(frozen=True)
+class ShardCheck:
+    """What a shard file was when it was written, checked before every reuse (cheaply: no full read).
+
+    ``footer_sha256`` is over the Parquet footer (schema, row groups, column offsets, sizes and
+    statistics): replacing the file by another Parquet file, or editing its values, changes it.
+    """
+
+    bytes: int
+    footer_sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What a prepared dataset folder holds."""
 
@@ -52,13 +64,15 @@ class Manifest:
     series: dict[str, SeriesInfo]
     num_shards: int
     shard_windows: list[int]  # windows in each training shard
-    train_files: list[str]  # one per rank
+    train_files: list[str]  # num_shards of them; ranks take theirs at run time (shards.rank_windows)
     val_file: str
     data_config: dict[str, Any]  # the resolved data section that produced it
     load_report: dict[str, Any]  # rows, points, interpolated gaps and slots, long gaps, dropped windows
     fingerprint: str = ""
     created: str = ""
     source: dict[str, str] = field(default_factory=dict)  # origin, location, sha256
+    # per file; empty in a manifest of an older version
+    shard_checks: dict[str, ShardCheck] = field(default_factory=dict)
     format: int = FORMAT_VERSION
     reused: bool = field(default=False, compare=False)  # this process found it ready (not stored)
 
@@ -81,10 +95,11 @@ class Manifest:
         if raw.get("format") != FORMAT_VERSION:
             raise DataError(f"dataset format {raw.get('format')} is not {FORMAT_VERSION}")
         return cls(
-            **{k: v for k, v in raw.items() if k not in ("window", "splits", "series")},
+            **{k: v for k, v in raw.items() if k not in ("window", "splits", "series", "shard_checks")},
             window=WindowSpec.from_dict(raw["window"]),
             splits={name: SplitInfo(**info) for name, info in raw["splits"].items()},
             series={sid: SeriesInfo(**info) for sid, info in raw["series"].items()},
+            shard_checks={name: ShardCheck(**check) for name, check in raw.get("shard_checks", {}).items()},
             reused=reused,
         )
 

@@ -1,18 +1,19 @@
-"""CSV -> validated regular series -> splits and scaler -> per-worker Parquet shards + manifest.
+"""Source -> validated regular series -> splits and scaler -> per-worker Parquet shards + manifest.
 
 Layout of a prepared dataset folder (local or any pyarrow.fs URI)::
 
     manifest.json                  written last: its presence means every file below is complete
     config.yaml                    the resolved config that produced it
-    train-00000-of-00002.parquet   one per training worker, equal window counts
+    train-00000-of-00002.parquet   K training shards of equal window counts (K: the largest worker count)
     val.parquet                    read by every rank, each rank taking every N-th window
 
 The test period (after ``data.val_end``) is counted in the manifest but not written: nothing
 trains or selects on it; ``infer.py`` backtests it from the source data.
 
-Each Parquet file holds *segments*, not windows: rows of ``series_id``, ``start`` (first slot),
-``values`` (raw passengers, list<float32>) and ``window_starts`` (target-start offsets inside
-the segment). Windows are cut on the fly, so storage is O(series length), not O(windows x window).
+This module decides whether a dataset can be reused (same fingerprint, every file as the
+manifest recorded it) and which executor writes it: this process, or Ray Data for large
+inputs (:mod:`lit_forecast.data.ray_prepare`). Both cut and record the shards with
+:mod:`lit_forecast.data.shards`, so they write the same files.
 """
 
 from __future__ import annotations
@@ -21,33 +22,34 @@ import dataclasses
 import hashlib
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lit_forecast import storage
 from lit_forecast.config import Config, DataConfig, dump
-from lit_forecast.data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, SeriesInfo, SplitInfo, read_manifest
-from lit_forecast.data.source import LoadReport, Series, Source, fetch, load_series
-from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, thin_evenly, window_starts
-from lit_forecast.errors import DataError
-from lit_forecast.spec import WindowSpec
+from lit_forecast.data.fetch import Source, fetch
+from lit_forecast.data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, SeriesInfo, read_manifest
+from lit_forecast.data.shards import (
+    VAL_FILE,
+    build_manifest,
+    check_counts,
+    check_shards,
+    plan_train_shards,
+    segment_table,
+    series_segments,
+    series_windows,
+    span,
+    target_range,
+    train_shard_name,
+    write_shard,
+)
+from lit_forecast.data.source import LoadReport, Series, load_series
+from lit_forecast.data.splits import SPLITS, fit_stats, window_starts
 
 log = logging.getLogger(__name__)
 
-VAL_FILE = "val.parquet"
 RAY_ABOVE_BYTES = 64 << 20  # data.prepare_with=auto: inputs larger than this are prepared on Ray Data
-SEGMENT_SCHEMA = pa.schema(
-    [
-        ("series_id", pa.string()),
-        ("start", pa.timestamp("ns")),
-        ("values", pa.list_(pa.float32())),
-        ("window_starts", pa.list_(pa.int32())),
-    ]
-)
 
 
 def prepare_with(data: DataConfig, source: Source) -> str:
@@ -61,15 +63,14 @@ def prepare_with(data: DataConfig, source: Source) -> str:
     fs, path = storage.resolve(source.location)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
-        size = sum(f.size or 0 for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File)
+        size = sum(
+            f.size or 0
+            for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if f.type == pafs.FileType.File
+        )
     else:
         size = info.size or 0
     return "ray" if size > RAY_ABOVE_BYTES else "local"
-
-
-def train_shard_name(rank: int, num_shards: int) -> str:
-    """File name of one rank's training shard."""
-    return f"train-{rank:05d}-of-{num_shards:05d}.parquet"
 
 
 def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
@@ -80,14 +81,22 @@ def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
     settings.pop("prepare_with")  # both paths write the same shards
     if settings["val_windows_per_series"] is None:  # the default: datasets prepared before the key existed stay valid
         settings.pop("val_windows_per_series")
-    blob = json.dumps({"format": FORMAT_VERSION, "sha256": source_sha256, "data": settings, "shards": num_shards}, sort_keys=True)
+    blob = json.dumps(
+        {"format": FORMAT_VERSION, "sha256": source_sha256, "data": settings, "shards": num_shards}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Manifest:
-    """Prepare (or reuse) the dataset for ``num_shards`` training workers in ``data_dir``.
+    """Prepare (or reuse) the dataset of ``num_shards`` training shards in ``data_dir``.
 
-    Returns the manifest. Idempotent: a complete dataset with the same fingerprint is reused.
+    ``num_shards`` (default ``cluster.num_workers``) is the largest worker count the dataset
+    serves: any world size up to it takes its part at run time (:func:`lit_forecast.data.shards.rank_windows`),
+    every window once per epoch when the world size divides it.
+
+    Returns the manifest. Idempotent: a complete dataset with the same fingerprint is reused,
+    once every file passes the manifest's check (:func:`lit_forecast.data.shards.check_shards`): a file changed
+    since it was written is a DataError that names it, never trained on.
     Atomic: every file is written under a temporary name and moved into place, and the manifest
     comes last, so an interrupted prepare leaves no manifest pointing at partial files.
     """
@@ -103,18 +112,25 @@ def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Man
         old = old if isinstance(old, dict) else {}
         if old.get("fingerprint") == key and old.get("format") == FORMAT_VERSION:
             ready = read_manifest(data_dir, reused=True)
-            if all(storage.exists(storage.join(data_dir, f)) for f in ready.files):
+            missing = [f for f in ready.files if not storage.exists(storage.join(data_dir, f))]
+            if not missing:
+                check_shards(data_dir, ready)  # a changed file is refused by name, never trained on
+                if not ready.shard_checks:
+                    log.info(
+                        "%s records no shard sizes (an older version wrote it): checked the shards' schemas only",
+                        manifest_path,
+                    )
                 log.info("reusing prepared dataset in %s (same source and config)", data_dir)
                 return ready
-        log.info("dataset in %s was prepared from another source or config: preparing again", data_dir)
+            log.info("dataset in %s lacks %s: preparing again", data_dir, ", ".join(missing))
+        else:
+            log.info("dataset in %s was prepared from another source or config: preparing again", data_dir)
 
     if prepare_with(config.data, source) == "ray":
         from lit_forecast.data.ray_prepare import prepare_on_ray  # imports Ray: only when it is used
 
         written = prepare_on_ray(
-            config, data_dir, num_shards, source, before_write=lambda: storage.delete(manifest_path),
-            check_counts=lambda counts: _check_counts(counts, num_shards, config.data),
-            train_files=[train_shard_name(r, num_shards) for r in range(num_shards)], val_file=VAL_FILE, segment_schema=SEGMENT_SCHEMA,
+            config, data_dir, num_shards, source, before_write=lambda: storage.delete(manifest_path)
         )
     else:
         series, report = load_series(source, config.data)  # validates everything before any write
@@ -123,7 +139,7 @@ def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Man
     manifest = dataclasses.replace(
         written,
         fingerprint=key,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         source={"origin": source.origin, "location": source.location, "sha256": source.sha256},
     )
     storage.write_text(storage.join(data_dir, "config.yaml"), dump(config))
@@ -132,93 +148,47 @@ def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Man
 
 
 def _write(config: Config, data_dir: str, num_shards: int, series: list[Series], report: LoadReport) -> Manifest:
+    """The local executor: window, cut and write ``series`` (in series-id order) in this process."""
     data = config.data
-    stats = {s.series_id: fit_stats(s, data) for s in series}
-    starts = {split: [(s, window_starts(s, split, data)) for s in series] for split in SPLITS}
+    windows = [series_windows(s, data) for s in series]
     if data.val_windows_per_series is not None:  # a bounded validation set for a fleet (val.parquet holds only these)
-        before = sum(len(w) for _, w in starts["val"])
-        starts["val"] = [(s, thin_evenly(w, data.val_windows_per_series, s.series_id)) for s, w in starts["val"]]
-        log.info("validation: kept %d of %d windows (at most %d per series, data.val_windows_per_series)",
-                 sum(len(w) for _, w in starts["val"]), before, data.val_windows_per_series)
-    counts = {split: sum(len(w) for _, w in starts[split]) for split in SPLITS}
-    _check_counts(counts, num_shards, data)
+        before = sum(len(window_starts(s, "val", data)) for s in series)
+        log.info(
+            "validation: kept %d of %d windows (at most %d per series, data.val_windows_per_series)",
+            sum(len(w["val"]) for w in windows),
+            before,
+            data.val_windows_per_series,
+        )
+    counts = {split: sum(len(w[split]) for w in windows) for split in SPLITS}
+    check_counts(counts, num_shards, data)
 
-    # Training: split the time-ordered windows into equal contiguous chunks, one per worker,
-    # dropping the remainder so every DDP rank runs the same number of steps.
-    flat = [(s, int(t)) for s, ws in starts["train"] for t in ws]
-    per_shard = len(flat) // num_shards
-    dropped = len(flat) - per_shard * num_shards
-    train_files = []
-    for rank in range(num_shards):
-        chunk = flat[rank * per_shard : (rank + 1) * per_shard]
-        name = train_shard_name(rank, num_shards)
-        storage.write_parquet(storage.join(data_dir, name), _segments(chunk, data))
-        train_files.append(name)
-    chunk = [(s, int(t)) for s, ws in starts["val"] for t in ws]
-    storage.write_parquet(storage.join(data_dir, VAL_FILE), _segments(chunk, data))
-
-    times = {split: [_target_range(s, ws, data) for s, ws in starts[split] if len(ws)] for split in SPLITS}
-    return Manifest(
-        window=WindowSpec(data.input_window, data.horizon, data.freq, data.stride, data.eval_stride),
-        splits={
-            split: SplitInfo(
-                bounds=[str(b) if b is not None else None for b in split_bounds(data)[split]],
-                windows=counts[split],
-                first_target=min(t[0] for t in times[split]) if times[split] else None,
-                last_target=max(t[1] for t in times[split]) if times[split] else None,
-            )
-            for split in SPLITS
-        },
-        series={s.series_id: SeriesInfo(**stats[s.series_id].to_dict(), start=str(s.start), slots=len(s.values)) for s in series},
-        num_shards=num_shards,
-        shard_windows=[per_shard] * num_shards,
-        train_files=train_files,
-        val_file=VAL_FILE,
-        data_config=dataclasses.asdict(data),
-        load_report={
-            "rows": report.rows,
-            "points": int(sum(len(s.values) for s in series)),
-            "interpolated_gaps": report.interpolated_gaps,
-            "interpolated_slots": report.interpolated_slots,
-            "long_gaps": report.long_gaps,
-            "dropped_for_balance": dropped,
-        },
+    plan, per_shard, dropped = plan_train_shards(
+        [(s.series_id, len(w["train"])) for s, w in zip(series, windows)], num_shards
     )
+    train_files = [train_shard_name(rank, num_shards) for rank in range(num_shards)]
+    segments: dict[str, list[tuple]] = {name: [] for name in [*train_files, VAL_FILE]}
+    for s, w in zip(series, windows):
+        for segment in series_segments(
+            s.series_id, s.start.value, s.values, w["train"], w["val"], plan.get(s.series_id, []), train_files, data
+        ):
+            segments[segment[0]].append(segment)
+    checks = {name: write_shard(storage.join(data_dir, name), segment_table(rows)) for name, rows in segments.items()}
 
-
-def _check_counts(counts: dict[str, int], num_shards: int, data: DataConfig) -> None:
-    """Every rank needs at least one training and one validation window."""
-    if counts["train"] < num_shards:
-        raise DataError(
-            f"only {counts['train']} training windows for {num_shards} workers: move data.train_end "
-            f"later, lower data.stride, or use fewer workers"
-        )
-    if counts["val"] < num_shards:
-        lo, hi = split_bounds(data)["val"]
-        raise DataError(
-            f"only {counts['val']} validation windows (targets in [{lo}, {hi})) for {num_shards} workers; "
-            f"every rank needs at least one: check data.train_end and data.val_end"
-        )
-
-
-def _target_range(series: Series, starts: np.ndarray, data: DataConfig) -> tuple[str, str]:
-    step = pd.Timedelta(data.freq)
-    first = series.start + int(starts[0]) * step
-    last = series.start + (int(starts[-1]) + data.horizon - 1) * step
-    return str(first), str(last)
-
-
-def _segments(windows: list[tuple[Series, int]], data: DataConfig) -> pa.Table:
-    """One row per series: the slots its windows cover, and their target starts in it."""
-    W, H, step = data.input_window, data.horizon, pd.Timedelta(data.freq)
-    rows: dict[str, list] = {name: [] for name in SEGMENT_SCHEMA.names}
-    by_series: dict[str, tuple[Series, list[int]]] = {}
-    for series, s in windows:
-        by_series.setdefault(series.series_id, (series, []))[1].append(s)
-    for series, targets in by_series.values():
-        lo, hi = min(targets) - W, max(targets) + H
-        rows["series_id"].append(series.series_id)
-        rows["start"].append(series.start + lo * step)
-        rows["values"].append(series.values[lo:hi].astype(np.float32))
-        rows["window_starts"].append(np.asarray(targets, dtype=np.int32) - lo)
-    return pa.Table.from_pydict(rows, schema=SEGMENT_SCHEMA)
+    stats = {s.series_id: fit_stats(s, data) for s in series}
+    return build_manifest(
+        data,
+        counts=counts,
+        targets={
+            split: span([target_range(s.start, w[split], data) for s, w in zip(series, windows)]) for split in SPLITS
+        },
+        series={
+            s.series_id: SeriesInfo(**stats[s.series_id].to_dict(), start=str(s.start), slots=len(s.values))
+            for s in series
+        },
+        num_shards=num_shards,
+        per_shard=per_shard,
+        dropped=dropped,
+        report=report,
+        points=int(sum(len(s.values) for s in series)),
+        checks=checks,
+    )

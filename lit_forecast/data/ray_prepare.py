@@ -1,5 +1,8 @@
 """Preparation on Ray Data, for fleets: the same shards as :mod:`lit_forecast.data.prepare`,
-computed in parallel over groups of series; the driver holds only per-series summaries.
+computed in parallel over groups of series; the driver holds only per-series summaries. The
+checks, the shard plan, the segment cut and the manifest are the local path's own
+(:mod:`lit_forecast.data.checks`, :mod:`lit_forecast.data.shards`); this module holds only
+the Ray Data stages around them.
 
 Three Ray Data stages (``R`` rows, ``S`` series, ``G`` series groups)::
 
@@ -10,12 +13,12 @@ Three Ray Data stages (``R`` rows, ``S`` series, ``G`` series groups)::
               readers.py. Out: one row per reading (series, group = crc32(series) % G,
               timestamp, value, row, file).
     series    groupby(group).map_groups: a group holds whole series. Duplicates, outliers,
-              resampling, gap filling (source.py's own functions, on the group's rows), the
+              resampling, gap filling (checks.py and source.regularise, on the group's rows), the
               training-only scaler, and each split's window starts (splits.py). Out: one row per
               series: its regular values, window starts, statistics and counters.
     write     the driver plans shards from the per-series window counts alone (O(S)), then
               map_batches cuts each series into the segments of the files it lands in and
-              groupby(file).map_groups writes each file atomically (storage.write_parquet).
+              groupby(file).map_groups writes each file atomically (shards.write_shard).
 
 Problems are carried as data, not raised in workers: the driver gathers every chunk's and
 group's problems and reports them as the single-process path does (a count and a few
@@ -47,14 +50,16 @@ import ray
 
 from lit_forecast import storage
 from lit_forecast.config import Config, DataConfig
-from lit_forecast.data import readers, source as src
-from lit_forecast.data.manifest import Manifest, SeriesInfo, SplitInfo
+from lit_forecast.data import checks, readers, shards
+from lit_forecast.data.checks import Problems
+from lit_forecast.data.fetch import Source
+from lit_forecast.data.manifest import Manifest, SeriesInfo, ShardCheck
 from lit_forecast.data.readers import Rows, UnreadableFile
-from lit_forecast.data.source import LoadReport, Series, Source
-from lit_forecast.data.splits import SPLITS, fit_stats, split_bounds, thin_evenly, window_starts
+from lit_forecast.data.source import LoadReport, regularise
+from lit_forecast.data.splits import SPLITS, fit_stats
 from lit_forecast.errors import DataError
 from lit_forecast.ray_cluster import init_ray
-from lit_forecast.spec import WindowSpec, series_label
+from lit_forecast.spec import series_label
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +220,9 @@ def _read_chunk(batch: dict, chunks: list[Chunk], location: str, config: dict, g
         return READ_SCHEMA.empty_table()
     if rows.problems:
         return _notes([
-            {"stage": 0, "rows": {p.what: [[p.count, [src._loc(rows.file, rows.row_word, r, many_files) + f": {t}{series_label(s)}"
-                                                      for r, t, s in p.examples], rows.file]]}}
+            {"stage": 0, "rows": {p.what: [[p.count, [
+                checks.row_location(rows.file, rows.row_word, r, many_files) + f": {t}{series_label(s)}"
+                for r, t, s in p.examples], rows.file]]}}
             for p in rows.problems
         ])
     group_of = np.asarray([zlib.crc32(n.encode()) % groups for n in rows.series_names], dtype=np.int32)
@@ -246,7 +252,7 @@ def _read_rows(chunk: Chunk, location: str, data: DataConfig) -> Rows | None:
         body = f.read_at(chunk.end - chunk.start, chunk.start)
     if chunk.start > 0 and not body.strip():
         return None  # blank lines at the end of the file
-    rows = readers._read_csv(chunk.header + body, chunk.display, data, chunk.partitions)
+    rows = readers.read_csv(chunk.header + body, chunk.display, data, chunk.partitions)
     _shift_rows(rows, chunk.line_shift)  # line numbers in the whole file
     return rows
 
@@ -260,7 +266,7 @@ def _read_row_groups(fs: pafs.FileSystem, chunk: Chunk, data: DataConfig) -> Row
             columns = readers.parquet_columns(parquet.schema_arrow.names, chunk.display, data, chunk.partitions)
             table = parquet.read_row_groups(list(chunk.row_groups), columns=columns)
     except (pa.ArrowInvalid, OSError) as err:
-        raise UnreadableFile(f"{chunk.display}: not a readable Parquet file: {readers._short(err)}") from None
+        raise UnreadableFile(f"{chunk.display}: not a readable Parquet file: {readers.short_error(err)}") from None
     rows = readers.parquet_rows(table, chunk.display, data, chunk.partitions)
     _shift_rows(rows, chunk.line_shift)
     return rows
@@ -311,7 +317,7 @@ SUMMARY_COLUMNS = [c for c in SERIES_SCHEMA.names if c not in ("values", "train_
 
 
 class _Part:
-    """What source.py's row messages need of a file: its display name and how rows are named."""
+    """What the checks' row messages need of a file: its display name and how rows are named."""
 
     def __init__(self, file: str, row_word: str):
         self.file, self.row_word = file, row_word
@@ -320,7 +326,7 @@ class _Part:
 def _series_of_group(table: pa.Table, name: str, displays: list[str], config: dict, many_files: bool) -> pa.Table:
     """Map_groups UDF: the series of one group, validated, resampled, scaled and windowed.
 
-    Runs source.py's own checks on the group's rows, so messages are the single-process ones.
+    Runs the single-process path's checks on the group's rows, so its messages are the same.
     Like that path, it stops at the first stage with problems and returns them as notes.
     """
     if table["group"][0].as_py() == NOTE_GROUP:
@@ -336,30 +342,28 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
     }
     order = np.lexsort((rows["timestamps"], rows["codes"]))
     rows = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
-    problems = src._Problems()
-    src._check_duplicates(name, rows, data, problems, many_files)
-    if _has(problems):
+    problems = Problems()
+    checks.check_duplicates(name, rows, data, problems, many_files)
+    if problems.any():
         return _series_notes([_problem_note(2, problems, len(names))])
-    bounds = src._series_bounds(rows["codes"])
-    report = LoadReport()
-    src._check_outliers(name, rows, bounds, data, problems, report, many_files)
-    if _has(problems):
+    bounds = checks.series_bounds(rows["codes"])
+    clipped = checks.check_outliers(name, rows, bounds, data, problems, many_files)
+    if problems.any():
         return _series_notes([_problem_note(3, problems, len(names))])
     out = {c: [] for c in SERIES_SCHEMA.names}
     for bound in bounds:
         series_report = LoadReport()
-        code, lo, hi = bound  # one series' rows alone: _regularise's whole-table steps then cost O(its rows)
+        code, lo, hi = bound  # one series' rows alone: regularise's whole-table steps then cost O(its rows)
         one = {k: (v[lo:hi] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
-        (series,) = src._regularise(name, one, [(code, 0, hi - lo)], data, series_report, problems) or (None,)
+        (series,) = regularise(name, one, [(code, 0, hi - lo)], data, series_report, problems) or (None,)
         if series is None:
             continue
         try:
             stats = fit_stats(series, data)
         except DataError as err:
-            problems.series.setdefault("no training data", []).append(f"{name}: {err}")
+            problems.add_series("no training data", f"{name}: {err}")
             continue
-        starts = {split: window_starts(series, split, data) for split in SPLITS}
-        starts["val"] = thin_evenly(starts["val"], data.val_windows_per_series, series.series_id)  # as prepare does
+        starts = shards.series_windows(series, data)
         out["series_id"].append(series.series_id)
         out["start"].append(series.start.value)
         out["slots"].append(len(series.values))
@@ -370,13 +374,14 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
         out["train_starts"].append(starts["train"].astype(np.int32))
         out["val_starts"].append(starts["val"].astype(np.int32))
         out["windows"].append([len(starts[s]) for s in SPLITS])
-        out["targets"].append([t for s in SPLITS for t in _target_range(series, starts[s], data)])
+        ranges = [shards.target_range(series.start, starts[s], data) or ("", "") for s in SPLITS]
+        out["targets"].append([t for r in ranges for t in r])
         out["interpolated_gaps"].append(series_report.interpolated_gaps)
         out["interpolated_slots"].append(series_report.interpolated_slots)
-        out["clipped"].append(report.clipped if not out["clipped"] else 0)  # clipping is counted per group
+        out["clipped"].append(clipped if not out["clipped"] else 0)  # clipping is counted per group
         out["long_gaps"].append(series_report.long_gaps)
         out["note"].append(None)
-    if _has(problems):
+    if problems.any():
         return _series_notes([_problem_note(4, problems, len(names))])
     return pa.Table.from_pydict(out, schema=SERIES_SCHEMA)
 
@@ -391,19 +396,7 @@ def _factorize_sorted(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     return rank[encoded.indices.to_numpy(zero_copy_only=False)], [names[i] for i in order]
 
 
-def _target_range(series: Series, starts: np.ndarray, data: DataConfig) -> tuple[str, str]:
-    """First and last target timestamp of ``starts`` (as prepare.py writes them), or ("", "")."""
-    if not len(starts):
-        return "", ""
-    step = pd.Timedelta(data.freq)
-    return str(series.start + int(starts[0]) * step), str(series.start + (int(starts[-1]) + data.horizon - 1) * step)
-
-
-def _has(problems: src._Problems) -> bool:
-    return bool(problems.files or problems.rows or problems.series)
-
-
-def _problem_note(stage: int, problems: src._Problems, series: int) -> dict:
+def _problem_note(stage: int, problems: Problems, series: int) -> dict:
     return {"stage": stage, "series_in_group": series, "files": problems.files, "rows": problems.rows, "series": problems.series}
 
 
@@ -418,7 +411,7 @@ def raise_problems(name: str, notes: list[dict], series_total: int) -> None:
     if not notes:
         return
     stage = min(n["stage"] for n in notes)
-    problems = src._Problems()
+    problems = Problems()
     for note in sorted((n for n in notes if n["stage"] == stage), key=json.dumps):
         problems.files += [f for f in note.get("files", []) if f not in problems.files]  # every chunk of a file says it
         for what, found in note.get("rows", {}).items():
@@ -434,83 +427,37 @@ def raise_problems(name: str, notes: list[dict], series_total: int) -> None:
 # Stage 3: plan the shards (driver, O(series)), cut segments and write each file
 
 
-def plan_train_shards(windows: list[tuple[str, int]], num_shards: int) -> tuple[dict[str, list[tuple[int, int, int]]], int, int]:
-    """Assign training windows to ``num_shards`` equal shards from per-series counts alone.
-
-    ``windows``: (series_id, training windows) in series-id order. The series are laid end to
-    end and cut into ``num_shards`` runs of ``total // num_shards`` windows: a shard holds whole
-    series, and only the series that straddle a cut are split into two segments (at most
-    ``num_shards - 1`` of them, each costing one extra window's overlap of storage). The last
-    ``total % num_shards`` windows (< num_shards) are dropped so every DDP rank takes the same
-    number of steps. Greedy largest-first packing would split nothing but must drop windows
-    until every shard is as light as the lightest one (up to a whole series for few series).
-    This is the cut of the single-process path, computed without listing windows.
-
-    Returns ``({series_id: [(rank, first, end)]}, windows per shard, windows dropped)`` where
-    ``[first, end)`` indexes that series' training window starts.
-    """
-    total = sum(n for _, n in windows)
-    per_shard = total // num_shards
-    plan: dict[str, list[tuple[int, int, int]]] = {}
-    offset = 0
-    for series_id, n in windows:
-        lo, hi = offset, min(offset + n, per_shard * num_shards)
-        while per_shard and lo < hi:
-            rank = lo // per_shard
-            end = min(hi, (rank + 1) * per_shard)
-            plan.setdefault(series_id, []).append((rank, lo - offset, end - offset))
-            lo = end
-        offset += n
-    return plan, per_shard, total - per_shard * num_shards
-
-
-SEGMENT_COLUMNS = pa.schema([("file", pa.string()), ("series_id", pa.string()), ("start", pa.timestamp("ns")),
-                             ("values", pa.list_(pa.float32())), ("window_starts", pa.list_(pa.int32()))])
-
-
-def _cut_segments(table: pa.Table, plan: dict, train_files: list[str], val_file: str, config: dict) -> pa.Table:
+def _cut_segments(table: pa.Table, plan: dict, train_files: list[str], config: dict) -> pa.Table:
     """Map_batches UDF: each series' segments, one per file it lands in, labelled with that file."""
     data = DataConfig(**config)
-    W, H, step = data.input_window, data.horizon, pd.Timedelta(data.freq).value
-    out = {c: [] for c in SEGMENT_COLUMNS.names}
-
-    def add(file: str, series_id: str, start: int, values: np.ndarray, targets: np.ndarray) -> None:
-        lo, hi = int(targets[0]) - W, int(targets[-1]) + H
-        out["file"].append(file)
-        out["series_id"].append(series_id)
-        out["start"].append(start + lo * step)
-        out["values"].append(values[lo:hi])
-        out["window_starts"].append(targets - lo)
-
+    segments = []
     for row in range(table.num_rows):
         series_id = table["series_id"][row].as_py()
-        start = table["start"][row].as_py()
-        values = table["values"][row].values.to_numpy(zero_copy_only=False)
-        train = table["train_starts"][row].values.to_numpy(zero_copy_only=False)
-        val = table["val_starts"][row].values.to_numpy(zero_copy_only=False)
-        for rank, first, end in plan.get(series_id, []):
-            add(train_files[rank], series_id, start, values, train[first:end])
-        if len(val):
-            add(val_file, series_id, start, values, val)
-    return pa.Table.from_pydict(out, schema=SEGMENT_COLUMNS)
+        segments += shards.series_segments(
+            series_id, table["start"][row].as_py(), table["values"][row].values.to_numpy(zero_copy_only=False),
+            table["train_starts"][row].values.to_numpy(zero_copy_only=False),
+            table["val_starts"][row].values.to_numpy(zero_copy_only=False), plan.get(series_id, []), train_files, data,
+        )
+    files = pa.array([s[0] for s in segments], pa.string())
+    return shards.segment_table(segments).add_column(0, "file", files)
 
 
-def _write_file(table: pa.Table, data_dir: str, schema: pa.Schema) -> pa.Table:
-    """Map_groups UDF: write one shard (its segments in series order) atomically."""
+def _write_file(table: pa.Table, data_dir: str) -> pa.Table:
+    """Map_groups UDF: write one shard (its segments in series order) atomically; its window count and check."""
     file = table["file"][0].as_py()
-    table = table.sort_by("series_id")
-    storage.write_parquet(storage.join(data_dir, file), table.select(schema.names).cast(schema))
+    table = table.sort_by("series_id").select(shards.SEGMENT_SCHEMA.names).cast(shards.SEGMENT_SCHEMA)
+    check = shards.write_shard(storage.join(data_dir, file), table)
     windows = int(pa.compute.sum(pa.compute.list_value_length(table["window_starts"])).as_py() or 0)
-    return pa.table({"file": [file], "windows": pa.array([windows], pa.int64())})
+    return pa.table({"file": [file], "windows": pa.array([windows], pa.int64()),
+                     "bytes": pa.array([check.bytes], pa.int64()), "footer_sha256": [check.footer_sha256]})
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole preparation
 
 
-def prepare_on_ray(config: Config, data_dir: str, num_shards: int, source: Source, *, before_write: Callable[[], None],
-                   check_counts: Callable[[dict[str, int]], None], train_files: list[str], val_file: str,
-                   segment_schema: pa.Schema) -> Manifest:
+def prepare_on_ray(config: Config, data_dir: str, num_shards: int, source: Source, *,
+                   before_write: Callable[[], None]) -> Manifest:
     """Read, validate, resample, scale and window ``source`` on Ray Data; write the shards.
 
     Returns the manifest (without fingerprint, creation time and source, which the caller
@@ -519,13 +466,11 @@ def prepare_on_ray(config: Config, data_dir: str, num_shards: int, source: Sourc
     """
     init_ray()
     with _every_cpu_per_stage():
-        return _prepare(config, data_dir, num_shards, source, before_write=before_write, check_counts=check_counts,
-                        train_files=train_files, val_file=val_file, segment_schema=segment_schema)
+        return _prepare(config, data_dir, num_shards, source, before_write=before_write)
 
 
-def _prepare(config: Config, data_dir: str, num_shards: int, source: Source, *, before_write: Callable[[], None],
-             check_counts: Callable[[dict[str, int]], None], train_files: list[str], val_file: str,
-             segment_schema: pa.Schema) -> Manifest:
+def _prepare(config: Config, data_dir: str, num_shards: int, source: Source, *,
+             before_write: Callable[[], None]) -> Manifest:
     """The body of :func:`prepare_on_ray`, on a joined Ray."""
     data = config.data
     settings = dataclasses.asdict(data)
@@ -551,46 +496,42 @@ def _prepare(config: Config, data_dir: str, num_shards: int, source: Source, *, 
     raise_problems(name, notes, len(summary) + sum(n.get("series_in_group", 0) for n in notes))
     clipped = sum(r["clipped"] for r in summary)
     if clipped:
-        log.warning("%s: clipped %d reading(s) to %g x their series' level (data.outliers=clip)", name, clipped, src.OUTLIER_FACTOR)
+        log.warning("%s: clipped %d reading(s) to %g x their series' level (data.outliers=clip)", name, clipped,
+                    checks.OUTLIER_FACTOR)
     counts = {split: sum(r["windows"][k] for r in summary) for k, split in enumerate(SPLITS)}
-    check_counts(counts)
+    shards.check_counts(counts, num_shards, data)
 
-    plan, per_shard, dropped = plan_train_shards([(r["series_id"], r["windows"][0]) for r in summary], num_shards)
+    train_windows = [(r["series_id"], r["windows"][0]) for r in summary]
+    plan, per_shard, dropped = shards.plan_train_shards(train_windows, num_shards)
+    train_files = [shards.train_shard_name(rank, num_shards) for rank in range(num_shards)]
     before_write()
     written = series.map_batches(
-        _cut_segments, batch_format="pyarrow",
-        fn_kwargs={"plan": plan, "train_files": train_files, "val_file": val_file, "config": settings},
-    ).groupby("file", num_partitions=min(len(train_files) + 1, 2 * cpus)).map_groups(
-        _write_file, batch_format="pyarrow", fn_kwargs={"data_dir": data_dir, "schema": segment_schema},
+        _cut_segments, batch_format="pyarrow", fn_kwargs={"plan": plan, "train_files": train_files, "config": settings},
+    ).groupby("file", num_partitions=min(num_shards + 1, 2 * cpus)).map_groups(
+        _write_file, batch_format="pyarrow", fn_kwargs={"data_dir": data_dir},
     ).take_all()
     windows = {r["file"]: r["windows"] for r in written}
-    expected = {**{f: per_shard for f in train_files}, val_file: counts["val"]}
+    expected = {**{f: per_shard for f in train_files}, shards.VAL_FILE: counts["val"]}
     if windows != expected:  # a bug, not bad input: never write a manifest over it
         raise RuntimeError(f"shards written with {windows} windows, planned {expected}")
 
-    def target_range(split: str, k: int) -> tuple[str | None, str | None]:
-        ranges = [(r["targets"][2 * k], r["targets"][2 * k + 1]) for r in summary if r["windows"][k]]
-        return (min(a for a, _ in ranges), max(b for _, b in ranges)) if ranges else (None, None)
+    def targets(k: int) -> tuple[str | None, str | None]:
+        return shards.span([(r["targets"][2 * k], r["targets"][2 * k + 1]) for r in summary if r["windows"][k]])
 
-    bounds = split_bounds(data)
-    return Manifest(
-        window=WindowSpec(data.input_window, data.horizon, data.freq, data.stride, data.eval_stride),
-        splits={
-            split: SplitInfo([str(b) if b is not None else None for b in bounds[split]], counts[split], *target_range(split, k))
-            for k, split in enumerate(SPLITS)
-        },
+    report = LoadReport(
+        rows=sum(r["rows"] for r in summary),
+        interpolated_gaps=sum(r["interpolated_gaps"] for r in summary),
+        interpolated_slots=sum(r["interpolated_slots"] for r in summary),
+        long_gaps=[g for r in summary for g in r["long_gaps"]],  # "<series>: <gap>" already
+        clipped=clipped,
+        files=len(displays),
+    )
+    return shards.build_manifest(
+        data,
+        counts=counts,
+        targets={split: targets(k) for k, split in enumerate(SPLITS)},
         series={r["series_id"]: SeriesInfo(r["mean"], r["std"], str(pd.Timestamp(r["start"])), r["slots"]) for r in summary},
-        num_shards=num_shards,
-        shard_windows=[per_shard] * num_shards,
-        train_files=train_files,
-        val_file=val_file,
-        data_config=settings,
-        load_report={
-            "rows": sum(r["rows"] for r in summary),
-            "points": sum(r["slots"] for r in summary),
-            "interpolated_gaps": sum(r["interpolated_gaps"] for r in summary),
-            "interpolated_slots": sum(r["interpolated_slots"] for r in summary),
-            "long_gaps": [g for r in summary for g in r["long_gaps"]],  # "<series>: <gap>" already
-            "dropped_for_balance": dropped,
-        },
+        num_shards=num_shards, per_shard=per_shard, dropped=dropped, report=report,
+        points=sum(r["slots"] for r in summary),
+        checks={r["file"]: ShardCheck(r["bytes"], r["footer_sha256"]) for r in written},
     )

@@ -118,7 +118,7 @@ def read_file(fs: pafs.FileSystem, path: str, display: str, config: DataConfig, 
         raise UnreadableFile(f"{display}: empty file (0 bytes)")
     if data[:4] == _PARQUET_MAGIC:
         return _read_parquet(data, display, config, partitions)
-    return _read_csv(data, display, config, partitions)
+    return read_csv(data, display, config, partitions)
 
 
 def _needed(config: DataConfig) -> list[str]:
@@ -133,7 +133,8 @@ def _missing_columns(display: str, have: list[str], config: DataConfig) -> Unrea
     )
 
 
-def _read_csv(data: bytes, display: str, config: DataConfig, partitions: dict[str, str]) -> Rows:
+def read_csv(data: bytes, display: str, config: DataConfig, partitions: dict[str, str]) -> Rows:
+    """The readings of a CSV file's bytes (or of a line-aligned range of them, after its header)."""
     head = data[:65536]
     if b"\x00" in head:
         raise UnreadableFile(f"{display}: not a text CSV file (it holds binary data)")
@@ -170,7 +171,7 @@ def _read_csv(data: bytes, display: str, config: DataConfig, partitions: dict[st
     try:
         text = _csv_table(data, {c: pa.string() for c in in_file})
     except pa.ArrowInvalid as err:
-        raise UnreadableFile(f"{display}: not a readable CSV file: {_short(err)}") from None
+        raise UnreadableFile(f"{display}: not a readable CSV file: {short_error(err)}") from None
     if text.num_rows == 0:
         raise UnreadableFile(f"{display}: no data rows (only a header)")
     rows = _line_numbers(data, text.num_rows)
@@ -190,7 +191,8 @@ def _csv_table(data: bytes, column_types: dict[str, pa.DataType]) -> pa.Table:
     )
 
 
-def _short(err: Exception) -> str:
+def short_error(err: Exception) -> str:
+    """The first line of a library error, at most 300 characters, for a message."""
     return str(err).strip().splitlines()[0][:300]
 
 
@@ -294,7 +296,7 @@ def _read_parquet(data: bytes, display: str, config: DataConfig, partitions: dic
         columns = parquet_columns(pq.read_schema(pa.BufferReader(data)).names, display, config, partitions)
         table = pq.read_table(pa.BufferReader(data), columns=columns)
     except (pa.ArrowInvalid, OSError) as err:
-        raise UnreadableFile(f"{display}: not a readable Parquet file: {_short(err)}") from None
+        raise UnreadableFile(f"{display}: not a readable Parquet file: {short_error(err)}") from None
     return parquet_rows(table, display, config, partitions)
 
 
@@ -328,7 +330,7 @@ def parquet_rows(table: pa.Table, display: str, config: DataConfig, partitions: 
     try:
         ns = pc.cast(ts, pa.timestamp("ns"))
     except pa.ArrowInvalid as err:
-        raise UnreadableFile(f"{display}: column '{config.timestamp_column}': {_short(err)}") from None
+        raise UnreadableFile(f"{display}: column '{config.timestamp_column}': {short_error(err)}") from None
     values = pc.cast(value, pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # nulls -> NaN
     problems: list[RowProblem] = []
     ids = np.asarray(names, dtype=object)[codes] if config.series_column else None

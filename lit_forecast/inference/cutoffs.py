@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from lit_forecast.config import DataConfig
-from lit_forecast.data.source import Series, fetch, fill_short_gaps, load_series
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.source import Series, fill_short_gaps, load_series
 from lit_forecast.data.windows import Segment, WindowSet
 from lit_forecast.errors import CutoffError
 from lit_forecast.progress import Progress

@@ -14,8 +14,8 @@ import pytest
 
 from lit_forecast import storage
 from lit_forecast.data import prepare as prep
-from lit_forecast.data.ray_prepare import plan_train_shards
-from lit_forecast.data.source import fetch
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.shards import plan_train_shards
 from lit_forecast.errors import DataError
 
 ray = pytest.importorskip("ray")

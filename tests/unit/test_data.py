@@ -21,7 +21,8 @@ from lit_forecast import storage
 from lit_forecast.data import prepare as prep
 from lit_forecast.data.datamodule import ShardDataModule, ShuffledBatches
 from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
-from lit_forecast.data.source import fetch, load_series
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.source import load_series
 from lit_forecast.data.splits import window_starts
 from lit_forecast.data import windows as windows_module
 from lit_forecast.data.windows import Segment, WindowSet, calendar_features, segments_from_table
@@ -531,16 +532,17 @@ def test_interrupted_prepare_leaves_no_manifest_and_recovers(tmp_path, synthetic
     prep.prepare(make_config(csv, **SPLIT_DATES), data_dir)  # an older dataset, another config
     assert storage.exists(manifest_path)
 
-    real_write = storage.write_parquet
+    real_write = storage.write_bytes
     manifest_seen = []
 
-    def write_then_fail(location, table):
-        manifest_seen.append(storage.exists(manifest_path))
-        if len(manifest_seen) > 1:
-            raise OSError("disk full")
-        real_write(location, table)
+    def write_then_fail(location, data):
+        if location.endswith(".parquet"):
+            manifest_seen.append(storage.exists(manifest_path))
+            if len(manifest_seen) > 1:
+                raise OSError("disk full")
+        real_write(location, data)
 
-    monkeypatch.setattr(storage, "write_parquet", write_then_fail)
+    monkeypatch.setattr(storage, "write_bytes", write_then_fail)
     changed = make_config(csv, **SPLIT_DATES, horizon=6)
     with pytest.raises(OSError, match="disk full"):
         prep.prepare(changed, data_dir)
@@ -550,7 +552,7 @@ def test_interrupted_prepare_leaves_no_manifest_and_recovers(tmp_path, synthetic
     with pytest.raises(DataError, match="no prepared dataset"):
         ShardDataModule(data_dir, batch_size=4)
 
-    monkeypatch.setattr(storage, "write_parquet", real_write)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
     manifest = prep.prepare(changed, data_dir)
     assert manifest.reused is False and read_manifest(data_dir).window.horizon == 6
     assert_windows_match(load_file(data_dir, manifest.train_files[1]), np.arange(SLOTS), h=6)
@@ -601,14 +603,19 @@ def test_eval_subsets_of_ranks_are_disjoint_and_cover_all(prepared, synthetic_cs
     assert sorted(flat) == sorted(assert_series_windows_match(load_file(data_dir, f"{split}.parquet"), expected))
 
 
-def test_world_size_other_than_shard_count_is_refused(prepared, monkeypatch):
+def test_a_world_larger_than_the_shard_count_is_refused(prepared, monkeypatch):
     data_dir, _ = prepared(np.arange(SLOTS), num_shards=2)
     with pytest.raises(DataError) as err:
         _module(data_dir, monkeypatch, 0, 3).setup("fit")
-    assert "2 training shard(s)" in str(err.value) and "3 worker(s)" in str(err.value)
-    assert "cluster.num_workers=3" in str(err.value)
-    with pytest.raises(DataError, match="1 worker"):
-        ShardDataModule(data_dir, batch_size=4).setup("fit")  # no trainer: rank 0 of 1
+    assert str(err.value) == (
+        f"{data_dir}: the dataset holds 2 training shard(s), too few for 3 worker(s); "
+        "prepare it for 3 or more (python train.py --prepare-only --set cluster.num_workers=3)"
+    )
+    module = ShardDataModule(data_dir, batch_size=4)  # no trainer: rank 0 of 1 takes both shards
+    module.setup("fit")
+    assert target_starts(module.datasets["train"]) == [
+        t for name in ("train-00000-of-00002.parquet", "train-00001-of-00002.parquet") for t in target_starts(load_file(data_dir, name))
+    ]
 
 
 def test_dataloaders_yield_named_tensors_without_trainer(prepared):

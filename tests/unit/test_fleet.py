@@ -19,7 +19,8 @@ import torch
 from lit_forecast import config as cfg
 from lit_forecast import storage
 from lit_forecast.data import prepare as prep
-from lit_forecast.data.source import fetch, load_series
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.source import load_series
 from lit_forecast.data.splits import thin_evenly, window_starts
 from lit_forecast.errors import CutoffError
 from lit_forecast.evaluation.backtest import fleet_summary, per_series

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from lit_forecast import config as cfg
-from lit_forecast.data.source import fetch, load_series, nan_runs
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.source import load_series, nan_runs
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "make_zones.py"
 spec = importlib.util.spec_from_file_location("make_zones", SCRIPT)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lit_forecast.data import ray_prepare
-from lit_forecast.data.source import fetch
+from lit_forecast.data.fetch import fetch
 
 
 def zones_table(rows: int) -> pa.Table:

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lit_forecast.config import NAB_NYC_TAXI_URL
-from lit_forecast.data import source as src
-from lit_forecast.data.source import fetch, load_series
+from lit_forecast.data import fetch as fetch_module
+from lit_forecast.data.fetch import fetch
+from lit_forecast.data.source import load_series
 from lit_forecast.errors import DataError
 
 START = pd.Timestamp("2024-01-01 00:00")
@@ -389,4 +390,5 @@ def test_legacy_cache_location_only_with_matching_sha256(tmp_path, make_config, 
     for sha in (None, "0" * 64):
         with pytest.raises(DataError, match="could not download") as err:
             fetch(make_config("https://other.example/nyc_taxi.csv", sha256=sha).data)
-        assert str(src.url_cache_path("https://other.example/nyc_taxi.csv", make_config().data)) in str(err.value)
+        other = fetch_module.url_cache_path("https://other.example/nyc_taxi.csv", make_config().data)
+        assert str(other) in str(err.value)
