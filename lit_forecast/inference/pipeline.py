@@ -105,7 +105,7 @@ def infer(request: InferenceRequest) -> InferenceResult:
     if request.plot_cutoff is not None and request.plot_cutoff not in set(windows.cutoffs):
         raise CutoffError(f"--plot-cutoff {request.plot_cutoff} is not one of the forecast cutoffs")  # before anything is written
 
-    levels = loaded.module.levels
+    levels = loaded.model.levels
     recalibrating = bool(request.recalibrate_days and levels)
     if recalibrating:  # before the costly part: a request too large fails at once
         recent_cutoffs = calibration_cutoffs(windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon,
@@ -116,7 +116,7 @@ def infer(request: InferenceRequest) -> InferenceResult:
     quantiles = _forecast(request, loaded, windows)  # (N, H, Q)
     if recalibrating:
         quantiles = _recalibrate(request, loaded, series, data, windows, quantiles, recent_cutoffs)
-    forecasts = quantiles[..., loaded.module.median_index]  # the median (N, H)
+    forecasts = quantiles[..., loaded.model.median_index]  # the median (N, H)
 
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
                            unseen=set(cut.unseen), quantiles=quantiles, levels=levels)
@@ -165,7 +165,7 @@ def _forecast(request: InferenceRequest, loaded, windows: WindowSet) -> np.ndarr
 
         return forecast_remote(loaded.path, windows, request.windows_per_task, request.num_cpus,
                                request.num_gpus, request.batch_size, request.max_retries)
-    return forecast(loaded.module, model_inputs(windows), request.batch_size, report_progress=True)
+    return forecast(loaded.model, model_inputs(windows), request.batch_size, report_progress=True)
 
 
 def _recalibrate(request: InferenceRequest, loaded, series: list[Series], data: DataConfig, windows: WindowSet,
@@ -183,7 +183,7 @@ def _recalibrate(request: InferenceRequest, loaded, series: list[Series], data: 
         return quantiles
     log.info("recalibrating the bands: forecasting %s windows of the %g days before the cutoffs", f"{len(recent):,}", days)
     done = RecentForecasts(_forecast(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs)
-    quantiles, counts = recalibrate(quantiles, windows.series_ids, windows.cutoffs, done, loaded.module.levels, days, spec.freq)
+    quantiles, counts = recalibrate(quantiles, windows.series_ids, windows.cutoffs, done, loaded.model.levels, days, spec.freq)
     log.log(logging.INFO if counts["refitted"] else logging.WARNING,
             "recalibrated the bands of %s windows on the %g days before each cutoff%s", f"{counts['refitted']:,}", days,
             f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} windows with known "

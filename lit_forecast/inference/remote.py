@@ -31,8 +31,8 @@ def forecast_chunk(
     """One task: load the checkpoint, forecast the chunk's windows -> (n, H, Q) float64 passengers."""
     torch.set_num_threads(max(1, threads))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    module = load_checkpoint(checkpoint, device, name=name).module
-    return forecast(module, inputs, batch_size)
+    model = load_checkpoint(checkpoint, device, name=name).model
+    return forecast(model, inputs, batch_size)
 
 
 def forecast_remote(

@@ -26,7 +26,7 @@ from lit_forecast.evaluation.backtest import fleet_summary, per_series
 from lit_forecast.inference.cutoffs import cut_windows, parse_cutoffs, read_series
 from lit_forecast.inference.forecaster import model_inputs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
-from lit_forecast.models.module import ForecastModule
+from lit_forecast.models.factory import module_from_hyperparameters
 from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict
 
 TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
@@ -54,7 +54,8 @@ def checkpoint(tmp_path_factory) -> str:
     plain = cfg.to_dict(TINY)
     plain["data"].update(series_column="zone", train_end=str(at(2 * 336)), val_end=str(at(SLOTS - 48)))
     torch.manual_seed(0)
-    module = ForecastModule(plain["model"], SPEC.to_dict(), plain["train"], stats_to_dict(STATS))
+    module = module_from_hyperparameters({"model": plain["model"], "window": SPEC.to_dict(), "train": plain["train"],
+                                          "series": stats_to_dict(STATS)})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     folder.mkdir(parents=True)
