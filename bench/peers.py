@@ -203,7 +203,7 @@ def main() -> None:
         times = pd.date_range(s.start, periods=len(values), freq=data.freq)
         means[s.series_id] = series_mean(values, times, train_end) if glob else 1.0
         train = values[times < train_end]  # the window cutter's statistics, as training's (checks only)
-        stats[s.series_id] = SeriesStats(float(np.nanmean(train)), float(np.nanstd(train)) or 1.0)
+        stats[s.series_id] = SeriesStats.fit(train)
         scales[s.series_id] = bt.training_scale(values, times, train_end, 7 * spd)
         x, y = training_windows(values, times, data.freq, train_end, args.train_stride)
         if glob:
