@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from lit_forecast.data.windows import WindowSet
+from lit_forecast.inference import defaults
 from lit_forecast.models.ensemble import ForecastModel
 from lit_forecast.progress import Progress
 
@@ -22,7 +23,7 @@ def model_inputs(windows: WindowSet, lo: int = 0, hi: int | None = None) -> dict
 
 
 @torch.inference_mode()
-def forecast(model: ForecastModel, inputs: dict[str, np.ndarray], batch_size: int = 256,
+def forecast(model: ForecastModel, inputs: dict[str, np.ndarray], batch_size: int = defaults.BATCH_SIZE,
              report_progress: bool = False) -> np.ndarray:
     """Autoregressive quantiles (N, H, Q) float64 in passengers for ``inputs`` from :func:`model_inputs`.
 

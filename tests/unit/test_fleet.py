@@ -301,11 +301,11 @@ def test_fleet_configs_are_valid_and_sample_validation():
 
 
 def test_the_plot_shows_the_busiest_series_or_the_one_asked_for(checkpoint, zones_csv, tmp_path, monkeypatch):
-    from lit_forecast.inference import pipeline
+    from lit_forecast.inference import outputs
 
     data = zones_csv({"a": taxi_like(seed=0, level=300), "b": taxi_like(seed=1, level=2000)})
     headings = []  # the plot's heading names its series
-    monkeypatch.setattr(pipeline, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq, bands=None: headings.append(heading))
+    monkeypatch.setattr(outputs, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq, bands=None: headings.append(heading))
     for plot_series in (None, "a"):
         infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], output=str(tmp_path / "f.csv"), use_ray=False,
                                plot_series=plot_series))

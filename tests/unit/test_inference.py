@@ -344,3 +344,31 @@ def test_infer_command_line(checkpoint, csv, tmp_path, capsys, package_logger):
     with pytest.raises(SystemExit) as exit_:
         main(["--checkpoint", str(tmp_path / "nope"), "--no-ray"])
     assert exit_.value.code == 2 and f"checkpoint not found: {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+def test_infer_command_line_defaults_are_the_requests(monkeypatch, package_logger):
+    """infer.py's flags default to the values of lit_forecast.inference.defaults, as InferenceRequest does."""
+    script = runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))
+    asked = []
+
+    def record(request):
+        asked.append(request)
+        raise CheckpointError("stop here")
+
+    monkeypatch.setitem(script["main"].__globals__, "infer", record)
+    with pytest.raises(SystemExit):
+        script["main"]([])
+    assert asked == [InferenceRequest()]
+    assert (asked[0].storage, asked[0].batch_size, asked[0].windows_per_task) == ("runs", 256, 256)
+
+
+def test_every_output_path_is_named_before_anything_is_written(csv, tmp_path, monkeypatch):
+    from lit_forecast.inference.outputs import OutputPaths, plan_outputs
+
+    one = windows_for(csv(), [at(500), at(600)])
+    paths = plan_outputs(str(tmp_path / "f.parquet"), None, str(tmp_path / "x.ckpt"), one, evaluating=True)
+    assert paths == OutputPaths(str(tmp_path / "f.parquet"), str(tmp_path / "f.png"), str(tmp_path / "f.backtest.json"))
+    assert paths.all() == [str(tmp_path / "f.parquet"), str(tmp_path / "f.backtest.json"), str(tmp_path / "f.png")]
+    monkeypatch.chdir(tmp_path)  # a checkpoint outside a run folder: forecasts/ here
+    future = plan_outputs(None, str(tmp_path / "p.png"), str(tmp_path / "x.ckpt"), one, evaluating=False)
+    assert future.all() == [str(tmp_path / "forecasts" / "forecast_20240111T1000-20240113T1200.csv"), str(tmp_path / "p.png")]
