@@ -1,4 +1,4 @@
-"""Every default of a forecast request, in one place: ``infer.py``'s flags, the request and the Ray fan-out read them."""
+"""Every default of a forecast request, in one place: infer.py's flags, the request and the Ray fan-out read them."""
 
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ class OutputPaths:
         return [p for p in (self.forecasts, self.backtest, self.per_series, self.fleet_plot, self.plot) if p]
 
 
-def plan_outputs(output: str | None, plot: str | None, checkpoint: str, windows: WindowSet, evaluating: bool) -> OutputPaths:
+def plan_outputs(output: str | None, plot: str | None, checkpoint: str, windows: WindowSet,
+                 evaluating: bool) -> OutputPaths:
     """The paths of every file: ``output`` and ``plot`` as asked, or their defaults, and their siblings.
 
     ``evaluating``: the data holds actuals after some cutoff (a backtest). Several series with
@@ -91,14 +92,17 @@ def plot_series(series_id: str | None, cutoff: pd.Timestamp | None, windows: Win
         shown = ", ".join(map(repr, sorted(forecast_ids)[:5]))
         raise CutoffError(f"--plot-series {series_id!r} has no forecast window (series: {shown}"
                           f"{' ...' if len(forecast_ids) > 5 else ''})")
-    if cutoff is not None and not any(s == series_id and c == cutoff for s, c in zip(windows.series_ids, windows.cutoffs)):
+    pairs = zip(windows.series_ids, windows.cutoffs)
+    if cutoff is not None and not any(s == series_id and c == cutoff for s, c in pairs):
         raise CutoffError(f"--plot-cutoff {cutoff} is not one of the forecast cutoffs{series_label(series_id)}")
     return series_id
 
 
 def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool, unseen: set[str] = frozenset(),
                    quantiles: np.ndarray | None = None, levels: list[float] | None = None) -> pd.DataFrame:
-    """Long table, one row per window and step: [series_id,] cutoff, timestamp, forecast[, q<level>...][, actual][, in_checkpoint].
+    """Long table, one row per window and step.
+
+    Columns: [series_id,] cutoff, timestamp, forecast[, q<level>...][, actual][, in_checkpoint].
 
     ``forecast`` (N, H) is the point forecast (the median); ``quantiles`` (N, H, Q) at ``levels``
     add one column per level other than 0.5, named ``q0.1``, ``q0.9``, ... ``in_checkpoint``
@@ -158,15 +162,16 @@ def write_outputs(paths: OutputPaths, frame: pd.DataFrame, scores: Scores | None
 
 def plot_window(location: str, windows: WindowSet, quantiles: np.ndarray, levels: list[float], table: dict | None,
                 cutoff: pd.Timestamp | None, series_id: str) -> None:
-    """PNG of ``series_id`` at ``cutoff`` (default: its last cutoff) with its quantile bands, and error by step if scored."""
+    """PNG of ``series_id`` at ``cutoff`` (default: its last cutoff) with its bands, and error by step if scored."""
     rows = [i for i, sid in enumerate(windows.series_ids) if sid == series_id and cutoff in (None, windows.cutoffs[i])]
     i = rows[-1]  # plot_series checked that there is one
     spec, at = windows.spec, windows.cutoffs[i]
     week = min(7 * spec.slots_per_day, int(windows.history_available()[i]))  # one week of history, or what there is
     step = pd.Timedelta(spec.freq)
-    history = pd.Series(windows.history([i], week)[0], index=pd.date_range(at - week * step, periods=week, freq=spec.freq))
+    past = pd.date_range(at - week * step, periods=week, freq=spec.freq)
+    history = pd.Series(windows.history([i], week)[0], index=past)
     times = pd.date_range(at, periods=spec.horizon, freq=spec.freq)
     median = quantiles[i, :, median_index(levels)]
-    plot_backtest_window(location, history, pd.Series(median, index=times), pd.Series(windows.actual([i])[0], index=times),
-                         table, "" if series_id == SINGLE_SERIES else f"series {series_id}: ", spec.freq,
+    plot_backtest_window(location, history, pd.Series(median, index=times),
+                         pd.Series(windows.actual([i])[0], index=times), table, "" if series_id == SINGLE_SERIES else f"series {series_id}: ", spec.freq,
                          bands=interval_bands(quantiles[i], levels, times))

@@ -84,7 +84,8 @@ class InferenceResult:
 def check_request(request: InferenceRequest) -> None:
     """Refuse an impossible request before anything is loaded, started or written (a ConfigError)."""
     if not (math.isfinite(request.num_cpus) and request.num_cpus > 0):
-        raise ConfigError(f"--num-cpus {request.num_cpus:g}: CPUs per Ray task must be a positive number, e.g. 1 or 0.5")
+        raise ConfigError(f"--num-cpus {request.num_cpus:g}: CPUs per Ray task must be a positive number, "
+                          f"e.g. 1 or 0.5")
     if not (math.isfinite(request.num_gpus) and request.num_gpus >= 0):
         raise ConfigError(f"--num-gpus {request.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, "
                           f"e.g. 1 or 0.25")
@@ -125,7 +126,8 @@ def infer(request: InferenceRequest) -> InferenceResult:
                                              series=len(set(windows.series_ids)))
     elif request.recalibrate_days:
         log.warning("--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit")
-    # Every file this run writes is named here, before the costly part and before anything is written.
+    # Every file this run writes (paths.all()) is named here, before the costly part and before anything is
+    # written: the one place to check them against the inputs.
     paths: OutputPaths = plan_outputs(request.output, request.plot, loaded.path, windows, evaluating)
 
     # 1. forecasting: windows -> quantiles (N, H, Q) in passengers
@@ -171,8 +173,8 @@ def forecast_windows(request: InferenceRequest, loaded: LoadedCheckpoint, window
     return forecast(loaded.model, model_inputs(windows), request.batch_size, report_progress=True)
 
 
-def _recalibrate(request: InferenceRequest, loaded: LoadedCheckpoint, series: list[Series], data: DataConfig, windows: WindowSet,
-                 quantiles: np.ndarray, at: list[pd.Timestamp]) -> np.ndarray:
+def _recalibrate(request: InferenceRequest, loaded: LoadedCheckpoint, series: list[Series], data: DataConfig,
+                 windows: WindowSet, quantiles: np.ndarray, at: list[pd.Timestamp]) -> np.ndarray:
     """``quantiles`` with each window's bands refitted on its series' last ``recalibrate_days`` days,
     from the model's forecasts at the calibration cutoffs ``at``."""
     spec, days = loaded.window, request.recalibrate_days

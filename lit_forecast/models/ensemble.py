@@ -72,7 +72,7 @@ class ForecastModel(nn.Module):
 
     def teacher_forced(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor,
                        future_target: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced quantiles (B, H, Q) in scaled units given the true ``future_target`` (B, H): the members' mean."""
+        """Teacher-forced quantiles (B, H, Q), scaled units, given the true ``future_target`` (B, H): the members' mean."""
         decoder_input = Seq2SeqTransformer.shift(past_target, future_target)
         return torch.stack([net(past_target, past_time, future_time, decoder_input) for net in self.nets]).mean(dim=0)
 

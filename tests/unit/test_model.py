@@ -438,3 +438,24 @@ def test_calibration_off_leaves_the_head_as_trained():
     module.on_validation_epoch_end()
     torch.testing.assert_close(module.model.forecast(batch), before, rtol=0, atol=0)
     assert torch.equal(module.model.calibration, torch.ones_like(module.model.calibration))
+
+
+def test_the_network_shape_has_no_defaults_and_the_config_names_every_field():
+    """NetShape is built from the config (or a checkpoint): it has no default that could disagree with either."""
+    import dataclasses
+
+    from lit_forecast.models.factory import BEFORE_THE_KEY_EXISTED, net_shape
+    from lit_forecast.models.transformer import NetShape
+
+    fields = dataclasses.fields(NetShape)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    from_window = {"input_window", "horizon", "slots_per_day"}
+    assert {f.name for f in fields} - from_window <= set(cfg.to_dict(TINY)["model"])  # the fill is for checkpoints only
+    assert set(BEFORE_THE_KEY_EXISTED) <= {f.name for f in fields}
+    shape = net_shape(cfg.to_dict(TINY)["model"], WindowSpec.from_dict(WINDOW))
+    assert (shape.quantiles, shape.daily_lag, shape.median_index) == (tuple(TINY.model.quantiles), TINY.model.daily_lag, 1)
+    assert (shape.input_window, shape.horizon, shape.slots_per_day) == (W, H, 48)
+    with pytest.raises(ValueError, match="must be increasing and include 0.5"):
+        net_shape({**cfg.to_dict(TINY)["model"], "quantiles": [0.1, 0.9]}, WindowSpec.from_dict(WINDOW))
+    with pytest.raises(KeyError, match="d_model"):
+        net_shape({k: v for k, v in cfg.to_dict(TINY)["model"].items() if k != "d_model"}, WindowSpec.from_dict(WINDOW))
