@@ -20,7 +20,7 @@ memory.used and utilization.gpu sampled every 0.25 s while timing), FLOPs of one
 step and one forecast batch (``torch.utils.flop_counter.FlopCounterMode``: matrix products
 and attention only, so a lower bound) against the device's dense bf16 peak, host
 synchronisations per training step (``torch.cuda.set_sync_debug_mode``), backtest
-windows/s (48 autoregressive steps per window through ``ForecastModule.forecast``, the path
+windows/s (48 autoregressive steps per window through ``ForecastModel.forecast``, the path
 validation and ``infer.py`` use), and a ``torch.profiler`` summary of a few plain training
 steps (top ops by self device time, the share of wall time the device is idle, kernel
 launches per step; FLOP count and profile always run eager, also with ``--compile``, whose
@@ -357,7 +357,7 @@ def _self_device_us(average) -> float:
 
 
 def backtest(config, spec, data, device, batch_size, bf16: bool, windows: int, repeats: int) -> dict:
-    """Windows/s of autoregressive 48-step forecasts (``ForecastModule.forecast``) over the fleet's last windows."""
+    """Windows/s of autoregressive 48-step forecasts (``ForecastModel.forecast``) over the fleet's last windows."""
     torch.manual_seed(config.train.seed)
     module = new_module(config, spec, data, compile_nets=False).to(device).eval()
     n = min(windows, len(data))
@@ -515,7 +515,7 @@ def main() -> None:
             f"kernel launches/step {p['kernel_launches_per_step']}  (profile.txt)",
         ]
     if report["infer"]:
-        lines += ["", "backtest (ForecastModule.forecast, 48 autoregressive steps per window, KV cache):"]
+        lines += ["", "backtest (ForecastModel.forecast, 48 autoregressive steps per window, KV cache):"]
         for r in report["infer"]:
             share = f" = {100 * r['share_of_peak']:.3f}% of peak" if r.get("share_of_peak") is not None else ""
             lines.append(
