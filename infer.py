@@ -24,12 +24,12 @@ naive) and prints the mean and median MASE over series and the 10 worst series.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from lit_forecast import cli, storage
 from lit_forecast.console import format_backtest, format_fleet, format_forecasts
 from lit_forecast.errors import ConfigError, UserError
+from lit_forecast.inference import defaults
 from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", help="run folder <storage>/<name>: its best checkpoint (default: latest finished run)")
     source.add_argument("--checkpoint", help="a Ray checkpoint folder (checkpoint_*/) or a .ckpt file")
-    parser.add_argument("--storage", default="runs", help="where to look for the latest run (default: runs)")
+    parser.add_argument("--storage", default=defaults.STORAGE, help=f"where to look for the latest run (default: {defaults.STORAGE})")
     parser.add_argument("--data", help="CSV in the training format: path, URL or pyarrow.fs URI (default: the checkpoint's data.source)")
     parser.add_argument("--cutoffs", nargs="+", metavar="WHEN", help="timestamps, lists or START..END/STEP ranges (see above); default: after the end of the data")
     parser.add_argument("--horizon", type=int, help="steps to forecast; must match the checkpoint (default: the checkpoint's)")
@@ -48,12 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot-cutoff", metavar="WHEN", help="cutoff drawn in the plot (default: the last one)")
     parser.add_argument("--plot-series", metavar="ID", help="series drawn in the plot (default: the busiest, largest mean)")
     parser.add_argument("--strict", action="store_true", help="a window with a hole in its history or too little history is an error (default: skipped and counted)")
-    parser.add_argument("--num-cpus", type=float, default=1, help="CPUs per Ray task (default 1)")
-    parser.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray task, e.g. 1 or 0.25; CPU if the cluster has none (default 0)")
-    parser.add_argument("--windows-per-task", type=int, default=256, help="windows each Ray task forecasts (default 256)")
-    parser.add_argument("--batch-size", type=int, default=256, help="windows per forward pass (default 256)")
+    parser.add_argument("--num-cpus", type=float, default=defaults.CPUS_PER_TASK, help=f"CPUs per Ray task (default {defaults.CPUS_PER_TASK:g})")
+    parser.add_argument("--num-gpus", type=float, default=defaults.GPUS_PER_TASK,
+                        help=f"GPUs per Ray task, e.g. 1 or 0.25; CPU if the cluster has none (default {defaults.GPUS_PER_TASK:g})")
+    parser.add_argument("--windows-per-task", type=int, default=defaults.WINDOWS_PER_TASK,
+                        help=f"windows each Ray task forecasts (default {defaults.WINDOWS_PER_TASK})")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help=f"windows per forward pass (default {defaults.BATCH_SIZE})")
     parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
-    parser.add_argument("--recalibrate-days", type=float, default=0, metavar="N",
+    parser.add_argument("--recalibrate-days", type=float, default=defaults.RECALIBRATE_DAYS, metavar="N",
                         help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
                              "(actuals known by then); costs one extra forecast per series for every slot from N days before "
                              "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands")
@@ -99,20 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse impossible requests before anything is loaded or written."""
-    if not (math.isfinite(args.num_cpus) and args.num_cpus > 0):
-        raise ConfigError(f"--num-cpus {args.num_cpus:g}: CPUs per Ray task must be a positive number, e.g. 1 or 0.5")
-    if not (math.isfinite(args.num_gpus) and args.num_gpus >= 0):
-        raise ConfigError(f"--num-gpus {args.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, e.g. 1 or 0.25")
-    if args.windows_per_task < 1 or args.batch_size < 1:
-        raise ConfigError("--windows-per-task and --batch-size must be >= 1")
-    if not args.no_ray:  # a local Ray is sized to this machine: a task asking for more would wait forever
-        import torch
-
-        from lit_forecast import ray_cluster
-
-        gpus = args.num_gpus if torch.cuda.device_count() else 0  # without GPUs, tasks fall back to CPU
-        ray_cluster.check_resources(args.num_cpus, gpus, "--num-cpus or --num-gpus (per task)")
+    """Refuse impossible output paths before anything is loaded or written (infer() checks the rest of the request)."""
     for flag, suffixes in (("--output", (".csv", ".parquet")), ("--plot", (".png",))):
         location = getattr(args, flag[2:])
         if location is None:

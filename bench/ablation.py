@@ -33,8 +33,7 @@ from lit_forecast import config as cfg
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.data.prepare import prepare
 from lit_forecast.errors import UserError
-from lit_forecast.models.module import ForecastModule
-from lit_forecast.spec import stats_to_dict
+from lit_forecast.models.factory import module_from_config
 from lit_forecast.training.callbacks import Throughput
 
 VARIANTS = {
@@ -104,9 +103,8 @@ def run_variant(config: cfg.Config, folder: str, batch_size: int, precision: str
     datamodule = ShardDataModule(folder, batch_size)
     datamodule.setup("fit")  # no trainer: rank 0 of 1
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    plain = cfg.to_dict(config)
     manifest = datamodule.manifest
-    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
+    module = module_from_config(config, manifest)
     recorder = Recorder()
     trainer = L.Trainer(
         max_epochs=config.train.max_epochs, accelerator="auto", devices=1, precision=precision,
@@ -117,7 +115,7 @@ def run_variant(config: cfg.Config, folder: str, batch_size: int, precision: str
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
     naive, lag = seasonal_naive_mae(datamodule)
     return {"epochs": recorder.epochs, "naive": naive, "lag": lag,
-            "params": sum(p.numel() for p in module.nets.parameters()),
+            "params": sum(p.numel() for p in module.model.nets.parameters()),
             "windows": (len(datamodule.datasets["train"]), len(datamodule.datasets["val"]))}
 
 

@@ -17,6 +17,7 @@ import argparse
 from lit_forecast import cli
 from lit_forecast.console import format_backtest
 from lit_forecast.errors import UserError
+from lit_forecast.inference import defaults
 from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 
@@ -30,7 +31,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", help="run folder (default: latest finished run in --storage)")
     source.add_argument("--checkpoint", help="a Ray checkpoint folder or .ckpt file")
-    parser.add_argument("--storage", default="runs")
+    parser.add_argument("--storage", default=defaults.STORAGE)
     parser.add_argument("--data", help="CSV (default: the checkpoint's data.source)")
     parser.add_argument("--cutoffs", default=HEADLINE_CUTOFFS, help=f"see infer.py --help (default {HEADLINE_CUTOFFS})")
     parser.add_argument("--output", help="forecasts file (default: <run>/forecasts/forecast_<cutoffs>.csv)")

@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/accuracy", help="run folder (its best checkpoint)")
     args = parser.parse_args()
     loaded = load_checkpoint(layout.best_checkpoint(args.run))
-    module, levels = loaded.module, loaded.module.levels
+    module, levels = loaded.model, loaded.model.levels
     if 0.1 not in levels or 0.9 not in levels:
         raise SystemExit(f"error: the checkpoint's levels {levels} have no 80 % interval (0.1 and 0.9)")
     series = read_series(loaded.config.data)

@@ -25,7 +25,7 @@ from lit_forecast.data.manifest import read_manifest  # noqa: E402
 from lit_forecast.data.windows import WindowSet, collate_batch, segments_from_table  # noqa: E402
 from lit_forecast.errors import UserError  # noqa: E402
 from lit_forecast.inference.checkpoint import load_checkpoint  # noqa: E402
-from lit_forecast.models.module import ForecastModule  # noqa: E402
+from lit_forecast.models.ensemble import ForecastModel  # noqa: E402
 
 
 def validation_windows(run: str) -> WindowSet:
@@ -36,7 +36,7 @@ def validation_windows(run: str) -> WindowSet:
     return WindowSet(segments_from_table(table), manifest.series_stats(), manifest.window)
 
 
-def step_errors(module: ForecastModule, windows: WindowSet, batch_size: int = 512) -> dict[str, torch.Tensor]:
+def step_errors(module: ForecastModel, windows: WindowSet, batch_size: int = 512) -> dict[str, torch.Tensor]:
     """Summed absolute error (scaled units) by horizon step, (H,) per method, over ``windows``."""
     W, H, day = windows.spec.input_window, windows.spec.horizon, windows.spec.slots_per_day
     errors = {name: torch.zeros(H) for name in ("teacher-forced", "autoregressive", "repeat last day", "repeat last week")}
@@ -63,7 +63,7 @@ def main() -> None:
     cli.quiet_third_parties()
     try:
         run = args.run or layout.latest_run("runs")
-        module = load_checkpoint(layout.best_checkpoint(run)).module
+        module = load_checkpoint(layout.best_checkpoint(run)).model
         windows = validation_windows(run)
     except UserError as err:
         cli.die(str(err))

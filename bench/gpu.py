@@ -20,7 +20,7 @@ memory.used and utilization.gpu sampled every 0.25 s while timing), FLOPs of one
 step and one forecast batch (``torch.utils.flop_counter.FlopCounterMode``: matrix products
 and attention only, so a lower bound) against the device's dense bf16 peak, host
 synchronisations per training step (``torch.cuda.set_sync_debug_mode``), backtest
-windows/s (48 autoregressive steps per window through ``ForecastModule.forecast``, the path
+windows/s (48 autoregressive steps per window through ``ForecastModel.forecast``, the path
 validation and ``infer.py`` use), and a ``torch.profiler`` summary of a few plain training
 steps (top ops by self device time, the share of wall time the device is idle, kernel
 launches per step; FLOP count and profile always run eager, also with ``--compile``, whose
@@ -60,8 +60,9 @@ sys.path.insert(0, str(ROOT))
 from lit_forecast import cli  # noqa: E402
 from lit_forecast import config as cfg  # noqa: E402
 from lit_forecast.data.windows import Segment, WindowSet, collate_batch  # noqa: E402
+from lit_forecast.models.factory import hyperparameters, module_from_hyperparameters  # noqa: E402
 from lit_forecast.models.module import ForecastModule  # noqa: E402
-from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict  # noqa: E402
+from lit_forecast.spec import SeriesStats, WindowSpec  # noqa: E402
 
 # Dense (no structured sparsity) bf16 tensor-core peaks in FLOP/s, from NVIDIA's datasheets,
 # whose headline figures assume 2:4 sparsity and are halved here: H100 SXM5 1,979 TFLOPS
@@ -207,10 +208,9 @@ class StepTimer(L.Callback):
 
 def new_module(config: cfg.Config, spec: WindowSpec, data: WindowSet, compile_nets: bool) -> ForecastModule:
     """The LightningModule as a training worker builds it (train.compile -> each member compiled in place)."""
-    plain = cfg.to_dict(config)
-    module = ForecastModule(plain["model"], spec.to_dict(), plain["train"], stats_to_dict(STATS))
+    module = module_from_hyperparameters(hyperparameters(config, spec, STATS))
     if compile_nets:  # what lit_forecast.training.ray_train.compile_members does (no Ray import here)
-        for net in module.nets:
+        for net in module.model.nets:
             net.compile()
     return module
 
@@ -272,7 +272,7 @@ def train_lightning(config, spec, data, device, batch_size, warmup, steps, preci
 def plain_step(module: ForecastModule, optimizer, batch: dict, p: float, autocast) -> torch.Tensor:
     """What ``training_step`` computes, without the Trainer: every member's loss, backward, clip, step."""
     with autocast():
-        loss = torch.stack([module.member_loss(net, batch, p) for net in module.nets]).sum()
+        loss = torch.stack([module.member_loss(net, batch, p) for net in module.model.nets]).sum()
     loss.backward()
     module.configure_gradient_clipping(optimizer, module.hparams.train["grad_clip"])
     optimizer.step()
@@ -288,7 +288,7 @@ def flops_and_profile(config, spec, data, device, batch_size, precision, out: Pa
     """FLOPs of one training step and a torch.profiler table over ``profile_steps`` plain steps."""
     torch.manual_seed(config.train.seed)
     module = new_module(config, spec, data, compile_nets=False).to(device).train()
-    params = list(module.nets.parameters())
+    params = list(module.model.nets.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.train.lr, fused=True if device.type == "cuda" else None)
     bf16 = precision.startswith("bf16")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -356,7 +356,7 @@ def _self_device_us(average) -> float:
 
 
 def backtest(config, spec, data, device, batch_size, bf16: bool, windows: int, repeats: int) -> dict:
-    """Windows/s of autoregressive 48-step forecasts (``ForecastModule.forecast``) over the fleet's last windows."""
+    """Windows/s of autoregressive 48-step forecasts (``ForecastModel.forecast``) over the fleet's last windows."""
     torch.manual_seed(config.train.seed)
     module = new_module(config, spec, data, compile_nets=False).to(device).eval()
     n = min(windows, len(data))
@@ -364,17 +364,17 @@ def backtest(config, spec, data, device, batch_size, bf16: bool, windows: int, r
     batches = [to_device(data.batch(index[lo : lo + batch_size]), device) for lo in range(0, n, batch_size)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        module.forecast(batches[0])  # warm-up
+        module.model.forecast(batches[0])  # warm-up
         counter = FlopCounterMode(display=False)
         with counter:
-            module.forecast(batches[0])
+            module.model.forecast(batches[0])
         flops_per_window = counter.get_total_flops() / len(batches[0]["past_target"])
         times = []
         for _ in range(repeats):
             sync(device)
             started = time.perf_counter()
             for batch in batches:
-                module.forecast(batch)
+                module.model.forecast(batch)
             sync(device)
             times.append(time.perf_counter() - started)
     best = statistics.median(times)
@@ -456,7 +456,7 @@ def main() -> None:
         "infer": [],
     }
     probe = new_module(config, spec, data, compile_nets=False)
-    report["parameters"] = sum(p.numel() for p in probe.nets.parameters())
+    report["parameters"] = sum(p.numel() for p in probe.model.nets.parameters())
     del probe
     lines = [
         f"device   {name}; torch {torch.__version__}, lightning {L.__version__}",
@@ -514,7 +514,7 @@ def main() -> None:
             f"kernel launches/step {p['kernel_launches_per_step']}  (profile.txt)",
         ]
     if report["infer"]:
-        lines += ["", "backtest (ForecastModule.forecast, 48 autoregressive steps per window, KV cache):"]
+        lines += ["", "backtest (ForecastModel.forecast, 48 autoregressive steps per window, KV cache):"]
         for r in report["infer"]:
             share = f" = {100 * r['share_of_peak']:.3f}% of peak" if r.get("share_of_peak") is not None else ""
             lines.append(

@@ -32,18 +32,18 @@ from lit_forecast.inference.checkpoint import load_checkpoint
 from lit_forecast.inference.cutoffs import build_windows
 from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.inference.remote import forecast_remote
-from lit_forecast.models.module import ForecastModule
-from lit_forecast.spec import SINGLE_SERIES, SeriesStats, WindowSpec, stats_to_dict
+from lit_forecast.models.factory import hyperparameters, module_from_hyperparameters
+from lit_forecast.spec import SINGLE_SERIES, SeriesStats, WindowSpec
 
 
 def random_checkpoint(folder: str) -> str:
     """The local config's model with random weights, saved as training saves it."""
     config = cfg.load()
-    plain, d = cfg.to_dict(config), config.data
+    d = config.data
     window = WindowSpec(d.input_window, d.horizon, d.freq, d.stride, d.eval_stride)
     stats = {SINGLE_SERIES: SeriesStats(mean=15000.0, std=6900.0)}
     torch.manual_seed(0)
-    module = ForecastModule(plain["model"], window.to_dict(), plain["train"], stats_to_dict(stats))
+    module = module_from_hyperparameters(hyperparameters(config, window, stats))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     path = os.path.join(folder, "checkpoint.ckpt")
@@ -95,12 +95,12 @@ def main() -> None:
     windows, _ = build_windows(series, loaded.series_stats, spec, cutoffs)
     one, _ = build_windows(series, loaded.series_stats, spec, cutoffs[:1])
 
-    print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  ({sum(p.numel() for p in loaded.module.parameters()):,} parameters; {W} past -> {H} steps)")
+    print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  ({sum(p.numel() for p in loaded.model.parameters()):,} parameters; {W} past -> {H} steps)")
     print(f"machine   {load()}")
     torch.set_num_threads(args.cpus)
-    forecast(loaded.module, model_inputs(one))  # warm-up
-    single, _ = timed(lambda: forecast(loaded.module, model_inputs(one)), 20)
-    plain, _ = timed(lambda: forecast(loaded.module, model_inputs(windows), args.batch_size), args.repeats)
+    forecast(loaded.model, model_inputs(one))  # warm-up
+    single, _ = timed(lambda: forecast(loaded.model, model_inputs(one)), 20)
+    plain, _ = timed(lambda: forecast(loaded.model, model_inputs(windows), args.batch_size), args.repeats)
 
     started_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if started_ray:
@@ -114,7 +114,7 @@ def main() -> None:
         if started_ray:
             ray.shutdown()
     tasks = -(-args.windows // args.windows_per_task)
-    plain_result = forecast(loaded.module, model_inputs(windows), args.batch_size)
+    plain_result = forecast(loaded.model, model_inputs(windows), args.batch_size)
     print(f"machine   {load()} (after)")
     print()
     print(f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   target <= 5 s"

@@ -42,6 +42,7 @@ from lit_forecast.data.windows import calendar_features
 from lit_forecast.errors import UserError
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
+from lit_forecast.evaluation.scoring import score_backtest
 from lit_forecast.inference.cutoffs import build_windows, parse_cutoffs, read_series
 from lit_forecast.spec import SeriesStats, WindowSpec, gap_slots, slots_per_day
 
@@ -197,14 +198,14 @@ def main() -> None:
 
     # Fit: every training window of every series, 48 boosters.
     start = time.perf_counter()
-    features, targets, means, scales, stats = [], [], {}, {}, {}
+    features, targets, means, filled, stats = [], [], {}, {}, {}
     for s in series:
         values = fill_short_gaps(s.values, max_slots)  # short gaps interpolated, as in training
         times = pd.date_range(s.start, periods=len(values), freq=data.freq)
         means[s.series_id] = series_mean(values, times, train_end) if glob else 1.0
         train = values[times < train_end]  # the window cutter's statistics, as training's (checks only)
-        stats[s.series_id] = SeriesStats(float(np.nanmean(train)), float(np.nanstd(train)) or 1.0)
-        scales[s.series_id] = bt.training_scale(values, times, train_end, 7 * spd)
+        stats[s.series_id] = SeriesStats.fit(train)
+        filled[s.series_id] = (values, times)  # for the MASE scale
         x, y = training_windows(values, times, data.freq, train_end, args.train_stride)
         if glob:
             x, y = with_mean(x, np.full(len(x), means[s.series_id])), y / np.float32(means[s.series_id])
@@ -232,11 +233,11 @@ def main() -> None:
     predict_s = time.perf_counter() - start
 
     kept = np.array([c not in blizzard for c in windows.cutoffs])
-    tables = {"all": bt.backtest(forecast, history, actual, windows.series_ids, windows.cutoffs, scales, lags)}
+    tables = {"all": score_backtest(forecast, actual, history, windows.series_ids, windows.cutoffs, filled, train_end, lags).table}
     if kept.any() and not kept.all():
         rows = np.flatnonzero(kept)
-        tables["without_blizzard"] = bt.backtest(forecast[rows], history[rows], actual[rows],
-                                                 [windows.series_ids[i] for i in rows], windows.cutoffs[rows], scales, lags)
+        tables["without_blizzard"] = score_backtest(forecast[rows], actual[rows], history[rows], [windows.series_ids[i] for i in rows],
+                                                    windows.cutoffs[rows], filled, train_end, lags).table
     for table in tables.values():
         table["methods"] = {(NAME if k == bt.MODEL else k): v for k, v in table["methods"].items()}
 

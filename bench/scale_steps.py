@@ -123,8 +123,7 @@ def measure_epoch(config: cfg.Config, data_dir: str, checkpoint: str, epochs: in
     import lightning as L
     import torch
 
-    from lit_forecast.models.module import ForecastModule
-    from lit_forecast.spec import stats_to_dict
+    from lit_forecast.models.factory import module_from_config
     from lit_forecast.training.ray_train import trainer_arguments
 
     class Phases(L.Callback):
@@ -159,7 +158,7 @@ def measure_epoch(config: cfg.Config, data_dir: str, checkpoint: str, epochs: in
     plain = cfg.to_dict(config)
     datamodule = RankView(data_dir, config.train.batch_size, 0, config.cluster.num_workers)
     manifest = datamodule.manifest
-    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
+    module = module_from_config(config, manifest)
     phases = Phases()
     trainer = L.Trainer(**{**trainer_arguments(config), "max_epochs": epochs}, callbacks=[phases], logger=False)
     started = time.perf_counter()

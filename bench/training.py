@@ -37,8 +37,7 @@ from lit_forecast import config as cfg  # noqa: E402
 from lit_forecast.data.datamodule import ShardDataModule  # noqa: E402
 from lit_forecast.data.prepare import prepare  # noqa: E402
 from lit_forecast.errors import UserError  # noqa: E402
-from lit_forecast.models.module import ForecastModule  # noqa: E402
-from lit_forecast.spec import stats_to_dict  # noqa: E402
+from lit_forecast.models.factory import module_from_config  # noqa: E402
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -136,9 +135,8 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
     manifest = prepare(config, data_dir, num_shards=1)
     datamodule = ShardDataModule(data_dir, config.train.batch_size * config.cluster.num_workers)
     datamodule.setup("fit")
-    plain = cfg.to_dict(config)
-    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats())).train()
-    optimizer = torch.optim.AdamW(module.nets.parameters(), lr=config.train.lr)
+    module = module_from_config(config, manifest).train()
+    optimizer = torch.optim.AdamW(module.model.nets.parameters(), lr=config.train.lr)
     torch.set_num_threads(os.cpu_count() or 1)
     seen, timed_from, done = 0, None, 0
     while done < steps:
@@ -146,7 +144,7 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
             if done == 10:  # warm-up steps excluded
                 timed_from, seen = time.perf_counter(), 0
             # Scheduled sampling at p = 0.25, as mid-run in training; every ensemble member.
-            loss = sum(module.member_loss(net, batch, 0.25) for net in module.nets)
+            loss = sum(module.member_loss(net, batch, 0.25) for net in module.model.nets)
             optimizer.zero_grad()
             loss.backward()
             module.configure_gradient_clipping(optimizer, config.train.grad_clip)

@@ -22,8 +22,7 @@ from lit_forecast import config as cfg
 from lit_forecast import storage
 from lit_forecast.data.manifest import read_manifest
 from lit_forecast.data.windows import WindowSet, segments_from_table
-from lit_forecast.models.module import ForecastModule
-from lit_forecast.spec import stats_to_dict
+from lit_forecast.models.factory import module_from_config
 
 ALL_PER_SERIES = 1441  # December's windows of one series at eval_stride 1
 
@@ -40,14 +39,13 @@ def main() -> None:
     manifest = read_manifest(args.data)
     windows = WindowSet(segments_from_table(storage.read_parquet(storage.join(args.data, manifest.val_file))),
                         manifest.series_stats(), manifest.window)
-    plain = cfg.to_dict(config)
-    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
+    module = module_from_config(config, manifest)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.train.lr)
     train_batch = windows.batch(np.arange(min(config.train.batch_size, len(windows))))
     val_batch = windows.batch(np.arange(min(512, len(windows))))  # the data module's eval batch
 
     def train_step() -> None:
-        loss = sum(module.member_loss(net, train_batch, config.train.sampling_max_prob / 2) for net in module.nets)
+        loss = sum(module.member_loss(net, train_batch, config.train.sampling_max_prob / 2) for net in module.model.nets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -55,8 +53,8 @@ def main() -> None:
     @torch.no_grad()
     def validate() -> None:
         b = val_batch
-        module.teacher_forced(b["past_target"], b["past_time"], b["future_time"], b["future_target"])
-        module.forecast_scaled(b["past_target"], b["past_time"], b["future_time"])
+        module.model.teacher_forced(b["past_target"], b["past_time"], b["future_time"], b["future_target"])
+        module.model.forecast_scaled(b["past_target"], b["past_time"], b["future_time"])
 
     train_step(), validate()  # warm-up
     passes = max(1, args.repeats // 4)

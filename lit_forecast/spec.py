@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lit_forecast.errors import ConfigError
@@ -87,6 +88,19 @@ class SeriesStats:
 
     mean: float
     std: float
+
+    MIN_STD = 1e-8  # a flat series is scaled by 1 instead
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "SeriesStats":
+        """Mean and std of the known (finite) ``values``, passengers: the one scaler of every series.
+
+        Training fits it on a series' slots before ``data.train_end``; inference fits a series the
+        checkpoint never saw on its slots before each cutoff. At least one value must be known.
+        """
+        known = values[np.isfinite(values)]
+        std = float(known.std())
+        return cls(mean=float(known.mean()), std=std if std > cls.MIN_STD else 1.0)
 
     def to_dict(self) -> dict[str, float]:
         return {"mean": self.mean, "std": self.std}

@@ -37,11 +37,9 @@ def fit_stats(series: Series, config: DataConfig) -> SeriesStats:
     """Mean and std of the slots before ``train_end`` (never later ones)."""
     times = slot_times(series, config.freq)
     train = series.values[times < pd.Timestamp(config.train_end)]
-    train = train[np.isfinite(train)]
-    if len(train) < 2:
+    if np.isfinite(train).sum() < 2:
         raise DataError(f"series {series.series_id!r} has no training data before data.train_end={config.train_end}")
-    std = float(train.std())
-    return SeriesStats(mean=float(train.mean()), std=std if std > 1e-8 else 1.0)
+    return SeriesStats.fit(train)
 
 
 def window_starts(series: Series, split: str, config: DataConfig) -> np.ndarray:

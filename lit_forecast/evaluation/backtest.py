@@ -36,25 +36,6 @@ def training_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Ti
     return seasonal_naive_mae(values[times < train_end], lag)
 
 
-def mase_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, first_cutoff: pd.Timestamp, week: int, label: str = "") -> float:
-    """One series' MASE denominator: the weekly seasonal-naive in-sample MAE before ``train_end``.
-
-    ``values`` (T,) passengers at ``times``, short gaps filled. Newer data without that period is
-    scaled on its history before ``first_cutoff`` instead; with less than a week of it, NaN.
-    ``label`` names the series in warnings.
-    """
-    end = train_end
-    if (times < end).sum() <= week:
-        log.warning("MASE%s: less than a week of data before data.train_end=%s, so it is scaled on the data before %s",
-                    label, end, first_cutoff)
-        end = first_cutoff
-    try:
-        return training_scale(values, times, end, week)
-    except ValueError as err:
-        log.warning("MASE%s: none (%s)", label, err)
-        return float("nan")
-
-
 def baseline_residual_quantiles(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, first_cutoff: pd.Timestamp,
                                 lags: dict[str, int], levels: list[float]) -> dict[str, list[float]]:
     """One series' residual quantiles per baseline (name -> Q values), from its slots before ``train_end``.
@@ -142,7 +123,8 @@ def _nan_to_none(obj):
 
 def mase_scales(series: dict[str, tuple[np.ndarray, pd.DatetimeIndex]], train_end: pd.Timestamp,
                 first_cutoff: dict[str, pd.Timestamp], week: int) -> dict[str, float]:
-    """:func:`mase_scale` of every series, with one log line per kind of fallback (not one per series).
+    """Every series' MASE denominator (:func:`training_scale` with a one-week lag), with one log line per kind
+    of fallback (not one per series).
 
     ``series``: {series_id: (values (T,) passengers with short gaps filled, their timestamps)};
     ``first_cutoff``: each series' first forecast cutoff (a series with less than a week before

@@ -1,8 +1,9 @@
 """Load a trained checkpoint without Ray: a Ray checkpoint folder, a .ckpt, or its bytes.
 
-A checkpoint is self-sufficient (see :mod:`lit_forecast.models.module`): its hyperparameters
+A checkpoint is self-sufficient (see :mod:`lit_forecast.models.factory`): its hyperparameters
 hold the model shape, the window and the per-series training statistics, and checkpoints
-written by Ray Train also hold the full resolved config under ``lit_forecast_config``.
+written by Ray Train also hold the full resolved config under ``lit_forecast_config``. The
+model is rebuilt as the plain :class:`~lit_forecast.models.ensemble.ForecastModel`: no Lightning.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from lit_forecast import storage
 from lit_forecast.config import Config, DataConfig, from_dict
 from lit_forecast.errors import CheckpointError, CheckpointReadError, ConfigError
 from lit_forecast.layout import checkpoint_file
-from lit_forecast.models.module import ForecastModule
+from lit_forecast.models.ensemble import ForecastModel
+from lit_forecast.models.factory import model_from_hyperparameters
 from lit_forecast.spec import SeriesStats, WindowSpec
 
 log = logging.getLogger(__name__)
@@ -27,19 +29,19 @@ log = logging.getLogger(__name__)
 class LoadedCheckpoint:
     """A model ready to forecast, with what it was trained on."""
 
-    module: ForecastModule  # in eval mode, on ``device``
+    model: ForecastModel  # in eval mode, on ``device``
     config: Config  # the training config (or a default one with the checkpoint's window)
     path: str  # the .ckpt it came from
     device: torch.device
 
     @property
     def window(self) -> WindowSpec:
-        return self.module.window
+        return self.model.window
 
     @property
     def series_stats(self) -> dict[str, SeriesStats]:
         """Training statistics of every series the model was trained on (passengers)."""
-        return self.module.series_stats
+        return self.model.series_stats
 
 
 def load_checkpoint(source: str | bytes, device: str | torch.device = "cpu", horizon: int | None = None, name: str | None = None) -> LoadedCheckpoint:
@@ -75,12 +77,12 @@ def load_checkpoint(source: str | bytes, device: str | torch.device = "cpu", hor
             f"use a checkpoint trained with data.horizon={horizon}, or ask for {window.horizon}"
         )
     try:
-        module = ForecastModule(hparams["model"], hparams["window"], hparams["train"], hparams["series"])
-        module.load_state_dict(raw["state_dict"])
-    except (RuntimeError, TypeError, KeyError) as err:
+        model = model_from_hyperparameters(hparams)
+        model.load_state_dict(raw["state_dict"])
+    except (RuntimeError, TypeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path} does not fit this version of the model: {str(err).splitlines()[0]}") from None
-    module.to(device).eval()
-    return LoadedCheckpoint(module, _config(raw, hparams, path), path, device)
+    model.to(device).eval()
+    return LoadedCheckpoint(model, _config(raw, hparams, path), path, device)
 
 
 def _config(raw: dict, hparams: dict, path: str) -> Config:

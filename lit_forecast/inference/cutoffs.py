@@ -183,21 +183,14 @@ def _unlike(past: np.ndarray, trained: SeriesStats) -> bool:
     return len(known) > 0 and abs(float(known.mean()) - trained.mean) > UNLIKE_STDS * trained.std
 
 
-def _own_scaled_segments(s: Series, filled: np.ndarray, padded: np.ndarray, starts: list[int], history: int, horizon: int,
-                         step: pd.Timedelta) -> list[Segment]:
+def _own_scaled_segments(s: Series, filled: np.ndarray, padded: np.ndarray, starts: list[int], history: int,
+                         horizon: int, step: pd.Timedelta) -> list[Segment]:
     """One segment per cutoff for a series the model never saw, scaled on its slots strictly before that cutoff."""
-    known = np.isfinite(filled)
-    zero = np.where(known, filled, 0.0)
-    count = np.concatenate([[0], np.cumsum(known)])  # count[c]: known slots before slot c
-    total = np.concatenate([[0.0], np.cumsum(zero)])
-    squares = np.concatenate([[0.0], np.cumsum(zero**2)])
     segments = []
     for c in starts:
-        mean = total[c] / count[c]
-        std = float(np.sqrt(max(squares[c] / count[c] - mean**2, 0.0)))
-        own = SeriesStats(mean=float(mean), std=std if std > 1e-8 else 1.0)  # as training's fit_stats
         lo = c - history
-        segments.append(Segment(s.series_id, s.start + lo * step, padded[lo : c + horizon], np.asarray([history]), stats=own))
+        segments.append(Segment(s.series_id, s.start + lo * step, padded[lo : c + horizon], np.asarray([history]),
+                                stats=SeriesStats.fit(filled[:c])))  # the scaler training fits, on the past only
     return segments
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from lit_forecast.data.windows import WindowSet
-from lit_forecast.models.module import ForecastModule
+from lit_forecast.inference import defaults
+from lit_forecast.models.ensemble import ForecastModel
 from lit_forecast.progress import Progress
 
 MODEL_INPUTS = ("past_target", "past_time", "future_time", "loc", "scale")  # what a forecast needs of a batch
@@ -22,24 +23,27 @@ def model_inputs(windows: WindowSet, lo: int = 0, hi: int | None = None) -> dict
 
 
 @torch.inference_mode()
-def forecast(module: ForecastModule, inputs: dict[str, np.ndarray], batch_size: int = 256, report_progress: bool = False) -> np.ndarray:
+def forecast(model: ForecastModel, inputs: dict[str, np.ndarray], batch_size: int = defaults.BATCH_SIZE,
+             report_progress: bool = False) -> np.ndarray:
     """Autoregressive quantiles (N, H, Q) float64 in passengers for ``inputs`` from :func:`model_inputs`.
 
-    Q levels are ``module.levels`` (Q = 1 for a point model); ``[..., module.median_index]`` is the point forecast.
+    Q levels are ``model.levels`` (Q = 1 for a point model); ``[..., model.median_index]`` is the point forecast.
 
-    Runs on the module's device, ``batch_size`` windows at a time; ``report_progress`` logs a
+    Runs on the model's device, ``batch_size`` windows at a time; ``report_progress`` logs a
     line every few seconds (windows done, rate).
     """
-    device = next(module.parameters()).device
+    device = next(model.parameters()).device
     n = len(inputs["past_target"])
     outputs = []
     progress = Progress("forecast", total=n) if report_progress else None
     for lo in range(0, n, batch_size):
         # torch.tensor copies: arrays from Ray's object store are read-only.
         batch = {name: torch.tensor(array[lo : lo + batch_size], device=device) for name, array in inputs.items()}
-        outputs.append(module.forecast(batch).float().cpu().numpy())
+        outputs.append(model.forecast(batch).float().cpu().numpy())
         if progress:
             progress.advance(len(outputs[-1]))
     if progress:
         progress.done()
-    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, module.window.horizon, max(1, len(module.levels))))
+    if not outputs:
+        return np.zeros((0, model.window.horizon, max(1, len(model.levels))))
+    return np.concatenate(outputs).astype(np.float64)

@@ -1,10 +1,12 @@
 """What ``python infer.py`` does: checkpoint + data + cutoffs -> forecasts, backtest table, plot.
 
-    checkpoint (run's best, or given) -> model, training config and statistics
-    data (checkpoint's data.source, or given) -> series on the grid
-    cutoffs (default: right after the end of the data) -> windows -> forecasts (Ray tasks or plain)
-    -> a CSV/Parquet of forecasts, a PNG, and with known actuals a backtest JSON
-       (for many series also a per-series table, <output>.zones.csv, and a fleet scatter, <output>.fleet.png)
+Three jobs, one function each, run in turn by :func:`infer`:
+
+    forecasting  checkpoint -> model; data -> windows at the cutoffs -> quantiles (Ray tasks or plain)
+                 (:func:`forecast_windows`, plus the optional rolling recalibration of the bands)
+    scoring      with known actuals: the backtest table and per-series scores
+                 (:func:`lit_forecast.evaluation.scoring.score_backtest`)
+    writing      every file, each path named before anything runs (:mod:`lit_forecast.inference.outputs`)
 
 Windows that cannot be cut without a hole or look-ahead are skipped and counted (``strict``:
 an error); series the checkpoint never saw are scaled on their own history before each cutoff.
@@ -13,41 +15,39 @@ an error); series the checkpoint never saw are scaled on their own history befor
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 
-from lit_forecast import layout, storage
+from lit_forecast import layout
 from lit_forecast.config import DataConfig
 from lit_forecast.data.source import Series
 from lit_forecast.data.windows import WindowSet
 from lit_forecast.errors import ConfigError, CutoffError
-from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
-from lit_forecast.evaluation.plots import interval_bands, plot_backtest_window, plot_fleet
-from lit_forecast.inference.checkpoint import load_checkpoint
+from lit_forecast.evaluation.scoring import Scores, score_backtest
+from lit_forecast.inference import defaults
+from lit_forecast.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from lit_forecast.inference.cutoffs import CutWindows, cut_windows, read_series
 from lit_forecast.inference.forecaster import forecast, model_inputs
+from lit_forecast.inference.outputs import OutputPaths, forecast_frame, plan_outputs, plot_series, write_outputs
 from lit_forecast.inference.recalibration import RecentForecasts, calibration_cutoffs, recalibrate
 from lit_forecast.models.quantiles import QuantileCalibration
-from lit_forecast.spec import SINGLE_SERIES, series_label
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class InferenceRequest:
-    """Everything infer.py can be asked; the defaults are those of ``python infer.py``."""
+    """Everything infer.py can be asked; the defaults (:mod:`lit_forecast.inference.defaults`) are its flags'."""
 
     run: str | None = None  # a run folder <storage>/<name>; None: the latest finished run in ``storage``
     checkpoint: str | None = None  # a Ray checkpoint folder or .ckpt; wins over ``run``
-    storage: str = "runs"
+    storage: str = defaults.STORAGE
     data: str | None = None  # CSV path/URL/URI; None: the checkpoint's data.source
     cutoffs: list[pd.Timestamp] | None = None  # None: right after the end of each series
     horizon: int | None = None  # None: the checkpoint's; another value is refused
@@ -57,12 +57,12 @@ class InferenceRequest:
     plot_series: str | None = None  # None: the busiest series (largest mean), the only one for one series
     strict: bool = False  # True: a window that cannot be cut is an error instead of skipped and counted
     use_ray: bool = True
-    num_cpus: float = 1  # per task
-    num_gpus: float = 0  # per task
-    windows_per_task: int = 256
-    batch_size: int = 256
-    max_retries: int = 3
-    recalibrate_days: float = 0  # > 0: refit the bands at each cutoff on the forecasts of the days before it
+    num_cpus: float = defaults.CPUS_PER_TASK  # per task
+    num_gpus: float = defaults.GPUS_PER_TASK  # per task
+    windows_per_task: int = defaults.WINDOWS_PER_TASK
+    batch_size: int = defaults.BATCH_SIZE
+    max_retries: int = defaults.MAX_RETRIES
+    recalibrate_days: float = defaults.RECALIBRATE_DAYS  # > 0: refit the bands at each cutoff on the days before it
 
 
 @dataclass
@@ -81,14 +81,32 @@ class InferenceResult:
     unseen: list[str] = field(default_factory=list)  # series not in the checkpoint (scaled on their own history)
 
 
-def infer(request: InferenceRequest) -> InferenceResult:
-    """Load, forecast, evaluate when actuals are known, and write the files."""
+def check_request(request: InferenceRequest) -> None:
+    """Refuse an impossible request before anything is loaded, started or written (a ConfigError)."""
+    if not (math.isfinite(request.num_cpus) and request.num_cpus > 0):
+        raise ConfigError(f"--num-cpus {request.num_cpus:g}: CPUs per Ray task must be a positive number, "
+                          f"e.g. 1 or 0.5")
+    if not (math.isfinite(request.num_gpus) and request.num_gpus >= 0):
+        raise ConfigError(f"--num-gpus {request.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, "
+                          f"e.g. 1 or 0.25")
+    if request.windows_per_task < 1 or request.batch_size < 1:
+        raise ConfigError("--windows-per-task and --batch-size must be >= 1")
     if not (math.isfinite(request.recalibrate_days) and request.recalibrate_days >= 0):
-        raise ConfigError(f"--recalibrate-days {request.recalibrate_days:g}: days must be 0 (off) or a positive number, e.g. 14")
+        raise ConfigError(f"--recalibrate-days {request.recalibrate_days:g}: days must be 0 (off) or a positive "
+                          f"number, e.g. 14")
+
+
+def infer(request: InferenceRequest) -> InferenceResult:
+    """Forecast, score when actuals are known, and write the files."""
+    check_request(request)
     path = request.checkpoint or layout.best_checkpoint(request.run or layout.latest_run(request.storage))
     use_cuda = request.num_gpus > 0 and torch.cuda.is_available() and not request.use_ray
     loaded = load_checkpoint(path, "cuda" if use_cuda else "cpu", horizon=request.horizon)
-    spec = loaded.window
+    if request.use_ray:  # before the costly part: a local Ray refuses tasks larger than this machine here
+        from lit_forecast.inference.remote import start_ray
+
+        start_ray(request.num_cpus, request.num_gpus)
+    spec, levels = loaded.window, loaded.model.levels
     log.info("checkpoint %s: %d past -> %d future slots of %s", loaded.path, spec.input_window, spec.horizon, spec.freq)
 
     data = _data_config(loaded.config.data, request.data)
@@ -99,77 +117,64 @@ def infer(request: InferenceRequest) -> InferenceResult:
     # A backtest scores the seasonal-naive baselines too: they need their full lag before every cutoff.
     cut: CutWindows = cut_windows(series, loaded.series_stats, spec, request.cutoffs, data.max_gap,
                                   history=max(lags.values()) if evaluating else None, strict=request.strict)
-    windows, filled = cut.windows, cut.filled
-    plot_series = _plot_series(request.plot_series, windows, filled)  # before the costly part: a wrong id fails at once
-
-    if request.plot_cutoff is not None and request.plot_cutoff not in set(windows.cutoffs):
-        raise CutoffError(f"--plot-cutoff {request.plot_cutoff} is not one of the forecast cutoffs")  # before anything is written
-
-    levels = loaded.module.levels
+    windows = cut.windows
+    # Before the costly part: a plot that cannot be drawn fails at once.
+    plotted = plot_series(request.plot_series, request.plot_cutoff, windows, cut.filled)
     recalibrating = bool(request.recalibrate_days and levels)
     if recalibrating:  # before the costly part: a request too large fails at once
         recent_cutoffs = calibration_cutoffs(windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon,
                                              series=len(set(windows.series_ids)))
     elif request.recalibrate_days:
         log.warning("--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit")
+    # Every file this run writes (paths.all()) is named here, before the costly part and before anything is
+    # written: the one place to check them against the inputs.
+    paths: OutputPaths = plan_outputs(request.output, request.plot, loaded.path, windows, evaluating)
 
-    quantiles = _forecast(request, loaded, windows)  # (N, H, Q)
+    # 1. forecasting: windows -> quantiles (N, H, Q) in passengers
+    quantiles = forecast_windows(request, loaded, windows)
     if recalibrating:
         quantiles = _recalibrate(request, loaded, series, data, windows, quantiles, recent_cutoffs)
-    forecasts = quantiles[..., loaded.module.median_index]  # the median (N, H)
+    forecasts = quantiles[..., loaded.model.median_index]  # the median (N, H)
 
+    # 2. scoring, where the data holds actuals after the cutoffs
+    scores: Scores | None = None
+    if evaluating:
+        series_history = {s.series_id: (s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq))
+                          for s in cut.filled}
+        scores = score_backtest(forecasts, windows.actual(), windows.history(slice(None), max(lags.values())),
+                                windows.series_ids, windows.cutoffs, series_history, pd.Timestamp(data.train_end), lags,
+                                quantiles, levels)
+        if cut.skipped:
+            scores.table["skipped"] = {"windows": len(cut.skipped), "asked": cut.asked,
+                                       "summary": cut.skip_summary(examples=3)}
+        if cut.unseen:
+            scores.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
+        if recalibrating:
+            scores.table["recalibrate_days"] = request.recalibrate_days
+
+    # 3. writing
     frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
                            unseen=set(cut.unseen), quantiles=quantiles, levels=levels)
-    output = request.output or _default_output(loaded.path, windows)
-    write_frame(output, frame)
-    result = InferenceResult(loaded.path, frame, output, request.plot or _sibling(output, ".png"), windows=windows,
-                             skipped=cut.skip_summary(), unseen=cut.unseen)
-    if evaluating:
-        week = lags["naive_weekly"]
-        first = pd.Series(windows.cutoffs, index=windows.series_ids).groupby(level=0).min().to_dict()  # per series
-        scored = {s.series_id: (s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq))
-                  for s in filled if s.series_id in first}  # series with every window skipped are not scored
-        scales = bt.mase_scales(scored, pd.Timestamp(data.train_end), first, week)
-        train_end = pd.Timestamp(data.train_end)
-        residuals = {
-            sid: bt.baseline_residual_quantiles(values, times, train_end, first[sid], lags, levels)
-            for sid, (values, times) in scored.items()
-        } if levels else None
-        history = windows.history(slice(None), max(lags.values()))
-        result.table = bt.backtest(forecasts, history, windows.actual(), windows.series_ids, windows.cutoffs, scales, lags,
-                                   quantiles, levels, residuals)
-        if len(scored) > 1:  # a fleet: scores per series, their spread, the worst ones, a scatter
-            result.zones = bt.per_series(forecasts, history, windows.actual(), windows.series_ids, scales, lags)
-            result.table["fleet"] = bt.fleet_summary(result.zones)
-            result.zones_path = _sibling(output, ".zones.csv")
-            storage.write_text(result.zones_path, result.zones.to_csv(index=False, float_format="%.6g"))
-            result.fleet_plot = _sibling(output, ".fleet.png")
-            plot_fleet(result.fleet_plot, result.zones["mase_model"], result.zones["mase_naive_weekly"],
-                       f"per-series MASE over {len(result.table['cutoffs'])} cutoffs, {len(result.zones):,} series")
-        if cut.skipped:
-            result.table["skipped"] = {"windows": len(cut.skipped), "asked": cut.asked, "summary": cut.skip_summary(examples=3)}
-        if cut.unseen:
-            result.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
-        if recalibrating:
-            result.table["recalibrate_days"] = request.recalibrate_days
-        result.table_path = _sibling(output, ".backtest.json")
-        bt.save_table(result.table_path, result.table)
-    _plot(result, quantiles, levels, request.plot_cutoff, plot_series)
-    return result
+    write_outputs(paths, frame, scores, windows, quantiles, levels, request.plot_cutoff, plotted)
+    return InferenceResult(
+        loaded.path, frame, paths.forecasts, paths.plot, table=scores.table if scores else None,
+        table_path=paths.backtest, windows=windows, zones=scores.per_series if scores else None,
+        zones_path=paths.per_series, fleet_plot=paths.fleet_plot, skipped=cut.skip_summary(), unseen=cut.unseen,
+    )
 
 
-def _forecast(request: InferenceRequest, loaded, windows: WindowSet) -> np.ndarray:
+def forecast_windows(request: InferenceRequest, loaded: LoadedCheckpoint, windows: WindowSet) -> np.ndarray:
     """Quantiles (N, H, Q) in passengers of ``windows``: Ray tasks, or a plain call with ``use_ray`` off."""
     if request.use_ray:
         from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
 
         return forecast_remote(loaded.path, windows, request.windows_per_task, request.num_cpus,
                                request.num_gpus, request.batch_size, request.max_retries)
-    return forecast(loaded.module, model_inputs(windows), request.batch_size, report_progress=True)
+    return forecast(loaded.model, model_inputs(windows), request.batch_size, report_progress=True)
 
 
-def _recalibrate(request: InferenceRequest, loaded, series: list[Series], data: DataConfig, windows: WindowSet,
-                 quantiles: np.ndarray, at: list[pd.Timestamp]) -> np.ndarray:
+def _recalibrate(request: InferenceRequest, loaded: LoadedCheckpoint, series: list[Series], data: DataConfig,
+                 windows: WindowSet, quantiles: np.ndarray, at: list[pd.Timestamp]) -> np.ndarray:
     """``quantiles`` with each window's bands refitted on its series' last ``recalibrate_days`` days,
     from the model's forecasts at the calibration cutoffs ``at``."""
     spec, days = loaded.window, request.recalibrate_days
@@ -182,8 +187,8 @@ def _recalibrate(request: InferenceRequest, loaded, series: list[Series], data: 
                     "checkpoint's bands are kept", days, days)
         return quantiles
     log.info("recalibrating the bands: forecasting %s windows of the %g days before the cutoffs", f"{len(recent):,}", days)
-    done = RecentForecasts(_forecast(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs)
-    quantiles, counts = recalibrate(quantiles, windows.series_ids, windows.cutoffs, done, loaded.module.levels, days, spec.freq)
+    done = RecentForecasts(forecast_windows(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs)
+    quantiles, counts = recalibrate(quantiles, windows.series_ids, windows.cutoffs, done, loaded.model.levels, days, spec.freq)
     log.log(logging.INFO if counts["refitted"] else logging.WARNING,
             "recalibrated the bands of %s windows on the %g days before each cutoff%s", f"{counts['refitted']:,}", days,
             f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} windows with known "
@@ -204,90 +209,3 @@ def _data_config(trained: DataConfig, data: str | None) -> DataConfig:
     if not data or data == trained.source:
         return trained
     return dataclasses.replace(trained, source=data, sha256=None)  # new data: no checksum to expect
-
-
-def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool, unseen: set[str] = frozenset(),
-                   quantiles: np.ndarray | None = None, levels: list[float] | None = None) -> pd.DataFrame:
-    """Long table, one row per window and step: [series_id,] cutoff, timestamp, forecast[, q<level>...][, actual][, in_checkpoint].
-
-    ``forecast`` (N, H) is the point forecast (the median); ``quantiles`` (N, H, Q) at ``levels``
-    add one column per level other than 0.5, named ``q0.1``, ``q0.9``, ... ``in_checkpoint``
-    (only when some series are ``unseen``): False for a series the model never saw, whose
-    forecast was scaled on its own history before the cutoff.
-    """
-    N, H = forecasts.shape
-    actual = windows.actual()
-    steps = np.arange(H) * pd.Timedelta(windows.spec.freq).to_timedelta64()
-    columns = {
-        "series_id": np.repeat(windows.series_ids, H),
-        "cutoff": np.repeat(windows.cutoffs.to_numpy(), H),
-        "timestamp": (windows.cutoffs.to_numpy()[:, None] + steps[None, :]).ravel(),
-        "forecast": forecasts.ravel(),
-        **{f"q{q:g}": quantiles[..., i].ravel() for i, q in enumerate(levels or []) if q != 0.5},
-        "actual": actual.ravel(),
-    }
-    if unseen:
-        columns["in_checkpoint"] = np.repeat([sid not in unseen for sid in windows.series_ids], H)
-    frame = pd.DataFrame(columns)
-    if not with_series:
-        frame = frame.drop(columns="series_id")
-    if not np.isfinite(actual).any():
-        frame = frame.drop(columns="actual")
-    return frame
-
-
-def write_frame(location: str, frame: pd.DataFrame) -> None:
-    """Write the forecasts as CSV (timestamps as in the training CSV) or Parquet, by extension."""
-    if location.endswith(".parquet"):
-        storage.write_parquet(location, pa.Table.from_pandas(frame, preserve_index=False))
-    elif location.endswith(".csv"):
-        buffer = io.StringIO()
-        frame.to_csv(buffer, index=False, date_format="%Y-%m-%d %H:%M:%S", float_format="%.1f")
-        storage.write_text(location, buffer.getvalue())
-    else:
-        raise ValueError(f"{location}: the file name must end in .csv or .parquet")
-
-
-def _default_output(checkpoint: str, windows: WindowSet) -> str:
-    run = layout.run_of(checkpoint)
-    folder = layout.forecasts_dir(run) if run else storage.absolute("forecasts")
-    first, last = windows.cutoffs.min(), windows.cutoffs.max()
-    stamp = f"{first:%Y%m%dT%H%M}" + (f"-{last:%Y%m%dT%H%M}" if last != first else "")
-    return storage.join(folder, f"forecast_{stamp}.csv")
-
-
-def _sibling(output: str, suffix: str) -> str:
-    base = output.rsplit(".", 1)[0] if "." in output.rsplit("/", 1)[-1] else output
-    return base + suffix
-
-
-def _plot_series(series_id: str | None, windows: WindowSet, filled: list[Series]) -> str:
-    """The series to plot: ``series_id`` if it has a window, else by default the busiest (largest mean) that has one."""
-    forecast_ids = set(windows.series_ids)
-    if series_id is None:
-        means = [(float(np.nanmean(s.values)), s.series_id) for s in filled if s.series_id in forecast_ids and np.isfinite(s.values).any()]
-        return max(means)[1] if means else windows.series_ids[0]
-    if series_id not in forecast_ids:
-        raise CutoffError(f"--plot-series {series_id!r} has no forecast window (series: {', '.join(map(repr, sorted(forecast_ids)[:5]))}"
-                          f"{' ...' if len(forecast_ids) > 5 else ''})")
-    return series_id
-
-
-def _plot(result: InferenceResult, quantiles: np.ndarray, levels: list[float], cutoff: pd.Timestamp | None, first: str) -> None:
-    """PNG of series ``first`` at ``cutoff`` (default: its last cutoff) with its quantile bands, and error by step if evaluated."""
-    windows = result.windows
-    rows = [i for i, sid in enumerate(windows.series_ids) if sid == first]
-    if cutoff is not None:
-        rows = [i for i in rows if windows.cutoffs[i] == cutoff]
-        if not rows:
-            raise CutoffError(f"--plot-cutoff {cutoff} is not one of the forecast cutoffs{series_label(first)}")
-    i = rows[-1]
-    spec, at = windows.spec, windows.cutoffs[i]
-    week = min(7 * spec.slots_per_day, int(windows.history_available()[i]))  # one week of history, or what there is
-    step = pd.Timedelta(spec.freq)
-    history = pd.Series(windows.history([i], week)[0], index=pd.date_range(at - week * step, periods=week, freq=spec.freq))
-    times = pd.date_range(at, periods=spec.horizon, freq=spec.freq)
-    median = quantiles[i, :, levels.index(0.5) if levels else 0]
-    plot_backtest_window(result.plot, history, pd.Series(median, index=times), pd.Series(windows.actual([i])[0], index=times),
-                         result.table, "" if first == SINGLE_SERIES else f"series {first}: ", spec.freq,
-                         bands=interval_bands(quantiles[i], levels, times))

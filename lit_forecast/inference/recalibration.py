@@ -23,6 +23,7 @@ import torch
 
 from lit_forecast.errors import ConfigError
 from lit_forecast.models.quantiles import QuantileCalibration, widen
+from lit_forecast.models.transformer import median_index
 
 MAX_WINDOWS = 100_000  # extra forecasts one call may make for the recalibration (series x calibration cutoffs)
 
@@ -67,7 +68,7 @@ def recalibrate(quantiles: np.ndarray, series_ids: list[str], cutoffs: pd.Dateti
     Returns the quantiles and counts for the log: windows refitted, and windows left as they were
     for want of ``QuantileCalibration.MIN_WINDOWS`` calibration windows.
     """
-    horizon, median = quantiles.shape[1], levels.index(0.5)
+    horizon, median = quantiles.shape[1], median_index(levels)
     span, back = horizon * pd.Timedelta(freq), lookback(days, freq)
     known = np.isfinite(recent.actual).all(axis=1) & np.isfinite(recent.quantiles).all(axis=(1, 2))
     by_series: dict[str, list[int]] = {}  # series -> its calibration windows with every actual known

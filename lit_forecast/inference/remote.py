@@ -16,6 +16,7 @@ import torch
 from lit_forecast import ray_cluster, storage
 from lit_forecast.data.windows import WindowSet
 from lit_forecast.errors import CheckpointError
+from lit_forecast.inference import defaults
 from lit_forecast.inference.checkpoint import load_checkpoint
 from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.layout import checkpoint_file
@@ -31,18 +32,28 @@ def forecast_chunk(
     """One task: load the checkpoint, forecast the chunk's windows -> (n, H, Q) float64 passengers."""
     torch.set_num_threads(max(1, threads))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    module = load_checkpoint(checkpoint, device, name=name).module
-    return forecast(module, inputs, batch_size)
+    model = load_checkpoint(checkpoint, device, name=name).model
+    return forecast(model, inputs, batch_size)
+
+
+def start_ray(num_cpus: float, num_gpus: float) -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local Ray that can hold a task of ``num_cpus`` and ``num_gpus``.
+
+    A local Ray is sized to this machine: a task asking for more would wait forever, so it is
+    refused here (a ResourceError), once, before anything is written. Without GPUs here, tasks
+    run on CPU and ask for none. Does nothing when Ray is already running.
+    """
+    ray_cluster.init_ray(num_cpus, num_gpus if torch.cuda.device_count() else 0, "--num-cpus or --num-gpus (per task)")
 
 
 def forecast_remote(
     checkpoint: str,
     windows: WindowSet,
-    windows_per_task: int = 256,
-    num_cpus: float = 1,
-    num_gpus: float = 0,
-    batch_size: int = 256,
-    max_retries: int = 3,
+    windows_per_task: int = defaults.WINDOWS_PER_TASK,
+    num_cpus: float = defaults.CPUS_PER_TASK,
+    num_gpus: float = defaults.GPUS_PER_TASK,
+    batch_size: int = defaults.BATCH_SIZE,
+    max_retries: int = defaults.MAX_RETRIES,
 ) -> np.ndarray:
     """Forecasts (N, H, Q) float64 in passengers (quantiles, see forecaster.forecast), from ceil(N / windows_per_task) Ray tasks.
 
@@ -53,8 +64,7 @@ def forecast_remote(
     """
     if windows_per_task < 1:
         raise ValueError(f"windows per task must be >= 1, got {windows_per_task}")
-    # A local Ray is sized to this machine: a task asking for more would wait forever.
-    ray_cluster.init_ray(num_cpus, num_gpus if torch.cuda.device_count() else 0, "--num-cpus or --num-gpus (per task)")
+    start_ray(num_cpus, num_gpus)
     if num_gpus and not ray.cluster_resources().get("GPU"):
         log.warning("--num-gpus %s asked, but the Ray cluster has no GPU: forecasting on CPU", num_gpus)
         num_gpus = 0

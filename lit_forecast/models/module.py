@@ -1,9 +1,11 @@
-"""LightningModule around the Transformer: loss, scheduled sampling, optimiser, metrics.
+"""LightningModule that trains the forecaster: loss, scheduled sampling, metrics, optimiser, calibration fit.
 
-A thin layer, as in GluonTS: the network lives in :mod:`lit_forecast.models.transformer`. The
-module is built from plain values only (``save_hyperparameters`` of dicts of primitives), so a
-checkpoint carries the model config, window parameters and scaler statistics and loads with
-``torch.load(weights_only=True)`` and nothing else.
+A thin layer, as in GluonTS: the model it trains is the plain
+:class:`~lit_forecast.models.ensemble.ForecastModel` (``self.model``), which forecasts on its own
+and is what inference loads. The module's hyperparameters are the plain dicts the model was
+built from (:func:`lit_forecast.models.factory.hyperparameters`), so a checkpoint carries the model
+config, window parameters and scaler statistics and loads with ``torch.load(weights_only=True)``.
+Build it with :func:`lit_forecast.models.factory.module_from_config`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 
-from lit_forecast.models.quantiles import QuantileCalibration, QuantileScores, pinball_loss, widen
+from lit_forecast.models.ensemble import ForecastModel
+from lit_forecast.models.quantiles import QuantileCalibration, QuantileScores, pinball_loss
 from lit_forecast.models.transformer import Seq2SeqTransformer
-from lit_forecast.spec import SeriesStats, WindowSpec, stats_from_dict
 
 LOSSES = {"smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss, "mae": F.l1_loss}
 
@@ -35,46 +37,32 @@ def passenger_metrics() -> torchmetrics.MetricCollection:
 
 
 class ForecastModule(L.LightningModule):
-    """Trains with teacher forcing (plus scheduled sampling); evaluates the autoregressive forecast.
+    """Trains ``model`` with teacher forcing (plus scheduled sampling); evaluates its autoregressive forecast.
 
-    With ``model.quantiles`` the networks output those levels, the loss is the pinball loss
-    (mean over levels; ``train.loss`` applies only without levels), the median is the point
-    forecast, and validation also logs ``val/wql`` and ``val/coverage_80`` (in passengers).
+    With quantile levels the loss is the pinball loss (mean over levels; ``train.loss`` applies
+    only without levels), the median is the point forecast, and validation also logs ``val/wql``
+    and ``val/coverage_80`` (in passengers) and fits the model's calibration factors.
 
-    Args (all plain values):
-        model: ``ModelConfig`` fields (d_model, nhead, layers, patch_len, ...); ``members``
-            networks are trained side by side and their forecasts averaged (an ensemble over seeds).
-        window: :class:`~lit_forecast.spec.WindowSpec` as a dict (``WindowSpec.to_dict``).
-        train: ``TrainConfig`` fields (lr, loss, warm-up, scheduled sampling, ...).
-        series: ``{series_id: {"mean": .., "std": ..}}`` training statistics, kept for inference.
+    Args:
+        model: the plain model to train, built by :mod:`lit_forecast.models.factory`.
+        hparams: the plain dicts it was built from (``model``, ``window``, ``train``, ``series``),
+            saved as the checkpoint's hyperparameters; ``train`` holds the ``TrainConfig`` fields.
     """
 
-    def __init__(self, model: dict, window: dict, train: dict, series: dict):
+    def __init__(self, model: ForecastModel, hparams: dict):
         super().__init__()
-        self.save_hyperparameters()
-        self.window: WindowSpec = WindowSpec.from_dict(window)
-        self.series_stats: dict[str, SeriesStats] = stats_from_dict(series)
-        shape = {k: v for k, v in model.items() if k != "members"}
-        # An ensemble over seeds in one module: members differ only in their initial weights
-        # (drawn one after the other from the seeded generator) and scheduled-sampling draws.
-        self.nets = torch.nn.ModuleList(
-            Seq2SeqTransformer(
-                input_window=self.window.input_window, horizon=self.window.horizon, slots_per_day=self.window.slots_per_day, **shape
-            )
-            for _ in range(model.get("members", 1))
-        )
-        self.levels: list[float] = self.nets[0].levels  # [] for a point forecast (Q = 1)
-        self.median_index = self.nets[0].median_index
+        self.save_hyperparameters(hparams)
+        self.model = model
+        train = hparams["train"]
+        self.levels = model.levels  # [] for a point forecast (Q = 1)
         self.register_buffer("level_tensor", torch.tensor(self.levels or [0.5]), persistent=False)
         self.point_loss = LOSSES[train["loss"]]
         self.val_metrics = passenger_metrics()
         self.val_quantiles = QuantileScores(self.levels) if self.levels else None
-        # Per-step, per-level widening factors fitted on validation (ones until then, and with
-        # train.calibrate_quantiles off); a buffer, so every checkpoint carries its own factors.
-        if self.levels:
-            self.register_buffer("calibration", torch.ones(self.window.horizon, len(self.levels)))
+        # Per-step, per-level widening factors fitted on validation into the model's calibration
+        # buffer (left at ones with train.calibrate_quantiles off).
         fit = self.levels and train.get("calibrate_quantiles", True)
-        self.val_calibration = QuantileCalibration(self.levels, self.window.horizon) if fit else None
+        self.val_calibration = QuantileCalibration(self.levels, model.window.horizon) if fit else None
         # Window-weighted means, so ranks with unequal window counts still give the global value.
         self.val_losses = torch.nn.ModuleDict({"loss": torchmetrics.MeanMetric(), "loss_tf": torchmetrics.MeanMetric()})
 
@@ -86,10 +74,6 @@ class ForecastModule(L.LightningModule):
         if self.levels:
             return pinball_loss(quantiles, target, self.level_tensor)
         return self.point_loss(quantiles[..., 0], target)
-
-    def median(self, quantiles: torch.Tensor) -> torch.Tensor:
-        """(..., Q) -> (...): the median level, which is the point forecast."""
-        return quantiles[..., self.median_index]
 
     # -- training -------------------------------------------------------------------------------
 
@@ -130,7 +114,7 @@ class ForecastModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         p = self.sampling_probability()
-        losses = torch.stack([self.member_loss(net, batch, p) for net in self.nets])
+        losses = torch.stack([self.member_loss(net, batch, p) for net in self.model.nets])
         n = len(batch["past_target"])
         loss = losses.detach().mean()
         # No collective and no host synchronisation per step. The step value is this rank's own
@@ -145,7 +129,7 @@ class ForecastModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip each member's gradient norm (train.grad_clip) on its own, as if it were trained alone."""
         if gradient_clip_val:
-            for net in self.nets:
+            for net in self.model.nets:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), gradient_clip_val)
 
     def on_validation_epoch_start(self) -> None:
@@ -153,51 +137,22 @@ class ForecastModule(L.LightningModule):
         if self.trainer.state.fn == "fit":
             self.log("train/sampling_p", self.sampling_probability(), sync_dist=True)
 
-    # -- evaluation: the same autoregressive path as inference -----------------------------------
-
-    def forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
-        """Autoregressive quantiles (B, H, Q) in scaled units, calibrated: what validation and inference use."""
-        return self.calibrated(self.raw_forecast_scaled(past_target, past_time, future_time))
-
-    def raw_forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor) -> torch.Tensor:
-        """The members' quantiles (B, H, Q) averaged level by level, before calibration (scaled units).
-
-        A mean of non-decreasing rows is non-decreasing, so averaged quantiles never cross.
-        """
-        return torch.stack([net.forecast(past_target, past_time, future_time) for net in self.nets]).mean(dim=0)
-
-    def calibrated(self, quantiles: torch.Tensor) -> torch.Tensor:
-        """(B, H, Q) -> (B, H, Q) with the checkpoint's calibration factors applied; the median never moves."""
-        if not self.levels:
-            return quantiles
-        return widen(quantiles, self.calibration.to(quantiles.dtype), self.median_index)
-
-    def teacher_forced(
-        self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor, future_target: torch.Tensor
-    ) -> torch.Tensor:
-        """Teacher-forced quantiles (B, H, Q) in scaled units: the mean over the ensemble's members."""
-        decoder_input = Seq2SeqTransformer.shift(past_target, future_target)
-        return torch.stack([net(past_target, past_time, future_time, decoder_input) for net in self.nets]).mean(dim=0)
-
-    def forecast(self, batch: dict) -> torch.Tensor:
-        """Autoregressive quantiles (B, H, Q) in passengers; ``median`` of it is the point forecast."""
-        scaled = self.forecast_scaled(batch["past_target"], batch["past_time"], batch["future_time"])
-        return scaled * batch["scale"][:, None, None] + batch["loc"][:, None, None]
+    # -- evaluation: the model's own autoregressive path, as inference runs it ------------------------
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         past, future = batch["past_target"], batch["future_target"]
-        teacher_forced = self.teacher_forced(past, batch["past_time"], batch["future_time"], future)
-        raw = self.raw_forecast_scaled(past, batch["past_time"], batch["future_time"])
+        teacher_forced = self.model.teacher_forced(past, batch["past_time"], batch["future_time"], future)
+        raw = self.model.raw_forecast_scaled(past, batch["past_time"], batch["future_time"])
         # Scored with the factors fitted at the previous validation (none at the first): the
         # weights have moved since, so the logged coverage is not the in-sample 80 % of a fit.
-        scaled = self.calibrated(raw)
+        scaled = self.model.calibrated(raw)
         n = len(past)
         self.val_losses["loss_tf"].update(self.loss_fn(teacher_forced, future), weight=n)
         self.val_losses["loss"].update(self.loss_fn(scaled, future), weight=n)
         self.log_dict({f"val/{k}": m for k, m in self.val_losses.items()}, batch_size=n)
         scale, loc = batch["scale"][:, None], batch["loc"][:, None]
         actual = future * scale + loc
-        self.val_metrics.update(self.median(scaled) * scale + loc, actual)
+        self.val_metrics.update(self.model.median(scaled) * scale + loc, actual)
         self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, batch_size=n)
         if self.val_quantiles is not None:
             self.val_quantiles.update(scaled * scale[..., None] + loc[..., None], actual)
@@ -212,22 +167,20 @@ class ForecastModule(L.LightningModule):
             factors = self.val_calibration.compute()  # summed over ranks first: equal on every rank
             self.val_calibration.reset()
             if not (self._trainer is not None and self.trainer.sanity_checking):
-                self.calibration.copy_(factors)
-            outer = [j for j in (0, len(self.levels) - 1) if j != self.median_index]
+                self.model.calibration.copy_(factors)
+            outer = [j for j in (0, len(self.levels) - 1) if j != self.model.median_index]
             self.log("val/calibration_widen", factors[:, outer].mean(), sync_dist=True)  # mean factor of the outer levels (equal on every rank)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Checkpoints from before calibration existed load as uncalibrated (factors of one)."""
-        if self.levels and "calibration" not in state_dict:
-            state_dict = {**state_dict, "calibration": torch.ones_like(self.calibration)}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """Resume from any checkpoint this project wrote (see ``ForecastModel.plain_state_dict``)."""
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- optimisation ---------------------------------------------------------------------------
 
     def configure_optimizers(self):
         cfg = self.hparams.train
-        decay = [p for n, p in self.nets.named_parameters() if p.dim() >= 2 and "calendar" not in n]
-        no_decay = [p for n, p in self.nets.named_parameters() if not (p.dim() >= 2 and "calendar" not in n)]
+        decay = [p for n, p in self.model.nets.named_parameters() if p.dim() >= 2 and "calendar" not in n]
+        no_decay = [p for n, p in self.model.nets.named_parameters() if not (p.dim() >= 2 and "calendar" not in n)]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg["lr"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torchmetrics
 
+from lit_forecast.models.transformer import median_index
 from lit_forecast.spec import central_intervals
 
 
@@ -87,7 +88,7 @@ class QuantileCalibration(torchmetrics.Metric):
         super().__init__()
         if not 0 <= margin < 0.5:
             raise ValueError(f"margin {margin} must lie in [0, 0.5)")
-        self.levels, self.median_index, self.margin = list(levels), list(levels).index(0.5), margin
+        self.levels, self.median_index, self.margin = list(levels), median_index(levels), margin
         bins = round(self.MAX_FACTOR / self.BIN_WIDTH)
         self.register_buffer("edges", torch.linspace(0.0, self.MAX_FACTOR, bins + 1, dtype=torch.float64), persistent=False)
         # bucket 0: ratio <= 0 (the actual lies on the median's other side); bucket bins + 1: above MAX_FACTOR

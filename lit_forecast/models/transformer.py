@@ -24,6 +24,8 @@ Q quantile levels (1 without levels).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -117,57 +119,91 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.ff(self.norm3(x)))
 
 
+def median_index(levels: Sequence[float]) -> int:
+    """Index of the median (0.5) in increasing ``levels``; 0 for a point forecast (no levels, Q = 1)."""
+    return list(levels).index(0.5) if levels else 0
+
+
+@dataclass(frozen=True)
+class NetShape:
+    """Everything that fixes a :class:`Seq2SeqTransformer`'s layers and inputs; no field has a default.
+
+    Built from the config (``model`` section and the data's window) or from a checkpoint's
+    hyperparameters by :mod:`lit_forecast.models.factory`, so nothing here can disagree with them.
+    """
+
+    input_window: int  # W past slots
+    horizon: int  # H future slots
+    slots_per_day: int  # size of the slot-of-day embedding
+    d_model: int
+    nhead: int
+    encoder_layers: int
+    decoder_layers: int
+    dim_feedforward: int
+    dropout: float
+    patch_len: int  # past slots per encoder token; divides input_window
+    covariates: bool  # calendar embeddings (slot of day, day of week)
+    holidays: bool  # with covariates: a holiday embedding too
+    seasonal_lag: int  # the decoder also sees the value this many slots earlier; 0 = off
+    daily_lag: int  # a second such lag (48 = same slot yesterday); 0 = off
+    window_norm: bool  # scale each window by its own past mean and std
+    residual: bool  # predict the correction to the seasonal_lag value
+    quantiles: tuple[float, ...]  # increasing levels holding 0.5; () = one point value per step
+
+    def __post_init__(self) -> None:
+        if self.input_window % self.patch_len:
+            raise ValueError(f"input_window {self.input_window} is not a multiple of patch_len {self.patch_len}")
+        for name, lag in (("seasonal_lag", self.seasonal_lag), ("daily_lag", self.daily_lag)):
+            if lag and not self.horizon <= lag <= self.input_window:
+                raise ValueError(f"{name} {lag} must lie in [horizon {self.horizon}, input_window {self.input_window}]")
+        if self.residual and not self.seasonal_lag:
+            raise ValueError("residual needs seasonal_lag: the forecast is a correction of the seasonal value")
+        levels = [float(q) for q in self.quantiles]
+        if levels and (0.5 not in levels or levels != sorted(set(levels))):
+            raise ValueError(f"quantiles {levels} must be increasing and include 0.5 (the median)")
+        object.__setattr__(self, "quantiles", tuple(levels))
+
+    @property
+    def levels(self) -> list[float]:
+        """The quantile levels as a list; [] for a point forecast."""
+        return list(self.quantiles)
+
+    @property
+    def median_index(self) -> int:
+        return median_index(self.quantiles)
+
+    @property
+    def lags(self) -> list[int]:
+        """The known-future lagged inputs: ``seasonal_lag`` then ``daily_lag``, where set."""
+        return [lag for lag in (self.seasonal_lag, self.daily_lag) if lag]
+
+
 class Seq2SeqTransformer(nn.Module):
     """Encoder over patches of the past, autoregressive decoder over the horizon."""
 
-    def __init__(
-        self,
-        input_window: int,
-        horizon: int,
-        d_model: int = 64,
-        nhead: int = 4,
-        encoder_layers: int = 2,
-        decoder_layers: int = 2,
-        dim_feedforward: int = 128,
-        dropout: float = 0.1,
-        patch_len: int = 8,
-        covariates: bool = True,
-        seasonal_lag: int = 336,
-        slots_per_day: int = 48,
-        window_norm: bool = False,
-        holidays: bool = False,
-        quantiles: list[float] | tuple[float, ...] = (),
-        daily_lag: int = 0,
-        residual: bool = False,
-    ):
+    def __init__(self, shape: NetShape):
         super().__init__()
-        if input_window % patch_len:
-            raise ValueError(f"input_window {input_window} is not a multiple of patch_len {patch_len}")
-        for name, lag in (("seasonal_lag", seasonal_lag), ("daily_lag", daily_lag)):
-            if lag and not horizon <= lag <= input_window:
-                raise ValueError(f"{name} {lag} must lie in [horizon {horizon}, input_window {input_window}]")
-        if residual and not seasonal_lag:
-            raise ValueError("residual needs seasonal_lag: the forecast is a correction of the seasonal value")
-        levels = [float(q) for q in quantiles]
-        if levels and (0.5 not in levels or levels != sorted(set(levels))):
-            raise ValueError(f"quantiles {levels} must be increasing and include 0.5 (the median)")
+        self.shape = shape
+        input_window, horizon, patch_len, d_model = shape.input_window, shape.horizon, shape.patch_len, shape.d_model
+        nhead, dim_feedforward, dropout = shape.nhead, shape.dim_feedforward, shape.dropout
         self.input_window, self.horizon, self.patch_len = input_window, horizon, patch_len
-        self.d_model, self.covariates, self.seasonal_lag = d_model, covariates, seasonal_lag
-        self.window_norm, self.residual = window_norm, residual
-        self.lags = [lag for lag in (seasonal_lag, daily_lag) if lag]  # known-future lagged inputs
-        self.levels = levels
-        self.median_index = levels.index(0.5) if levels else 0
+        self.window_norm, self.residual, self.lags = shape.window_norm, shape.residual, shape.lags
+        self.levels, self.median_index = shape.levels, shape.median_index
 
         self.patch_embed = nn.Linear(patch_len, d_model)
         self.step_embed = nn.Linear(1 + len(self.lags), d_model)  # [previous value, value at each lag]
-        self.calendar = CalendarEmbedding(slots_per_day, d_model, holidays) if covariates else None
+        self.calendar = CalendarEmbedding(shape.slots_per_day, d_model, shape.holidays) if shape.covariates else None
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, dim_feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
         )
-        self.encoder = nn.TransformerEncoder(layer, encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
-        self.decoder = nn.ModuleList(DecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(decoder_layers))
+        self.encoder = nn.TransformerEncoder(
+            layer, shape.encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+        self.decoder = nn.ModuleList(
+            DecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(shape.decoder_layers)
+        )
         self.decoder_norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, max(1, len(levels)))
+        self.head = nn.Linear(d_model, max(1, len(self.levels)))
         self.drop = nn.Dropout(dropout)
         # Fixed position tables: encoder token j starts at step j * patch_len, decoder step k at W + k.
         steps = torch.arange(input_window + horizon)

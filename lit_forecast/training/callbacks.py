@@ -163,15 +163,15 @@ class ForecastFigure(L.Callback):
         i = midnight[0] if midnight else 0
         batch = {k: v.to(pl_module.device) for k, v in windows.batch(torch.tensor([i])).items()}
         with torch.no_grad():
-            quantiles = pl_module.forecast(batch)[0].float().cpu().numpy()  # (H, Q) passengers
+            quantiles = pl_module.model.forecast(batch)[0].float().cpu().numpy()  # (H, Q) passengers
         spec, at = windows.spec, windows.cutoffs[i]
         past = min(spec.input_window, int(windows.history_available()[i]))
         step = pd.Timedelta(spec.freq)
         history = pd.Series(windows.history([i], past)[0], index=pd.date_range(at - past * step, periods=past, freq=spec.freq))
         times = pd.date_range(at, periods=spec.horizon, freq=spec.freq)
         figure = forecast_figure(
-            history, pd.Series(quantiles[:, pl_module.median_index], index=times), pd.Series(windows.actual([i])[0], index=times),
+            history, pd.Series(quantiles[:, pl_module.model.median_index], index=times), pd.Series(windows.actual([i])[0], index=times),
             title=f"validation window from {at:%a %Y-%m-%d %H:%M}, epoch {epoch}", freq=spec.freq,
-            bands=interval_bands(quantiles, pl_module.levels, times),
+            bands=interval_bands(quantiles, pl_module.model.levels, times),
         )
         experiment.add_figure("val/forecast", figure, global_step=trainer.global_step, close=True)

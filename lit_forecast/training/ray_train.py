@@ -29,8 +29,8 @@ from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.errors import RunError, StorageError
 from lit_forecast.layout import CHECKPOINT_FILE, DIVERGED_FILE, checkpoint_folders, data_dir, relative_to_run, tensorboard_dir
+from lit_forecast.models.factory import module_from_config
 from lit_forecast.models.module import ForecastModule
-from lit_forecast.spec import stats_to_dict
 from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, ForecastFigure, RandomState, Throughput
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _train_worker(loop_config: dict) -> None:
 
     datamodule = ShardDataModule(data_dir(run), config.train.batch_size)
     plain, manifest, guard = to_dict(config), datamodule.manifest, DivergenceGuard()
-    module = ForecastModule(plain["model"], manifest.window.to_dict(), plain["train"], stats_to_dict(manifest.series_stats()))
+    module = module_from_config(config, manifest)
     if config.train.compile:
         compile_members(module)
     trainer = L.Trainer(
@@ -217,7 +217,7 @@ def compile_members(module: ForecastModule) -> None:
     In place (``nn.Module.compile``), so parameter names and checkpoints do not change. The
     autoregressive ``forecast`` stays eager: its key/value cache grows by one step per call.
     """
-    for net in module.nets:
+    for net in module.model.nets:
         net.compile()
 
 

@@ -108,7 +108,7 @@ def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
     assert latest["global_step"] == 3 * math.ceil(manifest["shard_windows"][0] / 16)
     assert latest["lit_forecast_config"]["run"]["name"] == "e2e"
     assert set(latest["hyper_parameters"]["series"]) == {"0"}
-    assert {key.split(".")[1] for key in latest["state_dict"] if key.startswith("nets.")} == {"0", "1"}
+    assert {key.split(".")[2] for key in latest["state_dict"] if key.startswith("model.nets.")} == {"0", "1"}
 
     summary = json.loads((run_dir / "summary.json").read_text())
     scalars = read_scalars(run_dir / "tensorboard")

@@ -140,3 +140,34 @@ def test_backtest_scores_quantiles_of_model_and_baselines():
     assert table["wql_ratio_model_vs_naive_weekly"] == pytest.approx(0.25)
     text = format_backtest(table)
     assert "COVER80" in text and "100.0" in text and "model wQL / weekly-naive wQL = 0.250" in text
+
+
+def test_score_backtest_on_increasing_series_equals_a_hand_computation():
+    """Series a holds i at slot i, series b 2 i: every weekly seasonal-naive error is one week of slots (336, 672)."""
+    from lit_forecast.evaluation.scoring import score_backtest
+
+    times = pd.date_range("2024-01-01", periods=3 * 336, freq="30min")
+    values = {"a": np.arange(3 * 336, dtype=np.float64), "b": 2 * np.arange(3 * 336, dtype=np.float64)}
+    lags, H, P = seasonal_naive_lags(48), 4, 336
+    rows = [(sid, c) for sid in ("a", "b") for c in (700, 800)]
+    actual = np.array([values[sid][c : c + H] for sid, c in rows])
+    history = np.array([values[sid][c - P : c] for sid, c in rows])
+    offset = np.array([[1.0] if sid == "a" else [2.0] for sid, _ in rows])
+    series_ids, cutoffs = [sid for sid, _ in rows], pd.DatetimeIndex([times[c] for _, c in rows])
+    scores = score_backtest(actual + offset, actual, history, series_ids, cutoffs,
+                            {sid: (v, times) for sid, v in values.items()}, times[2 * 336], lags)
+    table = scores.table
+    assert table["mase_scale"] == {"a": 336.0, "b": 672.0}  # |v[t] - v[t - 336]| before train_end
+    assert table["methods"]["model"]["overall"]["mae"] == pytest.approx(1.5)  # errors 1 (a) and 2 (b)
+    assert table["methods"]["model"]["overall"]["mase"] == pytest.approx(1 / 336)
+    assert table["methods"]["naive_weekly"]["overall"]["mase"] == pytest.approx(1.0)
+    assert table["mae_ratio_model_vs_naive_weekly"] == pytest.approx(1.5 / 504)
+    zones = scores.per_series
+    assert list(zones["series_id"]) == ["a", "b"] and list(zones["windows"]) == [2, 2]
+    assert zones["mase_model"].tolist() == pytest.approx([1 / 336, 1 / 336])
+    assert zones["mae_naive_weekly"].tolist() == pytest.approx([336.0, 672.0])
+    assert table["fleet"]["series"] == 2 and table["fleet"]["share_model_beats_naive_weekly"] == 1.0
+
+    one = score_backtest((actual + offset)[:2], actual[:2], history[:2], series_ids[:2], cutoffs[:2],
+                         {sid: (v, times) for sid, v in values.items()}, times[2 * 336], lags)
+    assert one.per_series is None and "fleet" not in one.table and one.table["series"] == ["a"]

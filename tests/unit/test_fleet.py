@@ -27,7 +27,7 @@ from lit_forecast.evaluation.backtest import fleet_summary, per_series
 from lit_forecast.inference.cutoffs import cut_windows, parse_cutoffs, read_series
 from lit_forecast.inference.forecaster import model_inputs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
-from lit_forecast.models.module import ForecastModule
+from lit_forecast.models.factory import module_from_hyperparameters
 from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict
 
 TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
@@ -55,7 +55,8 @@ def checkpoint(tmp_path_factory) -> str:
     plain = cfg.to_dict(TINY)
     plain["data"].update(series_column="zone", train_end=str(at(2 * 336)), val_end=str(at(SLOTS - 48)))
     torch.manual_seed(0)
-    module = ForecastModule(plain["model"], SPEC.to_dict(), plain["train"], stats_to_dict(STATS))
+    module = module_from_hyperparameters({"model": plain["model"], "window": SPEC.to_dict(), "train": plain["train"],
+                                          "series": stats_to_dict(STATS)})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     folder.mkdir(parents=True)
@@ -301,11 +302,11 @@ def test_fleet_configs_are_valid_and_sample_validation():
 
 
 def test_the_plot_shows_the_busiest_series_or_the_one_asked_for(checkpoint, zones_csv, tmp_path, monkeypatch):
-    from lit_forecast.inference import pipeline
+    from lit_forecast.inference import outputs
 
     data = zones_csv({"a": taxi_like(seed=0, level=300), "b": taxi_like(seed=1, level=2000)})
     headings = []  # the plot's heading names its series
-    monkeypatch.setattr(pipeline, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq, bands=None: headings.append(heading))
+    monkeypatch.setattr(outputs, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq, bands=None: headings.append(heading))
     for plot_series in (None, "a"):
         infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], output=str(tmp_path / "f.csv"), use_ray=False,
                                plot_series=plot_series))

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from lit_forecast import config as cfg
-from lit_forecast.models.module import ForecastModule
+from lit_forecast.models.factory import module_from_hyperparameters
 from lit_forecast.spec import WindowSpec
 from lit_forecast.training import ray_train
 
@@ -71,11 +71,12 @@ def test_compile_flag_defaults_off_and_compiles_members_in_place():
     assert config.train.compile is True
     plain = cfg.to_dict(config)
     window = WindowSpec(16, 4, "30min", 1, 1).to_dict()
-    module = ForecastModule(plain["model"], window, plain["train"], {"0": {"mean": 0.0, "std": 1.0}})
+    module = module_from_hyperparameters({"model": plain["model"], "window": window, "train": plain["train"],
+                                          "series": {"0": {"mean": 0.0, "std": 1.0}}})
     keys = list(module.state_dict())
     ray_train.compile_members(module)
     # compiled in place: the same parameter names, so checkpoints load either way
-    assert all(net._compiled_call_impl is not None for net in module.nets)
+    assert all(net._compiled_call_impl is not None for net in module.model.nets)
     assert list(module.state_dict()) == keys
 
 
@@ -83,7 +84,8 @@ def test_fused_adamw_only_on_gpu_parameters():
     config = cfg.load(CONFIGS / "tiny.yaml")
     plain = cfg.to_dict(config)
     window = WindowSpec(16, 4, "30min", 1, 1).to_dict()
-    module = ForecastModule(plain["model"], window, plain["train"], {"0": {"mean": 0.0, "std": 1.0}})
+    module = module_from_hyperparameters({"model": plain["model"], "window": window, "train": plain["train"],
+                                          "series": {"0": {"mean": 0.0, "std": 1.0}}})
 
     class Trainer:  # configure_optimizers reads only the step count for its schedule
         estimated_stepping_batches = 10

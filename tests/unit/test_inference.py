@@ -26,7 +26,7 @@ from lit_forecast.inference.cutoffs import build_windows, parse_cutoffs, read_se
 from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 from lit_forecast.layout import best_checkpoint, latest_run
-from lit_forecast.models.module import ForecastModule
+from lit_forecast.models.factory import model_from_hyperparameters, module_from_hyperparameters
 from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict
 
 TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
@@ -53,7 +53,8 @@ def save_checkpoint(folder, horizon: int = H, with_config: bool = True) -> str:
     plain["data"].update(horizon=horizon, train_end=str(at(2 * 336)), val_end=str(at(SLOTS - 48)))
     torch.manual_seed(0)
     window = WindowSpec(W, horizon, "30min").to_dict()
-    module = ForecastModule(plain["model"], window, plain["train"], stats_to_dict(STATS))
+    module = module_from_hyperparameters({"model": plain["model"], "window": window, "train": plain["train"],
+                                          "series": stats_to_dict(STATS)})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def windows_for(path: str, cutoffs, history: int | None = None, max_gap: str = "
 
 
 def plain_forecast(checkpoint: str, windows) -> np.ndarray:
-    return forecast(load_checkpoint(checkpoint).module, model_inputs(windows))
+    return forecast(load_checkpoint(checkpoint).model, model_inputs(windows))
 
 
 # -- windows -----------------------------------------------------------------------------------------
@@ -205,6 +206,58 @@ def test_a_checkpoint_without_stored_config_falls_back_to_its_window(tmp_path):
     assert loaded.series_stats == STATS
 
 
+def old_layout(raw: dict, calibration: bool = True) -> dict:
+    """``raw`` as training wrote checkpoints before the model was split from its LightningModule.
+
+    The module then held the members as ``nets`` and the factors as ``calibration`` at its top
+    (keys ``nets.0.patch_embed.weight``, ..., ``calibration``) under the same hyperparameters.
+    ``calibration`` False: from before calibration existed (no factors).
+    """
+    state = {k.removeprefix("model."): v for k, v in raw["state_dict"].items()}
+    assert {k.split(".")[0] for k in state} == {"nets", "calibration"}
+    if not calibration:
+        del state["calibration"]
+    return {**raw, "state_dict": state}
+
+
+def test_checkpoints_in_the_layout_before_the_plain_model_forecast_the_same_numbers(tmp_path, csv):
+    folder = tmp_path / "checkpoint_000000"
+    save_checkpoint(folder)
+    path = folder / "checkpoint.ckpt"
+    raw = torch.load(path, weights_only=True)
+    factors = torch.tensor([[0.5, 1.0, 2.0], [0.8, 1.0, 1.2], [1.5, 1.0, 0.9], [1.1, 1.0, 3.0]])
+    raw["state_dict"]["model.calibration"] = factors  # not ones: a lost factor would show
+    torch.save(raw, path)
+    windows = windows_for(csv(), [at(400), at(500), at(600)])
+    current = plain_forecast(str(folder), windows)
+
+    torch.save(old_layout(raw), tmp_path / "old.ckpt")
+    np.testing.assert_array_equal(plain_forecast(str(tmp_path / "old.ckpt"), windows), current)
+
+    # Before calibration: factors of one, i.e. the members' mean as the head gives it.
+    torch.save(old_layout(raw, calibration=False), tmp_path / "uncalibrated.ckpt")
+    loaded = load_checkpoint(str(tmp_path / "uncalibrated.ckpt"))
+    assert torch.equal(loaded.model.calibration, torch.ones(H, 3))
+    raw["state_dict"]["model.calibration"] = torch.ones(H, 3)
+    torch.save(raw, path)
+    uncalibrated = forecast(loaded.model, model_inputs(windows))
+    np.testing.assert_array_equal(uncalibrated, plain_forecast(str(folder), windows))
+    assert not np.array_equal(uncalibrated, current)
+
+    # Before quantiles: the network had no daily lag and one output, so such a checkpoint's weights
+    # do not fit a shape read with today's config defaults; they load as the point model they are.
+    point = {k: v for k, v in raw["hyper_parameters"]["model"].items() if k not in ("quantiles", "daily_lag", "residual")}
+    torch.manual_seed(0)
+    old_model = model_from_hyperparameters({**raw["hyper_parameters"], "model": {**point, "quantiles": [], "daily_lag": 0}})
+    old = {**raw, "hyper_parameters": {**raw["hyper_parameters"], "model": point},
+           "state_dict": old_model.state_dict()}
+    torch.save(old, tmp_path / "point.ckpt")
+    loaded = load_checkpoint(str(tmp_path / "point.ckpt"))
+    assert loaded.model.levels == [] and (loaded.model.shape.daily_lag, loaded.model.shape.residual) == (0, False)
+    np.testing.assert_array_equal(forecast(loaded.model, model_inputs(windows)),
+                                  forecast(old_model.eval(), model_inputs(windows)))
+
+
 def test_latest_finished_run_and_its_best_checkpoint(tmp_path):
     runs = tmp_path / "runs"
     for name in ("old", "unfinished", "new"):
@@ -257,7 +310,7 @@ def test_ray_tasks_forecast_exactly_what_the_plain_call_does(local_ray, checkpoi
     from lit_forecast.inference.remote import forecast_remote
 
     windows = windows_for(csv(), [at(s) for s in range(400, 400 + 11 * 37, 37)])  # 11 windows
-    plain = forecast(load_checkpoint(checkpoint).module, model_inputs(windows), batch_size=2)
+    plain = forecast(load_checkpoint(checkpoint).model, model_inputs(windows), batch_size=2)
     # 4 windows per task: 3 tasks, the last one short, batched as the plain call batches them;
     # results must come back in window order, bit for bit.
     with caplog.at_level(logging.INFO, logger="lit_forecast"):
@@ -306,3 +359,31 @@ def test_infer_command_line_backtest_prints_its_scores_not_the_forecast_rows(che
     assert out.startswith("backtest: ") and "model MAE / weekly-naive MAE = " in out
     assert "more rows" not in out and "forecast from cutoff" not in out
     assert f"forecasts   {tmp_path / 'b.csv'}" in out and len(pd.read_csv(tmp_path / "b.csv")) > 48
+
+
+def test_infer_command_line_defaults_are_the_requests(monkeypatch, package_logger):
+    """infer.py's flags default to the values of lit_forecast.inference.defaults, as InferenceRequest does."""
+    script = runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))
+    asked = []
+
+    def record(request):
+        asked.append(request)
+        raise CheckpointError("stop here")
+
+    monkeypatch.setitem(script["main"].__globals__, "infer", record)
+    with pytest.raises(SystemExit):
+        script["main"]([])
+    assert asked == [InferenceRequest()]
+    assert (asked[0].storage, asked[0].batch_size, asked[0].windows_per_task) == ("runs", 256, 256)
+
+
+def test_every_output_path_is_named_before_anything_is_written(csv, tmp_path, monkeypatch):
+    from lit_forecast.inference.outputs import OutputPaths, plan_outputs
+
+    one = windows_for(csv(), [at(500), at(600)])
+    paths = plan_outputs(str(tmp_path / "f.parquet"), None, str(tmp_path / "x.ckpt"), one, evaluating=True)
+    assert paths == OutputPaths(str(tmp_path / "f.parquet"), str(tmp_path / "f.png"), str(tmp_path / "f.backtest.json"))
+    assert paths.all() == [str(tmp_path / "f.parquet"), str(tmp_path / "f.backtest.json"), str(tmp_path / "f.png")]
+    monkeypatch.chdir(tmp_path)  # a checkpoint outside a run folder: forecasts/ here
+    future = plan_outputs(None, str(tmp_path / "p.png"), str(tmp_path / "x.ckpt"), one, evaluating=False)
+    assert future.all() == [str(tmp_path / "forecasts" / "forecast_20240111T1000-20240113T1200.csv"), str(tmp_path / "p.png")]

@@ -10,6 +10,7 @@ import torch
 
 from lit_forecast import config as cfg
 from lit_forecast.evaluation.metrics import quantile_scores
+from lit_forecast.models.factory import model_from_hyperparameters, module_from_hyperparameters
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.models.quantiles import QuantileCalibration, QuantileScores, pinball_loss, widen
 from lit_forecast.models.transformer import Seq2SeqTransformer, sinusoidal
@@ -24,7 +25,12 @@ SERIES = {"0": {"mean": 1000.0, "std": 200.0}}
 def make_module(**model_overrides) -> ForecastModule:
     torch.manual_seed(0)
     plain = cfg.to_dict(TINY)
-    return ForecastModule({**plain["model"], **model_overrides}, WINDOW, plain["train"], SERIES).eval()
+    return module_from_hyperparameters(hparams({**plain["model"], **model_overrides})).eval()
+
+
+def hparams(model: dict, **train_overrides) -> dict:
+    """The plain values a checkpoint carries, for the tiny config on WINDOW and SERIES."""
+    return {"model": model, "window": WINDOW, "train": {**cfg.to_dict(TINY)["train"], **train_overrides}, "series": SERIES}
 
 
 def make_batch(batch_size: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -54,7 +60,7 @@ OPTIONS = [{}, {"window_norm": True, "holidays": True, "daily_lag": H, "residual
 
 @pytest.mark.parametrize("options", OPTIONS)
 def test_changing_target_k_changes_no_teacher_forced_output_before_k(options):
-    net, batch = make_module(**options).nets[0], make_batch()
+    net, batch = make_module(**options).model.nets[0], make_batch()
     base = teacher_forced(net, batch, batch["future_target"])
     for k in range(H):
         future = batch["future_target"].clone()
@@ -70,7 +76,7 @@ def test_reordering_past_patches_changes_the_forecast():
     # Without calendar or seasonal inputs, only positional encodings tell patches apart:
     # attention over an unordered set would give the same forecast for any patch order.
     # The last patch stays put, so the decoder's first input (the last past value) is unchanged.
-    net = make_module(covariates=False, seasonal_lag=0).nets[0]
+    net = make_module(covariates=False, seasonal_lag=0).model.nets[0]
     batch = make_batch()
     P = TINY.model.patch_len
     patches = batch["past_target"].view(len(batch["past_target"]), W // P, P)
@@ -84,7 +90,7 @@ def test_reordering_past_patches_changes_the_forecast():
 def test_positions_reach_the_activations():
     # Shift the encoder's and then the decoder's position table: if positions were never
     # added to the tokens (a no-op encoding), the outputs could not change.
-    net, batch = make_module(covariates=False, seasonal_lag=0).nets[0], make_batch()
+    net, batch = make_module(covariates=False, seasonal_lag=0).model.nets[0], make_batch()
     base = teacher_forced(net, batch, batch["future_target"])
     for name, table in (("enc_pos", net.enc_pos), ("dec_pos", net.dec_pos)):
         original = table.clone()
@@ -95,13 +101,13 @@ def test_positions_reach_the_activations():
 
 
 def test_decoder_positions_continue_after_the_encoder():
-    net = make_module().nets[0]
-    torch.testing.assert_close(net.dec_pos, sinusoidal(torch.arange(W, W + H), net.d_model))
-    torch.testing.assert_close(net.enc_pos, sinusoidal(torch.arange(0, W, TINY.model.patch_len), net.d_model))
+    net = make_module().model.nets[0]
+    torch.testing.assert_close(net.dec_pos, sinusoidal(torch.arange(W, W + H), net.shape.d_model))
+    torch.testing.assert_close(net.enc_pos, sinusoidal(torch.arange(0, W, TINY.model.patch_len), net.shape.d_model))
 
 
 def test_teacher_forced_and_autoregressive_agree_on_the_first_step():
-    net, batch = make_module().nets[0], make_batch()
+    net, batch = make_module().model.nets[0], make_batch()
     forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
     forced = teacher_forced(net, batch, batch["future_target"])
     torch.testing.assert_close(forecast[:, 0], forced[:, 0])  # every level
@@ -112,7 +118,7 @@ def test_teacher_forced_and_autoregressive_agree_on_the_first_step():
 def test_cached_decoding_equals_a_full_pass_over_its_own_predictions(options):
     # Feeding the forecast back as teacher-forcing input must reproduce it exactly:
     # proves the key/value cache and the causal mask compute the same function.
-    net, batch = make_module(**options).nets[0], make_batch()
+    net, batch = make_module(**options).model.nets[0], make_batch()
     forecast = net.forecast(batch["past_target"], batch["past_time"], batch["future_time"])
     assert forecast.shape == (3, H, max(1, len(net.levels)))
     torch.testing.assert_close(teacher_forced(net, batch, net.median(forecast)), forecast, rtol=1e-5, atol=1e-5)
@@ -121,10 +127,10 @@ def test_cached_decoding_equals_a_full_pass_over_its_own_predictions(options):
 def test_overfits_one_small_batch():
     module = make_module().train()
     batch = make_batch(batch_size=8)
-    optimizer = torch.optim.Adam(module.nets.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(module.model.nets.parameters(), lr=3e-3)
     losses = []
     for _ in range(300):
-        loss = module.loss_fn(teacher_forced(module.nets[0], batch, batch["future_target"]), batch["future_target"])
+        loss = module.loss_fn(teacher_forced(module.model.nets[0], batch, batch["future_target"]), batch["future_target"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -145,8 +151,9 @@ def test_checkpoint_round_trip_needs_only_the_checkpoint(tmp_path, members):
     assert raw["hyper_parameters"]["series"] == SERIES
     assert raw["hyper_parameters"]["window"]["horizon"] == H
     assert raw["hyper_parameters"]["model"]["quantiles"] == [0.1, 0.5, 0.9]
-    loaded = ForecastModule.load_from_checkpoint(path, map_location="cpu").eval()
-    torch.testing.assert_close(loaded.forecast(batch), module.forecast(batch), rtol=0, atol=0)
+    loaded = model_from_hyperparameters(raw["hyper_parameters"])
+    loaded.load_state_dict(raw["state_dict"])
+    torch.testing.assert_close(loaded.eval().forecast(batch), module.model.forecast(batch), rtol=0, atol=0)
 
 
 def test_a_checkpoint_from_before_quantiles_loads_as_a_point_model(tmp_path):
@@ -154,19 +161,22 @@ def test_a_checkpoint_from_before_quantiles_loads_as_a_point_model(tmp_path):
     plain = cfg.to_dict(TINY)
     old = {k: v for k, v in plain["model"].items() if k not in ("quantiles", "daily_lag", "residual")}
     torch.manual_seed(0)
-    module = ForecastModule(old, WINDOW, plain["train"], SERIES).eval()
+    module = module_from_hyperparameters(hparams(old)).eval()
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "old.ckpt")
-    loaded = ForecastModule.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu").eval()
-    assert loaded.levels == [] and loaded.forecast(make_batch()).shape == (3, H, 1)
+    raw = torch.load(tmp_path / "old.ckpt", weights_only=True)
+    loaded = model_from_hyperparameters(raw["hyper_parameters"])
+    loaded.load_state_dict(raw["state_dict"])
+    assert loaded.shape.daily_lag == 0 and not loaded.shape.residual
+    assert loaded.levels == [] and loaded.eval().forecast(make_batch()).shape == (3, H, 1)
 
 
 def test_metrics_are_in_passengers_and_match_a_hand_computation():
     module = make_module()
     batch = make_batch(batch_size=2)
     scaled_forecast = torch.zeros(2, H, 3)  # every level = loc = 1000 passengers at every step
-    module.raw_forecast_scaled = lambda *args: scaled_forecast
+    module.model.raw_forecast_scaled = lambda *args: scaled_forecast
     truth = batch["future_target"] * 200.0 + 1000.0
     with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: logging is skipped
         module.validation_step(batch, 0)
@@ -176,7 +186,7 @@ def test_metrics_are_in_passengers_and_match_a_hand_computation():
     assert got["rmse"] == pytest.approx(((truth - 1000.0) ** 2).mean().sqrt().item(), rel=1e-5)
     assert got["mape"] == pytest.approx((error / truth.abs()).mean().item(), rel=1e-5)
     assert got["smape"] == pytest.approx((2 * error / (truth.abs() + 1000.0)).mean().item(), rel=1e-5)
-    torch.testing.assert_close(module.forecast(batch), scaled_forecast * 200.0 + 1000.0)
+    torch.testing.assert_close(module.model.forecast(batch), scaled_forecast * 200.0 + 1000.0)
 
 
 def test_learning_rate_warms_up_then_decays_to_its_floor():
@@ -206,35 +216,35 @@ def test_scheduled_sampling_grows_from_zero_to_its_maximum():
 
 def test_ensemble_forecast_is_the_mean_of_independent_members():
     module, batch = make_module(members=3), make_batch()
-    first = [p.detach().clone() for p in module.nets[0].parameters()]
-    assert any((a - b).abs().max() > 0 for a, b in zip(first, module.nets[1].parameters())), "members start alike"
-    members = [net.forecast(batch["past_target"], batch["past_time"], batch["future_time"]) for net in module.nets]
+    first = [p.detach().clone() for p in module.model.nets[0].parameters()]
+    assert any((a - b).abs().max() > 0 for a, b in zip(first, module.model.nets[1].parameters())), "members start alike"
+    members = [net.forecast(batch["past_target"], batch["past_time"], batch["future_time"]) for net in module.model.nets]
     expected = torch.stack(members).mean(dim=0) * 200.0 + 1000.0
-    torch.testing.assert_close(module.forecast(batch), expected)
+    torch.testing.assert_close(module.model.forecast(batch), expected)
 
     # Training: member i's gradient is that of member i's own loss, untouched by the others
     # (eval mode, so dropout draws do not differ between the two passes).
     module.log = lambda *args, **kwargs: None
     module.optimizers = lambda: types.SimpleNamespace(param_groups=[{"lr": 0.0}])
     module.training_step(batch, 0).backward()
-    together = [p.grad.clone() for p in module.nets[1].parameters()]
+    together = [p.grad.clone() for p in module.model.nets[1].parameters()]
     module.zero_grad()
-    module.member_loss(module.nets[1], batch, 0.0).backward()
-    for a, p in zip(together, module.nets[1].parameters()):
+    module.member_loss(module.model.nets[1], batch, 0.0).backward()
+    for a, p in zip(together, module.model.nets[1].parameters()):
         torch.testing.assert_close(a, p.grad)
 
 
 def test_each_member_is_clipped_on_its_own():
     module = make_module(members=2)
-    for net, size in zip(module.nets, (100.0, 0.001)):  # one huge gradient, one tiny
+    for net, size in zip(module.model.nets, (100.0, 0.001)):  # one huge gradient, one tiny
         for p in net.parameters():
             p.grad = torch.full_like(p, size)
-    small = [p.grad.clone() for p in module.nets[1].parameters()]
+    small = [p.grad.clone() for p in module.model.nets[1].parameters()]
     module.configure_gradient_clipping(None, gradient_clip_val=1.0)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in module.nets[0].parameters()]))
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in module.model.nets[0].parameters()]))
     assert norm.item() == pytest.approx(1.0, rel=1e-4)
     # A clip over both members together would have shrunk the tiny gradient as well.
-    for before, p in zip(small, module.nets[1].parameters()):
+    for before, p in zip(small, module.model.nets[1].parameters()):
         torch.testing.assert_close(p.grad, before)
 
 
@@ -244,11 +254,11 @@ def test_each_member_is_clipped_on_its_own():
 def test_quantiles_never_cross_even_for_a_wild_head():
     module = make_module(members=2)
     with torch.no_grad():
-        for net in module.nets:  # large random head weights: raw outputs in any order
+        for net in module.model.nets:  # large random head weights: raw outputs in any order
             net.head.weight.normal_(0, 5.0)
             net.head.bias.normal_(0, 5.0)
     batch = make_batch(batch_size=16)
-    for quantiles in (module.forecast(batch), teacher_forced(module.nets[0], batch, batch["future_target"])):
+    for quantiles in (module.model.forecast(batch), teacher_forced(module.model.nets[0], batch, batch["future_target"])):
         assert quantiles.shape == (16, H, 3)
         assert (quantiles.diff(dim=-1) >= 0).all()
 
@@ -257,8 +267,8 @@ def test_the_median_of_the_quantile_head_is_its_point_forecast():
     # A point network with the quantile network's weights and only its median row of the head
     # forecasts exactly the quantile network's median: the other levels never reach the
     # decoding path (only the median is fed back).
-    quantile_net = make_module().nets[0]
-    point_net = make_module(quantiles=[]).nets[0]
+    quantile_net = make_module().model.nets[0]
+    point_net = make_module(quantiles=[]).model.nets[0]
     state = quantile_net.state_dict()
     m = quantile_net.median_index
     state["head.weight"], state["head.bias"] = state["head.weight"][m : m + 1], state["head.bias"][m : m + 1]
@@ -268,8 +278,8 @@ def test_the_median_of_the_quantile_head_is_its_point_forecast():
     # Equal up to float32 rounding: a 3-row and a 1-row head are different matrix products.
     torch.testing.assert_close(quantile_net.median(quantile_net.forecast(*args)), point_net.forecast(*args)[..., 0], rtol=0, atol=1e-6)
     module = make_module(members=2)
-    torch.testing.assert_close(module.median(module.forecast(batch)),
-                               torch.stack([net.median(net.forecast(*args)) for net in module.nets]).mean(0) * 200 + 1000)
+    torch.testing.assert_close(module.model.median(module.model.forecast(batch)),
+                               torch.stack([net.median(net.forecast(*args)) for net in module.model.nets]).mean(0) * 200 + 1000)
 
 
 def test_pinball_loss_and_scores_equal_a_hand_computation():
@@ -295,7 +305,7 @@ def test_pinball_loss_and_scores_equal_a_hand_computation():
 def test_validation_logs_quantile_scores_in_passengers():
     module = make_module()
     batch = make_batch(batch_size=2)
-    module.raw_forecast_scaled = lambda *args: torch.zeros(2, H, 3) + torch.tensor([-1.0, 0.0, 1.0])  # 800, 1000, 1200
+    module.model.raw_forecast_scaled = lambda *args: torch.zeros(2, H, 3) + torch.tensor([-1.0, 0.0, 1.0])  # 800, 1000, 1200
     with pytest.warns(UserWarning, match="self.log"):
         module.validation_step(batch, 0)
     truth = batch["future_target"] * 200.0 + 1000.0
@@ -340,9 +350,9 @@ def test_scheduled_sampling_feeds_back_the_chosen_predictions(source, monkeypatc
     teacher-forced pass, or (rollout) from its autoregressive forecast, run with dropout off."""
     plain = cfg.to_dict(TINY)
     torch.manual_seed(0)
-    module = ForecastModule({**plain["model"], "quantiles": [0.1, 0.5, 0.9]}, WINDOW,
-                            {**plain["train"], "sampling_source": source}, SERIES).train()
-    net, batch = module.nets[0], make_batch()
+    module = module_from_hyperparameters(hparams({**plain["model"], "quantiles": [0.1, 0.5, 0.9]},
+                                                 sampling_source=source)).train()
+    net, batch = module.model.nets[0], make_batch()
     past, future = batch["past_target"], batch["future_target"]
     if source == "rollout":
         net.eval()
@@ -395,12 +405,12 @@ def test_validation_calibrates_the_next_forecasts_and_keeps_the_median():
     module = make_module(quantiles=[0.05, 0.1, 0.5, 0.9, 0.95])
     module.log = module.log_dict = lambda *args, **kwargs: None
     batches = [make_batch(batch_size=32, seed=s) for s in range(4)]
-    before = [module.forecast(b) for b in batches]
+    before = [module.model.forecast(b) for b in batches]
     for i, b in enumerate(batches):
         module.validation_step(b, i)
     module.on_validation_epoch_end()
-    assert not torch.equal(module.calibration, torch.ones_like(module.calibration))
-    after = [module.forecast(b) for b in batches]
+    assert not torch.equal(module.model.calibration, torch.ones_like(module.model.calibration))
+    after = [module.model.forecast(b) for b in batches]
     for raw, calibrated, b in zip(before, after, batches):
         torch.testing.assert_close(calibrated[..., 2], raw[..., 2])  # the median (point forecast) is untouched
         assert (calibrated.diff(dim=-1) >= 0).all()  # no two levels cross
@@ -412,19 +422,40 @@ def test_validation_calibrates_the_next_forecasts_and_keeps_the_median():
     state = module.state_dict()
     fresh = make_module(quantiles=[0.05, 0.1, 0.5, 0.9, 0.95])
     fresh.load_state_dict(state)
-    torch.testing.assert_close(fresh.forecast(batches[0]), after[0])
-    fresh.load_state_dict({k: v for k, v in state.items() if k != "calibration"})
-    torch.testing.assert_close(fresh.forecast(batches[0]), before[0])
+    torch.testing.assert_close(fresh.model.forecast(batches[0]), after[0])
+    fresh.load_state_dict({k: v for k, v in state.items() if k != "model.calibration"})
+    torch.testing.assert_close(fresh.model.forecast(batches[0]), before[0])
 
 
 def test_calibration_off_leaves_the_head_as_trained():
     plain = cfg.to_dict(TINY)
     torch.manual_seed(0)
-    module = ForecastModule(plain["model"], WINDOW, {**plain["train"], "calibrate_quantiles": False}, SERIES).eval()
+    module = module_from_hyperparameters(hparams(plain["model"], calibrate_quantiles=False)).eval()
     module.log = module.log_dict = lambda *args, **kwargs: None
     batch = make_batch(batch_size=32)
-    before = module.forecast(batch)
+    before = module.model.forecast(batch)
     module.validation_step(batch, 0)
     module.on_validation_epoch_end()
-    torch.testing.assert_close(module.forecast(batch), before, rtol=0, atol=0)
-    assert torch.equal(module.calibration, torch.ones_like(module.calibration))
+    torch.testing.assert_close(module.model.forecast(batch), before, rtol=0, atol=0)
+    assert torch.equal(module.model.calibration, torch.ones_like(module.model.calibration))
+
+
+def test_the_network_shape_has_no_defaults_and_the_config_names_every_field():
+    """NetShape is built from the config (or a checkpoint): it has no default that could disagree with either."""
+    import dataclasses
+
+    from lit_forecast.models.factory import BEFORE_THE_KEY_EXISTED, net_shape
+    from lit_forecast.models.transformer import NetShape
+
+    fields = dataclasses.fields(NetShape)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    from_window = {"input_window", "horizon", "slots_per_day"}
+    assert {f.name for f in fields} - from_window <= set(cfg.to_dict(TINY)["model"])  # the fill is for checkpoints only
+    assert set(BEFORE_THE_KEY_EXISTED) <= {f.name for f in fields}
+    shape = net_shape(cfg.to_dict(TINY)["model"], WindowSpec.from_dict(WINDOW))
+    assert (shape.quantiles, shape.daily_lag, shape.median_index) == (tuple(TINY.model.quantiles), TINY.model.daily_lag, 1)
+    assert (shape.input_window, shape.horizon, shape.slots_per_day) == (W, H, 48)
+    with pytest.raises(ValueError, match="must be increasing and include 0.5"):
+        net_shape({**cfg.to_dict(TINY)["model"], "quantiles": [0.1, 0.9]}, WindowSpec.from_dict(WINDOW))
+    with pytest.raises(KeyError, match="d_model"):
+        net_shape({k: v for k, v in cfg.to_dict(TINY)["model"].items() if k != "d_model"}, WindowSpec.from_dict(WINDOW))
