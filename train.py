@@ -13,7 +13,7 @@ import argparse
 
 from lit_forecast import cli, console
 from lit_forecast.config import dump
-from lit_forecast.errors import ConfigError, UserError
+from lit_forecast.errors import ConfigError, RunError, UserError
 from lit_forecast.training import runs
 
 
@@ -63,8 +63,9 @@ def tune_command(args: argparse.Namespace) -> None:
     trials, keys, folder = tune.run(sweep)
     print(sweeps.format_trials(trials, keys))
     print(f"trials  {folder}/{sweeps.TRIALS_FILE}")
-    if sweeps.best(trials) is not None:
-        print(f"best    python train.py --config {folder}/{sweeps.BEST_FILE}")
+    if sweeps.best(trials) is None:
+        raise RunError(f"every trial of the sweep failed (reasons above, and in {folder}/{sweeps.TRIALS_FILE})")
+    print(f"best    python train.py --config {folder}/{sweeps.BEST_FILE}")
 
 
 if __name__ == "__main__":

@@ -170,7 +170,8 @@ def check(sweep: Sweep) -> Sweep:
         raise ConfigError(f"'budget.grace_epochs' ({b.grace_epochs}) must not exceed the epochs per trial "
                           f"(budget.max_epochs: {base['train']['max_epochs']})")
     if not sweep.space:
-        raise ConfigError("'space' is empty: name at least one key to search, e.g. space: {train.lr: {loguniform: [5.0e-4, 5.0e-3]}}")
+        raise ConfigError("'space' is empty: name at least one key to search, "
+                          "e.g. space: {train.lr: {loguniform: [5.0e-4, 5.0e-3]}}")
     dimensions(sweep, base)
     return sweep
 
@@ -340,7 +341,8 @@ def trials_csv(trials: list[Trial], keys: list[str]) -> str:
     writer.writerow(["trial", "status", "best_val_mae", "epochs", "stopped_early", *keys])
     for t in trials:
         mae = "" if t.best_val_mae is None else f"{t.best_val_mae:.6g}"
-        writer.writerow([t.trial, t.status, mae, t.epochs, str(t.stopped_early).lower(), *(t.values.get(k, "") for k in keys)])
+        values = [t.values.get(k, "") for k in keys]
+        writer.writerow([t.trial, t.status, mae, t.epochs, str(t.stopped_early).lower(), *values])
     return out.getvalue()
 
 
@@ -351,7 +353,8 @@ def format_trials(trials: list[Trial], keys: list[str]) -> str:
     rows = []
     for t in trials:
         mae = "-" if t.best_val_mae is None else f"{t.best_val_mae:.1f}"
-        rows.append(["*" if t is top else "", t.trial, t.status, mae, str(t.epochs), *(_shown(t.values.get(k)) for k in keys)])
+        values = [_shown(t.values.get(k)) for k in keys]
+        rows.append(["*" if t is top else "", t.trial, t.status, mae, str(t.epochs), *values])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines += [f"{t.trial} failed: {t.error}" for t in trials if t.status == "failed" and t.error]

@@ -7,7 +7,7 @@ weak trials on ``val/mae``. The sweep's folder ``<storage>/<name>`` holds::
 
     sweep.yaml                  the sweep file and the trials' base config (a rerun must match)
     <trial id>/                 one normal run folder per trial (config, data, tensorboard/, checkpoints),
-                                plus Tune's progress.csv and result.json
+                                plus Tune's progress.csv, result.json and params.json
     experiment_state-*.json     Tune's own state: the same command resumes a killed sweep
     trials.csv, best.yaml       written at the end (see :mod:`lit_forecast.training.sweep`)
 
@@ -20,13 +20,14 @@ import logging
 import os
 from typing import Any
 
+import ray
 import yaml
-
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.util.placement_group import PlacementGroup, get_current_placement_group, remove_placement_group
 
 from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.errors import RunError
@@ -55,15 +56,39 @@ class EpochReport(TuneReportCallback):
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
-def _trial(values: dict, base: dict, folder: str) -> None:
-    """Tune function trainable: train ``base`` with the sampled ``values`` as run ``<folder>/<trial id>``."""
+def _trial(values: dict, base: dict, folder: str, alone: bool) -> None:
+    """Tune function trainable: train ``base`` with the sampled ``values`` as run ``<folder>/<trial id>``.
+
+    ``alone``: the only trial on a local Ray this sweep started (see :func:`remove_stopped_trials_workers`).
+    """
     cli.setup_logging()  # the trial's lines reach the driver's terminal through Ray, prefixed by the trial
+    if alone:
+        remove_stopped_trials_workers()
     trial_id = tune.get_context().get_trial_id()
     runs.train(trial_config(base, values, folder, trial_id), callbacks=[EpochReport()])
 
 
+def remove_stopped_trials_workers() -> None:
+    """Free the workers' resources of trials that ASHA stopped: every placement group but this trial's own.
+
+    Tune stops a trial by ending its process, and with it the trial's Ray Train controller, which
+    never gets to remove its workers' placement group. Ray leaves that to a cleaner that asks the
+    State API whether the controller lives; a local Ray started without the dashboard has no
+    State API, so the group would hold its CPUs for good and the next trial would wait forever for
+    workers. Only for a trial that runs alone on a local Ray of this sweep, where every other
+    placement group is a stopped trial's.
+    """
+    own = get_current_placement_group()
+    if own is None:  # not inside a Tune placement group: nothing tells ours from another's
+        return
+    for hex_id, group in ray.util.placement_group_table().items():
+        if group["state"] in ("CREATED", "PENDING", "PREPARED", "RESCHEDULING") and hex_id != own.id.hex():
+            log.info("freeing the workers of a stopped trial (placement group %s)", hex_id[:8])
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(hex_id))))
+
+
 def _trial_dirname(trial) -> str:
-    return trial.trial_id  # Tune's trial folder is the trial's run folder
+    return trial.trial_id  # Tune's trial folder is the trial's run folder, and its name in Tune's tables
 
 
 def distribution(dimension: Dimension):
@@ -112,7 +137,9 @@ def run(sweep: Sweep) -> tuple[list[Trial], list[str], str]:
         lock.keep()
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard files of Tune's own
         ray_cluster.init_ray()
-        trainable = tune.with_resources(tune.with_parameters(_trial, base=base, folder=folder), {"CPU": DRIVER_CPUS})
+        alone = sweep.budget.concurrent == 1 and not os.environ.get("RAY_ADDRESS")
+        trainable = tune.with_resources(tune.with_parameters(_trial, base=base, folder=folder, alone=alone),
+                                        {"CPU": DRIVER_CPUS})
         if tune.Tuner.can_restore(folder):
             log.warning("RESUMING sweep %s: finished trials are kept, interrupted ones continue", folder)
             tuner = tune.Tuner.restore(folder, trainable, resume_unfinished=True, resume_errored=False)
@@ -154,9 +181,11 @@ def _new_tuner(sweep: Sweep, space: list[Dimension], trainable, folder: str, max
             num_samples=b.trials,
             # Tune's max_concurrent_trials does not limit its own basic generator: the generator does.
             search_alg=BasicVariantGenerator(max_concurrent=b.concurrent, random_state=b.seed),
+            # stop_last_trials=False: a trial that reaches max_epochs ends by itself, its run finished and summarised.
             scheduler=ASHAScheduler(time_attr=EPOCHS, max_t=max_epochs, grace_period=b.grace_epochs,
-                                    reduction_factor=b.reduction_factor),
+                                    reduction_factor=b.reduction_factor, stop_last_trials=False),
             trial_dirname_creator=_trial_dirname,
+            trial_name_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
