@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_config_arguments(parser)
     parser.add_argument("--prepare-only", action="store_true", help="prepare the data shards of the run and exit")
     parser.add_argument("--resume", action="store_true", help="continue an existing run with its saved config, even if this config differs")
-    parser.add_argument("--tune", metavar="SWEEP", help="search with Ray Tune as the sweep file says (configs/tune.yaml); "
-                        "--storage, --name and --set apply to the sweep, --set KEY=VALUE of a training key to every trial")
+    parser.add_argument("--tune", metavar="SWEEP",
+                        help="search with Ray Tune as the sweep file says (configs/tune.yaml); --storage, --name and "
+                        "--set apply to the sweep, --set KEY=VALUE of a training key to every trial")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
@@ -50,8 +51,8 @@ def tune_command(args: argparse.Namespace) -> None:
 
     for flag in ("config", "data", "prepare_only", "resume", "print_config"):
         if getattr(args, flag):
-            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --tune: the sweep file names its base config "
-                              "(base:) and its fixed changes (overrides:, or --set)")
+            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --tune: the sweep file names its base "
+                              "config (base:) and its fixed changes (overrides:, or --set)")
     sweep = sweeps.load(args.tune, list(args.set))
     if args.storage is not None:
         sweep.run.storage = args.storage

@@ -35,9 +35,23 @@ from lit_forecast.layout import check_run_name, check_storage
 from lit_forecast.training import runs
 from lit_forecast.training.run_lock import RunLock
 from lit_forecast.training.sweep import (
-    BEST_FILE, METRIC, SWEEP_FILE, TRIALS_FILE, Dimension, Sweep, Trial, base_config, best, best_config, differences,
-    dimensions, record, trial_config, trial_status, trials_csv,
-)
+    BEST_FILE,
+    METRIC,
+    SWEEP_FILE,
+    TRIALS_FILE,
+    Dimension,
+    Sweep,
+    Trial,
+    base_config,
+    best,
+    best_config,
+    differences,
+    dimensions,
+    record,
+    trial_config,
+    trial_status,
+    trials_csv,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,8 @@ def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_
 
     trials = read_trials(sweep)
     assert len(trials) == 4
-    assert list(trials[0]) == ["trial", "status", "best_val_mae", "epochs", "stopped_early", "train.lr", "model.d_model"]
+    columns = ["trial", "status", "best_val_mae", "epochs", "stopped_early", "train.lr", "model.d_model"]
+    assert list(trials[0]) == columns
     assert {t["status"] for t in trials} <= {"finished", "stopped"}
     stopped = [t for t in trials if t["stopped_early"] == "true"]
     assert stopped and all(t["status"] == "stopped" and int(t["epochs"]) < 3 for t in stopped)
@@ -81,7 +82,8 @@ def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_
 
     best = min(trials, key=lambda t: float(t["best_val_mae"]))
     config = cfg.load(sweep / "best.yaml")
-    assert config.train.lr == pytest.approx(float(best["train.lr"])) and config.model.d_model == int(best["model.d_model"])
+    assert config.train.lr == pytest.approx(float(best["train.lr"]))
+    assert config.model.d_model == int(best["model.d_model"])
     assert (config.run.name, config.train.max_epochs, config.cluster.num_workers) == ("tiny-best", 3, 1)
     assert f"python train.py --config {sweep}/best.yaml" in done.stdout
 

@@ -144,7 +144,8 @@ def test_a_missing_sweep_file_or_base_is_refused(tmp_path, capsys):
 
 def test_trial_config_sets_the_values_and_names_the_run(tmp_path):
     sweep = sweeps.load(write(tmp_path, TINY_SWEEP))
-    config = sweeps.trial_config(sweeps.base_config(sweep), {"train.lr": 0.004, "model.d_model": 8}, "/sweeps/s", "abc_00001")
+    values = {"train.lr": 0.004, "model.d_model": 8}
+    config = sweeps.trial_config(sweeps.base_config(sweep), values, "/sweeps/s", "abc_00001")
     assert (config.train.lr, config.model.d_model) == (0.004, 8)
     assert (config.run.storage, config.run.name) == ("/sweeps/s", "abc_00001")
     with pytest.raises(ConfigError, match="model.d_model.*must be divisible"):  # a combination no single bound shows
