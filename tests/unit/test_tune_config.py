@@ -210,3 +210,16 @@ def test_a_rerun_must_be_the_same_sweep(tmp_path):
     assert sweeps.differences(first, sweeps.record(other, sweeps.base_config(other))) == [
         "base.train.seed: 42 -> 1", "sweep.budget.trials: 16 -> 5", "sweep.overrides.train.seed: None -> 1",
     ]
+
+
+def test_each_dimension_becomes_its_tune_sampler():
+    from lit_forecast.training.tune import distribution
+
+    choice = distribution(sweeps.Dimension("model.d_model", "choice", (8, 16)))
+    assert choice.categories == [8, 16]
+    ints = distribution(sweeps.Dimension("model.encoder_layers", "int", (1, 3)))
+    assert (ints.lower, ints.upper) == (1, 4)  # Tune's upper bound is exclusive; ours is included
+    logs = distribution(sweeps.Dimension("train.lr", "loguniform", (1e-4, 1e-2)))
+    assert (logs.lower, logs.upper) == (1e-4, 1e-2) and type(logs.get_sampler()).__name__ == "_LogUniform"
+    flat = distribution(sweeps.Dimension("model.dropout", "uniform", (0.0, 0.3)))
+    assert (flat.lower, flat.upper) == (0.0, 0.3) and type(flat.get_sampler()).__name__ == "_Uniform"
