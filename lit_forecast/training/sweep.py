@@ -182,31 +182,36 @@ def base_config(sweep: Sweep) -> dict:
         base = cfg.to_dict(cfg.load(sweep.base))
     except ConfigError as err:
         raise ConfigError(f"'base': {err}") from None
-    for key, value in sweep.overrides.items():
-        base = with_value(base, key, value, f"overrides.{key}")
+    changes = {key: (value, f"overrides.{key}") for key, value in sweep.overrides.items()}
     if sweep.budget.max_epochs is not None:
-        base = with_value(base, "train.max_epochs", sweep.budget.max_epochs, "budget.max_epochs")
-    return base
+        changes["train.max_epochs"] = (sweep.budget.max_epochs, "budget.max_epochs")
+    return with_values(base, changes, "overrides")
 
 
 def with_value(plain: dict, key: str, value: Any, where: str) -> dict:
     """A copy of the plain config ``plain`` with dotted ``key`` set to ``value``, validated as training does."""
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"'{where}': a key is a dotted training config key such as train.lr")
+    return with_values(plain, {key: (value, where)}, where)
+
+
+def with_values(plain: dict, changes: dict[str, tuple[Any, str]], where: str) -> dict:
+    """A copy of ``plain`` with every ``key: (value, where it comes from)`` of ``changes`` set, then
+    validated once as a whole (so that values that only fit together, such as split dates, do)."""
     out = copy.deepcopy(plain)
-    node, parts = out, key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part), dict):
-            _unknown(key, parts[: i + 1], where)
-        node = node[part]
-    if parts[-1] not in node or isinstance(node[parts[-1]], dict):
-        _unknown(key, parts, where)
-    node[parts[-1]] = value
+    for key, (value, origin) in changes.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"'{origin}': a key is a dotted training config key such as train.lr")
+        node, parts = out, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                _unknown(key, parts[: i + 1], origin)
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            _unknown(key, parts, origin)
+        node[parts[-1]] = value
     try:
-        cfg.from_dict(out)
+        return cfg.to_dict(cfg.from_dict(out))  # as training reads them: YAML dates as text, whole floats as floats
     except ConfigError as err:
         raise ConfigError(f"'{where}': {err}") from None
-    return out
 
 
 def _unknown(key: str, parts: list[str], where: str) -> None:
@@ -278,9 +283,8 @@ def _dimension(key: str, kind: str, args: Any, where: str, base: dict) -> Dimens
 
 def trial_config(base: dict, values: dict, storage: str, name: str) -> cfg.Config:
     """One trial's training config: ``base`` with the sampled ``values``, run in ``<storage>/<name>``."""
-    plain = copy.deepcopy(base)
-    for key, value in values.items():
-        plain = with_value(plain, key, value, f"space.{key}")
+    shown = ", ".join(f"{key}={value!r}" for key, value in values.items())
+    plain = with_values(base, {key: (value, f"space.{key}") for key, value in values.items()}, f"space ({shown})")
     plain["run"] = {"storage": storage, "name": name}
     return cfg.from_dict(plain)
 

@@ -53,7 +53,8 @@ def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_
             assert time.monotonic() < deadline, "the second trial never started"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.communicate(timeout=60)
     assert not (sweep / "trials.csv").exists()
 

@@ -72,6 +72,9 @@ def test_set_changes_the_sweep_or_the_trials_config(tmp_path):
     assert sweep.overrides == {"train.seed": 9}
     assert sweeps.base_config(sweep)["train"]["seed"] == 9
     assert {d.key: d.values for d in sweeps.dimensions(sweep)} == {"train.lr": (1e-4, 1e-2), "model.d_model": (8, 16)}
+    # Values that only fit together (each date alone is out of order with tiny.yaml's other one)
+    moved = sweeps.load(path, ["data.train_end=2024-02-12", "data.val_end=2024-02-19"])
+    assert sweeps.base_config(moved)["data"]["train_end"] == "2024-02-12"
 
 
 def test_each_distribution_is_read(tmp_path):
