@@ -4,6 +4,7 @@
     python train.py --config configs/8gpu.yaml --storage s3://bucket/runs --name exp1
     python train.py --prepare-only                   # only write the Parquet shards, print a summary
     python train.py --set train.max_epochs=20 --name longer
+    python train.py --tune configs/tune.yaml         # search with Ray Tune: runs/tune, trials.csv, best.yaml
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 
 from lit_forecast import cli, console
 from lit_forecast.config import dump
-from lit_forecast.errors import UserError
+from lit_forecast.errors import ConfigError, RunError, UserError
 from lit_forecast.training import runs
 
 
@@ -21,9 +22,15 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_config_arguments(parser)
     parser.add_argument("--prepare-only", action="store_true", help="prepare the data shards of the run and exit")
     parser.add_argument("--resume", action="store_true", help="continue an existing run with its saved config, even if this config differs")
+    parser.add_argument("--tune", metavar="SWEEP",
+                        help="search with Ray Tune as the sweep file says (configs/tune.yaml); --storage, --name and "
+                        "--set apply to the sweep, --set KEY=VALUE of a training key to every trial")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
+        if args.tune:
+            tune_command(args)
+            return
         config = cli.load_config(args)
         if args.print_config:
             print(dump(config), end="")
@@ -36,6 +43,30 @@ def main(argv: list[str] | None = None) -> None:
             print(console.format_run(runs.train(config, resume=args.resume)))
     except UserError as err:
         cli.die(str(err))
+
+
+def tune_command(args: argparse.Namespace) -> None:
+    """``--tune SWEEP``: load and check the sweep file, run or resume it, print its table."""
+    from lit_forecast.training import sweep as sweeps
+
+    for flag in ("config", "data", "prepare_only", "resume", "print_config"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --tune: the sweep file names its base "
+                              "config (base:) and its fixed changes (overrides:, or --set)")
+    sweep = sweeps.load(args.tune, list(args.set))
+    if args.storage is not None:
+        sweep.run.storage = args.storage
+    if args.name is not None:
+        sweep.run.name = args.name
+    cli.setup_logging(args.verbose)
+    from lit_forecast.training import tune  # Ray Tune only when a sweep runs
+
+    trials, keys, folder = tune.run(sweep)
+    print(sweeps.format_trials(trials, keys))
+    print(f"trials  {folder}/{sweeps.TRIALS_FILE}")
+    if sweeps.best(trials) is None:
+        raise RunError(f"every trial of the sweep failed (reasons above, and in {folder}/{sweeps.TRIALS_FILE})")
+    print(f"best    python train.py --config {folder}/{sweeps.BEST_FILE}")
 
 
 if __name__ == "__main__":

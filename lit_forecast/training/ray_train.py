@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import lightning as L
 import ray
@@ -56,8 +57,9 @@ def torch_config(config: Config) -> TorchConfig:
     return TorchConfig(backend=config.cluster.backend, timeout_s=config.cluster.timeout_s)
 
 
-def run_config(config: Config, run: str) -> RunConfig:
-    """Where the run lives, which checkpoints to keep, how many failures to survive."""
+def run_config(config: Config, run: str, callbacks: Sequence = ()) -> RunConfig:
+    """Where the run lives, which checkpoints to keep, how many failures to survive; ``callbacks``
+    are Ray Train controller callbacks (a sweep's trial passes Tune's report callback)."""
     parent, name = run.rsplit("/", 1)
     return RunConfig(
         name=name,
@@ -68,6 +70,7 @@ def run_config(config: Config, run: str) -> RunConfig:
         failure_config=FailureConfig(max_failures=config.cluster.max_failures),
         # Controller chatter (resource requests, "checkpoint created") down to warnings.
         logging_config=LoggingConfig(log_level="WARNING"),
+        callbacks=list(callbacks),
     )
 
 
@@ -305,16 +308,17 @@ def init_ray(config: Config) -> None:
     ray_cluster.init_ray()
 
 
-def fit(config: Config, run: str) -> dict:
+def fit(config: Config, run: str, callbacks: Sequence = ()) -> dict:
     """Train ``config`` into the run folder ``run``; returns a plain summary of the result, its
-    paths relative to ``run`` (see :func:`lit_forecast.layout.read_summary`)."""
+    paths relative to ``run`` (see :func:`lit_forecast.layout.read_summary`). ``callbacks``: see
+    :func:`run_config`."""
     init_ray(config)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run": run, "launched_at": time.time()},
         scaling_config=scaling_config(config),
         torch_config=torch_config(config),
-        run_config=run_config(config, run),
+        run_config=run_config(config, run, callbacks),
     )
     started = time.perf_counter()
     storage.delete(storage.join(run, DIVERGED_FILE))  # a marker left by an attempt whose driver died

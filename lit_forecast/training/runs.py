@@ -10,6 +10,7 @@ time works on a run folder (:mod:`lit_forecast.training.run_lock`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from lit_forecast import console, storage
 from lit_forecast.config import Config, dump, to_dict
@@ -89,8 +90,11 @@ def _comparable(config: Config) -> dict:
     return d
 
 
-def train(config: Config, resume: bool = False) -> dict:
-    """Prepare the data, train on Ray Train, write the run summary and return it (paths resolved)."""
+def train(config: Config, resume: bool = False, callbacks: Sequence = ()) -> dict:
+    """Prepare the data, train on Ray Train, write the run summary and return it (paths resolved).
+
+    ``callbacks``: Ray Train controller callbacks (a sweep's trial reports to Ray Tune with one).
+    """
     run = run_dir(config)
     check_storage(config.run.storage)
     with RunLock(run) as lock:  # refuses at once if another driver works on this run
@@ -118,7 +122,7 @@ def train(config: Config, resume: bool = False) -> dict:
             log.warning("run %s exists but holds no checkpoint yet: starting it from epoch 1", run)
         log.info("run %s: resume after an interruption with the same command (--name %s)", run, config.run.name)
 
-        result = ray_train.fit(config, run)
+        result = ray_train.fit(config, run, callbacks)
         storage.write_json(storage.join(run, SUMMARY_FILE), result)
     return read_summary(run)
 

@@ -3,6 +3,7 @@
     scripts -> training / inference -> data / models / evaluation -> config, spec, storage, errors
 
 Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
+training/tune (Ray Tune over Ray Train runs),
 inference/remote (the Ray-task fan-out) and data/ray_prepare (preparation on Ray Data for
 fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray). Lightning lives in
 training alone: inference and the plain model (LIGHTNING_FREE) load none of it, which is checked
@@ -40,7 +41,7 @@ ALLOWED = {
 }
 # Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "ray": {"ray_cluster", "training/ray_train", "inference/remote", "data/ray_prepare"},
+    "ray": {"ray_cluster", "training/ray_train", "training/tune", "inference/remote", "data/ray_prepare"},
     "lightning": {"models/module", "data/datamodule", "training/ray_train", "training/callbacks"},
 }
 # Modules that must load without Lightning, even lazily: what inference and serving run.
