@@ -1,10 +1,11 @@
 """The package's imports point one way, and Ray and Lightning stay where they are the point.
 
-    scripts -> training / inference -> data / models / evaluation -> config, spec, storage, errors
+    scripts -> serving -> training / inference -> data / models / evaluation -> config, spec, storage, errors
 
 Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
 inference/remote (the Ray-task fan-out) and data/ray_prepare (preparation on Ray Data for
-fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray).
+fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray). Online forecasts
+keep Ray Serve and FastAPI in serving/app, and pydantic's request models in serving/api.
 
 Read from the source with ``ast`` (lazy imports inside functions count too), so a forbidden
 import fails here before it tangles the code.
@@ -34,10 +35,14 @@ ALLOWED = {
     "console": {"data"},
     "inference": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation"},
     "training": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation", "console", "cli"},
+    "serving": BOTTOM | {"layout", "ray_cluster", "data", "inference"},  # never models/: it forecasts through inference
 }
 # Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "ray": {"ray_cluster", "training/ray_train", "inference/remote", "data/ray_prepare"},
+    "ray": {"ray_cluster", "training/ray_train", "inference/remote", "data/ray_prepare", "serving/app"},
+    "fastapi": {"serving/app"},
+    "starlette": {"serving/app"},
+    "pydantic": {"serving/api"},
     "lightning": {"models/module", "data/datamodule", "training/ray_train", "training/callbacks"},
 }
 
