@@ -15,8 +15,8 @@ server): each replica loads the new model beside the old one and swaps it in bet
 so no request is dropped or refused while it happens.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the route methods' annotations (Request) at runtime,
+# and Serve's ingress wrapper hides this module's globals from string annotations.
 import collections
 import errno
 import logging
@@ -50,6 +50,7 @@ from lit_forecast.serving.engine import ServedModel
 log = logging.getLogger(__name__)
 
 APP_NAME = "lit_forecast"
+QUIET = {"log_level": "WARNING", "enable_access_log": False}  # a line per request costs more than a forecast
 api = FastAPI(title="lit_forecast", description="Online forecasts of a trained lit_forecast run")
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422)}
 
@@ -165,7 +166,7 @@ def application(settings: ServeConfig, checkpoint: str, data: str | None = None)
 
 def deploy(settings: ServeConfig, checkpoint: str, data: str | None = None):
     """Run (or update, without downtime) the application; returns the ingress deployment's handle."""
-    return serve.run(application(settings, checkpoint, data), name=APP_NAME, route_prefix="/")
+    return serve.run(application(settings, checkpoint, data), name=APP_NAME, route_prefix="/", logging_config=QUIET)
 
 
 @dataclass
@@ -215,7 +216,7 @@ def serve_forever(request: ServeRequest) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: (reload.set(), stop.set()))
     try:
-        serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"log_level": "WARNING"})
+        serve.start(http_options={"host": s.host, "port": s.port}, logging_config=QUIET)
         deploy(s, checkpoint, request.data)
         log.info("serving %s on http://%s:%d (%d replica%s, batches up to %d) in %.1f s; "
                  "kill -HUP %d deploys the run's newest best checkpoint", checkpoint, s.host, s.port, s.replicas,
@@ -229,8 +230,18 @@ def serve_forever(request: ServeRequest) -> None:
             checkpoint = _redeploy(request, checkpoint)
     finally:
         log.info("shutting down")
-        serve.shutdown()
+        stop_serve()
         ray.shutdown()
+
+
+def stop_serve(timeout_s: float = 20) -> None:
+    """serve.shutdown, given up after ``timeout_s``: with its raylet gone (a Ctrl-C reaches the whole
+    process group, Ray's own processes too) it would wait forever; ray.shutdown then ends what is left."""
+    stopping = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout_s)
+    if stopping.is_alive():
+        log.warning("Serve did not shut down within %g s; stopping Ray", timeout_s)
 
 
 def _redeploy(request: ServeRequest, current: str) -> str:
