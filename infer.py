@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
-    if args.serve:
+    if args.serve or any(getattr(args, flag) is not None for flag in SERVE_FLAGS) or args.config:
         try:
             serve(args)
         except UserError as err:
@@ -125,6 +125,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
 
 
+BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "plot_cutoff", "plot_series", "strict", "no_ray", "recalibrate_days")
 SERVE_FLAGS = {"host": "host", "port": "port", "replicas": "replicas", "replica_cpus": "cpus_per_replica",
                "replica_gpus": "gpus_per_replica", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms"}
 
@@ -135,6 +136,13 @@ def serve(args: argparse.Namespace) -> None:
 
     from lit_forecast import config as cfg
 
+    if not args.serve:
+        raise ConfigError("--config, --host, --port, --replicas, --replica-cpus, --replica-gpus, --max-batch-size and "
+                          "--batch-wait-ms set the server: add --serve")
+    batch_only = [f"--{flag.replace('_', '-')}" for flag in BATCH_ONLY if getattr(args, flag) not in (None, False, 0)]
+    if batch_only:
+        raise ConfigError(f"{', '.join(batch_only)}: not used by --serve (a request gives its own history or cutoff); "
+                          f"leave {'them' if len(batch_only) > 1 else 'it'} out, or forecast without --serve")
     settings = cfg.load(args.config).serve if args.config else cfg.ServeConfig()
     settings = dataclasses.replace(settings, **{key: getattr(args, flag) for flag, key in SERVE_FLAGS.items()
                                                 if getattr(args, flag) is not None})

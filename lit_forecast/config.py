@@ -273,7 +273,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{path}: a config is a YAML mapping of sections (data:, model:, train:, cluster:, run:), "
+            f"{path}: a config is a YAML mapping of sections (data:, model:, train:, cluster:, run:, serve:), "
             f"but this file holds a {type(raw).__name__}"
         )
     for item in overrides or []:

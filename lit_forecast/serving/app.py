@@ -107,7 +107,8 @@ class Forecaster:
             answer = await self.forecast_batch(parse_request(body, self.model.context))
         except RequestError as err:
             return error_response(err)
-        return error_response(answer) if isinstance(answer, RequestError) else answer
+        # Built and checked by ServedModel: sent as it is, without FastAPI validating it again.
+        return error_response(answer) if isinstance(answer, RequestError) else JSONResponse(answer)
 
     @api.post("/forecast/batch", response_model=list[ForecastResponse], responses=ERRORS)
     async def post_batch(self, request: Request):
@@ -122,7 +123,7 @@ class Forecaster:
         for i, answer in enumerate(answers):
             if isinstance(answer, RequestError):
                 return error_response(RequestError(f"[{i}].{answer.field}", answer.detail, answer.status))
-        return answers
+        return JSONResponse(answers)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -260,3 +260,13 @@ def test_json_bodies_of_answers_round_trip(checkpoint):
     model = ServedModel(checkpoint)
     [answer] = model.forecast_batch([parse_request(history_body(range(W), 99), model.context)])
     assert json.loads(json.dumps(answer)) == answer
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--serve", "--cutoffs", "2024-01-10", "--output", "f.csv"], "--cutoffs, --output: not used by --serve"),
+    (["--port", "8001"], "set the server: add --serve"),
+])
+def test_flags_of_the_other_mode_are_refused(checkpoint, capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_:
+        infer_script.main(["--checkpoint", checkpoint, *argv])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
