@@ -8,11 +8,18 @@ a timeout: a resource deadlock hangs instead of failing.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +34,7 @@ from tests.unit.test_inference import at, save_checkpoint, taxi_like
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 H = 4  # configs/tiny.yaml
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -77,6 +85,51 @@ def call(url: str, body: object | None = None, raw: bytes | None = None) -> tupl
 
 def history_body(values, end_slot: int) -> dict:
     return {"history": [float(v) for v in values], "history_end": f"{at(end_slot):%Y-%m-%dT%H:%M:%S}"}
+
+
+def test_the_command_serves_redeploys_the_newest_checkpoint_on_sighup_and_stops_cleanly(files, tmp_path):
+    """python infer.py --serve --run R: its own local Ray (2 CPUs here), kill -HUP after a new checkpoint, Ctrl-C."""
+    run = tmp_path / "run"
+    shutil.copytree(files["first"], run / "checkpoint_000000")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "infer.py"), "--serve", "--run", str(run), "--port", str(port)],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: call(url + "/healthz")[0] == 200, server), server_output(server)
+        body = history_body(files["values"][:600], 599)
+        before = call(url + "/forecast", body)[1]["median"]
+        shutil.copytree(files["second"], run / "checkpoint_000001")
+        server.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "checkpoint_000001" in call(url + "/model")[1]["checkpoint"], server), server_output(server)
+        assert not np.allclose(call(url + "/forecast", body)[1]["median"], before)
+        server.send_signal(signal.SIGINT)
+        assert server.wait(90) == 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert "now serving" in server_output(server)
+
+
+def wait_for(ready, process: subprocess.Popen, timeout: float = 150) -> bool:
+    """Poll ``ready()`` (connection errors count as not yet) until it holds, the process ends, or ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if ready():
+                return True
+        except (OSError, KeyError, ValueError):  # not listening yet, or Serve's plain-text "not ready"
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def server_output(process: subprocess.Popen) -> str:
+    if process.poll() is None:
+        return "(still running)"
+    return process.stdout.read().decode(errors="replace")[-3000:]
 
 
 def test_a_forecast_over_http_is_infers_forecast(server, files, tmp_path):
