@@ -115,17 +115,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """--serve and the server's settings (each overrides the serve: section of --config)."""
     group = parser.add_argument_group("online forecasts (--serve)")
     group.add_argument("--serve", action="store_true", help="answer forecasts over HTTP until stopped (see above)")
-    group.add_argument("--config", help="YAML config whose serve: section sets the server (default: the built-in defaults)")
-    group.add_argument("--host", help="address to listen on (serve.host, default 127.0.0.1; 0.0.0.0 for other machines)")
+    group.add_argument("--config", help="YAML config whose serve: section sets the server (default: built-in defaults)")
+    group.add_argument("--host", help="address to listen on (serve.host, default 127.0.0.1; 0.0.0.0: other machines)")
     group.add_argument("--port", type=int, help="HTTP port (serve.port, default 8000)")
     group.add_argument("--replicas", type=int, help="model replicas (serve.replicas, default 1)")
     group.add_argument("--replica-cpus", type=float, help="CPUs per replica (serve.cpus_per_replica, default 1)")
-    group.add_argument("--replica-gpus", type=float, help="GPU share per replica, e.g. 0.25 (serve.gpus_per_replica, default 0)")
-    group.add_argument("--max-batch-size", type=int, help="forecasts decoded together (serve.max_batch_size, default 32)")
+    group.add_argument("--replica-gpus", type=float,
+                       help="GPU share per replica, e.g. 0.25 (serve.gpus_per_replica, default 0)")
+    group.add_argument("--max-batch-size", type=int,
+                       help="forecasts decoded together (serve.max_batch_size, default 32)")
     group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
 
 
-BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "plot_cutoff", "plot_series", "strict", "no_ray", "recalibrate_days")
+BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "plot_cutoff", "plot_series", "strict", "no_ray",
+              "recalibrate_days")
 SERVE_FLAGS = {"host": "host", "port": "port", "replicas": "replicas", "replica_cpus": "cpus_per_replica",
                "replica_gpus": "gpus_per_replica", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms"}
 
@@ -151,7 +154,8 @@ def serve(args: argparse.Namespace) -> None:
     cfg.validate_serve(settings)
     from lit_forecast.serving.app import ServeRequest, serve_forever  # Ray and FastAPI only when serving
 
-    serve_forever(ServeRequest(settings, run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data))
+    serve_forever(ServeRequest(settings, run=args.run, checkpoint=args.checkpoint, storage=args.storage,
+                               data=args.data))
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -40,13 +40,14 @@ from ray import serve
 
 from lit_forecast import cli
 from lit_forecast.config import ServeConfig
-from lit_forecast.serving.app import deploy, stop_serve
+from lit_forecast.serving.app import QUIET, deploy, stop_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f (1/5/15 min) on %d CPUs" % (*os.getloadavg(), os.cpu_count())
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
 
 
 def free_port() -> int:
@@ -205,7 +206,7 @@ def main() -> None:
                            max_ongoing_requests=max(4 * args.max_batch_size, 64))
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config={"log_level": "WARNING"})
+        serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=QUIET)
         handle = deploy(settings, first)
         print(f"serving {args.replicas} replica(s) x {args.replica_cpus:g} CPU, batches up to {args.max_batch_size}, "
               f"wait {args.batch_wait_ms:g} ms")
@@ -245,7 +246,8 @@ def main() -> None:
         deploy(settings, first)
         during.join()
         print(f"update under 8 clients: {results['ok']:,} answered, {results['failed']} failed; "
-              f"deploy of the new checkpoint took {swapped:.1f} s and {'served it' if model == second else 'did NOT serve it'}; "
+              f"deploy of the new checkpoint took {swapped:.1f} s and "
+              f"{'served it' if model == second else 'did NOT serve it'}; "
               f"{percentiles(results['latencies'])}")
     finally:
         stop_serve()

@@ -406,8 +406,8 @@ def validate_serve(s: ServeConfig) -> ServeConfig:
         (s.max_batch_size >= 1, f"'serve.max_batch_size' must be >= 1, got {s.max_batch_size}"),
         (math.isfinite(s.batch_wait_ms) and s.batch_wait_ms >= 0, f"'serve.batch_wait_ms' must be >= 0, got {s.batch_wait_ms}"),
         (s.max_ongoing_requests > s.max_batch_size,
-         f"'serve.max_ongoing_requests' ({s.max_ongoing_requests}) must be above 'serve.max_batch_size' "
-         f"({s.max_batch_size}): a replica takes at most that many requests at once, so it caps every batch"),
+         (f"'serve.max_ongoing_requests' ({s.max_ongoing_requests}) must be above 'serve.max_batch_size' "
+          f"({s.max_batch_size}): a replica takes at most that many requests at once, so it caps every batch")),
         (s.max_body_bytes >= 1024, f"'serve.max_body_bytes' must be >= 1024, got {s.max_body_bytes}"),
         (s.max_batch_items >= 1, f"'serve.max_batch_items' must be >= 1, got {s.max_batch_items}"),
     )

@@ -47,7 +47,8 @@ class ForecastResponse(BaseModel):
     series_id: str
     timestamps: list[str]  # (H,) ISO timestamps of the forecast slots
     median: list[float]  # (H,) the point forecast
-    quantiles: dict[str, list[float]]  # level ("0.1", "0.9", ...) -> (H,); the median is not repeated; {} for a point model
+    # level ("0.1", "0.9", ...) -> (H,); the median is not repeated; {} for a point model
+    quantiles: dict[str, list[float]]
     in_checkpoint: bool  # False: a series the model never saw, scaled on the history sent with it
 
 
@@ -111,8 +112,8 @@ def read_body(raw: bytes, limit: int) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise RequestError("body", f"not valid JSON ({err}); send a JSON object such as "
-                                   '{"series_id": "z1", "history": [...], "history_end": "2015-01-09T23:30:00"}', 400) from None
+        example = '{"series_id": "z1", "history": [...], "history_end": "2015-01-09T23:30:00"}'
+        raise RequestError("body", f"not valid JSON ({err}); send a JSON object such as {example}", 400) from None
 
 
 def parse_request(raw: Any, context: Context, prefix: str = "") -> Query:
@@ -130,8 +131,8 @@ def parse_request(raw: Any, context: Context, prefix: str = "") -> Query:
     if request.cutoff is not None:
         cutoff = _timestamp(request.cutoff, f"{prefix}cutoff", step)
         if context.data_series is None:
-            raise RequestError(f"{prefix}cutoff", "this server has no data to read history from (start it with --data); "
-                                                  "send history and history_end instead")
+            raise RequestError(f"{prefix}cutoff", "this server has no data to read history from (start it with "
+                                                  "--data); send history and history_end instead")
         if series_id not in context.data_series:
             raise RequestError(f"{prefix}series_id", f"{series_id!r} is not a series of the data {context.data_name}")
         first = context.data_series[series_id]
@@ -140,8 +141,8 @@ def parse_request(raw: Any, context: Context, prefix: str = "") -> Query:
                                                   f"which starts at {first}")
         return Query(series_id, cutoff, None)
     if request.history is None:
-        raise RequestError(f"{prefix}history", f"missing: send history and history_end (or cutoff, with a server started "
-                                               f"with --data)")
+        raise RequestError(f"{prefix}history", "missing: send history and history_end (or cutoff, with a server "
+                                               "started with --data)")
     if request.history_end is None:
         raise RequestError(f"{prefix}history_end", "missing: the timestamp of the last history value, "
                                                    "e.g. 2015-01-09T23:30:00")
@@ -159,8 +160,8 @@ def parse_batch(raw: Any, context: Context, limit: int) -> list[Query]:
     if not raw:
         raise RequestError("body", "the list is empty: send at least one forecast request")
     if len(raw) > limit:
-        raise RequestError("body", f"{len(raw):,} requests, over the limit of {limit:,} per batch (serve.max_batch_items)",
-                           413)
+        raise RequestError("body", f"{len(raw):,} requests, over the limit of {limit:,} per batch "
+                                   f"(serve.max_batch_items)", 413)
     return [parse_request(item, context, f"[{i}].") for i, item in enumerate(raw)]
 
 

@@ -17,6 +17,7 @@ so no request is dropped or refused while it happens.
 
 # No `from __future__ import annotations`: FastAPI reads the route methods' annotations (Request) at runtime,
 # and Serve's ingress wrapper hides this module's globals from string annotations.
+import asyncio
 import collections
 import errno
 import logging
@@ -112,8 +113,6 @@ class Forecaster:
 
     @api.post("/forecast/batch", response_model=list[ForecastResponse], responses=ERRORS)
     async def post_batch(self, request: Request):
-        import asyncio
-
         try:
             body = read_body(await self._body(request), self.settings.max_body_bytes)
             queries = parse_batch(body, self.model.context, self.settings.max_batch_items)
@@ -145,7 +144,8 @@ class Forecaster:
         declared = request.headers.get("content-length", "")
         limit = self.settings.max_body_bytes
         if declared.isdigit() and int(declared) > limit:
-            raise RequestError("body", f"{int(declared):,} bytes, over the limit of {limit:,} (serve.max_body_bytes)", 413)
+            raise RequestError("body", f"{int(declared):,} bytes, over the limit of {limit:,} (serve.max_body_bytes)",
+                               413)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -183,7 +183,8 @@ class ServeRequest:
 
 def resolve_checkpoint(request: ServeRequest) -> str:
     """The checkpoint to serve: the given one, or the best of the run (default: the latest finished run)."""
-    return layout.checkpoint_file(request.checkpoint or layout.best_checkpoint(request.run or layout.latest_run(request.storage)))
+    chosen = request.checkpoint or layout.best_checkpoint(request.run or layout.latest_run(request.storage))
+    return layout.checkpoint_file(chosen)
 
 
 def check_port(host: str, port: int) -> None:
@@ -193,8 +194,8 @@ def check_port(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {host} is already in use (another server?): stop it, or choose another "
-                                  f"with --port N") from None
+                raise ConfigError(f"port {port} on {host} is already in use (another server?): stop it, or choose "
+                                  f"another with --port N") from None
             raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}): give --host an address of this "
                               f"machine, e.g. 127.0.0.1 or 0.0.0.0") from None
 

@@ -10,6 +10,7 @@ series is scaled with the checkpoint's statistics, an unknown one on its own his
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ class Model:
     median_index: int
 
     @classmethod
-    def of(cls, loaded: LoadedCheckpoint) -> "Model":
+    def of(cls, loaded: LoadedCheckpoint) -> Model:
         return cls(loaded.module, list(loaded.module.levels), loaded.module.median_index)
 
 
@@ -56,8 +57,6 @@ class ServedModel:
         self.data_config: DataConfig = loaded.config.data
         self.series: dict[str, Series] = {}
         if data:
-            import dataclasses
-
             source = self.data_config if data == self.data_config.source else dataclasses.replace(
                 self.data_config, source=data, sha256=None)
             self.series = {s.series_id: s for s in read_series(source)}
@@ -92,7 +91,8 @@ class ServedModel:
         if not cuttable:
             return answers
         try:
-            cut = cut_windows([s for _, s in cuttable], self.stats, self.spec, None, self.data_config.max_gap, quiet=True)
+            cut = cut_windows([s for _, s in cuttable], self.stats, self.spec, None, self.data_config.max_gap,
+                              quiet=True)
         except CutoffError:  # every window was skipped: say why for each
             for i, s in cuttable:
                 answers[i] = self._why(s)
@@ -119,8 +119,9 @@ class ServedModel:
         c = int((q.cutoff - s.start) / self._step)  # on the grid: checked by parse_request
         last = s.start + (len(s.values) - 1) * self._step
         if c > len(s.values):
-            return RequestError("cutoff", f"{q.cutoff} is after the data of series {q.series_id!r}, which ends at {last}: "
-                                          f"the latest cutoff is {last + self._step}; send history for later ones")
+            return RequestError("cutoff", f"{q.cutoff} is after the data of series {q.series_id!r}, which ends at "
+                                          f"{last}: the latest cutoff is {last + self._step}; send the history for "
+                                          "later ones")
         if c <= 0:
             return RequestError("cutoff", f"{q.cutoff} is before the data of series {q.series_id!r} starts ({s.start})")
         # A known series needs only its look-back (and enough before it to fill a short gap at its

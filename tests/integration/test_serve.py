@@ -54,7 +54,8 @@ def files(tmp_path_factory):
     torch.save(raw, f"{second}/checkpoint.ckpt")
     values = taxi_like()
     csv = root / "series.csv"
-    csv.write_text("timestamp,value\n" + "".join(f"{at(i):%Y-%m-%d %H:%M:%S},{float(v)!r}\n" for i, v in enumerate(values)))
+    rows = "".join(f"{at(i):%Y-%m-%d %H:%M:%S},{float(v)!r}\n" for i, v in enumerate(values))
+    csv.write_text("timestamp,value\n" + rows)
     return {"first": first, "second": second, "csv": str(csv), "values": values}
 
 
@@ -92,9 +93,9 @@ def test_the_command_serves_redeploys_the_newest_checkpoint_on_sighup_and_stops_
     run = tmp_path / "run"
     shutil.copytree(files["first"], run / "checkpoint_000000")
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "infer.py"), "--serve", "--run", str(run), "--port", str(port)],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    command = [sys.executable, str(ROOT / "infer.py"), "--serve", "--run", str(run), "--port", str(port)]
+    server = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_for(lambda: call(url + "/healthz")[0] == 200, server), server_output(server)
@@ -102,7 +103,8 @@ def test_the_command_serves_redeploys_the_newest_checkpoint_on_sighup_and_stops_
         before = call(url + "/forecast", body)[1]["median"]
         shutil.copytree(files["second"], run / "checkpoint_000001")
         server.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: "checkpoint_000001" in call(url + "/model")[1]["checkpoint"], server), server_output(server)
+        updated = wait_for(lambda: "checkpoint_000001" in call(url + "/model")[1]["checkpoint"], server)
+        assert updated, server_output(server)
         assert not np.allclose(call(url + "/forecast", body)[1]["median"], before)
         server.send_signal(signal.SIGINT)
         assert server.wait(90) == 0

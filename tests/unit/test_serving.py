@@ -58,7 +58,8 @@ def csv(synthetic_csv):
 
 
 def history_body(values, end_slot: int, **extra) -> dict:
-    return {"history": [v if isinstance(v, (str, bool)) else float(v) for v in values], "history_end": f"{at(end_slot):%Y-%m-%dT%H:%M:%S}", **extra}
+    history = [v if isinstance(v, (str, bool)) else float(v) for v in values]  # strings and booleans kept: refused
+    return {"history": history, "history_end": f"{at(end_slot):%Y-%m-%dT%H:%M:%S}", **extra}
 
 
 def refused(body, context=ONE) -> RequestError:
