@@ -240,15 +240,16 @@ def main() -> None:
         time.sleep(args.duration / 4)
         started = time.perf_counter()
         deploy(settings, second)
+        deployed = time.perf_counter() - started
+        while client.get("/model")["checkpoint"] != second and time.perf_counter() - started < 120:
+            time.sleep(0.05)
         swapped = time.perf_counter() - started
-        model = client.get("/model")["checkpoint"]
         time.sleep(args.duration / 4)
         deploy(settings, first)
         during.join()
-        print(f"update under 8 clients: {results['ok']:,} answered, {results['failed']} failed; "
-              f"deploy of the new checkpoint took {swapped:.1f} s and "
-              f"{'served it' if model == second else 'did NOT serve it'}; "
-              f"{percentiles(results['latencies'])}")
+        print(f"update under 8 clients: {results['ok']:,} answered, {results['failed']} failed; deploy returned after "
+              f"{deployed:.1f} s, the new checkpoint answered after {swapped:.1f} s; "
+              f"{percentiles(results['latencies'])}; slowest {max(results['latencies']) * 1000:.0f} ms")
     finally:
         stop_serve()
         ray.shutdown()

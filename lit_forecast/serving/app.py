@@ -11,8 +11,10 @@ replica loads the checkpoint once (in ``reconfigure``, from its ``user_config``)
 request, and decodes the requests that arrive together in one batch (``@serve.batch``; the
 batching itself is :meth:`ServedModel.forecast_batch`, plain code). A newer checkpoint or run
 is deployed by changing the ``user_config`` (:func:`deploy` again, or ``kill -HUP`` of the
-server): each replica loads the new model beside the old one and swaps it in between batches,
-so no request is dropped or refused while it happens.
+server): each replica loads the new model in a thread beside the old one, which keeps
+answering, and swaps it in between batches, so no request is dropped, refused or stalled
+while it happens. :func:`deploy` returns once every replica has taken the new config; the
+swap follows as soon as the model is loaded (GET /model names the checkpoint being served).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route methods' annotations (Request) at runtime,
@@ -75,14 +77,39 @@ class Forecaster:
         self.forecast_batch.set_max_batch_size(self.settings.max_batch_size)
         self.forecast_batch.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000)
         self.model: ServedModel | None = None
+        self._generation = 0  # reconfigure calls so far: only the latest one's model is swapped in
         self.batch_sizes: collections.Counter[int] = collections.Counter()
 
     def reconfigure(self, user_config: dict) -> None:
-        """Load ``user_config['checkpoint']`` (and its ``data``), then swap it in; the old model answers until then."""
+        """Serve ``user_config['checkpoint']`` (and its ``data``).
+
+        A new replica loads it before it answers. A running one keeps answering with its current
+        model while the new one loads in a thread, then swaps it in between batches: Serve takes
+        a replica out of routing while this method runs, so a slow load here would stall every
+        request of a one-replica deployment.
+        """
+        self._generation += 1
+        if self.model is None:
+            self.model = self._load(user_config)
+            return
+        threading.Thread(target=self._swap, args=(user_config, self._generation), name="model-swap",
+                         daemon=True).start()
+
+    def _load(self, user_config: dict) -> ServedModel:
         started = time.perf_counter()
         model = ServedModel(user_config["checkpoint"], user_config.get("data"), self.device)
-        self.model = model
-        log.info("replica serves %s (loaded in %.2f s)", model.checkpoint, time.perf_counter() - started)
+        log.info("replica loaded %s in %.2f s", model.checkpoint, time.perf_counter() - started)
+        return model
+
+    def _swap(self, user_config: dict, generation: int) -> None:
+        """Load in this thread; swap in unless a later reconfigure asked for another model meanwhile."""
+        try:
+            model = self._load(user_config)
+        except Exception:  # the driver checked this checkpoint already; whatever happens here, keep serving
+            log.exception("could not load %s; still serving %s", user_config["checkpoint"], self.model.checkpoint)
+            return
+        if generation == self._generation:
+            self.model = model
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def forecast_batch(self, queries: list[Query]) -> list[dict | RequestError]:

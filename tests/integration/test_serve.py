@@ -204,10 +204,21 @@ def test_a_new_checkpoint_is_deployed_while_clients_send_and_none_fails(server, 
             pool.submit(client)
         try:
             deploy(server["settings"], files["second"], files["csv"])
+            assert serving(server["url"], files["second"])  # the replica swaps the new model in once loaded
         finally:
             stop.set()
     assert statuses and set(statuses) == {200}
-    assert call(server["url"] + "/model")[1]["checkpoint"].startswith(files["second"])
     after = call(server["url"] + "/forecast", body)[1]["median"]
     assert not np.allclose(before, after)
     deploy(server["settings"], files["first"], files["csv"])  # as the other tests expect
+    assert serving(server["url"], files["first"])
+
+
+def serving(url: str, checkpoint: str, timeout: float = 60) -> bool:
+    """True once GET /model names ``checkpoint`` (within ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if call(url + "/model")[1]["checkpoint"].startswith(checkpoint):
+            return True
+        time.sleep(0.2)
+    return False
