@@ -282,5 +282,5 @@ def _redeploy(request: ServeRequest, current: str) -> str:
         log.error("not redeployed, still serving %s: %s", current, err)
         return current
     deploy(request.settings, checkpoint, request.data)
-    log.info("now serving %s", checkpoint)
+    log.info("deployed %s: each replica answers with it as soon as it has loaded it", checkpoint)
     return checkpoint

@@ -112,7 +112,7 @@ def test_the_command_serves_redeploys_the_newest_checkpoint_on_sighup_and_stops_
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-    assert "now serving" in server_output(server)
+    assert "deployed " in server_output(server)
 
 
 def wait_for(ready, process: subprocess.Popen, timeout: float = 150) -> bool:
