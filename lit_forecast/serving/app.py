@@ -10,11 +10,11 @@ One class deployment, :class:`Forecaster`, is both the FastAPI ingress and the m
 replica loads the checkpoint once (in ``reconfigure``, from its ``user_config``), checks each
 request, and decodes the requests that arrive together in one batch (``@serve.batch``; the
 batching itself is :meth:`ServedModel.forecast_batch`, plain code). A newer checkpoint or run
-is deployed by changing the ``user_config`` (:func:`deploy` again, or ``kill -HUP`` of the
-server): each replica loads the new model in a thread beside the old one, which keeps
-answering, and swaps it in between batches, so no request is dropped, refused or stalled
-while it happens. :func:`deploy` returns once every replica has taken the new config; the
-swap follows as soon as the model is loaded (GET /model names the checkpoint being served).
+is deployed by :func:`deploy` again (``kill -HUP`` of the server): Serve starts the new
+replicas beside the old ones (``max_surge_percent=100``), which answer until the new ones are
+ready and then drain, so no request is dropped, refused or stalled. That needs room for twice
+the replicas' CPUs and GPU shares; without it each old replica is stopped before its
+replacement is ready, and requests wait meanwhile (a warning says so).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route methods' annotations (Request) at runtime,
@@ -77,39 +77,13 @@ class Forecaster:
         self.forecast_batch.set_max_batch_size(self.settings.max_batch_size)
         self.forecast_batch.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000)
         self.model: ServedModel | None = None
-        self._generation = 0  # reconfigure calls so far: only the latest one's model is swapped in
         self.batch_sizes: collections.Counter[int] = collections.Counter()
 
     def reconfigure(self, user_config: dict) -> None:
-        """Serve ``user_config['checkpoint']`` (and its ``data``).
-
-        A new replica loads it before it answers. A running one keeps answering with its current
-        model while the new one loads in a thread, then swaps it in between batches: Serve takes
-        a replica out of routing while this method runs, so a slow load here would stall every
-        request of a one-replica deployment.
-        """
-        self._generation += 1
-        if self.model is None:
-            self.model = self._load(user_config)
-            return
-        threading.Thread(target=self._swap, args=(user_config, self._generation), name="model-swap",
-                         daemon=True).start()
-
-    def _load(self, user_config: dict) -> ServedModel:
+        """Load ``user_config['checkpoint']`` (and its ``data``): before the replica answers anything."""
         started = time.perf_counter()
-        model = ServedModel(user_config["checkpoint"], user_config.get("data"), self.device)
-        log.info("replica loaded %s in %.2f s", model.checkpoint, time.perf_counter() - started)
-        return model
-
-    def _swap(self, user_config: dict, generation: int) -> None:
-        """Load in this thread; swap in unless a later reconfigure asked for another model meanwhile."""
-        try:
-            model = self._load(user_config)
-        except Exception:  # the driver checked this checkpoint already; whatever happens here, keep serving
-            log.exception("could not load %s; still serving %s", user_config["checkpoint"], self.model.checkpoint)
-            return
-        if generation == self._generation:
-            self.model = model
+        self.model = ServedModel(user_config["checkpoint"], user_config.get("data"), self.device)
+        log.info("replica loaded %s in %.2f s", self.model.checkpoint, time.perf_counter() - started)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def forecast_batch(self, queries: list[Query]) -> list[dict | RequestError]:
@@ -182,19 +156,33 @@ class Forecaster:
         return b"".join(chunks)
 
 
-def application(settings: ServeConfig, checkpoint: str, data: str | None = None) -> serve.Application:
-    """The Serve application for ``checkpoint`` (a path every replica can read, or a URI) and ``data``."""
+def application(settings: ServeConfig, checkpoint: str, data: str | None = None,
+                surge: bool = True) -> serve.Application:
+    """The Serve application for ``checkpoint`` (a path every replica can read, or a URI) and ``data``.
+
+    ``surge``: an update starts the new replicas before it stops the old ones.
+    """
     return Forecaster.options(
         num_replicas=settings.replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
+        max_surge_percent=100 if surge else 0,
         ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica},
         user_config={"checkpoint": checkpoint, "data": data},
     ).bind(settings.__dict__.copy())
 
 
 def deploy(settings: ServeConfig, checkpoint: str, data: str | None = None):
-    """Run (or update, without downtime) the application; returns the ingress deployment's handle."""
-    return serve.run(application(settings, checkpoint, data), name=APP_NAME, route_prefix="/", logging_config=QUIET)
+    """Run (or update: without downtime where there is room) the app; returns the ingress deployment's handle."""
+    have = ray.cluster_resources()
+    surge = (have.get("CPU", 0) >= 2 * settings.replicas * settings.cpus_per_replica
+             and have.get("GPU", 0) >= 2 * settings.replicas * settings.gpus_per_replica)
+    if not surge:
+        log.warning("Ray has %g CPUs and %g GPUs, not enough to start %d replica(s) of %g CPU and %g GPU beside the "
+                    "old ones: an update stops each old replica before its replacement is ready, and requests wait "
+                    "meanwhile", have.get("CPU", 0), have.get("GPU", 0), settings.replicas, settings.cpus_per_replica,
+                    settings.gpus_per_replica)
+    app = application(settings, checkpoint, data, surge)
+    return serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET)
 
 
 @dataclass
