@@ -19,6 +19,13 @@ counted in one warning (--strict: an error instead); a series the checkpoint nev
 scaled on its own history before each cutoff. A backtest of many series also writes
 <output>.zones.csv (per-series scores), <output>.fleet.png (per-series MASE, model vs weekly
 naive) and prints the mean and median MASE over series and the 10 worst series.
+
+Online forecasts (--serve): a Ray Serve application answers POST /forecast, POST /forecast/batch,
+GET /model and GET /healthz on --port (default 8000) with the run's best checkpoint (--run,
+--checkpoint), warm and dynamically batched; with --data it also answers requests that give a
+cutoff instead of the history. The serve: section of --config sets replicas, CPUs and GPU
+share per replica and the batching limits; the flags below win. kill -HUP deploys the run's
+newest best checkpoint (or the newest run's) without dropping a request; Ctrl-C stops.
 """
 
 from __future__ import annotations
@@ -59,9 +66,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
                              "(actuals known by then); costs one extra forecast per series for every slot from N days before "
                              "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands")
+    add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
+    if args.serve or any(getattr(args, flag) is not None for flag in SERVE_FLAGS) or args.config:
+        try:
+            serve(args)
+        except UserError as err:
+            cli.die(str(err))
+        return
     try:
         check_arguments(args)
         request = InferenceRequest(
@@ -98,6 +112,53 @@ def main(argv: list[str] | None = None) -> None:
         print(f"per series  {result.zones_path}")
         print(f"fleet plot  {result.fleet_plot}")
     print(f"plot        {result.plot}")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """--serve and the server's settings (each overrides the serve: section of --config)."""
+    group = parser.add_argument_group("online forecasts (--serve)")
+    group.add_argument("--serve", action="store_true", help="answer forecasts over HTTP until stopped (see above)")
+    group.add_argument("--config", help="YAML config whose serve: section sets the server (default: built-in defaults)")
+    group.add_argument("--host", help="address to listen on (serve.host, default 127.0.0.1; 0.0.0.0: other machines)")
+    group.add_argument("--port", type=int, help="HTTP port (serve.port, default 8000)")
+    group.add_argument("--replicas", type=int, help="model replicas (serve.replicas, default 1)")
+    group.add_argument("--replica-cpus", type=float, help="CPUs per replica (serve.cpus_per_replica, default 1)")
+    group.add_argument("--replica-gpus", type=float,
+                       help="GPU share per replica, e.g. 0.25 (serve.gpus_per_replica, default 0)")
+    group.add_argument("--max-batch-size", type=int,
+                       help="forecasts decoded together (serve.max_batch_size, default 32)")
+    group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
+
+
+BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "plot_cutoff", "plot_series", "strict", "no_ray",
+              "recalibrate_days")
+SERVE_FLAGS = {"host": "host", "port": "port", "replicas": "replicas", "replica_cpus": "cpus_per_replica",
+               "replica_gpus": "gpus_per_replica", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms"}
+
+
+def serve(args: argparse.Namespace) -> None:
+    """python infer.py --serve: the serve settings from --config and the flags, then the server until stopped."""
+    import dataclasses
+
+    from lit_forecast import config as cfg
+
+    if not args.serve:
+        raise ConfigError("--config, --host, --port, --replicas, --replica-cpus, --replica-gpus, --max-batch-size and "
+                          "--batch-wait-ms set the server: add --serve")
+    batch_only = [f"--{flag.replace('_', '-')}" for flag in BATCH_ONLY if getattr(args, flag) not in (None, False, 0)]
+    if batch_only:
+        raise ConfigError(f"{', '.join(batch_only)}: not used by --serve (a request gives its own history or cutoff); "
+                          f"leave {'them' if len(batch_only) > 1 else 'it'} out, or forecast without --serve")
+    settings = cfg.load(args.config).serve if args.config else cfg.ServeConfig()
+    settings = dataclasses.replace(settings, **{key: getattr(args, flag) for flag, key in SERVE_FLAGS.items()
+                                                if getattr(args, flag) is not None})
+    if settings.max_ongoing_requests <= settings.max_batch_size:  # a larger batch asked by flag raises the cap with it
+        settings.max_ongoing_requests = 4 * settings.max_batch_size
+    cfg.validate_serve(settings)
+    from lit_forecast.serving.app import ServeRequest, serve_forever  # Ray and FastAPI only when serving
+
+    serve_forever(ServeRequest(settings, run=args.run, checkpoint=args.checkpoint, storage=args.storage,
+                               data=args.data))
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -137,6 +137,22 @@ class RunConfig:
 
 
 @dataclass
+class ServeConfig:
+    """Online forecasts (``python infer.py --serve``): the Ray Serve deployment and its limits."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to answer other machines
+    port: int = 8000
+    replicas: int = 1  # each loads the model once
+    cpus_per_replica: float = 1.0  # also the torch threads of each replica (rounded down, at least 1)
+    gpus_per_replica: float = 0.0  # a share of a GPU, e.g. 0.25; 0: CPU
+    max_batch_size: int = 32  # forecasts decoded together in one call
+    batch_wait_ms: float = 2.0  # how long a replica waits for a batch to fill
+    max_ongoing_requests: int = 128  # per replica; above max_batch_size, or it caps every batch
+    max_body_bytes: int = 1_048_576  # larger request bodies are refused with 413
+    max_batch_items: int = 1024  # forecasts one POST /forecast/batch may ask for
+
+
+@dataclass
 class Config:
     """The whole tree; see configs/local.yaml for a commented example."""
 
@@ -145,6 +161,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +273,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{path}: a config is a YAML mapping of sections (data:, model:, train:, cluster:, run:), "
+            f"{path}: a config is a YAML mapping of sections (data:, model:, train:, cluster:, run:, serve:), "
             f"but this file holds a {type(raw).__name__}"
         )
     for item in overrides or []:
@@ -372,7 +389,32 @@ def validate(config: Config) -> Config:
     need(c.checkpoint_every_n_epochs >= 1, "'cluster.checkpoint_every_n_epochs' must be >= 1")
     need(c.num_to_keep >= 1, f"'cluster.num_to_keep' must be >= 1, got {c.num_to_keep}")
     need(not (c.backend == "nccl" and not c.use_gpu), "'cluster.backend: nccl' needs 'cluster.use_gpu: true'")
+    validate_serve(config.serve)
     return config
+
+
+def validate_serve(s: ServeConfig) -> ServeConfig:
+    """Ranges of the ``serve`` section (also applied after infer.py's --serve flags); returns ``s``."""
+    checks = (
+        (1 <= s.port <= 65535, f"'serve.port' must be a port number 1..65535, got {s.port}"),
+        (bool(s.host.strip()), "'serve.host' is empty: give an address such as 127.0.0.1 or 0.0.0.0"),
+        (s.replicas >= 1, f"'serve.replicas' must be >= 1, got {s.replicas}"),
+        (math.isfinite(s.cpus_per_replica) and s.cpus_per_replica > 0,
+         f"'serve.cpus_per_replica' must be a positive number, got {s.cpus_per_replica}"),
+        (math.isfinite(s.gpus_per_replica) and s.gpus_per_replica >= 0,
+         f"'serve.gpus_per_replica' must be 0 or a positive share of a GPU, got {s.gpus_per_replica}"),
+        (s.max_batch_size >= 1, f"'serve.max_batch_size' must be >= 1, got {s.max_batch_size}"),
+        (math.isfinite(s.batch_wait_ms) and s.batch_wait_ms >= 0, f"'serve.batch_wait_ms' must be >= 0, got {s.batch_wait_ms}"),
+        (s.max_ongoing_requests > s.max_batch_size,
+         (f"'serve.max_ongoing_requests' ({s.max_ongoing_requests}) must be above 'serve.max_batch_size' "
+          f"({s.max_batch_size}): a replica takes at most that many requests at once, so it caps every batch")),
+        (s.max_body_bytes >= 1024, f"'serve.max_body_bytes' must be >= 1024, got {s.max_body_bytes}"),
+        (s.max_batch_items >= 1, f"'serve.max_batch_items' must be >= 1, got {s.max_batch_items}"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return s
 
 
 def dump(config: Config) -> str:

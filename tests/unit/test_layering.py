@@ -1,13 +1,14 @@
 """The package's imports point one way, and Ray and Lightning stay where they are the point.
 
-    scripts -> training / inference -> data / models / evaluation -> config, spec, storage, errors
+    scripts -> serving -> training / inference -> data / models / evaluation -> config, spec, storage, errors
 
 Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
 training/tune (Ray Tune over Ray Train runs),
 inference/remote (the Ray-task fan-out) and data/ray_prepare (preparation on Ray Data for
-fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray). Lightning lives in
-training alone: inference and the plain model (LIGHTNING_FREE) load none of it, which is checked
-through their imports and in a fresh interpreter.
+fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray). Online forecasts
+keep Ray Serve and FastAPI in serving/app, and pydantic's request models in serving/api.
+Lightning lives in training alone: inference, serving and the plain model (LIGHTNING_FREE) load
+none of it, which is checked through their imports and in a fresh interpreter.
 
 Read from the source with ``ast`` (lazy imports inside functions count too), so a forbidden
 import fails here before it tangles the code.
@@ -38,14 +39,18 @@ ALLOWED = {
     "console": {"data"},
     "inference": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation"},
     "training": BOTTOM | {"layout", "ray_cluster", "data", "models", "evaluation", "console", "cli"},
+    "serving": BOTTOM | {"layout", "ray_cluster", "data", "inference"},  # never models/: it forecasts through inference
 }
 # Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "ray": {"ray_cluster", "training/ray_train", "training/tune", "inference/remote", "data/ray_prepare"},
+    "ray": {"ray_cluster", "training/ray_train", "training/tune", "inference/remote", "data/ray_prepare", "serving/app"},
+    "fastapi": {"serving/app"},
+    "starlette": {"serving/app"},
+    "pydantic": {"serving/api"},
     "lightning": {"models/module", "data/datamodule", "training/ray_train", "training/callbacks"},
 }
 # Modules that must load without Lightning, even lazily: what inference and serving run.
-LIGHTNING_FREE = ("inference/", "models/transformer", "models/ensemble", "models/quantiles", "models/factory")
+LIGHTNING_FREE = ("inference/", "serving/", "models/transformer", "models/ensemble", "models/quantiles", "models/factory")
 
 
 def module_name(path: Path, root: Path) -> str:
