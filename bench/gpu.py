@@ -1,12 +1,13 @@
 """GPU throughput at fleet scale (issue 12): training and backtest windows/s, memory, FLOP/s, a profile.
 
-    python bench/gpu.py --zones 1000 --out $OUT                 # on a GPU: the configs/8gpu.yaml model, bf16
-    python bench/gpu.py --device cpu --zones 20 --steps 5        # smoke test (tests/unit/test_gpu_bench.py)
-    python bench/gpu.py --write-csv zones.csv --zones 8          # a long-format fleet CSV for train.py --data
+    python -m bench.gpu --zones 1000 --output $OUT/gpu_bench.json    # on a GPU: the configs/8gpu.yaml model, bf16
+    python -m bench.gpu --device cpu --zones 20 --steps 5             # smoke test (tests/bench/test_gpu.py)
 
-Workload: ``--zones`` synthetic half-hourly series (a level per zone, daily and weekly cycles,
-noise), ``--days`` long, cut into windows by the project's own ``WindowSet``; the model of
-``--config`` (default configs/8gpu.yaml: d_model 128, 3+3 layers, one member).
+Workload: ``--zones`` synthetic half-hourly series (bench.common's fleet on its synthetic city:
+a level per zone, shifted daily and weekly cycles, negative-binomial counts), ``--days`` long,
+cut into windows by the project's own ``WindowSet``; the model of ``--config`` (default
+configs/8gpu.yaml: d_model 128, 3+3 layers, one member). ``python -m bench.make_zones
+--synthetic`` writes the same kind of fleet as a file for ``train.py --data``.
 
 Training is **plain Lightning**: one ``L.Trainer`` on one device running
 ``ForecastModule.training_step`` unchanged (scheduled sampling, per-member clipping, AdamW,
@@ -24,8 +25,9 @@ windows/s (48 autoregressive steps per window through ``ForecastModule.forecast`
 validation and ``infer.py`` use), and a ``torch.profiler`` summary of a few plain training
 steps (top ops by self device time, the share of wall time the device is idle, kernel
 launches per step; FLOP count and profile always run eager, also with ``--compile``, whose
-windows/s include compiled steps only after the warm-up). Everything goes to ``--out`` (default ``$OUT``, else ``out/``):
-``gpu_bench.json``, ``gpu_bench.txt``, ``profile.txt``, ``trace.json.gz``.
+windows/s include compiled steps only after the warm-up). The figures go to ``--output``
+(default ``$OUT/gpu_bench.json``, else ``out/gpu_bench.json``), and next to it ``gpu_bench.txt``,
+``profile.txt`` and ``trace.json.gz``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -54,14 +55,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lit_forecast import cli  # noqa: E402
-from lit_forecast import config as cfg  # noqa: E402
-from lit_forecast.data.windows import Segment, WindowSet, collate_batch  # noqa: E402
-from lit_forecast.models.module import ForecastModule  # noqa: E402
-from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict  # noqa: E402
+from bench.common import ROOT, add_output_argument, fleet_matrix, synthetic_city
+from lit_forecast import cli
+from lit_forecast import config as cfg
+from lit_forecast.data.windows import Segment, WindowSet, collate_batch
+from lit_forecast.models.module import ForecastModule
+from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict
 
 # Dense (no structured sparsity) bf16 tensor-core peaks in FLOP/s, from NVIDIA's datasheets,
 # whose headline figures assume 2:4 sparsity and are halved here: H100 SXM5 1,979 TFLOPS
@@ -92,42 +91,16 @@ def peak_flops(device_name: str) -> float | None:
 # -- the fleet workload ---------------------------------------------------------------------------
 
 
-def zone_values(zones: int, slots: int, seed: int = 0) -> np.ndarray:
-    """(zones, slots) synthetic half-hourly demand: a level per zone, daily and weekly cycles, noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(slots)
-    level = rng.lognormal(mean=5.0, sigma=1.0, size=(zones, 1))  # zones from ~20 to ~1,000 per slot
-    daily = 1 + 0.6 * np.sin(2 * np.pi * (t / 48 + rng.uniform(size=(zones, 1))))
-    weekly = 1 + 0.2 * np.sin(2 * np.pi * t / 336)
-    noise = rng.normal(1.0, 0.05, size=(zones, slots))
-    return np.maximum(level * daily * weekly * noise, 0.0)
-
-
 def fleet(zones: int, days: int, spec: WindowSpec, start: str = "2014-07-01") -> tuple[WindowSet, dict[str, SeriesStats]]:
-    """Every window of ``zones`` series of ``days`` days each, and each zone's scaler statistics."""
+    """Every window of ``zones`` synthetic series of ``days`` days each, and each zone's scaler statistics."""
     slots = days * 48
     if slots < spec.input_window + spec.horizon:
         raise SystemExit(f"--days {days} is too short for {spec.input_window} + {spec.horizon} slot windows")
-    values = zone_values(zones, slots)
+    values = fleet_matrix(synthetic_city(slots), zones, slots_per_day=48)
     starts = np.arange(spec.input_window, slots - spec.horizon + 1)
     segments = [Segment(f"z{z:05d}", pd.Timestamp(start), values[z], starts) for z in range(zones)]
-    stats = {s.series_id: SeriesStats(mean=float(s.values.mean()), std=float(s.values.std())) for s in segments}
+    stats = {s.series_id: SeriesStats(mean=float(s.values.mean()), std=float(s.values.std()) or 1.0) for s in segments}
     return WindowSet(segments, stats, spec), stats
-
-
-def write_csv(path: str, zones: int, start: str = "2014-07-01", end: str = "2015-02-01") -> None:
-    """The same synthetic zones as a long-format CSV (timestamp, value, series_id) for ``train.py --data``."""
-    times = pd.date_range(start, end, freq="30min", inclusive="left")
-    values = zone_values(zones, len(times))
-    frame = pd.DataFrame(
-        {
-            "timestamp": np.tile(times.strftime("%Y-%m-%d %H:%M:%S"), zones),
-            "value": values.ravel().round(3),
-            "series_id": np.repeat([f"z{z:05d}" for z in range(zones)], len(times)),
-        }
-    )
-    frame.to_csv(path, index=False)
-    print(f"wrote {path}: {zones} zones x {len(times)} slots ({start} .. {end})")
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -157,7 +130,7 @@ class SmiSampler:
                 pass
             self._stop.wait(self.period)
 
-    def __enter__(self) -> "SmiSampler":
+    def __enter__(self) -> SmiSampler:
         if self.available:
             self._thread.start()
         return self
@@ -240,7 +213,6 @@ def train_lightning(config, spec, data, device, batch_size, warmup, steps, preci
     )
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    caught: list[warnings.WarningMessage] = []
     launched = time.perf_counter()
     with SmiSampler() as smi, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -412,12 +384,9 @@ def main() -> None:
     parser.add_argument("--infer-precision", default=None, help="comma-separated of fp32,bf16 (default both on CUDA, fp32 on CPU)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-infer", action="store_true")
-    parser.add_argument("--out", default=os.environ.get("OUT") or "out", help="folder for the report files")
-    parser.add_argument("--write-csv", metavar="PATH", help="only write --zones synthetic zones as a long CSV and exit")
+    add_output_argument(parser, "the figures as JSON; gpu_bench.txt, profile.txt and trace.json.gz go next to it "
+                                "(default $OUT/gpu_bench.json, else out/gpu_bench.json)")
     args = parser.parse_args()
-    if args.write_csv:
-        write_csv(args.write_csv, args.zones)
-        return
     cli.quiet_third_parties()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -433,7 +402,8 @@ def main() -> None:
     precision = args.precision or ("bf16-mixed" if cuda else "32-true")
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
     batch_sizes = [int(b) for b in (args.batch_sizes or str(config.train.batch_size)).split(",")]
-    out = Path(args.out)
+    output = Path(args.output or Path(os.environ.get("OUT") or "out", "gpu_bench.json"))
+    out = output.parent
     out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     peak = peak_flops(name) if cuda else None
@@ -526,9 +496,9 @@ def main() -> None:
         lines.append(f"\npeak: {peak / 1e12:.0f} TFLOP/s dense bf16 (datasheet); measured bf16 matmul on this workplace's H200 ~{MEASURED_MATMUL_H200 / 1e12:.0f}")
     text = "\n".join(lines)
     (out / "gpu_bench.txt").write_text(text + "\n")
-    (out / "gpu_bench.json").write_text(json.dumps(report, indent=1, default=str))
+    output.write_text(json.dumps(report, indent=1, default=str))
     print("\n" + text)
-    print(f"\nwrote {out}/gpu_bench.json, gpu_bench.txt{', profile.txt, trace.json.gz' if 'profile' in report else ''}")
+    print(f"\nwrote {output}, {out}/gpu_bench.txt{', profile.txt, trace.json.gz' if 'profile' in report else ''}")
 
 
 if __name__ == "__main__":

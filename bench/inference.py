@@ -1,7 +1,7 @@
 """Inference speed: 1,000 windows through the Ray tasks, a warm single forecast, Ray's overhead.
 
-    python bench/inference.py                       # configs/local.yaml model, random weights
-    python bench/inference.py --checkpoint runs/nyc_taxi_local/checkpoint_000009
+    python -m bench.inference                       # configs/local.yaml model, random weights
+    python -m bench.inference --checkpoint runs/nyc_taxi_local/checkpoint_000009
 
 Targets (issue 5): 1,000 windows of 48 autoregressive steps in <= 5 s on 2 CPU cores through
 the Ray tasks, and a warm single forecast in <= 50 ms. Timings are medians of repeated warm
@@ -62,7 +62,8 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f (1/5/15 min) on %d CPUs" % (*os.getloadavg(), os.cpu_count())
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Does the quantile calibration fitted on validation hold forward in time? (issue 11)
 
-    python bench/calibration.py --run runs/accuracy          # a run of the local default
+    python -m bench.studies.calibration --run runs/accuracy          # a run of the local default
 
 Training fits the calibration factors on every December window (models/quantiles.py,
 QuantileCalibration) and they are then used on January. Whether a band fitted on one month
@@ -84,7 +84,7 @@ def main() -> None:
         dec, _ = build_windows(series, stats, spec, parse_cutoffs([DECEMBER]), gap)
         jan, _ = build_windows(series, stats, spec, parse_cutoffs([JANUARY]), gap)
     except UserError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     d_raw, d_y, d_loc, d_scale = raw_quantiles(module, dec)
     j_raw, j_y, j_loc, j_scale = raw_quantiles(module, jan)
     first = np.asarray(dec.cutoffs + pd.Timedelta(spec.freq) * (spec.horizon - 1) < SPLIT)  # targets before the split

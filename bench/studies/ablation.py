@@ -1,8 +1,8 @@
 """Which model options help? Validation MAE of model variants trained alike, without Ray.
 
-    python bench/ablation.py --data nyc_taxi.csv                    # every variant, configs/local.yaml
-    python bench/ablation.py --variants full no_covariates --epochs 3
-    python bench/ablation.py --epochs 1 --set train.limit_train_batches=2   # smoke run
+    python -m bench.studies.ablation --data nyc_taxi.csv             # every variant, configs/local.yaml
+    python -m bench.studies.ablation --variants full no_covariates --epochs 3
+    python -m bench.studies.ablation --epochs 1 --set train.limit_train_batches=2   # smoke run
 
 Each variant is configs/local.yaml (or --config) plus a few overrides, trained in this process
 by a plain Lightning Trainer on one device with the same seed, epochs and batch size. The batch
@@ -28,6 +28,7 @@ import time
 import lightning as L
 import torch
 
+from bench.common import add_data_argument
 from lit_forecast import cli
 from lit_forecast import config as cfg
 from lit_forecast.data.datamodule import ShardDataModule
@@ -46,9 +47,8 @@ VARIANTS = {
     "no_scheduled_sampling": ["train.sampling_max_prob=0"],
     "mae_loss": ["model.quantiles=[]", "train.loss=mae"],  # a point forecast trained on the metric itself
     "point": ["model.quantiles=[]"],  # one value per step, train.loss (smooth L1), no quantile head
-    "daily_lag": ["model.daily_lag=48"],  # the same slot yesterday as a known input too
+    "no_daily_lag": ["model.daily_lag=0"],  # without the same slot yesterday as a known input
     "residual": ["model.residual=true"],  # predict the correction to last week's value
-    "daily_lag_residual": ["model.daily_lag=48", "model.residual=true"],
     # The reference tutorial's setup (one token per step, a 3.5-day window, nothing but the
     # series itself), with our causal decoder mask.
     "tutorial_univariate": [
@@ -143,7 +143,7 @@ def format_table(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: configs/local.yaml)")
-    parser.add_argument("--data", help="CSV to use instead of data.source")
+    add_data_argument(parser, "CSV or Parquet to use instead of data.source")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME",
                         help=f"variants to train (default: all of {', '.join(VARIANTS)})")
     parser.add_argument("--epochs", type=int, help="epochs per variant (default: the config's train.max_epochs)")
