@@ -1,7 +1,7 @@
 # Two entry points that set themselves up on a fresh machine with Python 3.11:
 #   make train   create .venv, install, prepare data, train (local Ray), forecast
 #   make test    create .venv, install, lint (ruff), run the test suite
-#   make lint    ruff check (configured in pyproject.toml)
+#   make lint    ruff check and ruff format --check (configured in pyproject.toml)
 #   make bench / make accuracy   the figures in docs/results.md
 # Bench scripts run from this folder as modules: .venv/bin/python -m bench.training (bench/README.md).
 #   make fleet   1,000 generated zones: train configs/fleet-local.yaml, backtest January 2015
@@ -27,6 +27,7 @@ test: lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.training
