@@ -61,7 +61,8 @@ def main() -> None:
             print(f"80 % interval coverage = {model['coverage_80']:.1%}   target {low:.0%}-{high:.0%}: "
                   f"{'MET' if low <= model['coverage_80'] <= high else 'NOT MET'}")
         wql = result.table["wql_ratio_model_vs_naive_weekly"]
-        print(f"model wQL / weekly seasonal-naive (empirical quantiles) wQL = {wql:.3f}   target < 1: {'MET' if wql < 1 else 'NOT MET'}")
+        print(f"model wQL / weekly seasonal-naive (empirical quantiles) wQL = {wql:.3f}   target < 1: "
+              f"{'MET' if wql < 1 else 'NOT MET'}")
     print(f"table {result.table_path}\nplot  {result.plot}")
 
 

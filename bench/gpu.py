@@ -303,7 +303,8 @@ def flops_and_profile(config, spec, data, device, batch_size, precision, out: Pa
     text = [
         f"torch.profiler: {profile_steps} plain training steps (ForecastModule.member_loss + backward + clip + AdamW),",
         f"batch {batch_size}, {precision}, {device}. Sorted by {sort} (us).",
-        f"wall {summary['profile_wall_ms_per_step']:.2f} ms/step; device busy {summary['device_busy_ms_per_step']:.2f} ms/step;"
+        f"wall {summary['profile_wall_ms_per_step']:.2f} ms/step; "
+        f"device busy {summary['device_busy_ms_per_step']:.2f} ms/step;"
         f" idle share {summary['device_idle_share']}; kernel launches/step {summary['kernel_launches_per_step']}",
         "",
         table,
@@ -405,7 +406,8 @@ def main() -> None:
     output = Path(args.output or Path(os.environ.get("OUT") or "out", "gpu_bench.json"))
     out = output.parent
     out.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    cpu = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if cuda else cpu
     peak = peak_flops(name) if cuda else None
 
     started = time.perf_counter()
@@ -431,8 +433,10 @@ def main() -> None:
     del probe
     lines = [
         f"device   {name}; torch {torch.__version__}, lightning {L.__version__}",
-        f"model    {args.config} {' '.join(args.set)}: {report['parameters']:,} parameters, {config.model.members} member(s)",
-        f"fleet    {args.zones} synthetic zones x {args.days} days -> {len(data):,} windows ({report['fleet_build_s']:.1f} s to build)",
+        f"model    {args.config} {' '.join(args.set)}: {report['parameters']:,} parameters, {config.model.members} "
+        "member(s)",
+        f"fleet    {args.zones} synthetic zones x {args.days} days -> {len(data):,} windows "
+        f"({report['fleet_build_s']:.1f} s to build)",
     ]
     print("\n".join(lines), flush=True)
 
@@ -441,7 +445,8 @@ def main() -> None:
             for batch_size in batch_sizes:
                 result = train_lightning(config, spec, data, device, batch_size, warmup, args.steps, precision, compile_nets, scratch)
                 report["train"].append(result)
-                print(f"train    batch {batch_size}: {result['windows_per_s']:,.0f} windows/s ({result['step_ms']:.2f} ms/step)", flush=True)
+                print(f"train    batch {batch_size}: {result['windows_per_s']:,.0f} windows/s ({result['step_ms']:.2f} "
+                      "ms/step)", flush=True)
             if cuda:
                 check = args.sync_check_steps or 10
                 result = train_lightning(config, spec, data, device, batch_sizes[0], warmup, check, precision, compile_nets, scratch, sync_check=True)
@@ -465,22 +470,28 @@ def main() -> None:
     lines += ["", "training (plain Lightning, one device; windows/s over steps after the warm-up):"]
     for r in report["train"]:
         mem = f"  max allocated {r['max_memory_allocated_gib']:.2f} GiB" if "max_memory_allocated_gib" in r else ""
-        smi = f"  nvidia-smi util {r['smi_util_mean_pct']:.0f}% (max {r['smi_util_max_pct']:.0f}), mem {r['smi_mem_used_max_mib']:.0f} MiB" if "smi_util_mean_pct" in r else ""
-        share = f" = {100 * r['share_of_peak']:.2f}% of {peak / 1e12:.0f} TFLOP/s" if r.get("share_of_peak") is not None else ""
+        smi = (f"  nvidia-smi util {r['smi_util_mean_pct']:.0f}% (max {r['smi_util_max_pct']:.0f}), "
+               f"mem {r['smi_mem_used_max_mib']:.0f} MiB" if "smi_util_mean_pct" in r else "")
+        share = (f" = {100 * r['share_of_peak']:.2f}% of {peak / 1e12:.0f} TFLOP/s"
+                 if r.get("share_of_peak") is not None else "")
         flops = f"  {r['achieved_flops'] / 1e12:.3f} TFLOP/s{share}" if "achieved_flops" in r else ""
         lines.append(
-            f"  batch {r['batch_size']:>5} {r['precision']}{' compiled' if r['compile'] else ''}: {r['windows_per_s']:>10,.0f} windows/s"
+            f"  batch {r['batch_size']:>5} {r['precision']}{' compiled' if r['compile'] else ''}: "
+            f"{r['windows_per_s']:>10,.0f} windows/s"
             f"  {r['step_ms']:7.2f} ms/step  (warm-up {r['warmup_s']:.1f} s){mem}{smi}{flops}"
         )
     if "sync_check" in report:
         s = report["sync_check"]
-        lines.append(f"  host synchronisations per training step (Lightning, batch {s['batch_size']}): {s['host_syncs_per_step']:.1f}")
+        lines.append(f"  host synchronisations per training step (Lightning, batch {s['batch_size']}): "
+                     f"{s['host_syncs_per_step']:.1f}")
         lines += [f"      {n:4d} x {where}" for where, n in s["host_sync_places"].items()]
     if "profile" in report:
         p = report["profile"]
         lines += [
-            f"  FLOPs per training window (FlopCounterMode, fwd + bwd + scheduled-sampling pass): {p['train_flops_per_window'] / 1e6:.1f} MFLOP",
-            f"  profile (plain eager steps, batch {p['profile_batch_size']}): wall {p['profile_wall_ms_per_step']:.2f} ms/step, "
+            "  FLOPs per training window (FlopCounterMode, fwd + bwd + scheduled-sampling pass): "
+            f"{p['train_flops_per_window'] / 1e6:.1f} MFLOP",
+            f"  profile (plain eager steps, batch {p['profile_batch_size']}): "
+            f"wall {p['profile_wall_ms_per_step']:.2f} ms/step, "
             f"device busy {p['device_busy_ms_per_step']:.2f} ms/step, idle share {p['device_idle_share']}, "
             f"kernel launches/step {p['kernel_launches_per_step']}  (profile.txt)",
         ]
@@ -489,11 +500,14 @@ def main() -> None:
         for r in report["infer"]:
             share = f" = {100 * r['share_of_peak']:.3f}% of peak" if r.get("share_of_peak") is not None else ""
             lines.append(
-                f"  {r['precision']:>4}, batch {r['batch_size']}: {r['windows']:,} windows in {r['seconds']:.3f} s = {r['windows_per_s']:>10,.0f} windows/s"
-                f"  ({r['forecast_flops_per_window'] / 1e6:.1f} MFLOP/window, {r['achieved_flops'] / 1e12:.3f} TFLOP/s{share})"
+                f"  {r['precision']:>4}, batch {r['batch_size']}: {r['windows']:,} windows in {r['seconds']:.3f} s = "
+                f"{r['windows_per_s']:>10,.0f} windows/s"
+                f"  ({r['forecast_flops_per_window'] / 1e6:.1f} MFLOP/window, {r['achieved_flops'] / 1e12:.3f} "
+                f"TFLOP/s{share})"
             )
     if peak:
-        lines.append(f"\npeak: {peak / 1e12:.0f} TFLOP/s dense bf16 (datasheet); measured bf16 matmul on this workplace's H200 ~{MEASURED_MATMUL_H200 / 1e12:.0f}")
+        lines.append(f"\npeak: {peak / 1e12:.0f} TFLOP/s dense bf16 (datasheet); measured bf16 matmul on this "
+                     f"workplace's H200 ~{MEASURED_MATMUL_H200 / 1e12:.0f}")
     text = "\n".join(lines)
     (out / "gpu_bench.txt").write_text(text + "\n")
     output.write_text(json.dumps(report, indent=1, default=str))

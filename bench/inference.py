@@ -96,7 +96,8 @@ def main() -> None:
     windows, _ = build_windows(series, loaded.series_stats, spec, cutoffs)
     one, _ = build_windows(series, loaded.series_stats, spec, cutoffs[:1])
 
-    print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  ({sum(p.numel() for p in loaded.module.parameters()):,} parameters; {W} past -> {H} steps)")
+    print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  "
+          f"({sum(p.numel() for p in loaded.module.parameters()):,} parameters; {W} past -> {H} steps)")
     print(f"machine   {load()}")
     torch.set_num_threads(args.cpus)
     forecast(loaded.module, model_inputs(one))  # warm-up
@@ -118,7 +119,8 @@ def main() -> None:
     plain_result = forecast(loaded.module, model_inputs(windows), args.batch_size)
     print(f"machine   {load()} (after)")
     print()
-    print(f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   target <= 5 s"
+    print(f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   "
+          "target <= 5 s"
           f"   ({args.windows / remote:,.0f} windows/s; first call incl. worker start {cold:.2f} s)")
     print(f"{args.windows:,} windows, plain call ({args.cpus} threads)            {plain:6.2f} s")
     print(f"single forecast, plain, warm                        {1000 * single:6.1f} ms  target <= 50 ms")

@@ -166,7 +166,8 @@ def main() -> None:
                               "$LIT_FORECAST_CACHE)", default=DataConfig().source)
     parser.add_argument("--series-column", help="series column of a long-format fleet: one global model over all series")
     parser.add_argument("--cutoffs", nargs="+", default=[CUTOFFS], help=f"as in infer.py (default {CUTOFFS})")
-    parser.add_argument("--blizzard", default=BLIZZARD, help=f"cutoffs left out of the second table (default {BLIZZARD})")
+    parser.add_argument("--blizzard", default=BLIZZARD, help="cutoffs left out of the second table (default "
+                                                             f"{BLIZZARD})")
     parser.add_argument("--train-end", default=DataConfig().train_end, help="targets before this are training data")
     parser.add_argument("--train-stride", type=int, default=1, help="slots between training windows (default 1: all)")
     parser.add_argument("--quantiles", help="also fit quantile regressors at these levels, e.g. 0.1,0.5,0.9")
@@ -272,7 +273,8 @@ def main() -> None:
             known = np.isfinite(actual)
             inside = ((actual >= lo) & (actual <= hi))[known].mean()
             result["quantiles"]["interval"] = {"levels": [min(levels), max(levels)], "coverage": float(inside)}
-            print(f"actuals inside [{min(levels)}, {max(levels)}]: {inside:.3f} (nominal {max(levels) - min(levels):.2f})")
+            print(f"actuals inside [{min(levels)}, {max(levels)}]: {inside:.3f} (nominal "
+                  f"{max(levels) - min(levels):.2f})")
     if args.output:
         bt.save_table(args.output, result)
         print(f"\njson      {args.output}")

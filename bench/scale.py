@@ -174,7 +174,8 @@ def format_step(step: str, sub: str | None, f: dict, zones: int) -> str:
     )
     if step == "prepare":
         return (
-            f"prepare {sub:<9} {zones:,} zones  {f['rows']:,} rows  wall {f['wall_s']:.1f} s (Ray start {f['ray_start_s']:.1f} s)  "
+            f"prepare {sub:<9} {zones:,} zones  {f['rows']:,} rows  wall {f['wall_s']:.1f} s (Ray start "
+            f"{f['ray_start_s']:.1f} s)  "
             f"{f['rows_per_s']:,.0f} rows/s ({f['rows_per_s_after_ray_start']:,.0f} after Ray start)  "
             f"peak RSS of one process {f['peak_rss_bytes'] / 2**30:.2f} GiB ({f['peak_rss_process']})  {load}"
         )
@@ -182,13 +183,15 @@ def format_step(step: str, sub: str | None, f: dict, zones: int) -> str:
         return (
             f"train     {zones:,} zones  {f['steps']} steps x {f['batch_size']} windows (rank 0 of {f['workers']}, "
             f"{f['threads']} thread(s))  epoch {f['epoch_s']:.1f} s = training {f['train_s']:.1f} s + validation "
-            f"{f['validation_s']:.1f} s ({100 * f['validation_share']:.1f} % of the epoch, {f['validation_windows']:,} windows)  "
+            f"{f['validation_s']:.1f} s ({100 * f['validation_share']:.1f} % of the epoch, {f['validation_windows']:,} "
+            "windows)  "
             f"{f['train_windows_per_s']:.0f} training windows/s  {load}"
         )
     if step in ("forecast", "backtest"):
         line = (
             f"{step:<9} {zones:,} zones  {f['windows']:,} windows ({f['cutoffs']} cutoff(s), {f['series']:,} series)  "
-            f"wall {f['wall_s']:.1f} s ({'Ray tasks, Ray start ' + format(f['ray_start_s'], '.1f') + ' s before' if f['ray'] else 'no Ray'})  "
+            f"wall {f['wall_s']:.1f} s "
+            f"({'Ray tasks, Ray start ' + format(f['ray_start_s'], '.1f') + ' s before' if f['ray'] else 'no Ray'})  "
             f"{f['windows_per_s']:,.0f} windows/s  {load}"
         )
         if "pooled_mae" in f:

@@ -74,7 +74,8 @@ class Recorder(L.Callback):
         self.epochs.append(m)
         print(f"  epoch {len(self.epochs)}  val/mae {m['val/mae']:.0f}  val/loss {m['val/loss']:.4f}  "
               f"val/loss_tf {m['val/loss_tf']:.4f}  "
-              + (f"val/wql {m['val/wql']:.4f}  val/coverage_80 {m['val/coverage_80']:.3f}  " if "val/coverage_80" in m else "")
+              + (f"val/wql {m['val/wql']:.4f}  val/coverage_80 {m['val/coverage_80']:.3f}  "
+                 if "val/coverage_80" in m else "")
               + f"{m.get('train/windows_per_s', 0):.0f} windows/s  ({m['seconds']:.1f} s)",
               flush=True)
 
@@ -133,7 +134,8 @@ def format_table(results: dict[str, dict]) -> str:
         naive = f"{r['naive']:.0f} ({'weekly' if r['lag'] == 336 else 'daily'})"
         seconds = sum(e["seconds"] for e in epochs) / len(epochs)
         lines.append(
-            f"{name:<22} {r['params']:>7,} {epochs[best]['val/mae']:>9.0f} (ep {best + 1:>2}) {final['val/mae']:>13.0f} "
+            f"{name:<22} {r['params']:>7,} {epochs[best]['val/mae']:>9.0f} (ep {best + 1:>2}) "
+            f"{final['val/mae']:>13.0f} "
             f"{final['val/loss']:>9.4f} {final['val/loss_tf']:>11.4f} {naive:>15} "
             f"{epochs[best]['val/mae'] / r['naive']:>10.3f} {seconds:>8.1f}"
         )
