@@ -3,8 +3,8 @@
 #   make test    create .venv, install, lint (ruff), run the test suite
 #   make lint    ruff check and ruff format --check (configured in pyproject.toml)
 #   make bench / make accuracy   the figures in docs/results.md
-# Bench scripts run from this folder as modules: .venv/bin/python -m bench.training (bench/README.md).
 #   make fleet   1,000 generated zones: train configs/fleet-local.yaml, backtest January 2015
+# Bench scripts run from this folder as modules: .venv/bin/python -m bench.training (bench/README.md).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
