@@ -1,15 +1,17 @@
 # Two entry points that set themselves up on a fresh machine with Python 3.11:
 #   make train   create .venv, install, prepare data, train (local Ray), forecast
-#   make test    create .venv, install, run the test suite
-#   make bench / make accuracy   figures of docs/results.md
+#   make test    create .venv, install, lint (ruff), run the test suite
+#   make lint    ruff check and ruff format --check (configured in pyproject.toml)
+#   make bench / make accuracy   the figures in docs/results.md
 #   make fleet   1,000 generated zones: train configs/fleet-local.yaml, backtest January 2015
 #   make docs    regenerate docs/configuration.md from lit_forecast/config.py
+# Bench scripts run from this folder as modules: .venv/bin/python -m bench.training (bench/README.md).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test bench accuracy fleet docs clean
+.PHONY: train test lint bench accuracy fleet docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +23,23 @@ train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 	$(BIN)/python infer.py
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest $(ARGS)
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 bench: $(STAMP)
-	$(BIN)/python bench/training.py
-	$(BIN)/python bench/inference.py
+	$(BIN)/python -m bench.training
+	$(BIN)/python -m bench.inference
 
 # The headline backtest end to end: train the local default into runs/accuracy, then score
 # January 2015 (a cutoff every midnight) against the seasonal-naive baselines, with the bands
 # refitted at each cutoff on the 14 days before it (infer.py --recalibrate-days, chosen on December).
 accuracy: $(STAMP)
 	$(BIN)/python train.py --name accuracy
-	$(BIN)/python bench/accuracy.py --run runs/accuracy --recalibrate-days 14
+	$(BIN)/python -m bench.accuracy --run runs/accuracy --recalibrate-days 14
 
 # The fleet path end to end on this machine: generate ZONES zones from the NAB city series
 # (long format, timestamp,zone,value), train configs/fleet-local.yaml on them, then backtest
@@ -44,7 +50,7 @@ FLEET_RUN ?= fleet_local
 
 $(FLEET_DATA): | $(STAMP)
 	mkdir -p data
-	$(BIN)/python bench/make_zones.py --zones $(ZONES) --output $@
+	$(BIN)/python -m bench.make_zones --zones $(ZONES) --output $@
 
 fleet: $(STAMP) $(FLEET_DATA)
 	$(BIN)/python train.py --config configs/fleet-local.yaml --data $(FLEET_DATA) --name $(FLEET_RUN)

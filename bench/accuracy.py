@@ -1,8 +1,8 @@
 """The headline backtest: January 2015, a cutoff at every midnight (31 cutoffs x 48 steps).
 
-    python bench/accuracy.py                          # best checkpoint of the latest finished run in runs/
-    python bench/accuracy.py --run runs/nyc_taxi_local
-    python bench/accuracy.py --checkpoint PATH --data nyc_taxi.csv
+    python -m bench.accuracy                          # best checkpoint of the latest finished run in runs/
+    python -m bench.accuracy --run runs/nyc_taxi_local
+    python -m bench.accuracy --checkpoint PATH --data nyc_taxi.csv
 
 The same as ``python infer.py --run RUN --cutoffs 2015-01-01..2015-01-31/1D``: the model and the
 daily (lag 48) and weekly (lag 336) seasonal-naive forecasts scored on the same windows; MASE is
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from bench.common import add_data_argument, add_output_argument
 from lit_forecast import cli
 from lit_forecast.console import format_backtest
 from lit_forecast.errors import UserError
@@ -32,9 +33,9 @@ def main() -> None:
     source.add_argument("--run", help="run folder (default: latest finished run in --storage)")
     source.add_argument("--checkpoint", help="a Ray checkpoint folder or .ckpt file")
     parser.add_argument("--storage", default=defaults.STORAGE)
-    parser.add_argument("--data", help="CSV (default: the checkpoint's data.source)")
+    add_data_argument(parser, "CSV or Parquet (default: the checkpoint's data.source)")
     parser.add_argument("--cutoffs", default=HEADLINE_CUTOFFS, help=f"see infer.py --help (default {HEADLINE_CUTOFFS})")
-    parser.add_argument("--output", help="forecasts file (default: <run>/forecasts/forecast_<cutoffs>.csv)")
+    add_output_argument(parser, "forecasts file (default: <run>/forecasts/forecast_<cutoffs>.csv)")
     parser.add_argument("--ray", action="store_true", help="forecast through the Ray tasks (default: a plain call)")
     parser.add_argument("--recalibrate-days", type=float, default=0, metavar="N", help="as infer.py --recalibrate-days (default 0: off)")
     args = parser.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
             print(f"80 % interval coverage = {model['coverage_80']:.1%}   target {low:.0%}-{high:.0%}: "
                   f"{'MET' if low <= model['coverage_80'] <= high else 'NOT MET'}")
         wql = result.table["wql_ratio_model_vs_naive_weekly"]
-        print(f"model wQL / weekly seasonal-naive (empirical quantiles) wQL = {wql:.3f}   target < 1: {'MET' if wql < 1 else 'NOT MET'}")
+        print(f"model wQL / weekly seasonal-naive (empirical quantiles) wQL = {wql:.3f}   target < 1: "
+              f"{'MET' if wql < 1 else 'NOT MET'}")
     print(f"table {result.table_path}\nplot  {result.plot}")
 
 

@@ -1,15 +1,17 @@
-"""Run the fault-injection suite (tests/faults) and print its table for the README.
+"""Run the fault-injection suite (tests/faults) and print its table.
 
-    python bench/faults.py            # every fault class, each in a real local Ray run (a few minutes)
+    python -m bench.faults                          # every fault class, each in a real local Ray run (minutes)
+    python -m bench.faults --output faults.json     # the table's rows as JSON too
 
 Each test of tests/faults/test_faults.py injects one class of fault into train.py on the tiny
 config and records: faults injected, survived (or refused cleanly, with a message saying how to
 resume), epochs lost beyond the last readable checkpoint, and wrong results (a run that ended
-without all its epochs, or with a checkpoint it should not have).
+without all its epochs, or with a checkpoint it should not have). Exit status: pytest's.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,23 +19,29 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, add_output_argument
+
+COUNTS = ("injected", "survived", "epochs_lost", "wrong_results")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_output_argument(parser, "also write the rows and their totals as JSON")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         rows_file = Path(scratch) / "faults.jsonl"
         env = {**os.environ, "LIT_FORECAST_FAULTS": str(rows_file)}
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
-                               "tests/faults/test_faults.py"],
-                              cwd=ROOT, env=env)
+        pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow"]
+        done = subprocess.run([*pytest, "tests/faults/test_faults.py"], cwd=ROOT, env=env)
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
+    total = {k: sum(r[k] for r in rows) for k in COUNTS}
     print()
     print(f"{'fault':<78} {'injected':>8} {'survived':>8} {'epochs lost':>11} {'wrong':>6}  note")
-    for r in rows:
-        print(f"{r['fault']:<78} {r['injected']:>8} {r['survived']:>8} {r['epochs_lost']:>11} {r['wrong_results']:>6}  {r['note']}")
-    total = {k: sum(r[k] for r in rows) for k in ("injected", "survived", "epochs_lost", "wrong_results")}
-    print(f"{'total':<78} {total['injected']:>8} {total['survived']:>8} {total['epochs_lost']:>11} {total['wrong_results']:>6}")
+    for r in [*rows, {"fault": "total", **total, "note": ""}]:
+        counts = f"{r['injected']:>8} {r['survived']:>8} {r['epochs_lost']:>11} {r['wrong_results']:>6}"
+        print(f"{r['fault']:<78} {counts}  {r['note']}".rstrip())
+    if args.output:
+        Path(args.output).write_text(json.dumps({"rows": rows, "total": total}, indent=1) + "\n")
     sys.exit(done.returncode)
 
 

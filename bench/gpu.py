@@ -1,12 +1,13 @@
 """GPU throughput at fleet scale (issue 12): training and backtest windows/s, memory, FLOP/s, a profile.
 
-    python bench/gpu.py --zones 1000 --out $OUT                 # on a GPU: the configs/8gpu.yaml model, bf16
-    python bench/gpu.py --device cpu --zones 20 --steps 5        # smoke test (tests/unit/test_gpu_bench.py)
-    python bench/gpu.py --write-csv zones.csv --zones 8          # a long-format fleet CSV for train.py --data
+    python -m bench.gpu --zones 1000 --output $OUT/gpu_bench.json    # on a GPU: the configs/8gpu.yaml model, bf16
+    python -m bench.gpu --device cpu --zones 20 --steps 5             # smoke test (tests/bench/test_gpu.py)
 
-Workload: ``--zones`` synthetic half-hourly series (a level per zone, daily and weekly cycles,
-noise), ``--days`` long, cut into windows by the project's own ``WindowSet``; the model of
-``--config`` (default configs/8gpu.yaml: d_model 128, 3+3 layers, one member).
+Workload: ``--zones`` synthetic half-hourly series (bench.common's fleet on its synthetic city:
+a level per zone, shifted daily and weekly cycles, negative-binomial counts), ``--days`` long,
+cut into windows by the project's own ``WindowSet``; the model of ``--config`` (default
+configs/8gpu.yaml: d_model 128, 3+3 layers, one member). ``python -m bench.make_zones
+--synthetic`` writes the same kind of fleet as a file for ``train.py --data``.
 
 Training is **plain Lightning**: one ``L.Trainer`` on one device running
 ``ForecastModule.training_step`` unchanged (scheduled sampling, per-member clipping, AdamW,
@@ -24,8 +25,9 @@ windows/s (48 autoregressive steps per window through ``ForecastModel.forecast``
 validation and ``infer.py`` use), and a ``torch.profiler`` summary of a few plain training
 steps (top ops by self device time, the share of wall time the device is idle, kernel
 launches per step; FLOP count and profile always run eager, also with ``--compile``, whose
-windows/s include compiled steps only after the warm-up). Everything goes to ``--out`` (default ``$OUT``, else ``out/``):
-``gpu_bench.json``, ``gpu_bench.txt``, ``profile.txt``, ``trace.json.gz``.
+windows/s include compiled steps only after the warm-up). The figures go to ``--output``
+(default ``$OUT/gpu_bench.json``, else ``out/gpu_bench.json``), and next to it ``gpu_bench.txt``,
+``profile.txt`` and ``trace.json.gz``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -54,15 +55,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lit_forecast import cli  # noqa: E402
-from lit_forecast import config as cfg  # noqa: E402
-from lit_forecast.data.windows import Segment, WindowSet, collate_batch  # noqa: E402
-from lit_forecast.models.factory import hyperparameters, module_from_hyperparameters  # noqa: E402
-from lit_forecast.models.module import ForecastModule  # noqa: E402
-from lit_forecast.spec import SeriesStats, WindowSpec  # noqa: E402
+from bench.common import ROOT, add_output_argument, fleet_matrix, synthetic_city
+from lit_forecast import cli
+from lit_forecast import config as cfg
+from lit_forecast.data.windows import Segment, WindowSet, collate_batch
+from lit_forecast.models.factory import hyperparameters, module_from_hyperparameters
+from lit_forecast.models.module import ForecastModule
+from lit_forecast.spec import SeriesStats, WindowSpec
 
 # Dense (no structured sparsity) bf16 tensor-core peaks in FLOP/s, from NVIDIA's datasheets,
 # whose headline figures assume 2:4 sparsity and are halved here: H100 SXM5 1,979 TFLOPS
@@ -92,42 +91,16 @@ def peak_flops(device_name: str) -> float | None:
 # -- the fleet workload ---------------------------------------------------------------------------
 
 
-def zone_values(zones: int, slots: int, seed: int = 0) -> np.ndarray:
-    """(zones, slots) synthetic half-hourly demand: a level per zone, daily and weekly cycles, noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(slots)
-    level = rng.lognormal(mean=5.0, sigma=1.0, size=(zones, 1))  # zones from ~20 to ~1,000 per slot
-    daily = 1 + 0.6 * np.sin(2 * np.pi * (t / 48 + rng.uniform(size=(zones, 1))))
-    weekly = 1 + 0.2 * np.sin(2 * np.pi * t / 336)
-    noise = rng.normal(1.0, 0.05, size=(zones, slots))
-    return np.maximum(level * daily * weekly * noise, 0.0)
-
-
 def fleet(zones: int, days: int, spec: WindowSpec, start: str = "2014-07-01") -> tuple[WindowSet, dict[str, SeriesStats]]:
-    """Every window of ``zones`` series of ``days`` days each, and each zone's scaler statistics."""
+    """Every window of ``zones`` synthetic series of ``days`` days each, and each zone's scaler statistics."""
     slots = days * 48
     if slots < spec.input_window + spec.horizon:
         raise SystemExit(f"--days {days} is too short for {spec.input_window} + {spec.horizon} slot windows")
-    values = zone_values(zones, slots)
+    values = fleet_matrix(synthetic_city(slots), zones, slots_per_day=48)
     starts = np.arange(spec.input_window, slots - spec.horizon + 1)
     segments = [Segment(f"z{z:05d}", pd.Timestamp(start), values[z], starts) for z in range(zones)]
-    stats = {s.series_id: SeriesStats(mean=float(s.values.mean()), std=float(s.values.std())) for s in segments}
+    stats = {s.series_id: SeriesStats(mean=float(s.values.mean()), std=float(s.values.std()) or 1.0) for s in segments}
     return WindowSet(segments, stats, spec), stats
-
-
-def write_csv(path: str, zones: int, start: str = "2014-07-01", end: str = "2015-02-01") -> None:
-    """The same synthetic zones as a long-format CSV (timestamp, value, series_id) for ``train.py --data``."""
-    times = pd.date_range(start, end, freq="30min", inclusive="left")
-    values = zone_values(zones, len(times))
-    frame = pd.DataFrame(
-        {
-            "timestamp": np.tile(times.strftime("%Y-%m-%d %H:%M:%S"), zones),
-            "value": values.ravel().round(3),
-            "series_id": np.repeat([f"z{z:05d}" for z in range(zones)], len(times)),
-        }
-    )
-    frame.to_csv(path, index=False)
-    print(f"wrote {path}: {zones} zones x {len(times)} slots ({start} .. {end})")
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -157,7 +130,7 @@ class SmiSampler:
                 pass
             self._stop.wait(self.period)
 
-    def __enter__(self) -> "SmiSampler":
+    def __enter__(self) -> SmiSampler:
         if self.available:
             self._thread.start()
         return self
@@ -239,7 +212,6 @@ def train_lightning(config, spec, data, device, batch_size, warmup, steps, preci
     )
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    caught: list[warnings.WarningMessage] = []
     launched = time.perf_counter()
     with SmiSampler() as smi, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -330,7 +302,8 @@ def flops_and_profile(config, spec, data, device, batch_size, precision, out: Pa
     text = [
         f"torch.profiler: {profile_steps} plain training steps (ForecastModule.member_loss + backward + clip + AdamW),",
         f"batch {batch_size}, {precision}, {device}. Sorted by {sort} (us).",
-        f"wall {summary['profile_wall_ms_per_step']:.2f} ms/step; device busy {summary['device_busy_ms_per_step']:.2f} ms/step;"
+        f"wall {summary['profile_wall_ms_per_step']:.2f} ms/step; "
+        f"device busy {summary['device_busy_ms_per_step']:.2f} ms/step;"
         f" idle share {summary['device_idle_share']}; kernel launches/step {summary['kernel_launches_per_step']}",
         "",
         table,
@@ -411,12 +384,9 @@ def main() -> None:
     parser.add_argument("--infer-precision", default=None, help="comma-separated of fp32,bf16 (default both on CUDA, fp32 on CPU)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-infer", action="store_true")
-    parser.add_argument("--out", default=os.environ.get("OUT") or "out", help="folder for the report files")
-    parser.add_argument("--write-csv", metavar="PATH", help="only write --zones synthetic zones as a long CSV and exit")
+    add_output_argument(parser, "the figures as JSON; gpu_bench.txt, profile.txt and trace.json.gz go next to it "
+                                "(default $OUT/gpu_bench.json, else out/gpu_bench.json)")
     args = parser.parse_args()
-    if args.write_csv:
-        write_csv(args.write_csv, args.zones)
-        return
     cli.quiet_third_parties()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -432,9 +402,11 @@ def main() -> None:
     precision = args.precision or ("bf16-mixed" if cuda else "32-true")
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
     batch_sizes = [int(b) for b in (args.batch_sizes or str(config.train.batch_size)).split(",")]
-    out = Path(args.out)
+    output = Path(args.output or Path(os.environ.get("OUT") or "out", "gpu_bench.json"))
+    out = output.parent
     out.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    cpu = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if cuda else cpu
     peak = peak_flops(name) if cuda else None
 
     started = time.perf_counter()
@@ -460,8 +432,10 @@ def main() -> None:
     del probe
     lines = [
         f"device   {name}; torch {torch.__version__}, lightning {L.__version__}",
-        f"model    {args.config} {' '.join(args.set)}: {report['parameters']:,} parameters, {config.model.members} member(s)",
-        f"fleet    {args.zones} synthetic zones x {args.days} days -> {len(data):,} windows ({report['fleet_build_s']:.1f} s to build)",
+        f"model    {args.config} {' '.join(args.set)}: {report['parameters']:,} parameters, {config.model.members} "
+        "member(s)",
+        f"fleet    {args.zones} synthetic zones x {args.days} days -> {len(data):,} windows "
+        f"({report['fleet_build_s']:.1f} s to build)",
     ]
     print("\n".join(lines), flush=True)
 
@@ -470,7 +444,8 @@ def main() -> None:
             for batch_size in batch_sizes:
                 result = train_lightning(config, spec, data, device, batch_size, warmup, args.steps, precision, compile_nets, scratch)
                 report["train"].append(result)
-                print(f"train    batch {batch_size}: {result['windows_per_s']:,.0f} windows/s ({result['step_ms']:.2f} ms/step)", flush=True)
+                print(f"train    batch {batch_size}: {result['windows_per_s']:,.0f} windows/s ({result['step_ms']:.2f} "
+                      "ms/step)", flush=True)
             if cuda:
                 check = args.sync_check_steps or 10
                 result = train_lightning(config, spec, data, device, batch_sizes[0], warmup, check, precision, compile_nets, scratch, sync_check=True)
@@ -494,22 +469,28 @@ def main() -> None:
     lines += ["", "training (plain Lightning, one device; windows/s over steps after the warm-up):"]
     for r in report["train"]:
         mem = f"  max allocated {r['max_memory_allocated_gib']:.2f} GiB" if "max_memory_allocated_gib" in r else ""
-        smi = f"  nvidia-smi util {r['smi_util_mean_pct']:.0f}% (max {r['smi_util_max_pct']:.0f}), mem {r['smi_mem_used_max_mib']:.0f} MiB" if "smi_util_mean_pct" in r else ""
-        share = f" = {100 * r['share_of_peak']:.2f}% of {peak / 1e12:.0f} TFLOP/s" if r.get("share_of_peak") is not None else ""
+        smi = (f"  nvidia-smi util {r['smi_util_mean_pct']:.0f}% (max {r['smi_util_max_pct']:.0f}), "
+               f"mem {r['smi_mem_used_max_mib']:.0f} MiB" if "smi_util_mean_pct" in r else "")
+        share = (f" = {100 * r['share_of_peak']:.2f}% of {peak / 1e12:.0f} TFLOP/s"
+                 if r.get("share_of_peak") is not None else "")
         flops = f"  {r['achieved_flops'] / 1e12:.3f} TFLOP/s{share}" if "achieved_flops" in r else ""
         lines.append(
-            f"  batch {r['batch_size']:>5} {r['precision']}{' compiled' if r['compile'] else ''}: {r['windows_per_s']:>10,.0f} windows/s"
+            f"  batch {r['batch_size']:>5} {r['precision']}{' compiled' if r['compile'] else ''}: "
+            f"{r['windows_per_s']:>10,.0f} windows/s"
             f"  {r['step_ms']:7.2f} ms/step  (warm-up {r['warmup_s']:.1f} s){mem}{smi}{flops}"
         )
     if "sync_check" in report:
         s = report["sync_check"]
-        lines.append(f"  host synchronisations per training step (Lightning, batch {s['batch_size']}): {s['host_syncs_per_step']:.1f}")
+        lines.append(f"  host synchronisations per training step (Lightning, batch {s['batch_size']}): "
+                     f"{s['host_syncs_per_step']:.1f}")
         lines += [f"      {n:4d} x {where}" for where, n in s["host_sync_places"].items()]
     if "profile" in report:
         p = report["profile"]
         lines += [
-            f"  FLOPs per training window (FlopCounterMode, fwd + bwd + scheduled-sampling pass): {p['train_flops_per_window'] / 1e6:.1f} MFLOP",
-            f"  profile (plain eager steps, batch {p['profile_batch_size']}): wall {p['profile_wall_ms_per_step']:.2f} ms/step, "
+            "  FLOPs per training window (FlopCounterMode, fwd + bwd + scheduled-sampling pass): "
+            f"{p['train_flops_per_window'] / 1e6:.1f} MFLOP",
+            f"  profile (plain eager steps, batch {p['profile_batch_size']}): "
+            f"wall {p['profile_wall_ms_per_step']:.2f} ms/step, "
             f"device busy {p['device_busy_ms_per_step']:.2f} ms/step, idle share {p['device_idle_share']}, "
             f"kernel launches/step {p['kernel_launches_per_step']}  (profile.txt)",
         ]
@@ -518,16 +499,18 @@ def main() -> None:
         for r in report["infer"]:
             share = f" = {100 * r['share_of_peak']:.3f}% of peak" if r.get("share_of_peak") is not None else ""
             lines.append(
-                f"  {r['precision']:>4}, batch {r['batch_size']}: {r['windows']:,} windows in {r['seconds']:.3f} s = {r['windows_per_s']:>10,.0f} windows/s"
-                f"  ({r['forecast_flops_per_window'] / 1e6:.1f} MFLOP/window, {r['achieved_flops'] / 1e12:.3f} TFLOP/s{share})"
+                f"  {r['precision']:>4}, batch {r['batch_size']}: {r['windows']:,} windows in {r['seconds']:.3f} s = "
+                f"{r['windows_per_s']:>10,.0f} windows/s"
+                f"  ({r['forecast_flops_per_window'] / 1e6:.1f} MFLOP/window, {r['achieved_flops'] / 1e12:.3f} "
+                f"TFLOP/s{share})"
             )
     if peak:
         lines.append(f"\npeak: {peak / 1e12:.0f} TFLOP/s dense bf16 (datasheet)")
     text = "\n".join(lines)
     (out / "gpu_bench.txt").write_text(text + "\n")
-    (out / "gpu_bench.json").write_text(json.dumps(report, indent=1, default=str))
+    output.write_text(json.dumps(report, indent=1, default=str))
     print("\n" + text)
-    print(f"\nwrote {out}/gpu_bench.json, gpu_bench.txt{', profile.txt, trace.json.gz' if 'profile' in report else ''}")
+    print(f"\nwrote {output}, {out}/gpu_bench.txt{', profile.txt, trace.json.gz' if 'profile' in report else ''}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Inference speed: 1,000 windows through the Ray tasks, a warm single forecast, Ray's overhead.
 
-    python bench/inference.py                       # configs/local.yaml model, random weights
-    python bench/inference.py --checkpoint runs/nyc_taxi_local/checkpoint_000009
+    python -m bench.inference                       # configs/local.yaml model, random weights
+    python -m bench.inference --checkpoint runs/nyc_taxi_local/checkpoint_000009
 
 Targets (issue 5): 1,000 windows of 48 autoregressive steps in <= 5 s on 2 CPU cores through
 the Ray tasks, and a warm single forecast in <= 50 ms. Timings are medians of repeated warm
@@ -39,7 +39,7 @@ from lit_forecast.spec import SINGLE_SERIES, SeriesStats, WindowSpec
 def random_checkpoint(folder: str) -> str:
     """The local config's model with random weights, saved as training saves it."""
     config = cfg.load()
-    d = config.data
+    plain, d = cfg.to_dict(config), config.data
     window = WindowSpec(d.input_window, d.horizon, d.freq, d.stride, d.eval_stride)
     stats = {SINGLE_SERIES: SeriesStats(mean=15000.0, std=6900.0)}
     torch.manual_seed(0)
@@ -62,7 +62,8 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f (1/5/15 min) on %d CPUs" % (*os.getloadavg(), os.cpu_count())
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
 
 
 def main() -> None:
@@ -95,7 +96,8 @@ def main() -> None:
     windows, _ = build_windows(series, loaded.series_stats, spec, cutoffs)
     one, _ = build_windows(series, loaded.series_stats, spec, cutoffs[:1])
 
-    print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  ({sum(p.numel() for p in loaded.model.parameters()):,} parameters; {W} past -> {H} steps)")
+    print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  "
+          f"({sum(p.numel() for p in loaded.model.parameters()):,} parameters; {W} past -> {H} steps)")
     print(f"machine   {load()}")
     torch.set_num_threads(args.cpus)
     forecast(loaded.model, model_inputs(one))  # warm-up
@@ -117,7 +119,8 @@ def main() -> None:
     plain_result = forecast(loaded.model, model_inputs(windows), args.batch_size)
     print(f"machine   {load()} (after)")
     print()
-    print(f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   target <= 5 s"
+    print(f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   "
+          "target <= 5 s"
           f"   ({args.windows / remote:,.0f} windows/s; first call incl. worker start {cold:.2f} s)")
     print(f"{args.windows:,} windows, plain call ({args.cpus} threads)            {plain:6.2f} s")
     print(f"single forecast, plain, warm                        {1000 * single:6.1f} ms  target <= 50 ms")

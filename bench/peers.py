@@ -1,8 +1,8 @@
 """A peer to beat: the LightGBM direct baseline on the January backtest, scored by our own code.
 
-    python bench/peers.py                                    # the NAB series, 31 January cutoffs
-    python bench/peers.py --data zones.csv --series-column zone --train-stride 4
-    python bench/peers.py --quantiles 0.1,0.5,0.9 --output peers.json
+    python -m bench.peers                                    # the NAB series, 31 January cutoffs
+    python -m bench.peers --data zones.csv --series-column zone --train-stride 4
+    python -m bench.peers --quantiles 0.1,0.5,0.9 --output peers.json
 
 The baseline, as specified: 48 direct regressors, one per horizon step, each on the same 15
 features of a window with cutoff c (the first forecast slot): the values of slots c-k for the
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-# Everything this script takes from lit_forecast, in one place (the package is being reorganised).
+from bench.common import add_data_argument, add_output_argument, data_config
 from lit_forecast.config import DataConfig
 from lit_forecast.console import DIGITS, percent
 from lit_forecast.data.source import Series, fill_short_gaps
@@ -163,17 +163,18 @@ def _num(value: float, digits: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=DataConfig().source,
-                        help="CSV (default: the NAB file, from the cache ~/.cache/lit_forecast or $LIT_FORECAST_CACHE)")
+    add_data_argument(parser, "CSV or Parquet (default: the NAB file, from the cache ~/.cache/lit_forecast or "
+                              "$LIT_FORECAST_CACHE)", default=DataConfig().source)
     parser.add_argument("--series-column", help="series column of a long-format fleet: one global model over all series")
     parser.add_argument("--cutoffs", nargs="+", default=[CUTOFFS], help=f"as in infer.py (default {CUTOFFS})")
-    parser.add_argument("--blizzard", default=BLIZZARD, help=f"cutoffs left out of the second table (default {BLIZZARD})")
+    parser.add_argument("--blizzard", default=BLIZZARD, help="cutoffs left out of the second table (default "
+                                                             f"{BLIZZARD})")
     parser.add_argument("--train-end", default=DataConfig().train_end, help="targets before this are training data")
     parser.add_argument("--train-stride", type=int, default=1, help="slots between training windows (default 1: all)")
     parser.add_argument("--quantiles", help="also fit quantile regressors at these levels, e.g. 0.1,0.5,0.9")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", help="JSON with both tables, the timings and the parameters")
+    add_output_argument(parser, "JSON with both tables, the timings and the parameters")
     args = parser.parse_args()
     if lgb is None:
         sys.exit("error: lightgbm is not installed: pip install -r requirements-dev.txt")
@@ -184,9 +185,7 @@ def main() -> None:
     except ValueError as err:
         sys.exit(f"error: {err}")
 
-    default = DataConfig()
-    data = DataConfig(source=args.data, sha256=default.sha256 if args.data == default.source else None,
-                      series_column=args.series_column)
+    data = data_config(args.data, args.series_column)
     train_end = pd.Timestamp(args.train_end)
     spd = slots_per_day(data.freq)
     max_slots = gap_slots(data.max_gap, data.freq)
@@ -275,7 +274,8 @@ def main() -> None:
             known = np.isfinite(actual)
             inside = ((actual >= lo) & (actual <= hi))[known].mean()
             result["quantiles"]["interval"] = {"levels": [min(levels), max(levels)], "coverage": float(inside)}
-            print(f"actuals inside [{min(levels)}, {max(levels)}]: {inside:.3f} (nominal {max(levels) - min(levels):.2f})")
+            print(f"actuals inside [{min(levels)}, {max(levels)}]: {inside:.3f} (nominal "
+                  f"{max(levels) - min(levels):.2f})")
     if args.output:
         bt.save_table(args.output, result)
         print(f"\njson      {args.output}")

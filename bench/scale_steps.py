@@ -1,6 +1,6 @@
 """The measured steps of bench/scale.py, one function each; every one returns plain figures (a dict).
 
-Nothing here prints or parses arguments: bench/scale.py runs each step in a process of its
+Nothing here prints or parses arguments: ``python -m bench.scale`` runs each step in a process of its
 own (so one step's memory and threads never reach the next) and writes the figures as JSON.
 """
 
@@ -8,43 +8,15 @@ from __future__ import annotations
 
 import resource
 import shutil
-import threading
 import time
 
-import psutil  # requirements-dev.txt
-
+from bench.common import TreeMemory
 from lit_forecast import config as cfg
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.data.manifest import read_manifest
 from lit_forecast.data.prepare import prepare
 
 JANUARY = "2015-01-01..2015-01-31/1D"  # the fleet backtest: 31 midnights
-
-
-class PeakMemory:
-    """Largest resident set of any one process in this process's tree, sampled in a thread."""
-
-    def __init__(self, interval: float = 0.1):
-        self.peak, self.where, self._stop = 0, "", threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-        self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    rss = proc.memory_info().rss
-                    if rss > self.peak:
-                        self.peak, self.where = rss, proc.name()
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            time.sleep(interval)
-
-    def stop(self) -> tuple[int, str]:
-        self._stop.set()
-        self._thread.join()
-        return self.peak, self.where
 
 
 def own_peak_rss() -> int:
@@ -63,7 +35,7 @@ def measure_prepare(config: cfg.Config, path: str, cpus: int, folder: str) -> di
     """
     config.data.prepare_with = path
     shutil.rmtree(folder, ignore_errors=True)  # a fresh folder: never a reused dataset
-    memory = PeakMemory()
+    memory = TreeMemory(interval=0.1)  # this process and the Ray processes it starts
     started = time.perf_counter()
     ray_start = 0.0
     if path == "ray":
@@ -75,7 +47,7 @@ def measure_prepare(config: cfg.Config, path: str, cpus: int, folder: str) -> di
         manifest = prepare(config, folder, num_shards=config.cluster.num_workers)
         wall = time.perf_counter() - started
     finally:
-        peak, where = memory.stop()
+        memory.stop()
         if path == "ray":
             ray.shutdown()
     rows = manifest.load_report["rows"]
@@ -83,7 +55,7 @@ def measure_prepare(config: cfg.Config, path: str, cpus: int, folder: str) -> di
         "path": path, "cpus": cpus if path == "ray" else 1, "series": len(manifest.series), "rows": rows,
         "wall_s": wall, "ray_start_s": ray_start, "rows_per_s": rows / wall,
         "rows_per_s_after_ray_start": rows / max(wall - ray_start, 1e-9),
-        "peak_rss_bytes": peak, "peak_rss_process": where,
+        "peak_rss_bytes": memory.peak_process, "peak_rss_process": memory.peak_name,
         "train_windows": manifest.splits["train"].windows, "shard_windows": manifest.shard_windows,
         "val_windows": manifest.splits["val"].windows,
     }

@@ -1,7 +1,7 @@
 """Training benchmark on this machine, in one run. Prints figures; asserts nothing.
 
-    python bench/training.py                 # the local default config on the real data
-    python bench/training.py --skip-kill     # without the killed-worker recovery run
+    python -m bench.training                 # the local default config on the real data
+    python -m bench.training --skip-kill     # without the killed-worker recovery run
 
 1. The full local default run, ``python train.py`` as a user runs it (prepare + train + best
    checkpoint), in a fresh run folder: wall time, Ray start-up, time to the first training
@@ -18,88 +18,22 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from pathlib import Path
 
-import psutil  # requirements-dev.txt
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lit_forecast import cli, layout  # noqa: E402
-from lit_forecast import config as cfg  # noqa: E402
-from lit_forecast.data.datamodule import ShardDataModule  # noqa: E402
-from lit_forecast.data.prepare import prepare  # noqa: E402
-from lit_forecast.errors import UserError  # noqa: E402
-from lit_forecast.models.factory import module_from_config  # noqa: E402
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    """``pid`` and all its descendants (those still alive)."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def process_tree_rss(pid: int) -> int:
-    """Resident memory (bytes) of ``pid`` and all its descendants."""
-    total = 0
-    for proc in _tree(pid):
-        try:
-            total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass  # ended between listing and reading
-    return total
-
-
-class Watched:
-    """A train.py subprocess whose output lines are timestamped on arrival and memory sampled."""
-
-    def __init__(self, args: list[str]):
-        self.started = time.monotonic()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.lines: list[tuple[float, str]] = []
-        self.peak_rss = 0
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append((time.monotonic() - self.started, line.rstrip()))
-
-    def _sample(self) -> None:
-        while self.proc.poll() is None:
-            self.peak_rss = max(self.peak_rss, process_tree_rss(self.proc.pid))
-            time.sleep(0.5)
-
-    def wait(self, timeout: float) -> float:
-        self.proc.wait(timeout=timeout)
-        time.sleep(0.2)  # let the reader drain
-        if self.proc.returncode:
-            print("\n".join(line for _, line in self.lines[-40:]))
-            raise SystemExit(f"train.py failed with exit code {self.proc.returncode}")
-        return time.monotonic() - self.started
-
-    def first(self, pattern: str, after: float = 0.0) -> tuple[float, re.Match] | None:
-        for t, line in list(self.lines):
-            if t >= after and (m := re.search(pattern, line)):
-                return t, m
-        return None
+from bench.common import TrainRun
+from lit_forecast import cli
+from lit_forecast import config as cfg
+from lit_forecast.data.datamodule import ShardDataModule
+from lit_forecast.data.prepare import prepare
+from lit_forecast.errors import UserError
+from lit_forecast.models.factory import module_from_config
 
 
 def full_run(storage: str, extra: list[str]) -> dict:
-    run = Watched(["--storage", storage, "--name", "bench", *extra])
+    run = TrainRun(["--storage", storage, "--name", "bench", *extra])
     wall = run.wait(timeout=1800)
     ray_start = run.first(r"started a local Ray .* in ([\d.]+) s")
     first_step = run.first(r"first training step done, ([\d.]+) s after launch")
@@ -119,7 +53,7 @@ def full_run(storage: str, extra: list[str]) -> dict:
         "epoch_s": _mean(whole),  # epochs 2+
         "epoch_train_s": _mean(training[1:]),
         "epochs": len(epoch_lines),
-        "peak_rss_gib": run.peak_rss / 2**30,
+        "peak_rss_gib": run.memory.peak_total / 2**30,
         "best_val_mae": best[1].group(1) if best else "?",
     }
 
@@ -158,27 +92,15 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
 
 def recovery(storage: str, extra: list[str]) -> float:
     """Seconds from SIGKILL of a training worker to the restarted group's first step."""
-    run = Watched(["--storage", storage, "--name", "bench-kill", "--set", "train.max_epochs=3", *extra])
-    snapshot = Path(storage, "bench-kill", layout.RAY_SNAPSHOT_FILE)
-    while not (snapshot.is_file() and layout.CHECKPOINT_PREFIX in snapshot.read_text()):
-        if run.proc.poll() is not None:
-            raise SystemExit("the run ended before its first checkpoint")
-        time.sleep(0.1)
-    workers = [p.pid for p in _tree(run.proc.pid)[1:] if _cmdline(p).startswith("ray::RayTrainWorker")]
+    run = TrainRun(["--storage", storage, "--name", "bench-kill", "--set", "train.max_epochs=3", *extra])
+    run.wait_for_first_checkpoint(timeout=900)
+    workers, killed_at = run.kill_a_worker()
     if not workers:
+        run.stop()
         raise SystemExit("no ray::RayTrainWorker process found under train.py to kill")
-    killed_at = time.monotonic() - run.started
-    os.kill(workers[-1], signal.SIGKILL)
     run.wait(timeout=900)
     resumed = run.first(r"first training step done", after=killed_at)
     return resumed[0] - killed_at if resumed else float("nan")
-
-
-def _cmdline(proc: psutil.Process) -> str:
-    try:
-        return " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return ""
 
 
 def main() -> None:
@@ -192,7 +114,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="lit-bench-") as scratch:
         storage = args.storage or scratch
-        print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} at start; torch {torch.__version__}", flush=True)
+        print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} at start; torch "
+              f"{torch.__version__}", flush=True)
         full = full_run(storage, extra)
         try:
             plain = plain_loop(storage, args.set, args.plain_steps)
@@ -200,12 +123,14 @@ def main() -> None:
             cli.die(str(err))
         kill = float("nan") if args.skip_kill else recovery(storage, extra)
     print()
-    print(f"full local default run (python train.py): {full['wall_s']:.0f} s wall, {full['epochs']} epochs, best val/mae {full['best_val_mae']}")
+    print(f"full local default run (python train.py): {full['wall_s']:.0f} s wall, {full['epochs']} epochs, best "
+          f"val/mae {full['best_val_mae']}")
     print(f"  Ray start-up                         {full['ray_start_s']:.1f} s")
     print(f"  launch -> first training step        {full['first_step_s']:.1f} s")
     print(f"  steady-state epoch (train + val)     {full['epoch_s']:.1f} s  ({full['epoch_train_s']:.1f} s training)")
     print(f"  steady-state training, Ray 2 workers {full['steady_windows_per_s']:.0f} windows/s")
-    print(f"  plain PyTorch loop, same batch       {plain:.0f} windows/s  -> Ray/plain = {full['steady_windows_per_s'] / plain:.2f}")
+    print(f"  plain PyTorch loop, same batch       {plain:.0f} windows/s  -> Ray/plain = "
+          f"{full['steady_windows_per_s'] / plain:.2f}")
     print(f"  peak memory of the process tree      {full['peak_rss_gib']:.2f} GiB")
     print(f"  killed worker -> first step again    {kill:.1f} s")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

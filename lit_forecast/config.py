@@ -92,7 +92,7 @@ class TrainConfig:
 
     max_epochs: int = 10  # passes over the training windows (~36 s each for 2 members on 2 cores)
     batch_size: int = 32  # per worker; 2 workers -> 64 windows per optimiser step
-    lr: float = 2e-3  # chosen on validation (bench/ablation.py, 3 seeds): 1e-3 was worse for each
+    lr: float = 2e-3  # chosen on validation (bench/studies/ablation.py, 3 seeds): 1e-3 was worse for each
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 100  # optimiser steps of linear learning-rate warm-up before the cosine decay
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio

@@ -76,7 +76,7 @@ class QuantileCalibration(torchmetrics.Metric):
 
     ``margin`` asks each level other than the median to hold ``margin`` more than its share
     (level 0.9 fitted to 0.9 + margin, level 0.1 to 0.1 - margin): the bands validation gives
-    are then that much wider. Training fits with no margin; bench/calibration.py tries margins
+    are then that much wider. Training fits with no margin; bench/studies/calibration.py tries margins
     against the drift between the two halves of the validation month.
     """
 

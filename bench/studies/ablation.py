@@ -1,8 +1,8 @@
 """Which model options help? Validation MAE of model variants trained alike, without Ray.
 
-    python bench/ablation.py --data nyc_taxi.csv                    # every variant, configs/local.yaml
-    python bench/ablation.py --variants full no_covariates --epochs 3
-    python bench/ablation.py --epochs 1 --set train.limit_train_batches=2   # smoke run
+    python -m bench.studies.ablation --data nyc_taxi.csv             # every variant, configs/local.yaml
+    python -m bench.studies.ablation --variants full no_covariates --epochs 3
+    python -m bench.studies.ablation --epochs 1 --set train.limit_train_batches=2   # smoke run
 
 Each variant is configs/local.yaml (or --config) plus a few overrides, trained in this process
 by a plain Lightning Trainer on one device with the same seed, epochs and batch size. The batch
@@ -28,6 +28,7 @@ import time
 import lightning as L
 import torch
 
+from bench.common import add_data_argument
 from lit_forecast import cli
 from lit_forecast import config as cfg
 from lit_forecast.data.datamodule import ShardDataModule
@@ -45,9 +46,8 @@ VARIANTS = {
     "no_scheduled_sampling": ["train.sampling_max_prob=0"],
     "mae_loss": ["model.quantiles=[]", "train.loss=mae"],  # a point forecast trained on the metric itself
     "point": ["model.quantiles=[]"],  # one value per step, train.loss (smooth L1), no quantile head
-    "daily_lag": ["model.daily_lag=48"],  # the same slot yesterday as a known input too
+    "no_daily_lag": ["model.daily_lag=0"],  # without the same slot yesterday as a known input
     "residual": ["model.residual=true"],  # predict the correction to last week's value
-    "daily_lag_residual": ["model.daily_lag=48", "model.residual=true"],
     # The reference tutorial's setup (one token per step, a 3.5-day window, nothing but the
     # series itself), with our causal decoder mask.
     "tutorial_univariate": [
@@ -73,7 +73,8 @@ class Recorder(L.Callback):
         self.epochs.append(m)
         print(f"  epoch {len(self.epochs)}  val/mae {m['val/mae']:.0f}  val/loss {m['val/loss']:.4f}  "
               f"val/loss_tf {m['val/loss_tf']:.4f}  "
-              + (f"val/wql {m['val/wql']:.4f}  val/coverage_80 {m['val/coverage_80']:.3f}  " if "val/coverage_80" in m else "")
+              + (f"val/wql {m['val/wql']:.4f}  val/coverage_80 {m['val/coverage_80']:.3f}  "
+                 if "val/coverage_80" in m else "")
               + f"{m.get('train/windows_per_s', 0):.0f} windows/s  ({m['seconds']:.1f} s)",
               flush=True)
 
@@ -131,7 +132,8 @@ def format_table(results: dict[str, dict]) -> str:
         naive = f"{r['naive']:.0f} ({'weekly' if r['lag'] == 336 else 'daily'})"
         seconds = sum(e["seconds"] for e in epochs) / len(epochs)
         lines.append(
-            f"{name:<22} {r['params']:>7,} {epochs[best]['val/mae']:>9.0f} (ep {best + 1:>2}) {final['val/mae']:>13.0f} "
+            f"{name:<22} {r['params']:>7,} {epochs[best]['val/mae']:>9.0f} (ep {best + 1:>2}) "
+            f"{final['val/mae']:>13.0f} "
             f"{final['val/loss']:>9.4f} {final['val/loss_tf']:>11.4f} {naive:>15} "
             f"{epochs[best]['val/mae'] / r['naive']:>10.3f} {seconds:>8.1f}"
         )
@@ -141,7 +143,7 @@ def format_table(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: configs/local.yaml)")
-    parser.add_argument("--data", help="CSV to use instead of data.source")
+    add_data_argument(parser, "CSV or Parquet to use instead of data.source")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME",
                         help=f"variants to train (default: all of {', '.join(VARIANTS)})")
     parser.add_argument("--epochs", type=int, help="epochs per variant (default: the config's train.max_epochs)")

@@ -1,6 +1,6 @@
 """The bar for calibrated forecasts: seasonal-naive with empirical residual quantiles, no model.
 
-    python bench/naive_bands.py                         # NAB nyc_taxi from the cache, levels 0.1 0.5 0.9
+    python -m bench.studies.naive_bands            # the NAB file (cache, checksum checked), levels 0.1 0.5 0.9
 
 For midnight cutoffs of December 2014 (validation), January 2015 (test) and January without
 the blizzard cutoffs 2015-01-26..28, prints each seasonal-naive baseline's MAE, weighted
@@ -11,14 +11,17 @@ plus the empirical quantiles of its in-sample residuals before data.train_end.
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 
 import numpy as np
 import pandas as pd
 
+from bench.common import add_data_argument, data_config
+from lit_forecast.errors import UserError
 from lit_forecast.evaluation.backtest import baseline_residual_quantiles
 from lit_forecast.evaluation.baselines import seasonal_naive, seasonal_naive_lags, seasonal_naive_quantiles
 from lit_forecast.evaluation.metrics import evaluate, quantile_scores
+from lit_forecast.inference.cutoffs import read_series
 
 PERIODS = {
     "December": ("2014-12-01", "2014-12-31", []),
@@ -29,12 +32,19 @@ PERIODS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.path.expanduser("~/.cache/lit_forecast/nyc_taxi.csv"), help="a timestamp,value CSV at 30 min")
+    add_data_argument(parser, "a timestamp,value CSV at 30 min (default: the NAB file, read as training reads it)")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     parser.add_argument("--train-end", default="2014-12-01")
     args = parser.parse_args()
-    frame = pd.read_csv(args.data, parse_dates=["timestamp"])
-    values, times = frame["value"].to_numpy(np.float64), pd.DatetimeIndex(frame["timestamp"])
+    data = data_config(args.data)
+    try:
+        series = read_series(data)  # the project's loader: the checksum, the checks, the data.freq grid
+    except UserError as err:
+        sys.exit(f"error: {err}")
+    if len(series) != 1:
+        sys.exit(f"error: {data.source}: expected one series (timestamp,value), found {len(series)}")
+    values = series[0].values.astype(np.float64)  # missing slots NaN
+    times = pd.date_range(series[0].start, periods=len(values), freq=data.freq)
     lags = seasonal_naive_lags(48)
     residuals = baseline_residual_quantiles(values, times, pd.Timestamp(args.train_end), times[0], lags, args.levels)
     print("residual quantiles (passengers): " + "; ".join(f"{n} {[round(v) for v in q]}" for n, q in residuals.items()))

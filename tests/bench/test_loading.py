@@ -1,33 +1,33 @@
-"""bench/scale_steps.py measure_loading: times the training DataLoader of a rank's shard (a smoke test)."""
+"""bench.scale_steps measure_loading: times the training DataLoader of a rank's shard (a smoke test)."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench import scale_steps
 from lit_forecast.data import prepare as prep
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "scale_steps.py"
-spec = importlib.util.spec_from_file_location("scale_steps", SCRIPT)
-scale_steps = importlib.util.module_from_spec(spec)
-sys.modules["scale_steps"] = scale_steps
-spec.loader.exec_module(scale_steps)
 
 START = pd.Timestamp("2024-01-01")
 
 
 def test_loading_times_the_training_batches_of_rank_0(tmp_path, make_config):
     slots = pd.date_range(START, periods=240, freq="30min")
-    frame = pd.concat([pd.DataFrame({"timestamp": slots, "zone": f"z{k}", "value": 100.0 * (k + 1) + np.arange(240) % 48})
-                       for k in range(3)])
+    frame = pd.concat(
+        [
+            pd.DataFrame({"timestamp": slots, "zone": f"z{k}", "value": 100.0 * (k + 1) + np.arange(240) % 48})
+            for k in range(3)
+        ]
+    )
     csv = tmp_path / "zones.csv"
     frame.to_csv(csv, index=False, date_format="%Y-%m-%d %H:%M:%S")
-    config = make_config(csv, series_column="zone", prepare_with="local",
-                         train_end=str(START + 160 * pd.Timedelta("30min")), val_end=str(START + 200 * pd.Timedelta("30min")))
+    config = make_config(
+        csv,
+        series_column="zone",
+        prepare_with="local",
+        train_end=str(START + 160 * pd.Timedelta("30min")),
+        val_end=str(START + 200 * pd.Timedelta("30min")),
+    )
     manifest = prep.prepare(config, str(tmp_path / "data"), num_shards=2)
 
     datamodule = scale_steps.RankView(str(tmp_path / "data"), 8, 0, 2)

@@ -1,6 +1,6 @@
 """Exposure bias, measured: teacher-forced vs autoregressive error by horizon step on validation.
 
-    python bench/exposure_bias.py --run runs/nyc_taxi_local
+    python -m bench.studies.exposure_bias --run runs/nyc_taxi_local
 
 Teacher forcing feeds the decoder the true previous values; the forecast feeds it its own.
 A model that only learned to copy its input looks good under the first and fails under the
@@ -12,20 +12,16 @@ window of the run's prepared data (December 2014, stride 1).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from lit_forecast import cli, layout, storage  # noqa: E402
-from lit_forecast.data.manifest import read_manifest  # noqa: E402
-from lit_forecast.data.windows import WindowSet, collate_batch, segments_from_table  # noqa: E402
-from lit_forecast.errors import UserError  # noqa: E402
-from lit_forecast.inference.checkpoint import load_checkpoint  # noqa: E402
-from lit_forecast.models.ensemble import ForecastModel  # noqa: E402
+from lit_forecast import cli, layout, storage
+from lit_forecast.data.manifest import read_manifest
+from lit_forecast.data.windows import WindowSet, collate_batch, segments_from_table
+from lit_forecast.errors import UserError
+from lit_forecast.inference.checkpoint import load_checkpoint
+from lit_forecast.models.ensemble import ForecastModel
 
 
 def validation_windows(run: str) -> WindowSet:
@@ -78,6 +74,7 @@ def main() -> None:
     for name, total in errors.items():
         mae = total / len(windows)
         print(f"{name:<18}{mae.mean().item():>7.3f}" + "".join(f"{mae[s - 1].item():>9.3f}" for s in steps if s <= H))
+
 
 if __name__ == "__main__":
     main()

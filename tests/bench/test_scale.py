@@ -1,19 +1,13 @@
-"""bench/scale.py: the exponent fit is exact on power-law costs, and results files merge by step."""
+"""bench.scale: the exponent fit is exact on power-law costs, and results files merge by step."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "scale.py"
-spec = importlib.util.spec_from_file_location("scale", SCRIPT)
-scale = importlib.util.module_from_spec(spec)
-sys.modules["scale"] = scale
-spec.loader.exec_module(scale)
+from bench import scale
 
 
 def result(zones: int, **costs) -> dict:
@@ -35,8 +29,12 @@ def test_power_law_fit_is_exact():
 
 
 def test_every_cost_gets_its_own_exponent():
-    costs = {"prepare.ray-1cpu.wall_s": (0.03, 1.0), "prepare.ray-2cpu.wall_s": (0.02, 0.9),
-             "train.epoch_s": (40.0, 0.1), "backtest.wall_s": (0.05, 1.2)}
+    costs = {
+        "prepare.ray-1cpu.wall_s": (0.03, 1.0),
+        "prepare.ray-2cpu.wall_s": (0.02, 0.9),
+        "train.epoch_s": (40.0, 0.1),
+        "backtest.wall_s": (0.05, 1.2),
+    }
     results = [result(z, **costs) for z in (100, 1000, 5000)]
     results[2]["forecast"] = {"wall_s": 9.0}  # one zone count only: nothing to fit
     results[0]["train"]["validation_s"] = 0.0  # not a cost on a log scale: left out

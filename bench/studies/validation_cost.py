@@ -1,10 +1,10 @@
 """What validation costs next to training, per window, and so per epoch for a fleet.
 
-    python bench/validation_cost.py --data runs/fleet_local/data [--config configs/fleet-local.yaml]
+    python -m bench.studies.validation_cost --run runs/fleet_local [--config configs/fleet-local.yaml]
 
 Times, on one thread (as each local Ray worker runs), a training step of the config's batch
 (teacher-forced forward with scheduled sampling, backward, AdamW step) and validation of the
-prepared validation windows (teacher-forced pass plus the 48-step autoregressive decode), per
+run's prepared validation windows (teacher-forced pass plus the 48-step autoregressive decode), per
 window; then prints what share of an epoch's training part validation takes for fleets of
 100-5,000 series, with ``data.val_windows_per_series`` and with every window kept. Untrained
 weights: the cost does not depend on them.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lit_forecast import config as cfg
-from lit_forecast import storage
+from lit_forecast import layout, storage
 from lit_forecast.data.manifest import read_manifest
 from lit_forecast.data.windows import WindowSet, segments_from_table
 from lit_forecast.models.factory import module_from_config
@@ -29,15 +29,17 @@ ALL_PER_SERIES = 1441  # December's windows of one series at eval_stride 1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="a prepared dataset folder (<run>/data)")
+    parser.add_argument("--run", required=True, help="a run folder: its prepared dataset (<run>/data) is timed")
     parser.add_argument("--config", default="configs/fleet-local.yaml")
-    parser.add_argument("--repeats", type=int, default=20, help="training steps timed (validation: a quarter as many passes)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="training steps timed (validation: a quarter as many passes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = cfg.load(args.config)
-    manifest = read_manifest(args.data)
-    windows = WindowSet(segments_from_table(storage.read_parquet(storage.join(args.data, manifest.val_file))),
+    data = layout.data_dir(args.run)
+    manifest = read_manifest(data)
+    windows = WindowSet(segments_from_table(storage.read_parquet(storage.join(data, manifest.val_file))),
                         manifest.series_stats(), manifest.window)
     module = module_from_config(config, manifest)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.train.lr)
@@ -66,7 +68,8 @@ def main() -> None:
     for _ in range(passes):
         validate()
     val_s = (time.perf_counter() - start) / (passes * len(val_batch["past_target"]))
-    print(f"per window, one thread: training {train_s * 1e3:.2f} ms, validation {val_s * 1e3:.2f} ms (ratio {val_s / train_s:.2f})")
+    print(f"per window, one thread: training {train_s * 1e3:.2f} ms, validation {val_s * 1e3:.2f} ms "
+          f"(ratio {val_s / train_s:.2f})")
     workers, per_series = config.cluster.num_workers, config.data.val_windows_per_series or ALL_PER_SERIES
     steps = config.train.limit_train_batches
     if not isinstance(steps, int):

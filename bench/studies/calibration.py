@@ -1,6 +1,6 @@
 """Does the quantile calibration fitted on validation hold forward in time? (issue 11)
 
-    python bench/calibration.py --run runs/accuracy          # a run of the local default
+    python -m bench.studies.calibration --run runs/accuracy          # a run of the local default
 
 Training fits the calibration factors on every December window (models/quantiles.py,
 QuantileCalibration) and they are then used on January. Whether a band fitted on one month
@@ -84,7 +84,7 @@ def main() -> None:
         dec, _ = build_windows(series, stats, spec, parse_cutoffs([DECEMBER]), gap)
         jan, _ = build_windows(series, stats, spec, parse_cutoffs([JANUARY]), gap)
     except UserError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     d_raw, d_y, d_loc, d_scale = raw_quantiles(module, dec)
     j_raw, j_y, j_loc, j_scale = raw_quantiles(module, jan)
     first = np.asarray(dec.cutoffs + pd.Timedelta(spec.freq) * (spec.horizon - 1) < SPLIT)  # targets before the split
@@ -92,11 +92,13 @@ def main() -> None:
     calm = ~np.asarray(jan.cutoffs.isin(BLIZZARD))
     m = module.median_index
     print(f"checkpoint {loaded.path}")
-    print(f"December windows {len(dec)} (first half {first.sum()}, second half {second.sum()}), January midnights {len(jan)}")
+    print(f"December windows {len(dec)} (first half {first.sum()}, second half {second.sum()}), January midnights "
+          f"{len(jan)}")
     stored = module.calibration.double() if hasattr(module, "calibration") else None
     if stored is not None:
         refit = fit(d_raw, d_y, levels, 0.0)
-        print(f"factors refitted on December at margin 0 equal the checkpoint's: {bool(torch.allclose(refit, stored, atol=1e-6))}")
+        print("factors refitted on December at margin 0 equal the checkpoint's: "
+              f"{bool(torch.allclose(refit, stored, atol=1e-6))}")
     ones = torch.ones(spec.horizon, len(levels), dtype=torch.float64)
     print(f"raw head: December {coverage(d_raw, d_y, d_loc, d_scale, ones, levels, m)[0]:.1%}, "
           f"January {coverage(j_raw, j_y, j_loc, j_scale, ones, levels, m)[0]:.1%}")
@@ -113,7 +115,8 @@ def main() -> None:
         calm_cov = coverage(j_raw[calm], j_y[calm], j_loc[calm], j_scale[calm], whole, levels, m)[0]
         if chosen is None and forward >= 0.80:
             chosen = (margin, dec_cov)
-        print(f"{margin:>7.3f} {inside:>25.1%} {forward:>23.1%} | {dec_cov:>6.1%} {jan_cov:>6.1%} {jan_wql:>8.4f} {calm_cov:>17.1%}")
+        print(f"{margin:>7.3f} {inside:>25.1%} {forward:>23.1%} | {dec_cov:>6.1%} {jan_cov:>6.1%} {jan_wql:>8.4f} "
+              f"{calm_cov:>17.1%}")
     if chosen:
         print(f"the smallest margin whose forward coverage reaches 80 % is {chosen[0]}, and it widens December's own "
               f"bands to {chosen[1]:.1%}: a static band cannot hold both halves of December")

@@ -1,24 +1,15 @@
-"""bench/peers.py: lag features aligned exactly (increasing integers), the same at training and at cutoffs."""
+"""bench.peers: lag features aligned exactly (increasing integers), the same at training and at cutoffs."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from bench import peers
 from lit_forecast.data.source import Series
 from lit_forecast.inference.cutoffs import build_windows
 from lit_forecast.spec import SeriesStats, WindowSpec
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "peers.py"
-spec = importlib.util.spec_from_file_location("peers", SCRIPT)
-peers = importlib.util.module_from_spec(spec)
-sys.modules["peers"] = peers
-spec.loader.exec_module(peers)
 
 FREQ = "30min"
 START = pd.Timestamp("2024-01-01")  # a Monday
@@ -50,7 +41,8 @@ def test_features_at_cutoffs_equal_the_training_features_of_the_same_window():
     cutoffs = [START + pd.Timedelta("9D"), START + pd.Timedelta("10D 6h")]  # slots 432 and 492
     windows, _ = build_windows([Series("0", START, values)], {"0": SeriesStats(0.0, 1.0)}, WindowSpec(168, 48, FREQ),
                                cutoffs, history=336)
-    at_cutoffs = peers.lag_features(windows.history(slice(None), 336), windows.batch(slice(None))["future_time"][:, 0].numpy())
+    calendar = windows.batch(slice(None))["future_time"][:, 0].numpy()
+    at_cutoffs = peers.lag_features(windows.history(slice(None), 336), calendar)
     x, _ = peers.training_windows(values, times, FREQ, times[-1] + pd.Timedelta(FREQ))
     first = 168  # training row i is the window at cutoff 168 + i
     np.testing.assert_array_equal(at_cutoffs, x[[432 - first, 492 - first]])
@@ -72,7 +64,8 @@ def test_a_lag_beyond_the_history_is_refused():
 
 @pytest.mark.skipif(peers.lgb is None, reason="lightgbm is not installed (requirements-dev.txt)")
 def test_direct_regressors_learn_a_daily_profile(monkeypatch):
-    monkeypatch.setitem(peers.PARAMS, "num_boost_round", 100)  # enough for a noiseless profile (0.95^100 of it left), and fast
+    # enough for a noiseless profile (0.95^100 of it left), and fast
+    monkeypatch.setitem(peers.PARAMS, "num_boost_round", 100)
     t = np.arange(28 * 48)
     values = 100.0 + 10.0 * (t % 48)  # a sawtooth: each slot of the day has its own value
     times = pd.date_range(START, periods=len(t), freq=FREQ)
