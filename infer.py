@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
-from lit_forecast import cli, storage
+from lit_forecast import cli, layout, output_guard, storage
 from lit_forecast.console import format_backtest, format_fleet, format_forecasts
 from lit_forecast.errors import ConfigError, UserError
 from lit_forecast.inference.cutoffs import parse_cutoffs
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--horizon", type=int, help="steps to forecast; must match the checkpoint (default: the checkpoint's)")
     parser.add_argument("--output", help="forecasts file, .csv or .parquet (default: <run>/forecasts/forecast_<cutoff>.csv)")
     parser.add_argument("--plot", help="PNG file (default: next to --output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output, --plot and the files next to them if they exist (never an input, "
+                             "a run's data or checkpoints, or a read-only file)")
     parser.add_argument("--plot-cutoff", metavar="WHEN", help="cutoff drawn in the plot (default: the last one)")
     parser.add_argument("--plot-series", metavar="ID", help="series drawn in the plot (default: the busiest, largest mean)")
     parser.add_argument("--strict", action="store_true", help="a window with a hole in its history or too little history is an error (default: skipped and counted)")
@@ -126,6 +130,57 @@ def check_arguments(args: argparse.Namespace) -> None:
             parent = next((p for p in path.parents if p.exists()), None)
             if parent is not None and not parent.is_dir():
                 raise ConfigError(f"{flag} {location}: {parent} is a file, so nothing can be written below it")
+    check_outputs(args)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an --output or --plot (or a file written next to them) that would replace an input, land in a run's
+    data or checkpoints, or replace an existing file without --overwrite (output_guard); nothing is loaded."""
+    outputs = output_guard.outputs_of(args.output, args.plot)
+    if not outputs:
+        return  # the default output: a new file in the run's forecasts/ folder
+    inputs: list[tuple[str, str]] = []
+    if args.data and not args.data.startswith(("http://", "https://")):
+        inputs.append(("--data", args.data))
+    runs = {storage.absolute(location) for _, location in outputs for location in _run_folders_above(location)}
+    try:  # the run whose checkpoint is read; a missing one is reported by the forecast itself
+        if args.checkpoint:
+            inputs.append(("--checkpoint", args.checkpoint))
+            runs.add(layout.run_of(layout.checkpoint_file(args.checkpoint)) or "")
+        else:
+            runs.add(storage.absolute(args.run) if args.run else layout.latest_run(args.storage))
+    except UserError:
+        pass
+    sealed: list[tuple[str, str]] = []
+    for run in sorted(r for r in runs if r and storage.exists(r)):
+        sealed.append((f"the prepared data of run {run}", layout.data_dir(run)))
+        sealed += [(f"a checkpoint of run {run}", storage.join(run, name)) for name in layout.checkpoint_folders(run)]
+        inputs += [("run file", storage.join(run, name)) for name in storage.list_dir(run)
+                   if name != "forecasts"]  # its own outputs: replaceable with --overwrite
+        if not args.data:
+            try:
+                source = layout.read_config(run).data.source
+            except UserError:
+                continue
+            if not source.startswith(("http://", "https://")):
+                inputs.append(("data.source", source))
+    output_guard.check_outputs(outputs, inputs, sealed, overwrite=args.overwrite)
+
+
+def _run_folders_above(location: str) -> list[str]:
+    """The run folders (a config.yaml next to data/, a summary or checkpoints) that hold ``location``."""
+    if storage.is_uri(location):
+        return []
+    found = []
+    for folder in Path(storage.absolute(location)).parents:
+        try:
+            names = set(os.listdir(folder))
+        except OSError:  # missing, not a folder, or not ours to list
+            continue
+        if layout.CONFIG_FILE in names and ("data" in names or layout.SUMMARY_FILE in names
+                                            or any(n.startswith(layout.CHECKPOINT_PREFIX) for n in names)):
+            found.append(str(folder))
+    return found
 
 
 if __name__ == "__main__":

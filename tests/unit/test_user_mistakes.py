@@ -399,3 +399,62 @@ def test_the_script_exits_2_without_a_traceback(work):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.startswith("error: run name '../escape' is not allowed")
     assert done.stderr.count("\n") == 1 and not done.stdout and files_under(tmp_path / "storage") == set()
+
+
+# -- outputs never clobber inputs ----------------------------------------------------------------------
+
+
+def _data_folder(tmp_path: Path, csv: Path) -> Path:
+    folder = tmp_path / "zones"
+    folder.mkdir()
+    (folder / "part.csv").write_bytes(csv.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("output, named", [
+    ("{csv}", "would replace the input --data"),
+    ("{tmp}/link.csv", "would replace the input --data"),  # a link to the data is the data
+    ("{run}/data/val.parquet", "the prepared data of run"),
+    ("{run}/checkpoint_000000/f.csv", "a checkpoint of run"),
+    ("{zones}/new.csv", "would replace the input --data"),  # the next read would take it for data
+    ("{stem}.csv", "would replace the input --data"),  # --data is <stem>.zones.csv: the per-series table
+])  # fmt: skip
+def test_an_output_never_replaces_an_input(finished_run, capsys, output, named):
+    tmp_path, csv, run = finished_run
+    (run / "data").mkdir()
+    (run / "data" / "val.parquet").write_bytes(b"PAR1 shard")
+    (tmp_path / "link.csv").symlink_to(csv)
+    zones = _data_folder(tmp_path, csv)
+    data = {"{zones}": str(zones), "{stem}": str(tmp_path / "copy.zones.csv")}
+    source = next((v for k, v in data.items() if output.startswith(k)), str(csv))
+    if source.endswith(".zones.csv"):
+        Path(source).write_bytes(csv.read_bytes())
+    location = output.format(csv=csv, tmp=tmp_path, run=run, zones=zones, stem=tmp_path / "copy")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    argv = ["--run", str(run), "--no-ray", "--data", source, "--output", location, "--overwrite"]
+    refused(INFER, argv, capsys, named, location, str(Path(source).name) if "--data" in named else str(run))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_existing_output_needs_overwrite_and_a_read_only_one_is_never_replaced(infer_work, capsys):
+    tmp_path, csv, checkpoint = infer_work
+    out = tmp_path / "out" / "f.csv"
+    out.write_text("mine\n")
+    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(out)]
+    refused(INFER, argv, capsys, str(out), "already exists", "--overwrite")
+    out.chmod(0o444)
+    refused(INFER, [*argv, "--overwrite"], capsys, str(out), "read-only")
+    assert out.read_text() == "mine\n"
+    out.chmod(0o644)
+    (tmp_path / "out" / "f.png").write_text("old plot\n")  # a file written next to --output counts too
+    out.unlink()
+    refused(INFER, argv, capsys, str(tmp_path / "out" / "f.png"), "--overwrite")
+    INFER([*argv, "--overwrite"])
+    assert out.read_text().startswith("cutoff,") and (tmp_path / "out" / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_default_output_in_the_runs_forecasts_folder_is_allowed(finished_run, capsys):
+    tmp_path, csv, run = finished_run
+    INFER(["--run", str(run), "--no-ray", "--data", str(csv)])
+    INFER(["--run", str(run), "--no-ray", "--data", str(csv)])  # again: the run's own forecasts are replaced
+    assert [p.suffix for p in sorted((run / "forecasts").iterdir())] == [".csv", ".png"]
