@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from lit_forecast import config as cfg
 from lit_forecast import layout
-from lit_forecast.errors import ConfigError
+from lit_forecast.errors import ConfigError, cut
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +79,11 @@ def quiet_third_parties() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+MESSAGE_LINE_MAX = 2000  # a longer line is a value shown whole by mistake: cut, with its size
+
+
 def die(message: str) -> NoReturn:
-    """Print a user-facing error and exit with status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print a user-facing error and exit with status 2 (each line at most MESSAGE_LINE_MAX characters)."""
+    lines = [cut(line, MESSAGE_LINE_MAX) for line in message.splitlines()] or [""]
+    print("error: " + "\n".join(lines), file=sys.stderr)
     raise SystemExit(2)

@@ -458,3 +458,64 @@ def test_the_default_output_in_the_runs_forecasts_folder_is_allowed(finished_run
     INFER(["--run", str(run), "--no-ray", "--data", str(csv)])
     INFER(["--run", str(run), "--no-ray", "--data", str(csv)])  # again: the run's own forecasts are replaced
     assert [p.suffix for p in sorted((run / "forecasts").iterdir())] == [".csv", ".png"]
+
+
+# -- config values the libraries would refuse, duplicate keys, bounded messages ------------------------
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.seed=-1", "[0, 4294967295]"),
+    ("train.seed=4294967296", "[0, 4294967295]"),
+    ("cluster.cpus_per_worker=0.00001", "0.0001"),
+    ("cluster.gpus_per_worker=0.00001", "0.0001"),
+    ("cluster.timeout_s=1000000000000", "1,000,000,000"),
+    ("data.val_end=3000-01-01", "2262-04-11"),
+    ("data.val_end=1000-01-01", "1677-09-21"),
+])  # fmt: skip
+def test_values_lightning_ray_or_pandas_would_refuse_are_refused_at_once(work, capsys, override, named):
+    tmp_path, csv = work
+    key = override.split("=")[0]
+    refused(TRAIN, train_argv(tmp_path, csv, "--prepare-only", "--set", override), capsys, f"'{key}'", named)
+    assert files_under(tmp_path / "storage") == set()
+
+
+def test_the_largest_seed_is_accepted(work, capsys):
+    tmp_path, csv = work
+    TRAIN(train_argv(tmp_path, csv, "--print-config", "--set", "train.seed=4294967295"))
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["seed"] == 2**32 - 1
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("train:\n  seed: 1\nmodel:\n  d_model: 64\ntrain:\n  lr: 0.1\n", "'train'", ("line 1", "line 5")),
+    ("train:\n  seed: 1\n  lr: 0.1\n  seed: 2\n", "'seed'", ("line 2", "line 4")),
+    ("data: {horizon: 4, horizon: 8}\n", "'horizon'", ("line 1 and line 1",)),
+])  # fmt: skip
+def test_duplicate_yaml_keys_are_refused_with_both_lines(work, capsys, text, key, lines):
+    tmp_path, csv = work
+    (tmp_path / "dup.yaml").write_text(text)
+    refused(TRAIN, ["--config", str(tmp_path / "dup.yaml"), "--print-config"], capsys, "dup.yaml", key, "twice", *lines)
+
+
+@pytest.mark.timeout(30)  # built, this value would hold 9**9 strings: hours and far more memory than the machine has
+def test_a_yaml_alias_bomb_is_refused_without_building_it(work, capsys):
+    tmp_path, _ = work
+    names = "abcdefghi"
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:])]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\ntrain:\n  seed: *i\n")
+    assert (tmp_path / "bomb.yaml").stat().st_size < 600
+    message = refused(TRAIN, ["--config", str(tmp_path / "bomb.yaml"), "--print-config"], capsys, "bomb.yaml", "aliases")
+    assert len(message) < 300
+
+
+@pytest.mark.parametrize("override, size", [
+    ("data.aggregation=" + "x" * 100_000, "100,000 characters"),
+    ("model.quantiles=[" + ", ".join(["0.3"] * 50_000) + "]", "50,000 items"),
+    ("train.seed=[" + ", ".join(["[1, 2, 3]"] * 20_000) + "]", "20,000 items"),
+    ("run.name=" + "n" * 100_000, "run name"),
+    ("data." + "k" * 100_000 + "=1", "characters"),
+])  # fmt: skip
+def test_a_huge_value_is_cut_in_the_message(work, capsys, override, size):
+    tmp_path, csv = work
+    message = refused(TRAIN, train_argv(tmp_path, csv, "--print-config", "--set", override, name=None), capsys, size, "...")
+    assert len(message) < 700, message
