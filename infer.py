@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from lit_forecast import cli, layout, output_guard, storage
@@ -64,17 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
+    command = "python infer.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    before = _stamps(args)
     try:
-        check_arguments(args)
-        request = InferenceRequest(
-            run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
-            cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None, horizon=args.horizon,
-            output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
-            use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-            windows_per_task=args.windows_per_task, batch_size=args.batch_size,
-            plot_series=args.plot_series, strict=args.strict, recalibrate_days=args.recalibrate_days,
-        )
-        result = infer(request)
+        with cli.interrupts(lambda signum: interruption(args, cli.SIGNAL_WORDS[signum], command, before)):
+            check_arguments(args)
+            request = InferenceRequest(
+                run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
+                cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None, horizon=args.horizon,
+                output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
+                use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                windows_per_task=args.windows_per_task, batch_size=args.batch_size,
+                plot_series=args.plot_series, strict=args.strict, recalibrate_days=args.recalibrate_days,
+            )
+            result = infer(request)
     except UserError as err:
         cli.die(str(err))
     print(format_forecasts(result.frame))
@@ -99,6 +104,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"per series  {result.zones_path}")
         print(f"fleet plot  {result.fleet_plot}")
     print(f"plot        {result.plot}")
+
+
+def _stamps(args: argparse.Namespace) -> dict[str, float]:
+    """Modification times of the given outputs that exist (what an interruption compares against)."""
+    found = {}
+    for _, location in output_guard.outputs_of(args.output, args.plot):
+        if not storage.is_uri(location) and os.path.exists(location):
+            found[location] = os.path.getmtime(location)
+    return found
+
+
+def interruption(args: argparse.Namespace, signal_name: str, command: str, before: dict[str, float]) -> str:
+    """What an interrupted infer.py says: that forecasting stopped, which files it had written, how to run it again."""
+    written = [location for location, mtime in _stamps(args).items() if before.get(location) != mtime]
+    if written:
+        kept = f"these files were already written, each whole: {', '.join(written)}; add --overwrite to run again"
+    else:
+        kept = "no output was written (each file is written whole, at the end)"
+    return f"forecasting was interrupted ({signal_name}): {kept}. Run again with: {command}"
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from lit_forecast import cli, console
 from lit_forecast.config import dump
@@ -23,17 +25,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an existing run with its saved config, even if this config differs")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    command = "python train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    state: dict = {"config": None}  # what an interruption can report, filled as the run gets going
+
+    def interrupted(signum: int) -> str:
+        return runs.interruption(state["config"], cli.SIGNAL_WORDS[signum], command, prepare_only=args.prepare_only)
+
     try:
-        config = cli.load_config(args)
-        if args.print_config:
-            print(dump(config), end="")
-            return
-        cli.setup_logging(args.verbose)
-        if args.prepare_only:
-            manifest, folder = runs.prepare_only(config)
-            print(console.format_dataset(manifest, folder))
-        else:
-            print(console.format_run(runs.train(config, resume=args.resume)))
+        with cli.interrupts(interrupted):
+            config = cli.load_config(args)
+            if args.print_config:
+                print(dump(config), end="")
+                return
+            state["config"] = config
+            cli.setup_logging(args.verbose)
+            if args.prepare_only:
+                manifest, folder = runs.prepare_only(config)
+                print(console.format_dataset(manifest, folder))
+            else:
+                print(console.format_run(runs.train(config, resume=args.resume)))
     except UserError as err:
         cli.die(str(err))
 

@@ -1,11 +1,17 @@
-"""Command-line plumbing shared by train.py and infer.py: config flags and readable logging."""
+"""Command-line plumbing shared by train.py and infer.py: config flags, readable logging, errors and interrupts."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from lit_forecast import config as cfg
@@ -87,3 +93,120 @@ def die(message: str) -> NoReturn:
     lines = [cut(line, MESSAGE_LINE_MAX) for line in message.splitlines()] or [""]
     print("error: " + "\n".join(lines), file=sys.stderr)
     raise SystemExit(2)
+
+
+# -- interrupts ---------------------------------------------------------------------------------------
+
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report them
+SIGNAL_WORDS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+_received: list[int] = []  # signals seen by the current `interrupts` block, in order
+_hard_stop: list[Callable[[], None]] = []  # run before a second signal ends the process at once
+
+
+def at_hard_stop(callback: Callable[[], None]) -> Callable[[], None]:
+    """Run ``callback`` (quick, best effort: e.g. release a lock) if a second signal ends the process at once;
+    returns a function that unregisters it."""
+    _hard_stop.append(callback)
+    return lambda: _hard_stop.remove(callback) if callback in _hard_stop else None
+
+
+@contextlib.contextmanager
+def interrupts(describe: Callable[[int], str]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block ends the script with ``error: <describe(signal)>`` and status 130 or 143.
+
+    SIGTERM is raised like Ctrl-C (a KeyboardInterrupt), so every cleanup on the way out runs. Ray
+    installs handlers of its own (``ray.init`` for SIGTERM, Ray Train's ``fit`` for SIGINT) that end
+    the block with other exceptions; the signal is still seen, through ``signal.set_wakeup_fd``,
+    which Python feeds whichever Python handler is installed. A second signal while the first is
+    unwinding ends the process at once, with the same line and status, after the ``at_hard_stop``
+    callbacks. ``describe`` says what was interrupted, what was kept and the command that resumes.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    _received.clear()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    else:
+        previous_int = None
+    watcher = threading.Thread(target=_watch, args=(read_end, describe), name="interrupt-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    except BaseException as err:
+        signum = _signal_behind(err)
+        if signum is None:  # not an interruption: reported as it is
+            raise
+        _stop(describe, signum)
+    else:
+        if _received:  # a library caught the signal and returned: still an interruption
+            _stop(describe, _received[0])
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGTERM, previous_term)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+        os.close(write_end)  # ends the watcher's read
+        watcher.join(timeout=5)
+        os.close(read_end)
+
+
+def _signal_behind(err: BaseException) -> int | None:
+    """The first signal received, if ``err`` is how it ended the block (the watcher may be a moment behind)."""
+    if not _received and isinstance(err, (KeyboardInterrupt, SystemExit)):
+        for _ in range(50):
+            if _received:
+                break
+            time.sleep(0.01)
+    if _received:
+        return _received[0]
+    if isinstance(err, KeyboardInterrupt):
+        return signal.SIGTERM if err.args == (SIGNAL_WORDS[signal.SIGTERM],) else signal.SIGINT
+    return None
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(SIGNAL_WORDS.get(signum, f"signal {signum}"))
+
+
+def _watch(read_end: int, describe: Callable[[int], str]) -> None:
+    """Record each signal; on the second, report the first and end the process now."""
+    while True:
+        try:
+            data = os.read(read_end, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum not in EXIT_STATUS:
+                continue
+            _received.append(signum)
+            if len(_received) >= 2:
+                for callback in list(_hard_stop):
+                    try:
+                        callback()
+                    except Exception:  # best effort: the process ends either way
+                        pass
+                _say(describe, _received[0], again=True)
+                os._exit(EXIT_STATUS[_received[0]])
+
+
+def _say(describe: Callable[[int], str], signum: int, again: bool = False) -> None:
+    try:
+        text = describe(signum)
+    except Exception as err:  # the line must come out even if looking at the run fails
+        text = f"interrupted ({SIGNAL_WORDS[signum]}); the state could not be read back ({type(err).__name__})"
+    if again:
+        text += " (stopped at once by a second signal)"
+    sys.stdout.flush()
+    print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+def _stop(describe: Callable[[int], str], signum: int) -> NoReturn:
+    _say(describe, signum)
+    raise SystemExit(EXIT_STATUS[signum])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -79,9 +80,37 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
     started = time.perf_counter()
-    # address="local": always a cluster of our own, never one that happens to run here.
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, **quiet)
+    # address="local": always a cluster of our own, never one that happens to run here. Ray's own
+    # clients inside it (Ray Train's PlacementGroupCleaner asks the State API for its controller)
+    # look for "the" cluster with no address, and with another Ray on the machine fail with a
+    # traceback ("Found multiple active Ray instances"). So the cluster's address is fixed before
+    # it starts (its GCS port, RAY_GCS_SERVER_PORT, read by the head node in this process) and
+    # given to every Ray worker of the job as RAY_ADDRESS; this process's environment is left alone.
+    port = _free_port()
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    saved = os.environ.get(GCS_PORT_ENV)
+    os.environ[GCS_PORT_ENV] = str(port)
+    try:
+        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+                 runtime_env={"env_vars": {"RAY_ADDRESS": address}}, **quiet)
+    finally:
+        if saved is None:
+            os.environ.pop(GCS_PORT_ENV, None)
+        else:
+            os.environ[GCS_PORT_ENV] = saved
+    if ray.get_runtime_context().gcs_address != address:  # the port was taken meanwhile: Ray's clients may complain
+        log.debug("local Ray started at %s, not %s", ray.get_runtime_context().gcs_address, address)
     log.info("started a local Ray (%d CPUs, %d GPUs) in %.1f s", cpus, gpus, time.perf_counter() - started)
+
+
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # ray._private.ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 def _local_raylet() -> Path | None:

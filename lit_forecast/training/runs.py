@@ -134,3 +134,31 @@ def _check_tensorboard_storage(run: str) -> None:
         fsspec.get_filesystem_class(scheme)
     except (ImportError, ValueError) as err:
         raise RunError(f"TensorBoard logs for {run} go through fsspec, which cannot write {scheme}:// here ({err})") from None
+
+
+def last_checkpoint(run: str) -> tuple[str, int | None] | None:
+    """The run's latest checkpoint that Ray registered (whole), and the epochs it holds (None if unknown)."""
+    snapshot = storage.join(run, RAY_SNAPSHOT_FILE)
+    try:
+        latest = storage.read_json(snapshot).get("latest_checkpoint_result") or {}
+        name, epoch = latest["checkpoint_dir_name"], latest.get("metrics", {}).get("epoch")
+        return storage.join(run, name), (int(epoch) + 1 if isinstance(epoch, int) else None)  # Lightning counts from 0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def interruption(config: Config | None, signal_name: str, command: str, prepare_only: bool = False) -> str:
+    """What an interrupted train.py says: what stopped, what was kept, and the command that resumes."""
+    if config is None or config.run.name is None:
+        return f"interrupted ({signal_name}) before the run started: nothing was written. Run again with: {command}"
+    run = run_dir(config)
+    if prepare_only:
+        return (f"preparing the data of run {run} was interrupted ({signal_name}): no shard is half-written, and the "
+                f"same command prepares it again: {command}")
+    found = last_checkpoint(run)
+    if found is None:
+        kept = "it had no checkpoint yet (a complete prepared dataset is reused)"
+    else:
+        epochs = f" (epoch {found[1]}/{config.train.max_epochs} done)" if found[1] is not None else ""
+        kept = f"its last checkpoint is kept: {found[0]}{epochs}"
+    return f"training of run {run} was interrupted ({signal_name}); {kept}. The same command resumes it: {command}"
