@@ -36,6 +36,8 @@ from lit_forecast.errors import ConfigError, UserError
 from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 
+RECALIBRATE_DAYS_MAX = 36_500  # far beyond any useful window; pandas' date arithmetic ends near 106,751 days
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
             result = infer(request)
     except UserError as err:
         cli.die(str(err))
+    except PermissionError as err:  # anywhere: a path this user may not read or write
+        cli.die(cli.permission_message(err))
     print(format_forecasts(result.frame))
     if result.table:
         print()
@@ -133,6 +137,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--num-gpus {args.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, e.g. 1 or 0.25")
     if args.windows_per_task < 1 or args.batch_size < 1:
         raise ConfigError("--windows-per-task and --batch-size must be >= 1")
+    if args.recalibrate_days > RECALIBRATE_DAYS_MAX:  # the rest of its range is checked in infer(), for every caller
+        raise ConfigError(f"--recalibrate-days {args.recalibrate_days:g}: at most {RECALIBRATE_DAYS_MAX:,} days (100 years)")
     if not args.no_ray:  # a local Ray is sized to this machine: a task asking for more would wait forever
         import torch
 

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(console.format_run(runs.train(config, resume=args.resume)))
     except UserError as err:
         cli.die(str(err))
+    except PermissionError as err:  # anywhere: a path this user may not read or write
+        cli.die(cli.permission_message(err))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -210,3 +211,12 @@ def _say(describe: Callable[[int], str], signum: int, again: bool = False) -> No
 def _stop(describe: Callable[[int], str], signum: int) -> NoReturn:
     _say(describe, signum)
     raise SystemExit(EXIT_STATUS[signum])
+
+
+def permission_message(err: PermissionError) -> str:
+    """One paragraph for a file or folder this user may not read or write, naming it."""
+    text = str(err)
+    path = err.filename or next(iter(re.findall(r"'(/[^']+)'", text)), None)
+    what = f"{cut(str(path))}" if path else "a file or folder"
+    return (f"permission denied on {what} ({cut(err.strerror or text.splitlines()[0] if text else 'permission denied')}): "
+            "this user may not read or write it; change its permissions, or give a path this user may use")

@@ -68,6 +68,7 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
+    _leave_sigterm_to_the_driver()
     # Without ray[default] a cleaner polls the missing State API every second and logs each
     # failure as a warning: Ray's own log is kept to errors.
     quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="ERROR")}
@@ -101,6 +102,23 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
     if ray.get_runtime_context().gcs_address != address:  # the port was taken meanwhile: Ray's clients may complain
         log.debug("local Ray started at %s, not %s", ray.get_runtime_context().gcs_address, address)
     log.info("started a local Ray (%d CPUs, %d GPUs) in %.1f s", cpus, gpus, time.perf_counter() - started)
+
+
+def _leave_sigterm_to_the_driver() -> None:
+    """Keep Ray's C++ failure-signal handler out of this process.
+
+    It catches SIGTERM too: it prints a stack dump and then aborts the driver (status 134), where
+    the scripts end with one line and status 143 (cli.interrupts). Ray reads this switch (env
+    RAY_DISABLE_FAILURE_SIGNAL_HANDLER) when it imports, and its core worker looks at it in
+    ``ray.init``: set here, for this driver only, so Ray's workers keep their crash dumps. If a
+    later Ray moves it, the dump simply comes back.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        return
+    if hasattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
 
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # ray._private.ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE

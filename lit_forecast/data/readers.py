@@ -268,6 +268,9 @@ def _from_text(display, rows, ts_text: pd.Series, value_text: pd.Series, codes, 
             f"{display}: timestamps carry a UTC offset (row {rows[0]}: {ts_text.iloc[0]!r}); write local times without one"
         )
     flag(timestamps.isna().to_numpy(), "unparseable timestamp", ts_text)
+    # pandas parses dates it cannot hold in nanoseconds (after 2262) at a coarser unit: refused, with the limits.
+    flag((timestamps.notna() & ((timestamps < pd.Timestamp.min) | (timestamps > pd.Timestamp.max))).to_numpy(),
+         f"timestamp outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} (the dates pandas can hold)", ts_text)
 
     values = pd.to_numeric(value_text.where(value_text != "", None), errors="coerce").to_numpy(dtype="float64")
     empty = value_text.str.lower().isin(_NULL_TEXT).to_numpy()
