@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from test_inference import save_checkpoint
@@ -519,3 +521,135 @@ def test_a_huge_value_is_cut_in_the_message(work, capsys, override, size):
     tmp_path, csv = work
     message = refused(TRAIN, train_argv(tmp_path, csv, "--print-config", "--set", override, name=None), capsys, size, "...")
     assert len(message) < 700, message
+
+
+# -- permissions, dates pandas cannot hold, hive-style folders, links ----------------------------------
+
+
+def without_root_powers() -> list[str]:
+    """A prefix that runs a command without root's right to read and write any file (as root), or none."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: every file is readable")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def script(name: str, *argv: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*(prefix or []), sys.executable, name, *argv], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=180)
+
+
+def one_error(done: subprocess.CompletedProcess, status: int = 2) -> str:
+    """The one `error:` paragraph of a script that had to stop with ``status``, without a traceback."""
+    assert done.returncode == status, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    message = done.stderr[done.stderr.index("error: "):]
+    assert "\n\n" not in message.strip(), message
+    return message
+
+
+def test_a_data_file_this_user_may_not_read_is_named(work):
+    tmp_path, csv = work
+    csv.chmod(0)
+    done = script("train.py", *train_argv(tmp_path, csv, "--prepare-only"), prefix=without_root_powers())
+    message = one_error(done)
+    assert str(csv) in message and "permission denied" in message
+    assert files_under(tmp_path / "storage") == set()
+
+
+def test_an_output_folder_this_user_may_not_write_is_named(infer_work):
+    tmp_path, csv, checkpoint = infer_work
+    (tmp_path / "out").chmod(0o555)
+    output = tmp_path / "out" / "f.csv"
+    done = script("infer.py", "--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(output),
+                  prefix=without_root_powers())
+    message = one_error(done)
+    assert str(tmp_path / "out") in message and "permission denied" in message
+    assert files_under(tmp_path / "out") == set()
+
+
+@pytest.mark.parametrize("stamp", ["2300-01-01 00:00:00", "1600-01-01 00:00:00"])
+def test_timestamps_pandas_cannot_hold_are_refused_with_the_limits(work, capsys, synthetic_csv, stamp):
+    tmp_path, _ = work
+    times = pd.date_range("2024-01-01", periods=480, freq="30min").strftime("%Y-%m-%d %H:%M:%S").tolist()
+    times[7] = stamp
+    csv = synthetic_csv(rows=[(t, "100.0") for t in times], name="future.csv")
+    refused(TRAIN, train_argv(tmp_path, csv, "--prepare-only"), capsys, "future.csv", "row 9", stamp, "1677-09-21",
+            "2262-04-11")
+    assert files_under(tmp_path / "storage") == set()
+
+
+def test_a_recalibration_span_beyond_100_years_is_refused(infer_work, capsys):
+    tmp_path, csv, checkpoint = infer_work
+    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(tmp_path / "out" / "f.csv"),
+            "--recalibrate-days", "1e9"]
+    refused(INFER, argv, capsys, "--recalibrate-days", "36,500")
+    assert files_under(tmp_path / "out") == set()
+
+
+def _zones(tmp_path: Path, csv: Path, folder: str, column: str | None = None) -> Path:
+    """A hive-style folder <folder>/part.csv holding ``csv``, with a column ``zone`` of ``column`` if given."""
+    root = tmp_path / "zones"
+    (root / folder).mkdir(parents=True)
+    frame = pd.read_csv(csv)
+    if column is not None:
+        frame["zone"] = column
+    frame.to_csv(root / folder / "part.csv", index=False)
+    return root
+
+
+def test_a_hive_folder_key_agreeing_with_the_files_or_standing_in_for_the_series_column_is_used(work, capsys):
+    tmp_path, csv = work
+    root = _zones(tmp_path, csv, "zone=z001")  # the folder names the series
+    (root / "zone=z002").mkdir()  # the folder and the column agree
+    pd.read_csv(csv).assign(zone="z002").to_csv(root / "zone=z002" / "part.csv", index=False)
+    TRAIN(train_argv(tmp_path, root, "--prepare-only", "--set", "data.series_column=zone"))
+    assert "series   2, 960 rows" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("folder, column, series_column, named", [
+    ("zone=z001", "z009", "zone", ["zone=z001", "'z009'", "disagree"]),
+    ("value=3", None, None, ["value=3", "names column 'value'", "series column"]),
+    ("timestamp=2024-01-01", None, None, ["timestamp=2024-01-01", "names column 'timestamp'"]),
+])  # fmt: skip
+def test_a_hive_folder_key_the_files_contradict_or_cannot_use_is_refused(work, capsys, folder, column, series_column,
+                                                                       named):
+    tmp_path, csv = work
+    root = _zones(tmp_path, csv, folder, column)
+    if not column:  # the file lacks the column the folder names
+        key = folder.split("=")[0]
+        path = root / folder / "part.csv"
+        pd.read_csv(path).drop(columns=key).to_csv(path, index=False)
+    extra = ["--set", f"data.series_column={series_column}"] if series_column else []
+    refused(TRAIN, train_argv(tmp_path, root, "--prepare-only", *extra), capsys, "part.csv", *named)
+    assert files_under(tmp_path / "storage") == set()
+
+
+LINKS = {  # (what the link is called below zones/, where it points, relative to zones/), named
+    "loop_to_parent": (("a/up", ".."), "already reads or holds"),
+    "loop_to_itself": (("self", "self"), "leads back to itself"),
+    "second_way_in": (("again", "a"), "already reads or holds"),
+    "dangling": (("gone.csv", "nowhere.csv"), "does not exist"),
+}
+
+
+@pytest.mark.parametrize("kind", LINKS)
+def test_links_in_a_data_folder_are_followed_once_and_loops_or_dangling_ones_refused(work, capsys, kind):
+    tmp_path, csv = work
+    (tmp_path / "zones" / "a").mkdir(parents=True)
+    (tmp_path / "zones" / "a" / "part.csv").write_bytes(csv.read_bytes())
+    (name, target), named = LINKS[kind]
+    (tmp_path / "zones" / name).symlink_to(target)
+    refused(TRAIN, train_argv(tmp_path, tmp_path / "zones", "--prepare-only"), capsys, str(tmp_path / "zones" / name), named)
+    assert files_under(tmp_path / "storage") == set()
+
+
+def test_a_link_to_a_folder_outside_is_followed(work, capsys):
+    tmp_path, csv = work
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "part.csv").write_bytes(csv.read_bytes())
+    (tmp_path / "zones").mkdir()
+    (tmp_path / "zones" / "linked").symlink_to(tmp_path / "elsewhere")
+    TRAIN(train_argv(tmp_path, tmp_path / "zones", "--prepare-only"))
+    assert "series   1, 480 rows" in capsys.readouterr().out
