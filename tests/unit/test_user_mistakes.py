@@ -12,6 +12,7 @@ import logging
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -653,3 +654,79 @@ def test_a_link_to_a_folder_outside_is_followed(work, capsys):
     (tmp_path / "zones" / "linked").symlink_to(tmp_path / "elsewhere")
     TRAIN(train_argv(tmp_path, tmp_path / "zones", "--prepare-only"))
     assert "series   1, 480 rows" in capsys.readouterr().out
+
+
+# -- interrupts -------------------------------------------------------------------------------------------
+
+WORK = """
+import sys, time
+from pathlib import Path
+from lit_forecast import cli
+cli.at_hard_stop(lambda: Path(sys.argv[1]).write_text("released"))
+with cli.interrupts(lambda s: f"the work was interrupted ({cli.SIGNAL_WORDS[s]}); kept: all; again: python work.py"):
+    print("READY", flush=True)
+    try:
+        time.sleep(120)
+    finally:
+        if "--slow-cleanup" in sys.argv:
+            print("CLEANING", flush=True)
+            time.sleep(120)
+"""
+
+
+def interrupted(cmd: list[str], *signals: int, when: str = "READY", then: str | None = None, watch: str = "stdout"):
+    """Run ``cmd``; at the first line of ``watch`` holding ``when`` send the first signal, the others at ``then``.
+
+    Returns (status, stdout, stderr); the watched stream's lines read before the end are at its start.
+    """
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stream = getattr(proc, watch)
+    try:
+        seen = []
+        for line in stream:
+            seen.append(line)
+            if when in line:
+                proc.send_signal(signals[0])
+                break
+        for line in stream:
+            seen.append(line)
+            if then and then in line:
+                for other in signals[1:]:
+                    proc.send_signal(other)
+                break
+        stdout, stderr = proc.communicate(timeout=120)
+        if watch == "stdout":
+            return proc.returncode, "".join(seen) + stdout, stderr
+        return proc.returncode, stdout, "".join(seen) + stderr
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("sent, status, word", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupt_ends_with_one_line_and_its_status(tmp_path, sent, status, word):
+    code, _, err = interrupted([sys.executable, "-c", WORK, str(tmp_path / "released")], sent)
+    assert code == status and "Traceback" not in err, err
+    assert err == f"error: the work was interrupted ({word}); kept: all; again: python work.py\n"
+    assert not (tmp_path / "released").exists()  # a normal stop runs the cleanups of the code itself
+
+
+def test_a_second_ctrl_c_stops_at_once_after_the_hard_stop_cleanups(tmp_path):
+    code, out, err = interrupted([sys.executable, "-c", WORK, str(tmp_path / "released"), "--slow-cleanup"],
+                                 signal.SIGINT, signal.SIGINT, then="CLEANING")
+    assert "CLEANING" in out and code == 130 and "Traceback" not in err, err
+    assert err == "error: the work was interrupted (Ctrl-C); kept: all; again: python work.py (stopped at once by a " \
+                  "second signal)\n"
+    assert (tmp_path / "released").read_text() == "released"
+
+
+def test_ctrl_c_while_forecasting_says_so_and_how_to_run_again(infer_work):
+    tmp_path, csv, checkpoint = infer_work
+    output = tmp_path / "out" / "f.csv"
+    argv = ["infer.py", "--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(output)]
+    code, _, err = interrupted([sys.executable, *argv], signal.SIGINT, when=" checkpoint ", watch="stderr")
+    assert code == 130, err
+    message = err[err.index("error: "):]
+    assert "Traceback" not in err and message.count("\n") == 1, err
+    assert message.startswith("error: forecasting was interrupted (Ctrl-C): ")
+    assert message.rstrip().endswith("Run again with: python infer.py " + " ".join(argv[1:]))
