@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
 from lit_forecast import console, storage
 from lit_forecast.config import Config, dump, to_dict
 from lit_forecast.data.manifest import Manifest
@@ -44,7 +46,37 @@ def prepare_only(config: Config) -> tuple[Manifest, str]:
         folder = data_dir(run)
         manifest = prepare(config, folder)
         lock.keep()
+    warn_if_little_training(manifest)
     return manifest, folder
+
+
+# A training period this many windows long (past + future) per series, or shorter, is legal but learns little.
+TRAIN_SPANS_MIN = 3
+
+
+def warn_if_little_training(manifest: Manifest) -> None:
+    """One warning line if the training period is shorter than a few windows per series, or than half the validation."""
+    train, val = manifest.splits.get("train"), manifest.splits.get("val")
+    if train is None or not manifest.series:
+        return
+    w = manifest.window
+    step = pd.Timedelta(w.freq)
+    per_series = train.windows * w.stride / len(manifest.series) + w.input_window + w.horizon - 1  # slots it covers
+    window = w.input_window + w.horizon
+
+    def span(info) -> pd.Timedelta:
+        if not (info and info.first_target and info.last_target):
+            return pd.Timedelta(0)
+        return pd.Timestamp(info.last_target) - pd.Timestamp(info.first_target) + step
+
+    where = f"training targets {train.first_target} .. {train.last_target}"
+    if per_series < TRAIN_SPANS_MIN * window:
+        log.warning("the training period covers %.1f windows per series (%s; one window is %d slots of %s): a model "
+                    "learns little from so few; move data.train_end later, or give data that starts earlier",
+                    per_series / window, where, window, w.freq)
+    elif val is not None and span(train) < span(val) / 2:
+        log.warning("the training period (%s, %s) is less than half the validation period (%s): move data.train_end "
+                    "later, or data.val_end earlier", span(train), where, span(val))
 
 
 def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
@@ -106,6 +138,7 @@ def train(config: Config, resume: bool = False) -> dict:
         _check_tensorboard_storage(run)
         manifest = prepare(config, data_dir(run))  # validates the data before writing a shard
         lock.keep()
+        warn_if_little_training(manifest)
         for line in console.format_dataset(manifest, data_dir(run)).splitlines():
             log.info(line)
         if not resumed:

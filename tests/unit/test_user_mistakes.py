@@ -730,3 +730,23 @@ def test_ctrl_c_while_forecasting_says_so_and_how_to_run_again(infer_work):
     assert "Traceback" not in err and message.count("\n") == 1, err
     assert message.startswith("error: forecasting was interrupted (Ctrl-C): ")
     assert message.rstrip().endswith("Run again with: python infer.py " + " ".join(argv[1:]))
+
+
+# -- legal nonsense: one warning line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("train_end, val_end, warned", [
+    ("2024-01-01T12:00", "2024-01-09", "windows per series"),  # a few hours: about one window (16 + 4 slots)
+    ("2024-01-03", "2024-01-10", "less than half the validation period"),  # 2 days against 7
+    ("2024-01-07", "2024-01-09", None),  # 6 days against 2: fine
+])  # fmt: skip
+def test_a_training_period_of_a_few_windows_or_far_shorter_than_validation_is_warned_about_once(
+        work, capsys, train_end, val_end, warned):
+    tmp_path, csv = work
+    TRAIN(train_argv(tmp_path, csv, "--prepare-only", "--set", f"data.train_end={train_end}",
+                     "--set", f"data.val_end={val_end}"))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "training period" in line]
+    assert len(lines) == (1 if warned else 0), err
+    if warned:
+        assert warned in lines[0] and "data.train_end" in lines[0]
