@@ -101,6 +101,9 @@ def die(message: str) -> NoReturn:
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report them
 SIGNAL_WORDS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 _received: list[int] = []  # signals seen by the current `interrupts` block, in order
+_raised: list[int] = []  # the signal our handler turned into a KeyboardInterrupt (one at most)
+_saying = threading.Lock()  # one line, whether the main thread or the watcher says it
+_said: list[int] = []  # the signal the line was said for (one at most)
 _hard_stop: list[Callable[[], None]] = []  # run before a second signal ends the process at once
 
 
@@ -126,31 +129,36 @@ def interrupts(describe: Callable[[int], str]) -> Iterator[None]:
         yield
         return
     _received.clear()
+    _raised.clear()
+    _said.clear()
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    else:
-        previous_int = None
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     watcher = threading.Thread(target=_watch, args=(read_end, describe), name="interrupt-watch", daemon=True)
     watcher.start()
+    stopping: int | None = None
     try:
         yield
     except BaseException as err:
         signum = _signal_behind(err)
         if signum is None:  # not an interruption: reported as it is
             raise
+        stopping = signum
         _stop(describe, signum)
     else:
         if _received:  # a library caught the signal and returned: still an interruption
-            _stop(describe, _received[0])
+            stopping = _received[0]
+            _stop(describe, stopping)
     finally:
         signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGTERM, previous_term)
-        if previous_int is not None:
+        if stopping is None:
+            signal.signal(signal.SIGTERM, previous_term)
             signal.signal(signal.SIGINT, previous_int)
+        else:  # said and on the way out (Ray shuts down at exit): another signal just ends it, quietly
+            for each in EXIT_STATUS:
+                signal.signal(each, lambda *_: os._exit(EXIT_STATUS[stopping]))
         os.close(write_end)  # ends the watcher's read
         watcher.join(timeout=5)
         os.close(read_end)
@@ -171,6 +179,10 @@ def _signal_behind(err: BaseException) -> int | None:
 
 
 def _raise_interrupt(signum, frame) -> None:
+    """The first signal unwinds the main thread like Ctrl-C; a later one is the watcher's to act on."""
+    if _raised:
+        return
+    _raised.append(signum)
     raise KeyboardInterrupt(SIGNAL_WORDS.get(signum, f"signal {signum}"))
 
 
@@ -198,14 +210,19 @@ def _watch(read_end: int, describe: Callable[[int], str]) -> None:
 
 
 def _say(describe: Callable[[int], str], signum: int, again: bool = False) -> None:
-    try:
-        text = describe(signum)
-    except Exception as err:  # the line must come out even if looking at the run fails
-        text = f"interrupted ({SIGNAL_WORDS[signum]}); the state could not be read back ({type(err).__name__})"
-    if again:
-        text += " (stopped at once by a second signal)"
-    sys.stdout.flush()
-    print(f"error: {text}", file=sys.stderr, flush=True)
+    """Print the one line, unless it has been printed (by the main thread or the watcher)."""
+    with _saying:
+        if _said:
+            return
+        _said.append(signum)
+        try:
+            text = describe(signum)
+        except Exception as err:  # the line must come out even if looking at the run fails
+            text = f"interrupted ({SIGNAL_WORDS[signum]}); the state could not be read back ({type(err).__name__})"
+        if again:
+            text += " (stopped at once by a second signal)"
+        sys.stdout.flush()
+        print(f"error: {text}", file=sys.stderr, flush=True)
 
 
 def _stop(describe: Callable[[int], str], signum: int) -> NoReturn:
