@@ -86,7 +86,7 @@ def quiet_third_parties() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-MESSAGE_LINE_MAX = 2000  # a longer line is a value shown whole by mistake: cut, with its size
+MESSAGE_LINE_MAX = 1000  # a longer line is a value shown whole by mistake: cut, with its size
 
 
 def die(message: str) -> NoReturn:

@@ -664,8 +664,8 @@ from pathlib import Path
 from lit_forecast import cli
 cli.at_hard_stop(lambda: Path(sys.argv[1]).write_text("released"))
 with cli.interrupts(lambda s: f"the work was interrupted ({cli.SIGNAL_WORDS[s]}); kept: all; again: python work.py"):
-    print("READY", flush=True)
     try:
+        print("READY", flush=True)
         time.sleep(120)
     finally:
         if "--slow-cleanup" in sys.argv:
