@@ -149,7 +149,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.windows_per_task < 1 or args.batch_size < 1:
         raise ConfigError("--windows-per-task and --batch-size must be >= 1")
     if args.recalibrate_days > RECALIBRATE_DAYS_MAX:  # the rest of its range is checked in infer(), for every caller
-        raise ConfigError(f"--recalibrate-days {args.recalibrate_days:g}: at most {RECALIBRATE_DAYS_MAX:,} days (100 years)")
+        raise ConfigError(f"--recalibrate-days {args.recalibrate_days:g}: at most {RECALIBRATE_DAYS_MAX:,} days "
+                          "(100 years)")
     if not args.no_ray:  # a local Ray is sized to this machine: a task asking for more would wait forever
         import torch
 

@@ -234,6 +234,7 @@ def permission_message(err: PermissionError) -> str:
     """One paragraph for a file or folder this user may not read or write, naming it."""
     text = str(err)
     path = err.filename or next(iter(re.findall(r"'(/[^']+)'", text)), None)
-    what = f"{cut(str(path))}" if path else "a file or folder"
-    return (f"permission denied on {what} ({cut(err.strerror or text.splitlines()[0] if text else 'permission denied')}): "
-            "this user may not read or write it; change its permissions, or give a path this user may use")
+    what = cut(str(path)) if path else "a file or folder"
+    why = cut(err.strerror or (text.splitlines()[0] if text else "permission denied"))
+    return (f"permission denied on {what} ({why}): this user may not read or write it; change its permissions, or "
+            "give a path this user may use")

@@ -330,7 +330,8 @@ def _check_nodes(root: yaml.Node, where: str) -> None:
         sizes[id(node)] = 1 + sum(sizes.get(id(n), 1) for n in children)
         if sizes[id(node)] > YAML_MAX_NODES:
             raise ConfigError(f"{where}: line {node.start_mark.line + 1}: this value expands to more than "
-                              f"{YAML_MAX_NODES:,} values (aliases repeated inside aliases?); a config holds about a hundred")
+                              f"{YAML_MAX_NODES:,} values (aliases repeated inside aliases?); a config holds about "
+                              "a hundred")
 
 
 def _check_keys(node: yaml.MappingNode, where: str) -> None:
@@ -377,9 +378,11 @@ def validate(config: Config) -> Config:
     except (ValueError, OverflowError) as err:
         raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {cut(str(err))}") from None
     need(step > pd.Timedelta(0), f"'data.freq' must be positive, got {shown(d.freq)}")
-    need(pd.Timedelta("1D") % step == pd.Timedelta(0), f"'data.freq' must divide a day (calendar slots), got {shown(d.freq)}")
+    need(pd.Timedelta("1D") % step == pd.Timedelta(0),
+         f"'data.freq' must divide a day (calendar slots), got {shown(d.freq)}")
     # Calendar embeddings hold one row per slot of the day: a second is already 86,400 rows.
-    need(step >= pd.Timedelta("1min"), f"'data.freq' must be at least 1min (one calendar slot per step of the day), got {shown(d.freq)}")
+    need(step >= pd.Timedelta("1min"),
+         f"'data.freq' must be at least 1min (one calendar slot per step of the day), got {shown(d.freq)}")
     need(max_gap >= pd.Timedelta(0), f"'data.max_gap' must be >= 0, got {shown(d.max_gap)}")
     bounds = {}
     for key in ("train_end", "val_end", "test_end"):
@@ -419,7 +422,8 @@ def validate(config: Config) -> Config:
     if m.quantiles:
         need(all(0.0 < q < 1.0 for q in m.quantiles) and m.quantiles == sorted(set(m.quantiles)),
              f"'model.quantiles' must be increasing levels in (0, 1), got {shown(m.quantiles)}")
-        need(0.5 in m.quantiles, f"'model.quantiles' must include 0.5 (the median is the point forecast), got {shown(m.quantiles)}")
+        need(0.5 in m.quantiles,
+             f"'model.quantiles' must include 0.5 (the median is the point forecast), got {shown(m.quantiles)}")
 
     need(t.max_epochs >= 1 and t.batch_size >= 1, "'train.max_epochs' and 'train.batch_size' must be >= 1")
     need(t.lr > 0, f"'train.lr' must be positive, got {t.lr}")
@@ -443,7 +447,8 @@ def validate(config: Config) -> Config:
         need(getattr(c, key) >= 0.0001,
              f"'cluster.{key}' must be positive and at least 0.0001 (Ray's finest fraction), got {getattr(c, key)}")
     need(0 < c.timeout_s <= TIMEOUT_MAX_S,
-         f"'cluster.timeout_s' must be in (0, {TIMEOUT_MAX_S:,}] seconds (a timedelta torch can hold), got {c.timeout_s}")
+         f"'cluster.timeout_s' must be in (0, {TIMEOUT_MAX_S:,}] seconds (a timedelta torch can hold), "
+         f"got {c.timeout_s}")
     need(c.checkpoint_every_n_epochs >= 1, "'cluster.checkpoint_every_n_epochs' must be >= 1")
     need(c.num_to_keep >= 1, f"'cluster.num_to_keep' must be >= 1, got {c.num_to_keep}")
     need(not (c.backend == "nccl" and not c.use_gpu), "'cluster.backend: nccl' needs 'cluster.use_gpu: true'")

@@ -39,8 +39,8 @@ def outputs_of(output: str | None, plot: str | None) -> list[tuple[str, str]]:
     found = []
     if output is not None:
         found.append(("--output", output))
-        found += [(f"the {what} written next to --output {output}:", sibling(output, suffix)) for what, suffix in SIDECARS
-                  if not (what == "plot" and plot is not None)]
+        found += [(f"the {what} written next to --output {output}:", sibling(output, suffix))
+                  for what, suffix in SIDECARS if not (what == "plot" and plot is not None)]
     if plot is not None:
         found.append(("--plot", plot))
     return found

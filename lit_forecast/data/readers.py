@@ -314,8 +314,8 @@ def _check_folder_agrees(table: pa.Table, column: str, partitions: dict[str, str
     if others:
         shown = ", ".join(repr(v) for v in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise UnreadableFile(
-            f"{display}: the folder part '{column}={partitions[column]}' and the file's '{column}' column disagree (the column "
-            f"holds {shown}): rename the folder, fix the column, or leave the column out of the files"
+            f"{display}: the folder part '{column}={partitions[column]}' and the file's '{column}' column disagree "
+            f"(the column holds {shown}): rename the folder, fix the column, or leave the column out of the files"
         )
 
 
@@ -348,8 +348,9 @@ def _from_text(display, rows, ts_text: pd.Series, value_text: pd.Series, codes, 
         )
     flag(timestamps.isna().to_numpy(), "unparseable timestamp", ts_text)
     # pandas parses dates it cannot hold in nanoseconds (after 2262) at a coarser unit: refused, with the limits.
-    flag((timestamps.notna() & ((timestamps < pd.Timestamp.min) | (timestamps > pd.Timestamp.max))).to_numpy(),
-         f"timestamp outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} (the dates pandas can hold)", ts_text)
+    outside = (timestamps.notna() & ((timestamps < pd.Timestamp.min) | (timestamps > pd.Timestamp.max))).to_numpy()
+    flag(outside, f"timestamp outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} (the dates pandas can "
+         "hold)", ts_text)
 
     values = pd.to_numeric(value_text.where(value_text != "", None), errors="coerce").to_numpy(dtype="float64")
     empty = value_text.str.lower().isin(_NULL_TEXT).to_numpy()

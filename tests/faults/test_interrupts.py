@@ -143,8 +143,9 @@ def another_ray(tmp_path):
     if ray_bin is None:
         pytest.skip("no ray command next to this Python")
     temp = tmp_path / "other_ray"  # short: Ray's socket paths must stay under 108 characters
-    done = subprocess.run([ray_bin, "start", "--head", f"--port={_free_port()}", "--num-cpus=1", "--include-dashboard=false",
-                           f"--temp-dir={temp}", "--disable-usage-stats"], capture_output=True, text=True, timeout=180)
+    done = subprocess.run([ray_bin, "start", "--head", f"--port={_free_port()}", "--num-cpus=1",
+                           "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     try:
         yield
@@ -161,8 +162,8 @@ def another_ray(tmp_path):
 @pytest.mark.slow  # about a minute
 @pytest.mark.timeout(420)
 def test_another_ray_on_the_machine_prints_no_ray_traceback_in_our_run(taxi_like_csv, tmp_path, another_ray):
-    done = subprocess.run(command(taxi_like_csv, tmp_path, "shared", 2), cwd=ROOT, env=environment(), capture_output=True,
-                          text=True, timeout=360)
+    done = subprocess.run(command(taxi_like_csv, tmp_path, "shared", 2), cwd=ROOT, env=environment(),
+                          capture_output=True, text=True, timeout=360)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
     assert [e for e, _ in epoch_lines(output)] == [1, 2]

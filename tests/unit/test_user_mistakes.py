@@ -507,7 +507,8 @@ def test_a_yaml_alias_bomb_is_refused_without_building_it(work, capsys):
     lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:])]
     (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\ntrain:\n  seed: *i\n")
     assert (tmp_path / "bomb.yaml").stat().st_size < 600
-    message = refused(TRAIN, ["--config", str(tmp_path / "bomb.yaml"), "--print-config"], capsys, "bomb.yaml", "aliases")
+    argv = ["--config", str(tmp_path / "bomb.yaml"), "--print-config"]
+    message = refused(TRAIN, argv, capsys, "bomb.yaml", "aliases")
     assert len(message) < 300
 
 
@@ -520,7 +521,8 @@ def test_a_yaml_alias_bomb_is_refused_without_building_it(work, capsys):
 ])  # fmt: skip
 def test_a_huge_value_is_cut_in_the_message(work, capsys, override, size):
     tmp_path, csv = work
-    message = refused(TRAIN, train_argv(tmp_path, csv, "--print-config", "--set", override, name=None), capsys, size, "...")
+    argv = train_argv(tmp_path, csv, "--print-config", "--set", override, name=None)
+    message = refused(TRAIN, argv, capsys, size, "...")
     assert len(message) < 700, message
 
 
@@ -642,7 +644,8 @@ def test_links_in_a_data_folder_are_followed_once_and_loops_or_dangling_ones_ref
     (tmp_path / "zones" / "a" / "part.csv").write_bytes(csv.read_bytes())
     (name, target), named = LINKS[kind]
     (tmp_path / "zones" / name).symlink_to(target)
-    refused(TRAIN, train_argv(tmp_path, tmp_path / "zones", "--prepare-only"), capsys, str(tmp_path / "zones" / name), named)
+    argv = train_argv(tmp_path, tmp_path / "zones", "--prepare-only")
+    refused(TRAIN, argv, capsys, str(tmp_path / "zones" / name), named)
     assert files_under(tmp_path / "storage") == set()
 
 
