@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import logging
@@ -102,6 +103,8 @@ EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as 
 SIGNAL_WORDS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 _received: list[int] = []  # signals seen by the current `interrupts` block, in order
 _raised: list[int] = []  # the signal our handler turned into a KeyboardInterrupt (one at most)
+_nudged: list[int] = []  # set by the watcher when it raises the first signal in the main thread again
+NUDGE_AFTER_S = 15.0  # Ray Train's own abort takes a few seconds; longer than this, the signal was swallowed
 _saying = threading.Lock()  # one line, whether the main thread or the watcher says it
 _said: list[int] = []  # the signal the line was said for (one at most)
 _hard_stop: list[Callable[[], None]] = []  # run before a second signal ends the process at once
@@ -130,13 +133,15 @@ def interrupts(describe: Callable[[int], str]) -> Iterator[None]:
         return
     _received.clear()
     _raised.clear()
+    _nudged.clear()
     _said.clear()
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
-    watcher = threading.Thread(target=_watch, args=(read_end, describe), name="interrupt-watch", daemon=True)
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(read_end, describe, done), name="interrupt-watch", daemon=True)
     watcher.start()
     stopping: int | None = None
     try:
@@ -152,6 +157,7 @@ def interrupts(describe: Callable[[int], str]) -> Iterator[None]:
             stopping = _received[0]
             _stop(describe, stopping)
     finally:
+        done.set()
         signal.set_wakeup_fd(previous_fd)
         if stopping is None:
             signal.signal(signal.SIGTERM, previous_term)
@@ -179,15 +185,24 @@ def _signal_behind(err: BaseException) -> int | None:
 
 
 def _raise_interrupt(signum, frame) -> None:
-    """The first signal unwinds the main thread like Ctrl-C; a later one is the watcher's to act on."""
-    if _raised:
+    """The first signal unwinds the main thread like Ctrl-C; a later one is the watcher's to act on, unless the
+    watcher nudges the main thread again because the first was swallowed (``_nudged``)."""
+    if _raised and not _nudged:
         return
     _raised.append(signum)
+    _nudged.clear()
     raise KeyboardInterrupt(SIGNAL_WORDS.get(signum, f"signal {signum}"))
 
 
-def _watch(read_end: int, describe: Callable[[int], str]) -> None:
-    """Record each signal; on the second, report the first and end the process now."""
+def _nudge(signum: int, done: threading.Event) -> None:
+    """If the block still runs NUDGE_AFTER_S after a signal (a library took it and carried on), raise it again."""
+    if not done.wait(NUDGE_AFTER_S):
+        _nudged.append(signum)
+        _thread.interrupt_main(signum)
+
+
+def _watch(read_end: int, describe: Callable[[int], str], done: threading.Event) -> None:
+    """Record each signal; on the first, make sure it ends the block; on the second, report and end the process now."""
     while True:
         try:
             data = os.read(read_end, 64)
@@ -199,6 +214,8 @@ def _watch(read_end: int, describe: Callable[[int], str]) -> None:
             if signum not in EXIT_STATUS:
                 continue
             _received.append(signum)
+            if len(_received) == 1:
+                threading.Thread(target=_nudge, args=(signum, done), name="interrupt-nudge", daemon=True).start()
             if len(_received) >= 2:
                 for callback in list(_hard_stop):
                     try:
@@ -220,7 +237,7 @@ def _say(describe: Callable[[int], str], signum: int, again: bool = False) -> No
         except Exception as err:  # the line must come out even if looking at the run fails
             text = f"interrupted ({SIGNAL_WORDS[signum]}); the state could not be read back ({type(err).__name__})"
         if again:
-            text += " (stopped at once by a second signal)"
+            text = "stopped at once by a second signal: " + text
         sys.stdout.flush()
         print(f"error: {text}", file=sys.stderr, flush=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -69,6 +70,25 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
     if ray.is_initialized():
         return
     _leave_sigterm_to_the_driver()
+    with _keep_sigterm_handler():
+        _init_ray(cpus_needed, gpus_needed, hint)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` installs a SIGTERM handler of its own (``sys.exit``); put back the one the script installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init_ray(cpus_needed: float, gpus_needed: float, hint: str) -> None:
     # Without ray[default] a cleaner polls the missing State API every second and logs each
     # failure as a warning: Ray's own log is kept to errors.
     quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="ERROR")}

@@ -718,8 +718,8 @@ def test_a_second_ctrl_c_stops_at_once_after_the_hard_stop_cleanups(tmp_path):
     code, out, err = interrupted([sys.executable, "-c", WORK, str(tmp_path / "released"), "--slow-cleanup"],
                                  signal.SIGINT, signal.SIGINT, then="CLEANING")
     assert "CLEANING" in out and code == 130 and "Traceback" not in err, err
-    assert err == "error: the work was interrupted (Ctrl-C); kept: all; again: python work.py (stopped at once by a " \
-                  "second signal)\n"
+    assert err == "error: stopped at once by a second signal: the work was interrupted (Ctrl-C); kept: all; again: " \
+                  "python work.py\n"
     assert (tmp_path / "released").read_text() == "released"
 
 
