@@ -30,10 +30,24 @@ newest best checkpoint (or the newest run's) without dropping a request; Ctrl-C 
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports below run: one line, not a traceback
+    def _interrupted_while_starting(signum, frame):
+        print(f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
+              "done", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    signal.signal(signal.SIGTERM, _interrupted_while_starting)
+
 import argparse
+import shlex
 from pathlib import Path
 
-from lit_forecast import cli, storage
+from lit_forecast import cli, layout, output_guard, storage
 from lit_forecast.console import format_backtest, format_fleet, format_forecasts
 from lit_forecast.errors import ConfigError, UserError
 from lit_forecast.inference import defaults
@@ -52,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--horizon", type=int, help="steps to forecast; must match the checkpoint (default: the checkpoint's)")
     parser.add_argument("--output", help="forecasts file, .csv or .parquet (default: <run>/forecasts/forecast_<cutoff>.csv)")
     parser.add_argument("--plot", help="PNG file (default: next to --output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output, --plot and the files next to them if they exist (never an input, "
+                             "a run's data or checkpoints, or a read-only file)")
     parser.add_argument("--plot-cutoff", metavar="WHEN", help="cutoff drawn in the plot (default: the last one)")
     parser.add_argument("--plot-series", metavar="ID", help="series drawn in the plot (default: the busiest, largest mean)")
     parser.add_argument("--strict", action="store_true", help="a window with a hole in its history or too little history is an error (default: skipped and counted)")
@@ -76,19 +93,24 @@ def main(argv: list[str] | None = None) -> None:
         except UserError as err:
             cli.die(str(err))
         return
+    command = "python infer.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    before = _stamps(args)
     try:
-        check_arguments(args)
-        request = InferenceRequest(
-            run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
-            cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None, horizon=args.horizon,
-            output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
-            use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-            windows_per_task=args.windows_per_task, batch_size=args.batch_size,
-            plot_series=args.plot_series, strict=args.strict, recalibrate_days=args.recalibrate_days,
-        )
-        result = infer(request)
+        with cli.interrupts(lambda signum: interruption(args, cli.SIGNAL_WORDS[signum], command, before)):
+            check_arguments(args)
+            request = InferenceRequest(
+                run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
+                cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None, horizon=args.horizon,
+                output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
+                use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                windows_per_task=args.windows_per_task, batch_size=args.batch_size,
+                plot_series=args.plot_series, strict=args.strict, recalibrate_days=args.recalibrate_days,
+            )
+            result = infer(request)
     except UserError as err:
         cli.die(str(err))
+    except PermissionError as err:  # anywhere: a path this user may not read or write
+        cli.die(cli.permission_message(err))
     if result.table:  # a backtest: its scores; every forecast row is in the file named below
         print(format_backtest(result.table))
     else:
@@ -130,7 +152,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
 
 
-BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "plot_cutoff", "plot_series", "strict", "no_ray",
+BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "overwrite", "plot_cutoff", "plot_series", "strict", "no_ray",
               "recalibrate_days")
 SERVE_FLAGS = {"host": "host", "port": "port", "replicas": "replicas", "replica_cpus": "cpus_per_replica",
                "replica_gpus": "gpus_per_replica", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms"}
@@ -161,6 +183,25 @@ def serve(args: argparse.Namespace) -> None:
                                data=args.data))
 
 
+def _stamps(args: argparse.Namespace) -> dict[str, float]:
+    """Modification times of the given outputs that exist (what an interruption compares against)."""
+    found = {}
+    for _, location in output_guard.outputs_of(args.output, args.plot):
+        if not storage.is_uri(location) and os.path.exists(location):
+            found[location] = os.path.getmtime(location)
+    return found
+
+
+def interruption(args: argparse.Namespace, signal_name: str, command: str, before: dict[str, float]) -> str:
+    """What an interrupted infer.py says: that forecasting stopped, which files it had written, how to run it again."""
+    written = [location for location, mtime in _stamps(args).items() if before.get(location) != mtime]
+    if written:
+        kept = f"these files were already written, each whole: {', '.join(written)}; add --overwrite to run again"
+    else:
+        kept = "no output was written (each file is written whole, at the end)"
+    return f"forecasting was interrupted ({signal_name}): {kept}. Run again with: {command}"
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse impossible output paths before anything is loaded or written (infer() checks the rest of the request)."""
     for flag, suffixes in (("--output", (".csv", ".parquet")), ("--plot", (".png",))):
@@ -177,6 +218,57 @@ def check_arguments(args: argparse.Namespace) -> None:
             parent = next((p for p in path.parents if p.exists()), None)
             if parent is not None and not parent.is_dir():
                 raise ConfigError(f"{flag} {location}: {parent} is a file, so nothing can be written below it")
+    check_outputs(args)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an --output or --plot (or a file written next to them) that would replace an input, land in a run's
+    data or checkpoints, or replace an existing file without --overwrite (output_guard); nothing is loaded."""
+    outputs = output_guard.outputs_of(args.output, args.plot)
+    if not outputs:
+        return  # the default output: a new file in the run's forecasts/ folder
+    inputs: list[tuple[str, str]] = []
+    if args.data and not args.data.startswith(("http://", "https://")):
+        inputs.append(("--data", args.data))
+    runs = {storage.absolute(location) for _, location in outputs for location in _run_folders_above(location)}
+    try:  # the run whose checkpoint is read; a missing one is reported by the forecast itself
+        if args.checkpoint:
+            inputs.append(("--checkpoint", args.checkpoint))
+            runs.add(layout.run_of(layout.checkpoint_file(args.checkpoint)) or "")
+        else:
+            runs.add(storage.absolute(args.run) if args.run else layout.latest_run(args.storage))
+    except UserError:
+        pass
+    sealed: list[tuple[str, str]] = []
+    for run in sorted(r for r in runs if r and storage.exists(r)):
+        sealed.append((f"the prepared data of run {run}", layout.data_dir(run)))
+        sealed += [(f"a checkpoint of run {run}", storage.join(run, name)) for name in layout.checkpoint_folders(run)]
+        inputs += [("run file", storage.join(run, name)) for name in storage.list_dir(run)
+                   if name != "forecasts"]  # its own outputs: replaceable with --overwrite
+        if not args.data:
+            try:
+                source = layout.read_config(run).data.source
+            except UserError:
+                continue
+            if not source.startswith(("http://", "https://")):
+                inputs.append(("data.source", source))
+    output_guard.check_outputs(outputs, inputs, sealed, overwrite=args.overwrite)
+
+
+def _run_folders_above(location: str) -> list[str]:
+    """The run folders (a config.yaml next to data/, a summary or checkpoints) that hold ``location``."""
+    if storage.is_uri(location):
+        return []
+    found = []
+    for folder in Path(storage.absolute(location)).parents:
+        try:
+            names = set(os.listdir(folder))
+        except OSError:  # missing, not a folder, or not ours to list
+            continue
+        if layout.CONFIG_FILE in names and ("data" in names or layout.SUMMARY_FILE in names
+                                            or any(n.startswith(layout.CHECKPOINT_PREFIX) for n in names)):
+            found.append(str(folder))
+    return found
 
 
 if __name__ == "__main__":

@@ -9,7 +9,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports below run: one line, not a traceback
+    def _interrupted_while_starting(signum, frame):
+        print(f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
+              "done", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    signal.signal(signal.SIGTERM, _interrupted_while_starting)
+
 import argparse
+import shlex
 
 from lit_forecast import cli, console
 from lit_forecast.config import dump
@@ -27,22 +41,32 @@ def main(argv: list[str] | None = None) -> None:
                         "--set apply to the sweep, --set KEY=VALUE of a training key to every trial")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    command = "python train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    state: dict = {"config": None}  # what an interruption can report, filled as the run gets going
+
+    def interrupted(signum: int) -> str:
+        return runs.interruption(state["config"], cli.SIGNAL_WORDS[signum], command, prepare_only=args.prepare_only)
+
     try:
-        if args.tune:
+        if args.tune:  # Ray Tune handles Ctrl-C itself: it saves the sweep, and the same command resumes it
             tune_command(args)
             return
-        config = cli.load_config(args)
-        if args.print_config:
-            print(dump(config), end="")
-            return
-        cli.setup_logging(args.verbose)
-        if args.prepare_only:
-            manifest, folder = runs.prepare_only(config)
-            print(console.format_dataset(manifest, folder))
-        else:
-            print(console.format_run(runs.train(config, resume=args.resume)))
+        with cli.interrupts(interrupted):
+            config = cli.load_config(args)
+            if args.print_config:
+                print(dump(config), end="")
+                return
+            state["config"] = config
+            cli.setup_logging(args.verbose)
+            if args.prepare_only:
+                manifest, folder = runs.prepare_only(config)
+                print(console.format_dataset(manifest, folder))
+            else:
+                print(console.format_run(runs.train(config, resume=args.resume)))
     except UserError as err:
         cli.die(str(err))
+    except PermissionError as err:  # anywhere: a path this user may not read or write
+        cli.die(cli.permission_message(err))
 
 
 def tune_command(args: argparse.Namespace) -> None:

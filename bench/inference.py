@@ -39,7 +39,7 @@ from lit_forecast.spec import SINGLE_SERIES, SeriesStats, WindowSpec
 def random_checkpoint(folder: str) -> str:
     """The local config's model with random weights, saved as training saves it."""
     config = cfg.load()
-    plain, d = cfg.to_dict(config), config.data
+    d = config.data
     window = WindowSpec(d.input_window, d.horizon, d.freq, d.stride, d.eval_stride)
     stats = {SINGLE_SERIES: SeriesStats(mean=15000.0, std=6900.0)}
     torch.manual_seed(0)

@@ -23,12 +23,14 @@ from typing import Any, Literal
 import pandas as pd
 import yaml
 
-from lit_forecast.errors import ConfigError
+from lit_forecast.errors import ConfigError, cut, shown
 
 NAB_NYC_TAXI_URL = (
     "https://raw.githubusercontent.com/numenta/NAB/master/data/realKnownCause/nyc_taxi.csv"
 )
 NAB_NYC_TAXI_SHA256 = "d8fa6f7f0734bf5c8be12c52a94e20a82664c397d9dec4449156bd453d32856d"
+SEED_MAX = 2**32 - 1  # Lightning's seed_everything (numpy's seeds) accepts 0 .. 2**32 - 1
+TIMEOUT_MAX_S = 10**9  # far beyond any real timeout, well inside datetime.timedelta and torch's milliseconds
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
 
 
@@ -180,15 +182,14 @@ def from_dict(raw: dict[str, Any] | None, cls: type = Config, prefix: str = "") 
 def _build(raw: dict[str, Any] | None, cls: type, prefix: str) -> Any:
     raw = raw or {}
     if not isinstance(raw, dict):
-        shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
-        raise ConfigError(f"'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {shown}")
+        raise ConfigError(f"'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {shown(raw, 80)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown key '{dotted}'{_suggest(key, names, prefix)}")
+            raise ConfigError(f"unknown key '{cut(str(dotted))}'{_suggest(str(key), names, prefix)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             values[key] = _build(value, hint, f"{dotted}.")
@@ -198,7 +199,7 @@ def _build(raw: dict[str, Any] | None, cls: type, prefix: str) -> Any:
 
 
 def _suggest(key: str, names: list[str], prefix: str) -> str:
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key[:100], names, n=1, cutoff=0.5)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
 
 
@@ -207,7 +208,7 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"'{dotted}' must be a list, got {value!r}")
+            raise ConfigError(f"'{dotted}' must be a list, got {shown(value)}")
         return [_coerce(v, typing.get_args(hint)[0], f"{dotted}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -220,11 +221,11 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
                 return _coerce(value, option, dotted)
             except ConfigError:
                 pass
-        raise ConfigError(f"'{dotted}' must be {_type_name(hint)}, got {value!r}")
+        raise ConfigError(f"'{dotted}' must be {_type_name(hint)}, got {shown(value)}")
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"'{dotted}' must be one of {list(choices)}, got {value!r}")
+            raise ConfigError(f"'{dotted}' must be one of {list(choices)}, got {shown(value)}")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -236,7 +237,7 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
     if hint is str and isinstance(value, (datetime.date, datetime.datetime)):  # unquoted YAML dates
         return str(value)
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
-        raise ConfigError(f"'{dotted}' must be {_type_name(hint)}, got {value!r}")
+        raise ConfigError(f"'{dotted}' must be {_type_name(hint)}, got {shown(value)}")
     return value
 
 
@@ -263,13 +264,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file; a config is YAML text (see configs/local.yaml)") from None
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {cut(str(err), 600)}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -279,13 +280,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} must look like dotted.key=value, e.g. --set train.max_epochs=20")
+            raise ConfigError(f"--set {shown(item)} must look like dotted.key=value, e.g. --set train.max_epochs=20")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = parse_yaml(text, f"--set {cut(key.strip())}") if text.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(
-                f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote it, "
-                f"e.g. --set '{key.strip()}=\"...\"'"
+                f"--set {shown(item)}: the value is not valid YAML ({cut(str(err).splitlines()[0])}); quote it, "
+                f"e.g. --set '{cut(key.strip())}=\"...\"'"
             ) from None
         try:
             _set_dotted(raw, key.strip(), value)
@@ -295,6 +296,71 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         return from_dict(raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+# A config holds about a hundred values; this many, counted with every alias expanded, is no config.
+YAML_MAX_NODES = 100_000
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text as plain values, refusing duplicate keys (with both lines) and alias bombs (before building them).
+
+    ``yaml.safe_load`` keeps the last of two equal keys without a word, and builds whatever a few
+    aliases expand to; here the composed node tree is checked first: each mapping's keys, and
+    its size with every alias expanded (counted per node once, so the check itself is cheap).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, where)
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
+    except ValueError as err:  # int('1' * 5000): past Python's digit limit
+        raise ConfigError(f"{where}: {cut(str(err))}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: values nested too deeply for a config") from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, where: str) -> None:
+    sizes: dict[int, int] = {}  # id(node) -> node count with aliases expanded
+    order: list[yaml.Node] = []
+    stack, seen = [root], set()
+    while stack:  # every distinct node once, parents before children
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        if isinstance(node, yaml.MappingNode):
+            _check_keys(node, where)
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    for node in reversed(order):  # children before parents (an alias cycle counts as a leaf once)
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        sizes[id(node)] = 1 + sum(sizes.get(id(n), 1) for n in children)
+        if sizes[id(node)] > YAML_MAX_NODES:
+            raise ConfigError(f"{where}: line {node.start_mark.line + 1}: this value expands to more than "
+                              f"{YAML_MAX_NODES:,} values (aliases repeated inside aliases?); a config holds about "
+                              "a hundred")
+
+
+def _check_keys(node: yaml.MappingNode, where: str) -> None:
+    first: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in first:
+            raise ConfigError(f"{where}: key {shown(key.value)} appears twice, at line {first[key.tag, key.value]} and "
+                              f"line {line}: keep one (YAML would silently keep the last)")
+        first[key.tag, key.value] = line
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
@@ -327,12 +393,14 @@ def validate(config: Config) -> Config:
         step = pd.Timedelta(d.freq)
         max_gap = pd.Timedelta(d.max_gap)
     except (ValueError, OverflowError) as err:
-        raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {err}") from None
-    need(step > pd.Timedelta(0), f"'data.freq' must be positive, got {d.freq!r}")
-    need(pd.Timedelta("1D") % step == pd.Timedelta(0), f"'data.freq' must divide a day (calendar slots), got {d.freq!r}")
+        raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {cut(str(err))}") from None
+    need(step > pd.Timedelta(0), f"'data.freq' must be positive, got {shown(d.freq)}")
+    need(pd.Timedelta("1D") % step == pd.Timedelta(0),
+         f"'data.freq' must divide a day (calendar slots), got {shown(d.freq)}")
     # Calendar embeddings hold one row per slot of the day: a second is already 86,400 rows.
-    need(step >= pd.Timedelta("1min"), f"'data.freq' must be at least 1min (one calendar slot per step of the day), got {d.freq!r}")
-    need(max_gap >= pd.Timedelta(0), f"'data.max_gap' must be >= 0, got {d.max_gap!r}")
+    need(step >= pd.Timedelta("1min"),
+         f"'data.freq' must be at least 1min (one calendar slot per step of the day), got {shown(d.freq)}")
+    need(max_gap >= pd.Timedelta(0), f"'data.max_gap' must be >= 0, got {shown(d.max_gap)}")
     bounds = {}
     for key in ("train_end", "val_end", "test_end"):
         text = getattr(d, key)
@@ -340,9 +408,15 @@ def validate(config: Config) -> Config:
             continue
         try:
             bounds[key] = pd.Timestamp(text)
+        except pd.errors.OutOfBoundsDatetime:
+            raise ConfigError(f"'data.{key}' {shown(text)} lies outside the dates pandas can hold "
+                              f"({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})") from None
         except (ValueError, OverflowError):
-            raise ConfigError(f"'data.{key}' is not a timestamp: {text!r}") from None
-        need(not pd.isna(bounds[key]), f"'data.{key}' is not a timestamp: {text!r}")
+            raise ConfigError(f"'data.{key}' is not a timestamp: {shown(text)}") from None
+        need(not pd.isna(bounds[key]), f"'data.{key}' is not a timestamp: {shown(text)}")
+        need(pd.Timestamp.min <= bounds[key] <= pd.Timestamp.max,
+             f"'data.{key}' {shown(text)} lies outside the dates pandas can hold "
+             f"({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})")
     ordered = list(bounds.items())
     for (k1, v1), (k2, v2) in zip(ordered, ordered[1:]):
         need(v1 < v2, f"split boundaries out of order: data.{k1}={v1} must be before data.{k2}={v2}")
@@ -364,8 +438,9 @@ def validate(config: Config) -> Config:
     need(not m.residual or m.seasonal_lag > 0, "'model.residual: true' needs 'model.seasonal_lag' (the value it corrects)")
     if m.quantiles:
         need(all(0.0 < q < 1.0 for q in m.quantiles) and m.quantiles == sorted(set(m.quantiles)),
-             f"'model.quantiles' must be increasing levels in (0, 1), got {m.quantiles}")
-        need(0.5 in m.quantiles, f"'model.quantiles' must include 0.5 (the median is the point forecast), got {m.quantiles}")
+             f"'model.quantiles' must be increasing levels in (0, 1), got {shown(m.quantiles)}")
+        need(0.5 in m.quantiles,
+             f"'model.quantiles' must include 0.5 (the median is the point forecast), got {shown(m.quantiles)}")
 
     need(t.max_epochs >= 1 and t.batch_size >= 1, "'train.max_epochs' and 'train.batch_size' must be >= 1")
     need(t.lr > 0, f"'train.lr' must be positive, got {t.lr}")
@@ -378,14 +453,19 @@ def validate(config: Config) -> Config:
         f"'train.limit_train_batches' must be a share in (0, 1] or a whole number of batches >= 1, got {t.limit_train_batches}",
     )
     need(0.0 <= t.sampling_max_prob <= 1.0, f"'train.sampling_max_prob' must be in [0, 1], got {t.sampling_max_prob}")
+    need(0 <= t.seed <= SEED_MAX, f"'train.seed' must be in [0, {SEED_MAX}] (what Lightning's seed_everything and "
+                                   f"numpy accept), got {shown(t.seed)}")
     need(t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
-         f"'train.precision' must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got {t.precision!r}")
+         f"'train.precision' must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got {shown(t.precision)}")
 
     need(c.num_workers >= 1, f"'cluster.num_workers' must be >= 1, got {c.num_workers}")
     need(c.max_failures >= 0, f"'cluster.max_failures' must be >= 0, got {c.max_failures}")
-    need(c.cpus_per_worker > 0, f"'cluster.cpus_per_worker' must be positive, got {c.cpus_per_worker}")
-    need(c.gpus_per_worker > 0, f"'cluster.gpus_per_worker' must be positive, got {c.gpus_per_worker}")
-    need(c.timeout_s > 0, f"'cluster.timeout_s' must be positive, got {c.timeout_s}")
+    for key in ("cpus_per_worker", "gpus_per_worker"):  # Ray refuses fractions finer than 0.0001
+        need(getattr(c, key) >= 0.0001,
+             f"'cluster.{key}' must be positive and at least 0.0001 (Ray's finest fraction), got {getattr(c, key)}")
+    need(0 < c.timeout_s <= TIMEOUT_MAX_S,
+         f"'cluster.timeout_s' must be in (0, {TIMEOUT_MAX_S:,}] seconds (a timedelta torch can hold), "
+         f"got {c.timeout_s}")
     need(c.checkpoint_every_n_epochs >= 1, "'cluster.checkpoint_every_n_epochs' must be >= 1")
     need(c.num_to_keep >= 1, f"'cluster.num_to_keep' must be >= 1, got {c.num_to_keep}")
     need(not (c.backend == "nccl" and not c.use_gpu), "'cluster.backend: nccl' needs 'cluster.use_gpu: true'")

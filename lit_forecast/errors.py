@@ -7,6 +7,8 @@ else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import reprlib
+
 
 class UserError(ValueError):
     """Base of every error that means "the input or the request is wrong", not "the code is"."""
@@ -39,3 +41,31 @@ class CheckpointReadError(CheckpointError, OSError):
 
 class CutoffError(UserError):
     """A cutoff cannot be forecast from the data; the message names the cutoff and the series."""
+
+
+SHOWN_MAX = 200  # characters of one offending value in a message
+
+
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes its limits as attributes
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = SHOWN_MAX
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """``repr(value)`` for a message, at most ``limit`` characters: a longer one is cut with an ellipsis and its size.
+
+    Built with ``reprlib``, so a huge or deeply nested value is never turned into text whole.
+    """
+    short = _REPR.repr(value)
+    size = f"{len(value):,} items" if isinstance(value, (list, tuple, dict, set)) else (
+        f"{len(value):,} characters" if isinstance(value, str) else "")
+    if len(short) > limit:
+        short = short[:limit] + "..."
+    elif "..." not in short or not size:
+        return short
+    return f"{short} ({size})" if size else short
+
+
+def cut(text: str, limit: int = SHOWN_MAX) -> str:
+    """``text`` itself, cut to ``limit`` characters with an ellipsis and the full size (for names and paths)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -67,6 +69,26 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
+    _leave_sigterm_to_the_driver()
+    with _keep_sigterm_handler():
+        _init_ray(cpus_needed, gpus_needed, hint)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` installs a SIGTERM handler of its own (``sys.exit``); put back the one the script installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init_ray(cpus_needed: float, gpus_needed: float, hint: str) -> None:
     # Without ray[default] a cleaner polls the missing State API every second and logs each
     # failure as a warning: Ray's own log is kept to errors.
     quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="ERROR")}
@@ -79,9 +101,54 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
     started = time.perf_counter()
-    # address="local": always a cluster of our own, never one that happens to run here.
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, **quiet)
+    # address="local": always a cluster of our own, never one that happens to run here. Ray's own
+    # clients inside it (Ray Train's PlacementGroupCleaner asks the State API for its controller)
+    # look for "the" cluster with no address, and with another Ray on the machine fail with a
+    # traceback ("Found multiple active Ray instances"). So the cluster's address is fixed before
+    # it starts (its GCS port, RAY_GCS_SERVER_PORT, read by the head node in this process) and
+    # given to every Ray worker of the job as RAY_ADDRESS; this process's environment is left alone.
+    port = _free_port()
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    saved = os.environ.get(GCS_PORT_ENV)
+    os.environ[GCS_PORT_ENV] = str(port)
+    try:
+        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+                 runtime_env={"env_vars": {"RAY_ADDRESS": address}}, **quiet)
+    finally:
+        if saved is None:
+            os.environ.pop(GCS_PORT_ENV, None)
+        else:
+            os.environ[GCS_PORT_ENV] = saved
+    if ray.get_runtime_context().gcs_address != address:  # the port was taken meanwhile: Ray's clients may complain
+        log.debug("local Ray started at %s, not %s", ray.get_runtime_context().gcs_address, address)
     log.info("started a local Ray (%d CPUs, %d GPUs) in %.1f s", cpus, gpus, time.perf_counter() - started)
+
+
+def _leave_sigterm_to_the_driver() -> None:
+    """Keep Ray's C++ failure-signal handler out of this process.
+
+    It catches SIGTERM too: it prints a stack dump and then aborts the driver (status 134), where
+    the scripts end with one line and status 143 (cli.interrupts). Ray reads this switch (env
+    RAY_DISABLE_FAILURE_SIGNAL_HANDLER) when it imports, and its core worker looks at it in
+    ``ray.init``: set here, for this driver only, so Ray's workers keep their crash dumps. If a
+    later Ray moves it, the dump simply comes back.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        return
+    if hasattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+
+
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # ray._private.ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 def _local_raylet() -> Path | None:

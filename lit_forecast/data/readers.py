@@ -18,6 +18,8 @@ text and checked cell by cell with pandas, which also gives error messages the o
 from __future__ import annotations
 
 import csv
+import errno
+import os
 from collections.abc import Callable
 import urllib.parse
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lit_forecast.config import DataConfig
+from lit_forecast.errors import DataError
 from lit_forecast.spec import SINGLE_SERIES
 
 # Examples shown per problem; more only make the message harder to read.
@@ -77,9 +80,14 @@ class Rows:
 def list_data_files(fs: pafs.FileSystem, root: str) -> tuple[list[pafs.FileInfo], list[str]]:
     """Data files under folder ``root`` (recursive, sorted by path), and the names of the others.
 
-    Hidden and bookkeeping entries (a path part starting with '.' or '_') are skipped.
+    Hidden and bookkeeping entries (a path part starting with '.' or '_') are skipped. On a local
+    disk, links are followed once: a link back into what the folder already reads (a loop, or a
+    second way to the same files) and a link to nothing are refused by name (DataError).
     """
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    if fs.type_name == "local":
+        infos = fs.get_file_info(_local_files(root))
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     members, others = [], []
     for info in infos:
         if info.type != pafs.FileType.File:
@@ -89,6 +97,41 @@ def list_data_files(fs: pafs.FileSystem, root: str) -> tuple[list[pafs.FileInfo]
             continue
         (members if rel.lower().endswith(DATA_SUFFIXES) else others).append((rel, info))
     return [info for _, info in sorted(members, key=lambda m: m[0])], sorted(rel for rel, _ in others)
+
+
+def _local_files(root: str) -> list[str]:
+    """Paths of the files under local folder ``root`` (paths as listed, through links), each folder read once."""
+    files: list[str] = []
+    real_root = os.path.realpath(root)
+    seen = {real_root: root}  # real folder -> the path it was first reached by
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            listed = sorted(entries, key=lambda e: e.name)
+        for entry in listed:
+            path = f"{folder.rstrip('/')}/{entry.name}"
+            if entry.name.startswith((".", "_")):
+                continue
+            if entry.is_symlink() and not os.path.exists(path):
+                try:
+                    os.stat(path)
+                    why = "which cannot be reached"
+                except OSError as err:
+                    why = "which leads back to itself (a loop)" if err.errno == errno.ELOOP else "which does not exist"
+                raise DataError(f"{path} is a link to {os.readlink(path)}, {why}: remove the link or restore what it "
+                                "points to")
+            if entry.is_dir():  # follows a link once
+                real = os.path.realpath(path)
+                if entry.is_symlink() and (real in seen or real.startswith(real_root + "/")
+                                           or any(r.startswith(real.rstrip("/") + "/") for r in seen)):
+                    raise DataError(f"{path} is a link to {real}, which the data folder {root} already reads or "
+                                    "holds: a loop, or a second way to the same files; remove the link")
+                seen[real] = path
+                stack.append(path)
+            elif entry.is_file():
+                files.append(path)
+    return files
 
 
 def relative(root: str, path: str) -> str:
@@ -125,6 +168,25 @@ def _needed(config: DataConfig) -> list[str]:
     return [c for c in (config.timestamp_column, config.value_column, config.series_column) if c]
 
 
+def folder_columns(display: str, have: list[str], partitions: dict[str, str], config: DataConfig) -> list[str]:
+    """The hive-style folder keys (``zone=z001/``) that stand in for a column the file lacks.
+
+    Only the series column can come from the folder: a key naming the timestamp or value column
+    of a file without it is refused by name (one folder value cannot be every row's reading).
+    """
+    added = []
+    for key, value in partitions.items():
+        if key in have:
+            continue
+        if key in (config.timestamp_column, config.value_column):
+            raise UnreadableFile(
+                f"{display}: the folder part '{key}={value}' names column '{key}', which this file lacks; a folder "
+                f"key can stand in for the series column only (data.series_column)"
+            )
+        added.append(key)
+    return added
+
+
 def _missing_columns(display: str, have: list[str], config: DataConfig) -> UnreadableFile:
     missing = [c for c in _needed(config) if c not in have]
     return UnreadableFile(
@@ -145,7 +207,7 @@ def read_csv(data: bytes, display: str, config: DataConfig, partitions: dict[str
         header = next(csv.reader([header_line.decode("utf-8-sig").rstrip("\r")]))
     except UnicodeDecodeError:
         raise UnreadableFile(f"{display}: not a text CSV file (its first line is not UTF-8 text)") from None
-    have = header + [p for p in partitions if p not in header]
+    have = header + folder_columns(display, header, partitions, config)
     if any(c not in have for c in _needed(config)):
         raise _missing_columns(display, have, config)
     in_file = [c for c in _needed(config) if c in header]
@@ -164,7 +226,7 @@ def read_csv(data: bytes, display: str, config: DataConfig, partitions: dict[str
         ts, values = fast.column(config.timestamp_column), fast.column(config.value_column)
         v = values.to_numpy(zero_copy_only=False) if values.null_count == 0 else None
         if ts.null_count == 0 and v is not None and not _any_bad_value(v):
-            codes, names = _series_codes(fast, config, partitions)
+            codes, names = _series_codes(fast, config, partitions, display)
             return Rows(display, "row", _line_numbers(data, fast.num_rows), ts.to_numpy().view("int64"),
                         v.astype("float64", copy=False), codes, names)
 
@@ -175,7 +237,7 @@ def read_csv(data: bytes, display: str, config: DataConfig, partitions: dict[str
     if text.num_rows == 0:
         raise UnreadableFile(f"{display}: no data rows (only a header)")
     rows = _line_numbers(data, text.num_rows)
-    codes, names = _series_codes(text, config, partitions)
+    codes, names = _series_codes(text, config, partitions, display)
     ts_text = text.column(config.timestamp_column).to_pandas().astype(object).str.strip()
     value_text = text.column(config.value_column).to_pandas().astype(object).str.strip()
     return _from_text(display, rows, ts_text, value_text, codes, names, config)
@@ -218,7 +280,8 @@ def _any_bad_value(v: np.ndarray) -> bool:
         return bool((~np.isfinite(v) | (v < 0) | (v > FLOAT32_MAX)).any())
 
 
-def _series_codes(table: pa.Table, config: DataConfig, partitions: dict[str, str]) -> tuple[np.ndarray, list[str]]:
+def _series_codes(table: pa.Table, config: DataConfig, partitions: dict[str, str],
+                  display: str = "") -> tuple[np.ndarray, list[str]]:
     """(N,) codes into the stripped, distinct series ids of ``table``."""
     n = table.num_rows
     column = config.series_column
@@ -227,6 +290,7 @@ def _series_codes(table: pa.Table, config: DataConfig, partitions: dict[str, str
     if column not in table.column_names:  # a hive partition: one id for the whole file
         return np.zeros(n, dtype=np.int64), [partitions[column].strip()]
     array = table.column(column)
+    _check_folder_agrees(table, column, partitions, display)
     if not pa.types.is_dictionary(array.type):
         array = pc.cast(array, pa.string()) if not pa.types.is_string(array.type) else array
         array = array.dictionary_encode()
@@ -240,6 +304,21 @@ def _series_codes(table: pa.Table, config: DataConfig, partitions: dict[str, str
         names.append("")
         stripped = np.append(stripped, len(names) - 1)
     return stripped[local], names
+
+
+def _check_folder_agrees(table: pa.Table, column: str, partitions: dict[str, str], display: str) -> None:
+    """A series column inside the file must hold the value its hive-style folder names, if it names one."""
+    if column not in partitions:
+        return
+    want = partitions[column].strip()
+    found = pc.unique(pc.utf8_trim_whitespace(pc.cast(table.column(column), pa.string())).combine_chunks())
+    others = [v for v in found.to_pylist() if v != want]
+    if others:
+        shown = ", ".join(repr(v) for v in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise UnreadableFile(
+            f"{display}: the folder part '{column}={partitions[column]}' and the file's '{column}' column disagree "
+            f"(the column holds {shown}): rename the folder, fix the column, or leave the column out of the files"
+        )
 
 
 def _from_text(display, rows, ts_text: pd.Series, value_text: pd.Series, codes, names, config) -> Rows:
@@ -270,6 +349,10 @@ def _from_text(display, rows, ts_text: pd.Series, value_text: pd.Series, codes, 
             f"{display}: timestamps carry a UTC offset (row {rows[0]}: {ts_text.iloc[0]!r}); write local times without one"
         )
     flag(timestamps.isna().to_numpy(), "unparseable timestamp", ts_text)
+    # pandas parses dates it cannot hold in nanoseconds (after 2262) at a coarser unit: refused, with the limits.
+    outside = (timestamps.notna() & ((timestamps < pd.Timestamp.min) | (timestamps > pd.Timestamp.max))).to_numpy()
+    flag(outside, f"timestamp outside {pd.Timestamp.min:%Y-%m-%d}..{pd.Timestamp.max:%Y-%m-%d} (the dates pandas can "
+         "hold)", ts_text)
 
     values = pd.to_numeric(value_text.where(value_text != "", None), errors="coerce").to_numpy(dtype="float64")
     empty = value_text.str.lower().isin(_NULL_TEXT).to_numpy()
@@ -285,7 +368,7 @@ def _from_text(display, rows, ts_text: pd.Series, value_text: pd.Series, codes, 
 
 def parquet_columns(names: list[str], display: str, config: DataConfig, partitions: dict[str, str]) -> list[str]:
     """The columns of a Parquet file (its schema's ``names``) to read; an UnreadableFile if one is missing."""
-    have = names + [p for p in partitions if p not in names]
+    have = names + folder_columns(display, names, partitions, config)
     if any(c not in have for c in _needed(config)):
         raise _missing_columns(display, have, config)
     return [c for c in _needed(config) if c in names]
@@ -308,7 +391,7 @@ def parquet_rows(table: pa.Table, display: str, config: DataConfig, partitions: 
     if table.num_rows == 0:
         raise UnreadableFile(f"{display}: no data rows")
     rows = np.arange(table.num_rows, dtype=np.int64)
-    codes, names = _series_codes(table, config, partitions)
+    codes, names = _series_codes(table, config, partitions, display)
     ts, value = table.column(config.timestamp_column), table.column(config.value_column)
     text_types = (pa.types.is_string, pa.types.is_large_string)
     if any(is_text(ts.type) or is_text(value.type) for is_text in text_types):

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lit_forecast import layout, storage
+from lit_forecast.output_guard import sibling
 from lit_forecast.data.source import Series
 from lit_forecast.data.windows import WindowSet
 from lit_forecast.errors import CutoffError
@@ -68,12 +69,6 @@ def default_output(checkpoint: str, windows: WindowSet) -> str:
     first, last = windows.cutoffs.min(), windows.cutoffs.max()
     stamp = f"{first:%Y%m%dT%H%M}" + (f"-{last:%Y%m%dT%H%M}" if last != first else "")
     return storage.join(folder, f"forecast_{stamp}.csv")
-
-
-def sibling(output: str, suffix: str) -> str:
-    """``output`` with its extension replaced by ``suffix`` (``f.csv`` -> ``f.backtest.json``)."""
-    base = output.rsplit(".", 1)[0] if "." in output.rsplit("/", 1)[-1] else output
-    return base + suffix
 
 
 def plot_series(series_id: str | None, cutoff: pd.Timestamp | None, windows: WindowSet, filled: list[Series]) -> str:

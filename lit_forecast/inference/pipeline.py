@@ -80,6 +80,8 @@ class InferenceResult:
     skipped: str = ""  # one-line summary of the windows skipped, '' if none
     unseen: list[str] = field(default_factory=list)  # series not in the checkpoint (scaled on their own history)
 
+RECALIBRATE_DAYS_MAX = 36_500  # far beyond any useful window; pandas' date arithmetic ends near 106,751 days
+
 
 def check_request(request: InferenceRequest) -> None:
     """Refuse an impossible request before anything is loaded, started or written (a ConfigError)."""
@@ -94,6 +96,9 @@ def check_request(request: InferenceRequest) -> None:
     if not (math.isfinite(request.recalibrate_days) and request.recalibrate_days >= 0):
         raise ConfigError(f"--recalibrate-days {request.recalibrate_days:g}: days must be 0 (off) or a positive "
                           f"number, e.g. 14")
+    if request.recalibrate_days > RECALIBRATE_DAYS_MAX:
+        raise ConfigError(f"--recalibrate-days {request.recalibrate_days:g}: at most {RECALIBRATE_DAYS_MAX:,} days "
+                          "(100 years)")
 
 
 def infer(request: InferenceRequest) -> InferenceResult:

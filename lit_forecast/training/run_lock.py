@@ -34,7 +34,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from lit_forecast import storage
+from lit_forecast import cli, storage
 from lit_forecast.errors import RunError
 from lit_forecast.layout import LOCK_FILE
 
@@ -72,15 +72,18 @@ class RunLock:
         self.created = False  # we made the run folder: remove it if the run never really starts
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._forget = lambda: None
 
     def __enter__(self) -> RunLock:
         self.created = not storage.exists(self.run)
         (self._acquire_local if self.local else self._acquire_remote)()
         self._beat = threading.Thread(target=self._heartbeat, name="run-lock-heartbeat", daemon=True)
         self._beat.start()
+        self._forget = cli.at_hard_stop(self.release)  # a second Ctrl-C ends the process at once: still released
         return self
 
     def __exit__(self, *exc) -> None:
+        self._forget()
         self.release()
 
     def keep(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import pandas as pd
+
 from lit_forecast import console, storage
 from lit_forecast.config import Config, dump, to_dict
 from lit_forecast.data.manifest import Manifest
@@ -45,7 +47,37 @@ def prepare_only(config: Config) -> tuple[Manifest, str]:
         folder = data_dir(run)
         manifest = prepare(config, folder)
         lock.keep()
+    warn_if_little_training(manifest)
     return manifest, folder
+
+
+# A training period this many windows long (past + future) per series, or shorter, is legal but learns little.
+TRAIN_SPANS_MIN = 3
+
+
+def warn_if_little_training(manifest: Manifest) -> None:
+    """One warning line if the training period is shorter than a few windows per series, or than half the validation."""
+    train, val = manifest.splits.get("train"), manifest.splits.get("val")
+    if train is None or not manifest.series:
+        return
+    w = manifest.window
+    step = pd.Timedelta(w.freq)
+    per_series = train.windows * w.stride / len(manifest.series) + w.input_window + w.horizon - 1  # slots it covers
+    window = w.input_window + w.horizon
+
+    def span(info) -> pd.Timedelta:
+        if not (info and info.first_target and info.last_target):
+            return pd.Timedelta(0)
+        return pd.Timestamp(info.last_target) - pd.Timestamp(info.first_target) + step
+
+    where = f"training targets {train.first_target} .. {train.last_target}"
+    if per_series < TRAIN_SPANS_MIN * window:
+        log.warning("the training period covers %.1f windows per series (%s; one window is %d slots of %s): a model "
+                    "learns little from so few; move data.train_end later, or give data that starts earlier",
+                    per_series / window, where, window, w.freq)
+    elif val is not None and span(train) < span(val) / 2:
+        log.warning("the training period (%s, %s) is less than half the validation period (%s): move data.train_end "
+                    "later, or data.val_end earlier", span(train), where, span(val))
 
 
 def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
@@ -110,6 +142,7 @@ def train(config: Config, resume: bool = False, callbacks: Sequence = ()) -> dic
         _check_tensorboard_storage(run)
         manifest = prepare(config, data_dir(run))  # validates the data before writing a shard
         lock.keep()
+        warn_if_little_training(manifest)
         for line in console.format_dataset(manifest, data_dir(run)).splitlines():
             log.info(line)
         if not resumed:
@@ -138,3 +171,31 @@ def _check_tensorboard_storage(run: str) -> None:
         fsspec.get_filesystem_class(scheme)
     except (ImportError, ValueError) as err:
         raise RunError(f"TensorBoard logs for {run} go through fsspec, which cannot write {scheme}:// here ({err})") from None
+
+
+def last_checkpoint(run: str) -> tuple[str, int | None] | None:
+    """The run's latest checkpoint that Ray registered (whole), and the epochs it holds (None if unknown)."""
+    snapshot = storage.join(run, RAY_SNAPSHOT_FILE)
+    try:
+        latest = storage.read_json(snapshot).get("latest_checkpoint_result") or {}
+        name, epoch = latest["checkpoint_dir_name"], latest.get("metrics", {}).get("epoch")
+        return storage.join(run, name), (int(epoch) + 1 if isinstance(epoch, int) else None)  # Lightning counts from 0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def interruption(config: Config | None, signal_name: str, command: str, prepare_only: bool = False) -> str:
+    """What an interrupted train.py says: what stopped, what was kept, and the command that resumes."""
+    if config is None or config.run.name is None:
+        return f"interrupted ({signal_name}) before the run started: nothing was written. Run again with: {command}"
+    run = run_dir(config)
+    if prepare_only:
+        return (f"preparing the data of run {run} was interrupted ({signal_name}): no shard is half-written, and the "
+                f"same command prepares it again: {command}")
+    found = last_checkpoint(run)
+    if found is None:
+        kept = "it had no checkpoint yet (a complete prepared dataset is reused)"
+    else:
+        epochs = f" (epoch {found[1]}/{config.train.max_epochs} done)" if found[1] is not None else ""
+        kept = f"its last checkpoint is kept: {found[0]}{epochs}"
+    return f"training of run {run} was interrupted ({signal_name}); {kept}. The same command resumes it: {command}"

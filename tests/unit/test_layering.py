@@ -1,6 +1,6 @@
 """The package's imports point one way, and Ray and Lightning stay where they are the point.
 
-    scripts -> serving -> training / inference -> data / models / evaluation -> config, spec, storage, errors
+    scripts -> serving -> training / inference -> data / models / evaluation -> config, spec, storage, output_guard, errors
 
 Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
 training/tune (Ray Tune over Ray Train runs),
@@ -21,7 +21,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lit_forecast"
 
-BOTTOM = {"errors", "spec", "config", "storage", "progress"}
+BOTTOM = {"errors", "spec", "config", "storage", "progress", "output_guard"}
 # Layer (a top-level module, or a subpackage) -> the layers it may import besides itself.
 ALLOWED = {
     "errors": set(),
@@ -30,6 +30,7 @@ ALLOWED = {
     "config_docs": {"config"},  # docs/configuration.md from the config dataclasses
     "storage": {"errors"},
     "progress": set(),
+    "output_guard": {"errors", "storage"},
     "layout": {"errors", "config", "storage"},
     "ray_cluster": {"errors"},
     "cli": {"errors", "config", "layout"},
