@@ -143,7 +143,7 @@ class ServeConfig:
     """Online forecasts (``python infer.py --serve``): the Ray Serve deployment and its limits."""
 
     host: str = "127.0.0.1"  # 0.0.0.0 to answer other machines
-    port: int = 8000
+    port: int = 8000  # the HTTP port (infer.py --port)
     replicas: int = 1  # each loads the model once
     cpus_per_replica: float = 1.0  # also the torch threads of each replica (rounded down, at least 1)
     gpus_per_replica: float = 0.0  # a share of a GPU, e.g. 0.25; 0: CPU

@@ -21,7 +21,7 @@ from typing import Literal
 from lit_forecast import config
 
 REGENERATE = "python -m lit_forecast.config_docs > docs/configuration.md"
-SECTIONS = ("data", "model", "train", "cluster", "run")
+SECTIONS = tuple(section.name for section in dataclasses.fields(config.Config))  # in the order of the tree
 
 
 def field_comments(source: str) -> dict[tuple[str, str], str]:
