@@ -37,7 +37,7 @@ ALLOWED = {
 }
 # Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "ray": {"ray_cluster", "training/ray_train", "inference/remote", "data/ray_prepare"},
+    "ray": {"ray_cluster", "training/ray_train", "inference/remote", "inference/streaming", "data/ray_prepare"},
     "lightning": {"models/module", "data/datamodule", "training/ray_train", "training/callbacks"},
 }
 

@@ -1,0 +1,176 @@
+"""The streaming path (Ray Data, actors) gives the plain path's forecasts and backtest, and survives faults.
+
+A tiny random model and a fleet of five half-hourly series: three the checkpoint knows, one it
+never saw (scaled on its own past), one that starts too late for any cutoff (every window
+skipped), and a gap before one cutoff of another. One forward pass per window in both paths,
+so the forecasts agree bit for bit. One local Ray with 2 CPUs for the module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lit_forecast import config as cfg
+from lit_forecast.errors import ConfigError, CutoffError
+from lit_forecast.inference.pipeline import InferenceRequest, infer
+from lit_forecast.models.module import ForecastModule
+from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict
+
+ray = pytest.importorskip("ray")
+streaming = pytest.importorskip("lit_forecast.inference.streaming")
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
+W, H = TINY.data.input_window, TINY.data.horizon
+START, STEP = pd.Timestamp("2024-01-01"), pd.Timedelta("30min")
+SLOTS = 3 * 336
+STATS = {"z0": SeriesStats(1000.0, 300.0), "z1": SeriesStats(400.0, 120.0), "z2": SeriesStats(60.0, 20.0),
+         "late": SeriesStats(50.0, 10.0)}
+CUTOFFS = [START + (2 * 336 + 24 * k) * STEP for k in range(7)]  # every 12 h of the third week
+GAP_SLOT = 2 * 336 + 24 * 3 - 1  # z2's slot just before the fourth cutoff is missing
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A Ray-style checkpoint folder of a random tiny model that knows z0, z1, z2 and late (not new)."""
+    folder = tmp_path_factory.mktemp("run") / "checkpoint_000000"
+    plain = cfg.to_dict(TINY)
+    plain["data"].update(series_column="zone", train_end=str(START + 2 * 336 * STEP), val_end=str(START + (SLOTS - 48) * STEP))
+    torch.manual_seed(0)
+    module = ForecastModule(plain["model"], WindowSpec(W, H, "30min").to_dict(), plain["train"], stats_to_dict(STATS))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    folder.mkdir(parents=True)
+    trainer.save_checkpoint(folder / "checkpoint.ckpt")
+    raw = torch.load(folder / "checkpoint.ckpt", weights_only=True)
+    raw["lit_forecast_config"] = plain
+    torch.save(raw, folder / "checkpoint.ckpt")
+    return str(folder)
+
+
+def fleet_csv(path, series: dict[str, np.ndarray], first: dict[str, int] | None = None) -> str:
+    """Long CSV ``timestamp,zone,value``; NaN slots are missing rows."""
+    rows = []
+    for sid, values in series.items():
+        offset = (first or {}).get(sid, 0)
+        rows += [f"{START + (offset + i) * STEP:%Y-%m-%d %H:%M:%S},{sid},{v:.0f}" for i, v in enumerate(values) if not np.isnan(v)]
+    path.write_text("timestamp,zone,value\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def taxi_like(level: float, seed: int, slots: int = SLOTS) -> np.ndarray:
+    t = np.arange(slots)
+    rng = np.random.default_rng(seed)
+    return np.maximum(level * (1 + 0.5 * np.sin(2 * np.pi * t / 48)) + rng.normal(0, level / 20, slots), 0).round()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    z2 = taxi_like(60, 2)
+    z2[GAP_SLOT] = np.nan
+    series = {"z0": taxi_like(1000, 0), "z1": taxi_like(400, 1), "z2": z2, "new": taxi_like(200, 3),
+              "late": taxi_like(50, 4, slots=SLOTS - 2 * 336 - 40)}
+    return fleet_csv(tmp_path_factory.mktemp("data") / "zones.csv", series, {"late": 2 * 336 + 40})
+
+
+def assert_close(got, want, path="table"):
+    """Nested dicts/lists of numbers equal to tolerance, NaN equal to NaN."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
+        for key in want:
+            assert_close(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-9, abs=1e-12), f"{path}: {got} != {want}"
+    else:
+        assert got == want, f"{path}: {got!r} != {want!r}"
+
+
+def stream(checkpoint, data, output, cutoffs=CUTOFFS, **options):
+    request = InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=cutoffs, output=str(output), batch_size=1)
+    return streaming.infer_streaming(request, streaming.StreamOptions(batch_size=1, **options))
+
+
+def read_back(folder) -> pd.DataFrame:
+    frame = pd.read_parquet(folder)
+    return frame.sort_values(["series_id", "cutoff", "step"], kind="stable").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def plain(checkpoint, data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("plain") / "plain.parquet"
+    return infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=CUTOFFS, output=str(output), use_ray=False,
+                                  batch_size=1))
+
+
+@pytest.fixture(scope="module")
+def streamed(checkpoint, data, tmp_path_factory):
+    return stream(checkpoint, data, tmp_path_factory.mktemp("stream") / "forecasts", block_windows=5)
+
+
+def test_streaming_forecasts_and_scores_equal_the_plain_path(plain, streamed):
+    want = plain.frame.sort_values(["series_id", "cutoff", "timestamp"], kind="stable").reset_index(drop=True)
+    got = read_back(streamed.output)
+    assert len(got) == len(want) == 4 * 7 * H - H  # z0, z1, new at 7 cutoffs, z2 at 6; late never
+    assert streamed.windows == len(want) // H
+    assert got["series_id"].tolist() == want["series_id"].tolist()
+    assert (got["cutoff"] == want["cutoff"]).all() and (got["timestamp"] == want["timestamp"]).all()
+    np.testing.assert_array_equal(got["median"], want["forecast"])
+    for column in ("q0.1", "q0.9", "actual"):
+        np.testing.assert_array_equal(got[column], want[column])
+    assert got["in_checkpoint"].tolist() == want["in_checkpoint"].tolist()
+    assert set(got.loc[~got["in_checkpoint"], "series_id"]) == {"new"}
+
+    table, expected = dict(streamed.table), dict(plain.table)
+    assert table.pop("skipped")["windows"] == expected.pop("skipped")["windows"] == 1 + 7  # z2's gap, every late window
+    assert table.pop("unseen_series") == expected.pop("unseen_series") == {"count": 1, "series": ["new"]}
+    assert_close(table, expected)
+    pd.testing.assert_frame_equal(streamed.zones, plain.zones, check_exact=False, rtol=1e-9, check_dtype=False)
+    assert "7 too little history" in streamed.skipped and "1 gap before cutoff" in streamed.skipped
+
+
+def test_the_next_day_forecast_streams_the_same_numbers(checkpoint, data, tmp_path):
+    plain = infer(InferenceRequest(checkpoint=checkpoint, data=data, output=str(tmp_path / "p.parquet"), use_ray=False,
+                                   batch_size=1))
+    result = stream(checkpoint, data, tmp_path / "next", cutoffs=None)
+    got = read_back(result.output)
+    want = plain.frame.sort_values(["series_id", "cutoff", "timestamp"], kind="stable").reset_index(drop=True)
+    assert result.table is None and "actual" not in got.columns
+    assert got["series_id"].tolist() == want["series_id"].tolist() and len(got) == 5 * H
+    np.testing.assert_array_equal(got["median"], want["forecast"])
+
+
+def test_an_output_folder_with_files_is_refused_without_overwrite(checkpoint, data, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("a user's file")
+    with pytest.raises(ConfigError, match="already holds files"):
+        stream(checkpoint, data, folder)
+    assert (folder / "mine.txt").read_text() == "a user's file"
+    stream(checkpoint, data, folder, overwrite=True)  # replaced whole, once every file is written
+    assert not (folder / "mine.txt").exists() and len(read_back(folder)) == 4 * 7 * H - H
+    assert not list(tmp_path.glob("out.tmp-*")) and not list(tmp_path.glob("out.old-*"))
+
+
+def test_a_strict_run_fails_on_a_skipped_window_and_leaves_nothing(checkpoint, data, tmp_path):
+    request = InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=CUTOFFS, output=str(tmp_path / "f"), strict=True)
+    with pytest.raises(CutoffError):
+        streaming.infer_streaming(request)
+    assert list(tmp_path.iterdir()) == []
