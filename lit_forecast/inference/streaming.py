@@ -110,7 +110,6 @@ class StreamOptions:
     num_gpus: float = 0  # per actor, where the cluster has GPUs
     batch_size: int = 256  # windows per forward pass
     block_windows: int = 4096  # windows per actor call (and per Parquet file, at most)
-    max_restarts: int = 3  # an actor that dies is restarted this often, its blocks retried
     overwrite: bool = False  # replace an output folder that holds files
     object_store_mb: int = 1024  # Ray Data's object store budget for this dataset
 
@@ -130,7 +129,7 @@ class StreamResult:
     fleet_plot: str | None = None
     skipped: str = ""
     unseen: int = 0
-    bad_series: list[str] = field(default_factory=list)  # "series: why", those skipped whole
+    bad_series: list[str] = field(default_factory=list)  # why each series skipped whole was (names it)
     seconds: float = 0.0
 
 
@@ -165,14 +164,31 @@ def estimated_readings(location: str) -> int:
     return total
 
 
-def choose_engine(engine: str, data: DataConfig) -> str:
-    """``plain`` or ``stream``: ``auto`` streams inputs of more than AUTO_STREAM_READINGS readings."""
-    if engine != "auto":
-        return engine
+def choose_engine(engine: str, request: InferenceRequest) -> str:
+    """``plain`` or ``stream`` for ``request``: ``auto`` streams inputs of more than AUTO_STREAM_READINGS readings.
+
+    An output file (.csv, .parquet) is one file written by the plain path: with a fleet that
+    large (or ``stream``) it is refused, before anything runs, in favour of a folder.
+    """
+    output = request.output or ""
+    is_file = output.endswith((".csv", ".parquet"))
+    if engine == "stream" and is_file:
+        raise ConfigError(f"--output {output}: --engine stream writes a Parquet dataset; give a folder name, "
+                          f"e.g. {output.rsplit('.', 1)[0]}/")
+    if engine == "plain" and not output.endswith(".csv"):
+        return "plain"
+    if engine == "stream":
+        return "stream"
+    path = request.checkpoint or layout.best_checkpoint(request.run or layout.latest_run(request.storage))
+    data = data_config(load_checkpoint(path, "cpu").config.data, request.data)
     readings = estimated_readings(fetch(data).location)
-    chosen = "stream" if readings > AUTO_STREAM_READINGS else "plain"
-    log.info("--engine auto: about %s readings -> %s (streaming above %s)", f"{readings:,}", chosen,
-             f"{AUTO_STREAM_READINGS:,}")
+    huge = readings > AUTO_STREAM_READINGS
+    if huge and (output.endswith(".csv") or (engine == "auto" and is_file)):
+        raise ConfigError(f"--output {output}: {data.source} holds about {readings:,} readings, too many forecasts for "
+                          f"one file; give a folder (e.g. --output {output.rsplit('.', 1)[0]}/) for a Parquet dataset "
+                          f"written by --engine stream")
+    chosen = "stream" if engine == "auto" and huge else "plain" if engine == "auto" else engine
+    log.info("--engine %s: about %s readings -> %s", engine, f"{readings:,}", chosen)
     return chosen
 
 
@@ -216,7 +232,7 @@ def _series_of(table: pa.Table, name: str, displays: list[str], data: DataConfig
         return [], [note], []
     series = src._regularise(name, rows, bounds, data, None, problems)
     kept = {s.series_id for s in series}
-    bad = [(sid, next((m for ms in problems.series.values() for m in ms if series_label(sid) in m), "unusable"))
+    bad = [(sid, next((m for ms in problems.series.values() for m in ms if series_label(sid) in m), f"{sid}: unusable"))
            for sid in rows["names"] if sid not in kept]
     return series, [], bad
 
@@ -583,7 +599,7 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
         raise
     result = StreamResult(loaded.path, output, windows, _sample(output), skipped=_skip_summary(metas),
                           unseen=sum(len(m["unseen"]) for m in metas),
-                          bad_series=[f"{sid}: {why}" for m in metas for sid, why in m["bad"]])
+                          bad_series=[why for m in metas for _, why in m["bad"]])
     _log_counts(metas, result, data)
     if evaluating and sums is not None:
         _score(result, sums, lags, metas, output)
@@ -614,8 +630,7 @@ def _run(chunks, location, name, displays, settings, groups, stats, spec_dict, r
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         fn_constructor_args=(payload, name, num_gpus > 0, int(max(1, options.num_cpus)), options.batch_size),
         num_cpus=options.num_cpus, num_gpus=num_gpus or None,
-        max_restarts=options.max_restarts, max_task_retries=options.max_restarts,
-    )
+    )  # Ray Data restarts an actor that dies and retries its blocks (max_restarts=-1, max_task_retries=-1)
     written = forecasts.map_batches(
         _write_block, batch_size=None, batch_format="numpy",
         fn_kwargs={"folder": tmp, "levels": levels, "median_index": median_index, "freq": freq, "evaluating": evaluating},

@@ -9,6 +9,9 @@ so the forecasts agree bit for bit. One local Ray with 2 CPUs for the module.
 from __future__ import annotations
 
 import math
+import threading
+import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -17,7 +20,7 @@ import pytest
 import torch
 
 from lit_forecast import config as cfg
-from lit_forecast.errors import ConfigError, CutoffError
+from lit_forecast.errors import ConfigError, CutoffError, DataError
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.spec import SeriesStats, WindowSpec, stats_to_dict
@@ -174,3 +177,56 @@ def test_a_strict_run_fails_on_a_skipped_window_and_leaves_nothing(checkpoint, d
     with pytest.raises(CutoffError):
         streaming.infer_streaming(request)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- faults ------------------------------------------------------------------------------------------
+
+
+def test_a_bad_series_is_skipped_and_counted_and_the_rest_is_unchanged(checkpoint, data, streamed, tmp_path):
+    """A series read every 2 h cannot be put on the 30 min grid: skipped whole, named, and nothing else changes."""
+    rows = [f"{START + 4 * i * STEP:%Y-%m-%d %H:%M:%S},sparse,{10 + i % 7}" for i in range(SLOTS // 4)]
+    with_bad = tmp_path / "with_bad.csv"
+    with_bad.write_text(Path(data).read_text() + "\n".join(rows) + "\n")
+    result = stream(checkpoint, str(with_bad), tmp_path / "out")
+    assert len(result.bad_series) == 1 and "(series 'sparse'): readings are 2h apart" in result.bad_series[0]
+    assert result.table["skipped_series"]["count"] == 1
+    pd.testing.assert_frame_equal(read_back(result.output), read_back(streamed.output))
+    assert_close(result.table["methods"], streamed.table["methods"])
+
+
+def test_an_unreadable_row_is_one_error_naming_the_file_and_nothing_is_written(checkpoint, data, tmp_path):
+    broken = tmp_path / "broken.csv"
+    broken.write_text(Path(data).read_text() + "2024-01-05 10:00:00,z0,lots\n")
+    with pytest.raises(DataError, match=r"broken\.csv") as error:
+        stream(checkpoint, str(broken), tmp_path / "out")
+    assert "lots" in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.csv"]
+
+
+def test_an_actor_killed_mid_backtest_costs_only_retried_blocks(checkpoint, data, streamed, tmp_path):
+    """SIGKILL the only forecasting actor once the first block is written: Ray Data restarts it and
+    retries its blocks; the dataset and the scores are complete and identical to an undisturbed run."""
+    import psutil
+
+    output = tmp_path / "out"
+    killed = []
+
+    def kill_when_a_block_is_written():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if list(tmp_path.glob("out.tmp-*/part-*.parquet")):
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    if "Forecaster" in " ".join(proc.info["cmdline"] or []):
+                        proc.kill()
+                        killed.append(proc.info["pid"])
+                        return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_when_a_block_is_written, daemon=True)
+    watcher.start()
+    result = stream(checkpoint, data, output, block_windows=2, actors=1)
+    watcher.join(timeout=5)
+    assert killed, "the actor finished before it could be killed"
+    pd.testing.assert_frame_equal(read_back(result.output), read_back(streamed.output))
+    assert result.windows == streamed.windows
+    assert_close(result.table["methods"], streamed.table["methods"])
