@@ -128,9 +128,10 @@ def _engine(args: argparse.Namespace, request: InferenceRequest) -> str:
         raise ConfigError(f"--output {args.output}: --engine plain writes one file; the name must end in .csv or .parquet")
     if folder and args.engine == "auto":
         return "stream"
-    if args.engine == "plain" and not (args.output or "").endswith(".csv"):
+    engine = "plain" if args.engine == "auto" and args.no_ray and not folder else args.engine  # --no-ray: no Ray at all
+    if engine == "plain" and not (args.output or "").endswith(".csv"):
         return "plain"
-    return streaming.choose_engine(args.engine, request)
+    return streaming.choose_engine(engine, request)
 
 
 def _stream(args: argparse.Namespace, request: InferenceRequest):

@@ -49,11 +49,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import os
 import pickle
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -244,8 +246,7 @@ def _cut_group(table: pa.Table, name: str, displays: list[str], config: dict, ma
     data = DataConfig(**config)
     window = WindowSpec.from_dict(spec)
     group = int(table["group"][0].as_py())
-    meta: dict = {"group": group, "notes": [], "bad": [], "skipped": {}, "examples": {}, "asked": 0, "unseen": [],
-                  "series": 0, "sums": None, "mase_moved": 0, "mase_none": 0}
+    meta = _empty_meta(group)
     if group == NOTE_GROUP:  # problems found while reading
         meta["notes"] = [json.loads(x) for x in table["note"].to_pylist()]
         return _rows(window, meta)
@@ -285,6 +286,12 @@ def _cut_group(table: pa.Table, name: str, displays: list[str], config: dict, ma
         meta["sums"] = sums
         scale = np.array([scales[sid] for sid in windows.series_ids], dtype=np.float64)
     return _rows(window, meta, windows, scale)
+
+
+def _empty_meta(group: int) -> dict:
+    """A group's counts before anything is cut (``sums``: its baselines' ScoreSums, once scored)."""
+    return {"group": group, "notes": [], "bad": [], "skipped": {}, "examples": {}, "asked": 0, "unseen": [], "series": 0,
+            "sums": None, "mase_moved": 0, "mase_none": 0}
 
 
 def _levels(spec: dict) -> list[float]:
@@ -388,6 +395,56 @@ def _rows(window: WindowSpec, meta: dict, windows=None, scale: np.ndarray | None
     return out
 
 
+def series_aligned(chunks: list, location: str, series_column: str | None) -> bool:
+    """True if no series spans two read chunks, by the Parquet statistics of the series column.
+
+    A fleet written series by series (bench/make_zones.py, most exports) has row groups whose
+    [min, max] series ranges do not overlap: each chunk then holds whole series, and windows are
+    cut where the chunk is read, without the shuffle that gathers a series' readings.
+    """
+    import pyarrow.parquet as pq
+
+    if not series_column or not chunks or any(not c.row_groups and c.end != -1 for c in chunks):
+        return False
+    ranges = []
+    fs, _ = storage.resolve(location)
+    for chunk in chunks:
+        try:
+            with fs.open_input_file(chunk.path) as f:
+                meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowInvalid, OSError):
+            return False  # not Parquet (a CSV) or unreadable: the reader names the problem
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if series_column not in names:
+            return False
+        column = names.index(series_column)
+        lows, highs = [], []
+        for group in chunk.row_groups or range(meta.num_row_groups):
+            stats = meta.row_group(group).column(column).statistics
+            if meta.row_group(group).num_rows == 0:
+                continue
+            if stats is None or not stats.has_min_max or stats.null_count:
+                return False
+            lows.append(stats.min)
+            highs.append(stats.max)
+        if lows:
+            ranges.append((min(lows), max(highs)))
+    ranges.sort()
+    return all(high < low for (_, high), (low, _) in itertools.pairwise(ranges))
+
+
+def _read_and_cut(batch: dict, chunks: list, location: str, config: dict, many_files: bool, **cut) -> dict:
+    """Map_batches UDF for a chunk that holds whole series: read it and cut its windows (no shuffle)."""
+    index = int(batch["chunk"][0])
+    table = _read_chunk(batch, chunks, location, config, 1, many_files)
+    if table.num_rows and table["group"][0].as_py() != NOTE_GROUP:
+        table = table.set_column(table.schema.get_field_index("group"), "group",
+                                 pa.array(np.full(table.num_rows, index, dtype=np.int32)))
+    if not table.num_rows:
+        return _rows(WindowSpec.from_dict(cut["spec"]), _empty_meta(index))
+    return _cut_group(table, config=config, many_files=many_files, **cut)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage 3: the actors
 
@@ -477,8 +534,8 @@ def _data_context(cpus: float, gpus: float, object_store_mb: int):
     context = DataContext.get_current()
     saved = (context.execution_options.resource_limits, context.enable_progress_bars, context.print_on_execution_start,
              context.enable_auto_log_stats, context.op_resource_reservation_enabled)
-    ray_log = logging.getLogger("ray.data")
-    ray_level = ray_log.level
+    ray_log, bars_log = logging.getLogger("ray.data"), logging.getLogger("ray.data._internal.progress")
+    ray_level, bars_level = ray_log.level, bars_log.level
     context.execution_options.resource_limits = ExecutionResources(cpu=cpus, gpu=gpus,
                                                                    object_store_memory=object_store_mb << 20)
     context.enable_progress_bars = False  # our own progress line instead (one line every few seconds)
@@ -488,12 +545,14 @@ def _data_context(cpus: float, gpus: float, object_store_mb: int):
     # by the group size and the forecast blocks, so no per-stage reservation is needed.
     context.op_resource_reservation_enabled = False
     ray_log.setLevel(logging.WARNING)
+    bars_log.setLevel(logging.ERROR)  # "Progress bars disabled": on purpose, ours replaces them
     try:
         yield
     finally:
         (context.execution_options.resource_limits, context.enable_progress_bars, context.print_on_execution_start,
          context.enable_auto_log_stats, context.op_resource_reservation_enabled) = saved
         ray_log.setLevel(ray_level)
+        bars_log.setLevel(bars_level)
 
 
 def default_output(checkpoint: str, cutoffs: list[pd.Timestamp] | None) -> str:
@@ -569,21 +628,26 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
     name, displays, chunks, _ = plan_chunks(source, data, tasks=2 * int(cpus))
     if not chunks:
         raise DataError(f"{source.location}: no CSV or Parquet files (.csv, .csv.gz, .parquet, .pq) in this folder")
-    groups = max(2 * int(cpus), math.ceil(sum(c.rows for c in chunks) / GROUP_ROWS))
+    aligned = series_aligned(chunks, source.location, data.series_column)
+    groups = len(chunks) if aligned else max(2 * int(cpus), math.ceil(sum(c.rows for c in chunks) / GROUP_ROWS))
     settings = dataclasses.asdict(data)
     stats = {sid: (s.mean, s.std) for sid, s in loaded.series_stats.items()}
     spec_dict = {**spec.to_dict(), "levels": levels}
     fs, out_path = storage.resolve(output)
     tmp = f"{out_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     fs.create_dir(tmp, recursive=True)
-    payload = loaded.path if storage.is_uri(loaded.path) else ray.put(storage.read_bytes(loaded.path))
-    log.info("streaming %s: %d read task(s), %d series group(s); %d forecasting actor(s) of %s CPU%s", name, len(chunks),
-             groups, actors, options.num_cpus, f" and {num_gpus} GPU" if num_gpus else "")
+    # Actors on one machine read the checkpoint's path; on a cluster a local file travels as bytes, once.
+    one_node = len([n for n in ray.nodes() if n.get("Alive")]) == 1
+    payload = loaded.path if storage.is_uri(loaded.path) or one_node else ray.put(storage.read_bytes(loaded.path))
+    log.info("streaming %s: %d read task(s), %s; %d forecasting actor(s) of %s CPU%s", name, len(chunks),
+             "each holding whole series (no shuffle)" if aligned else f"{groups} series group(s)", actors, options.num_cpus,
+             f" and {num_gpus} GPU" if num_gpus else "")
     tmp_location = tmp if not storage.is_uri(output) else output.split("://", 1)[0] + "://" + tmp
     try:
         with _data_context(cpus, gpus, options.object_store_mb):
             results = _run(chunks, source.location, name, displays, settings, groups, stats, spec_dict, request, evaluating,
-                           lags, levels, model.median_index, spec.freq, tmp_location, payload, options, actors, num_gpus)
+                           lags, levels, model.median_index, spec.freq, tmp_location, payload, options, actors, num_gpus,
+                           aligned)
         sums, metas, windows = results
         notes = [n for m in metas for n in m["notes"]]
         strict = [n["error"] for n in notes if n.get("stage") == 5]
@@ -610,21 +674,25 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
 
 
 def _run(chunks, location, name, displays, settings, groups, stats, spec_dict, request, evaluating, lags, levels,
-         median_index, freq, tmp, payload, options: StreamOptions, actors: int, num_gpus: float):
+         median_index, freq, tmp, payload, options: StreamOptions, actors: int, num_gpus: float, aligned: bool):
     """Build and consume the dataset; only the blocks' sums and metas reach this process."""
     history = max(lags.values()) if evaluating else None
     many_files = len(displays) > 1
     cutoffs = [c.value for c in request.cutoffs] if request.cutoffs is not None else None
-    readings = ray.data.from_items([{"chunk": i} for i in range(len(chunks))], override_num_blocks=len(chunks)).map_batches(
-        _read_chunk, batch_size=1, batch_format="numpy",
-        fn_kwargs={"chunks": chunks, "location": location, "config": settings, "groups": groups, "many_files": many_files},
-    )
-    windows = readings.groupby("group", num_partitions=groups).map_groups(
-        _cut_group, batch_format="pyarrow",
-        fn_kwargs={"name": name, "displays": displays, "config": settings, "many_files": many_files, "stats": stats,
-                   "spec": spec_dict, "cutoffs": cutoffs, "history": history, "strict": request.strict,
-                   "evaluating": evaluating},
-    )
+    cut = {"name": name, "displays": displays, "stats": stats, "spec": spec_dict, "cutoffs": cutoffs, "history": history,
+           "strict": request.strict, "evaluating": evaluating}
+    items = ray.data.from_items([{"chunk": i} for i in range(len(chunks))], override_num_blocks=len(chunks))
+    if aligned:  # every chunk holds whole series: cut where it is read
+        windows = items.map_batches(_read_and_cut, batch_size=1, batch_format="numpy",
+                                    fn_kwargs={"chunks": chunks, "location": location, "config": settings,
+                                               "many_files": many_files, **cut})
+    else:  # gather each group's readings first (an all-to-all shuffle)
+        readings = items.map_batches(
+            _read_chunk, batch_size=1, batch_format="numpy",
+            fn_kwargs={"chunks": chunks, "location": location, "config": settings, "groups": groups, "many_files": many_files},
+        )
+        windows = readings.groupby("group", num_partitions=groups).map_groups(
+            _cut_group, batch_format="pyarrow", fn_kwargs={"config": settings, "many_files": many_files, **cut})
     forecasts = windows.map_batches(
         Forecaster, batch_size=options.block_windows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
@@ -637,30 +705,47 @@ def _run(chunks, location, name, displays, settings, groups, stats, spec_dict, r
     )
     sums = None
     metas: list[dict] = []
-    done = blocks = 0
-    started = last = time.perf_counter()
-    for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
-        for count, blob in zip(batch["windows"], batch["payload"]):
-            model, group_metas = pickle.loads(blob)
-            done += int(count)
-            blocks += 1
-            for meta in group_metas:
-                group_sums = meta.pop("sums")
-                if group_sums is not None:
-                    sums = group_sums if sums is None else sums.merge(group_sums)
-                metas.append(meta)
-                if meta["notes"]:
-                    return sums, metas, done  # a problem that fails the input: stop streaming, the caller reports it
-            if model is not None:
-                part = agg.ScoreSums(len(model.point["n"]), levels, {bt.MODEL: model})
-                sums = part if sums is None else sums.merge(part)
-        now = time.perf_counter()
-        if now - last >= PROGRESS_EVERY_S:
-            last = now
-            log.info("forecast: %s windows, %s windows/s, %d blocks written, %d of %d series groups cut, %.0f s",
-                     f"{done:,}", f"{done / (now - started):,.0f}", blocks, len([m for m in metas if m["group"] >= 0]),
-                     groups, now - started)
-    return sums, metas, done
+    counts = {"windows": 0, "blocks": 0, "groups": 0}
+    with _progress_line(counts, groups):
+        for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
+            for count, blob in zip(batch["windows"], batch["payload"]):
+                model, group_metas = pickle.loads(blob)
+                counts["windows"] += int(count)
+                counts["blocks"] += 1
+                for meta in group_metas:
+                    group_sums = meta.pop("sums")
+                    if group_sums is not None:
+                        sums = group_sums if sums is None else sums.merge(group_sums)
+                    metas.append(meta)
+                    counts["groups"] += meta["group"] >= 0
+                    if meta["notes"]:
+                        return sums, metas, counts["windows"]  # a problem that fails the input: the caller reports it
+                if model is not None:
+                    part = agg.ScoreSums(len(model.point["n"]), levels, {bt.MODEL: model})
+                    sums = part if sums is None else sums.merge(part)
+    return sums, metas, counts["windows"]
+
+
+@contextlib.contextmanager
+def _progress_line(counts: dict, groups: int):
+    """Log ``forecast: 12,288 windows, 310 windows/s, 30 blocks written, 14 of 40 series groups cut`` every few seconds."""
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def report() -> None:
+        while not stop.wait(PROGRESS_EVERY_S):
+            elapsed = time.perf_counter() - started
+            log.info("forecast: %s windows, %s windows/s, %d blocks written, %d of at most %d series groups cut, %.0f s",
+                     f"{counts['windows']:,}", f"{counts['windows'] / elapsed:,.0f}", counts["blocks"], counts["groups"],
+                     groups, elapsed)
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _skip_summary(metas: list[dict]) -> str:

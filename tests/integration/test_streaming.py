@@ -179,6 +179,41 @@ def test_a_strict_run_fails_on_a_skipped_window_and_leaves_nothing(checkpoint, d
     assert list(tmp_path.iterdir()) == []
 
 
+def parquet_of(csv: str, path, by_zone: bool) -> str:
+    """The CSV as Parquet: one row group per zone (``by_zone``), or rows shuffled in row groups of 1,000."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.read_csv(csv, parse_dates=["timestamp"])
+    if not by_zone:
+        pq.write_table(pa.Table.from_pandas(frame.sample(frac=1.0, random_state=0), preserve_index=False), path,
+                       row_group_size=1000)
+        return str(path)
+    with pq.ParquetWriter(path, pa.Table.from_pandas(frame, preserve_index=False).schema) as writer:
+        for _, rows in frame.groupby("zone", sort=True):
+            writer.write_table(pa.Table.from_pandas(rows, preserve_index=False))
+    return str(path)
+
+
+def test_a_fleet_stored_series_by_series_is_cut_where_it_is_read(checkpoint, data, streamed, tmp_path):
+    """Row groups whose zone ranges do not overlap: no shuffle, and the same forecasts and scores."""
+    from lit_forecast.data.ray_prepare import plan_chunks
+    from lit_forecast.data.source import fetch
+
+    sorted_by_zone = parquet_of(data, tmp_path / "zones.parquet", by_zone=True)
+    shuffled = parquet_of(data, tmp_path / "shuffled.parquet", by_zone=False)
+    config = cfg.DataConfig(source=sorted_by_zone, sha256=None, series_column="zone")
+    chunks = plan_chunks(fetch(config), config, tasks=4)[2]
+    assert len(chunks) > 1 and streaming.series_aligned(chunks, sorted_by_zone, "zone")
+    config = cfg.DataConfig(source=shuffled, sha256=None, series_column="zone")
+    assert not streaming.series_aligned(plan_chunks(fetch(config), config, tasks=4)[2], shuffled, "zone")
+
+    result = stream(checkpoint, sorted_by_zone, tmp_path / "out")
+    pd.testing.assert_frame_equal(read_back(result.output), read_back(streamed.output))
+    assert_close(result.table["methods"], streamed.table["methods"])
+    assert result.skipped == streamed.skipped
+
+
 # -- faults ------------------------------------------------------------------------------------------
 
 
@@ -230,3 +265,38 @@ def test_an_actor_killed_mid_backtest_costs_only_retried_blocks(checkpoint, data
     pd.testing.assert_frame_equal(read_back(result.output), read_back(streamed.output))
     assert result.windows == streamed.windows
     assert_close(result.table["methods"], streamed.table["methods"])
+
+
+# -- the command line --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def main():
+    """infer.py's main, with the package logger restored afterwards (setup_logging reconfigures it)."""
+    import logging
+    import runpy
+
+    logger = logging.getLogger("lit_forecast")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))["main"]
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_infer_streams_into_a_folder_and_refuses_a_huge_csv(main, checkpoint, data, tmp_path, capsys, monkeypatch):
+    main(["--checkpoint", checkpoint, "--data", data, "--output", str(tmp_path / "next"), "--engine", "stream"])
+    out = capsys.readouterr().out
+    assert f"forecasts   {tmp_path / 'next'}  (5 windows, Parquet dataset" in out
+    assert len(pd.read_parquet(tmp_path / "next")) == 5 * H
+    for argv, message in [
+        (["--engine", "stream", "--output", str(tmp_path / "f.csv")], "--engine stream writes a Parquet dataset"),
+        (["--engine", "plain", "--output", str(tmp_path / "folder")], "the file name must end in .csv or .parquet"),
+        (["--output", str(tmp_path / "next")], "already holds files"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", checkpoint, "--data", data, *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    monkeypatch.setattr(streaming, "AUTO_STREAM_READINGS", 1000)  # this small fleet is now "huge"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", checkpoint, "--data", data, "--output", str(tmp_path / "f.csv")])
+    assert exit_.value.code == 2 and "too many forecasts for one file; give a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["next"]
