@@ -80,7 +80,7 @@ from lit_forecast.data.ray_prepare import (
     plan_chunks,
     raise_problems,
 )
-from lit_forecast.data.source import Series, fetch
+from lit_forecast.data.source import Series, fetch, fill_short_gaps
 from lit_forecast.errors import ConfigError, CutoffError, DataError
 from lit_forecast.evaluation import aggregates as agg
 from lit_forecast.evaluation import backtest as bt
@@ -90,7 +90,7 @@ from lit_forecast.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from lit_forecast.inference.cutoffs import SKIP_REASONS, SkippedWindow, cut_windows
 from lit_forecast.inference.forecaster import MODEL_INPUTS, forecast, model_inputs
 from lit_forecast.inference.pipeline import InferenceRequest
-from lit_forecast.spec import SeriesStats, WindowSpec, series_label
+from lit_forecast.spec import SeriesStats, WindowSpec, gap_slots, series_label
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,11 @@ def _series_of(table: pa.Table, name: str, displays: list[str], data: DataConfig
         "names": [str(n) for n in names],
         "parts": [_Part(d, "row index" if i in parquet_files else "row") for i, d in enumerate(displays)],
     }
-    order = np.lexsort((rows["timestamps"], rows["codes"]))
-    rows = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
+    codes, times = rows["codes"], rows["timestamps"]
+    in_order = bool(np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (times[1:] >= times[:-1]))))
+    if not in_order:  # a fleet written series by series is read in order already: no sort of a million rows
+        order = np.lexsort((times, codes))
+        rows = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
     problems = src._Problems()
     src._check_duplicates(name, rows, data, problems, many_files)
     bounds = src._series_bounds(rows["codes"])
@@ -256,6 +259,9 @@ def _cut_group(table: pa.Table, name: str, displays: list[str], config: dict, ma
         return _rows(window, meta)
     scaling = {sid: SeriesStats(mean, std) for sid, (mean, std) in stats.items()}
     at = [pd.Timestamp(c) for c in cutoffs] if cutoffs is not None else None
+    full = series
+    if not strict:  # strict messages name each series' first slot
+        series = [_recent(s, scaling, window, at, history, data) for s in series]
     try:
         cut = cut_windows(series, scaling, window, at, data.max_gap, history, strict=strict, quiet=True)
     except CutoffError as err:
@@ -276,7 +282,9 @@ def _cut_group(table: pa.Table, name: str, displays: list[str], config: dict, ma
     scale = np.full(len(windows), np.nan)
     if evaluating:
         lags = seasonal_naive_lags(window.slots_per_day)
-        scales, residuals, moved, none = _series_scores(cut.filled, windows, data, window, lags, _levels(spec))
+        max_slots = gap_slots(data.max_gap, window.freq)
+        filled = [dataclasses.replace(s, values=fill_short_gaps(s.values, max_slots)) for s in full]
+        scales, residuals, moved, none = _series_scores(filled, windows, data, window, lags, _levels(spec))
         meta["mase_moved"], meta["mase_none"] = moved, none
         actual = windows.actual()
         sums = agg.window_sums(actual, windows.series_ids, windows.cutoffs, window.horizon, _levels(spec))
@@ -286,6 +294,31 @@ def _cut_group(table: pa.Table, name: str, displays: list[str], config: dict, ma
         meta["sums"] = sums
         scale = np.array([scales[sid] for sid in windows.series_ids], dtype=np.float64)
     return _rows(window, meta, windows, scale)
+
+
+def _recent(s: Series, scaling: dict, window: WindowSpec, at: list[pd.Timestamp] | None, history: int | None,
+            data: DataConfig) -> Series:
+    """``s`` from a little before its earliest window's history: the same windows at a fraction of the slots.
+
+    A known series is scaled with the checkpoint's statistics, so its windows depend only on
+    the slots they hold and on the gaps filled among them: a gap short enough to be filled
+    (at most ``data.max_gap``) that touches a window's history starts at most max_gap slots
+    before it, so keeping one slot more keeps every fill identical. A series the checkpoint
+    never saw is scaled on all its past, and is kept whole; so is one whose first cutoff is
+    not on its grid (cut_windows names that mistake).
+    """
+    if s.series_id not in scaling:
+        return s
+    step = pd.Timedelta(window.freq)
+    need = max(history or window.input_window, window.input_window) + gap_slots(data.max_gap, window.freq) + 1
+    first = min(at) if at is not None else s.start + len(s.values) * step
+    offset = (first - s.start) / step
+    if offset != int(offset):
+        return s
+    lo = int(offset) - need
+    if lo <= 0:
+        return s
+    return dataclasses.replace(s, start=s.start + lo * step, values=s.values[lo:])
 
 
 def _empty_meta(group: int) -> dict:

@@ -3,8 +3,10 @@
     scripts -> training / inference -> data / models / evaluation -> config, spec, storage, errors
 
 Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
-inference/remote (the Ray-task fan-out) and data/ray_prepare (preparation on Ray Data for
-fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray).
+inference/remote (the Ray-task fan-out), inference/streaming (fleet inference on Ray Data and
+an actor pool; infer.py imports it only when the streaming path is chosen) and data/ray_prepare
+(preparation on Ray Data for fleets; data/prepare imports it only when ``data.prepare_with``
+picks Ray).
 
 Read from the source with ``ast`` (lazy imports inside functions count too), so a forbidden
 import fails here before it tangles the code.
