@@ -111,7 +111,6 @@ class StreamOptions:
     num_cpus: float = 1  # per actor (also its torch threads)
     num_gpus: float = 0  # per actor, where the cluster has GPUs
     batch_size: int = 256  # windows per forward pass
-    block_windows: int = 4096  # windows per actor call (and per Parquet file, at most)
     overwrite: bool = False  # replace an output folder that holds files
     object_store_mb: int = 1024  # Ray Data's object store budget for this dataset
 
@@ -727,7 +726,9 @@ def _run(chunks, location, name, displays, settings, groups, stats, spec_dict, r
         windows = readings.groupby("group", num_partitions=groups).map_groups(
             _cut_group, batch_format="pyarrow", fn_kwargs={"config": settings, "many_files": many_files, **cut})
     forecasts = windows.map_batches(
-        Forecaster, batch_size=options.block_windows, batch_format="numpy",
+        # One call per block: a block is one chunk's or group's windows, bounded by its readings. A batch size
+        # here would be fused into the stage before it and bundle that many of its inputs (whole chunks) per task.
+        Forecaster, batch_size=None, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         fn_constructor_args=(payload, name, num_gpus > 0, int(max(1, options.num_cpus)), options.batch_size),
         num_cpus=options.num_cpus, num_gpus=num_gpus or None,

@@ -125,7 +125,7 @@ def plain(checkpoint, data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def streamed(checkpoint, data, tmp_path_factory):
-    return stream(checkpoint, data, tmp_path_factory.mktemp("stream") / "forecasts", block_windows=5)
+    return stream(checkpoint, data, tmp_path_factory.mktemp("stream") / "forecasts")
 
 
 def test_streaming_forecasts_and_scores_equal_the_plain_path(plain, streamed):
@@ -259,7 +259,7 @@ def test_an_actor_killed_mid_backtest_costs_only_retried_blocks(checkpoint, data
 
     watcher = threading.Thread(target=kill_when_a_block_is_written, daemon=True)
     watcher.start()
-    result = stream(checkpoint, data, output, block_windows=2, actors=1)
+    result = stream(checkpoint, data, output, actors=1)
     watcher.join(timeout=5)
     assert killed, "the actor finished before it could be killed"
     pd.testing.assert_frame_equal(read_back(result.output), read_back(streamed.output))
