@@ -239,25 +239,27 @@ def test_an_unreadable_row_is_one_error_naming_the_file_and_nothing_is_written(c
 
 
 def test_an_actor_killed_mid_backtest_costs_only_retried_blocks(checkpoint, data, streamed, tmp_path):
-    """SIGKILL the only forecasting actor once the first block is written: Ray Data restarts it and
-    retries its blocks; the dataset and the scores are complete and identical to an undisturbed run."""
+    """SIGKILL the only forecasting actor a second after it starts (it cuts and forecasts the blocks): Ray Data
+    restarts it and retries its blocks; the dataset and the scores are complete and identical to an undisturbed run."""
     import psutil
 
     output = tmp_path / "out"
     killed = []
 
-    def kill_when_a_block_is_written():
+    def kill_the_actor_once_it_works():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            if list(tmp_path.glob("out.tmp-*/part-*.parquet")):
-                for proc in psutil.process_iter(["pid", "cmdline"]):
-                    if "Forecaster" in " ".join(proc.info["cmdline"] or []):
+            for proc in psutil.Process().children(recursive=True):  # this test's own Ray only
+                try:
+                    if "Forecaster" in " ".join(proc.cmdline()) and time.time() - proc.create_time() > 1.0:
                         proc.kill()
-                        killed.append(proc.info["pid"])
+                        killed.append(proc.pid)
                         return
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
             time.sleep(0.02)
 
-    watcher = threading.Thread(target=kill_when_a_block_is_written, daemon=True)
+    watcher = threading.Thread(target=kill_the_actor_once_it_works, daemon=True)
     watcher.start()
     result = stream(checkpoint, data, output, actors=1)
     watcher.join(timeout=5)
