@@ -5,6 +5,7 @@
     python infer.py --run runs/nyc_taxi_local --cutoffs 2015-01-01..2015-01-31/1D   # backtest
     python infer.py --checkpoint runs/x/checkpoint_000009 --data newer.csv --output f.parquet
     RAY_ADDRESS=auto python infer.py --num-gpus 1 --windows-per-task 4096           # on a cluster
+    python infer.py --data zones.parquet --cutoffs 2015-01-01..2015-01-31/1D --output jan/   # a fleet, streamed
 
 --cutoffs: the first slot of each forecast, as timestamps (2015-01-05 or 2015-01-05T12:00),
 comma-separated lists of them, or ranges START..END/STEP with END included and STEP a duration
@@ -26,6 +27,14 @@ GET /model and GET /healthz on --port (default 8000) with the run's best checkpo
 cutoff instead of the history. The serve: section of --config sets replicas, CPUs and GPU
 share per replica and the batching limits; the flags below win. kill -HUP deploys the run's
 newest best checkpoint (or the newest run's) without dropping a request; Ctrl-C stops.
+
+--engine: plain reads every reading into this process and forecasts there (or in Ray tasks);
+stream (lit_forecast/inference/streaming.py) reads groups of whole series on Ray Data, cuts
+their windows in workers and forecasts on an actor pool that loads the model once, writing a
+Parquet dataset (--output DIR; columns series_id, cutoff, timestamp, step, median, q<level>...,
+actual, in_checkpoint) that never passes through this process. auto (the default) streams
+inputs of more than 5,000,000 readings (about 500 series of ten months of half-hours). Both
+give the same numbers. A .csv output of such an input is refused (give a folder).
 """
 
 from __future__ import annotations
@@ -54,6 +63,9 @@ from lit_forecast.inference import defaults
 from lit_forecast.inference.cutoffs import parse_cutoffs
 from lit_forecast.inference.pipeline import InferenceRequest, infer
 
+ENGINES = ("auto", "plain", "stream")
+FILE_SUFFIXES = (".csv", ".parquet")
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,20 +76,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="CSV in the training format: path, URL or pyarrow.fs URI (default: the checkpoint's data.source)")
     parser.add_argument("--cutoffs", nargs="+", metavar="WHEN", help="timestamps, lists or START..END/STEP ranges (see above); default: after the end of the data")
     parser.add_argument("--horizon", type=int, help="steps to forecast; must match the checkpoint (default: the checkpoint's)")
-    parser.add_argument("--output", help="forecasts file, .csv or .parquet (default: <run>/forecasts/forecast_<cutoff>.csv)")
+    parser.add_argument("--output", help="forecasts file, .csv or .parquet, or with --engine stream a folder for the Parquet "
+                                         "dataset (default: <run>/forecasts/forecast_<cutoff>.csv, or forecast_<cutoff>/)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="plain: in this process; stream: Ray Data and an actor pool, for fleets; auto: stream above "
+                             "5,000,000 readings (default auto)")
+    parser.add_argument("--actors", type=int, default=0,
+                        help="--engine stream: forecasting actors at most (default: as many as --num-cpus/--num-gpus allow)")
     parser.add_argument("--plot", help="PNG file (default: next to --output)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --output, --plot and the files next to them if they exist (never an input, "
-                             "a run's data or checkpoints, or a read-only file)")
+                        help="replace --output (a file, or a folder of the streaming path), --plot and the files next "
+                             "to them if they exist (never an input, a run's data or checkpoints, or a read-only file)")
     parser.add_argument("--plot-cutoff", metavar="WHEN", help="cutoff drawn in the plot (default: the last one)")
     parser.add_argument("--plot-series", metavar="ID", help="series drawn in the plot (default: the busiest, largest mean)")
     parser.add_argument("--strict", action="store_true", help="a window with a hole in its history or too little history is an error (default: skipped and counted)")
-    parser.add_argument("--num-cpus", type=float, default=defaults.CPUS_PER_TASK, help=f"CPUs per Ray task (default {defaults.CPUS_PER_TASK:g})")
+    parser.add_argument("--num-cpus", type=float, default=defaults.CPUS_PER_TASK,
+                        help=f"CPUs per Ray task or actor (default {defaults.CPUS_PER_TASK:g})")
     parser.add_argument("--num-gpus", type=float, default=defaults.GPUS_PER_TASK,
-                        help=f"GPUs per Ray task, e.g. 1 or 0.25; CPU if the cluster has none (default {defaults.GPUS_PER_TASK:g})")
+                        help="GPUs per Ray task or actor, e.g. 1 or 0.25; CPU if the cluster has none "
+                             f"(default {defaults.GPUS_PER_TASK:g})")
     parser.add_argument("--windows-per-task", type=int, default=defaults.WINDOWS_PER_TASK,
                         help=f"windows each Ray task forecasts (default {defaults.WINDOWS_PER_TASK})")
-    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help=f"windows per forward pass (default {defaults.BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                        help=f"windows per forward pass (default {defaults.BATCH_SIZE})")
     parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
     parser.add_argument("--recalibrate-days", type=float, default=defaults.RECALIBRATE_DAYS, metavar="N",
                         help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
@@ -106,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                 windows_per_task=args.windows_per_task, batch_size=args.batch_size,
                 plot_series=args.plot_series, strict=args.strict, recalibrate_days=args.recalibrate_days,
             )
+            if _engine(args, request) == "stream":
+                return _print_stream(_stream(args, request))
             result = infer(request)
     except UserError as err:
         cli.die(str(err))
@@ -152,8 +175,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
 
 
-BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "overwrite", "plot_cutoff", "plot_series", "strict", "no_ray",
-              "recalibrate_days")
+BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "overwrite", "engine", "actors", "plot_cutoff", "plot_series",
+              "strict", "no_ray", "recalibrate_days")
 SERVE_FLAGS = {"host": "host", "port": "port", "replicas": "replicas", "replica_cpus": "cpus_per_replica",
                "replica_gpus": "gpus_per_replica", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms"}
 
@@ -167,7 +190,7 @@ def serve(args: argparse.Namespace) -> None:
     if not args.serve:
         raise ConfigError("--config, --host, --port, --replicas, --replica-cpus, --replica-gpus, --max-batch-size and "
                           "--batch-wait-ms set the server: add --serve")
-    batch_only = [f"--{flag.replace('_', '-')}" for flag in BATCH_ONLY if getattr(args, flag) not in (None, False, 0)]
+    batch_only = [f"--{flag.replace('_', '-')}" for flag in BATCH_ONLY if getattr(args, flag) not in (None, False, 0, "auto")]
     if batch_only:
         raise ConfigError(f"{', '.join(batch_only)}: not used by --serve (a request gives its own history or cutoff); "
                           f"leave {'them' if len(batch_only) > 1 else 'it'} out, or forecast without --serve")
@@ -202,12 +225,65 @@ def interruption(args: argparse.Namespace, signal_name: str, command: str, befor
     return f"forecasting was interrupted ({signal_name}): {kept}. Run again with: {command}"
 
 
+def _engine(args: argparse.Namespace, request: InferenceRequest) -> str:
+    """The path to take; a folder output needs the streaming one, a huge result is refused as one CSV file."""
+    from lit_forecast.inference import streaming  # Ray Data only when asked for
+
+    folder = args.output is not None and not args.output.endswith(FILE_SUFFIXES)
+    if folder and args.engine == "plain":
+        raise ConfigError(f"--output {args.output}: --engine plain writes one file; the name must end in .csv or .parquet")
+    if folder and args.engine == "auto":
+        return "stream"
+    engine = "plain" if args.engine == "auto" and args.no_ray and not folder else args.engine  # --no-ray: no Ray at all
+    if engine == "plain" and not (args.output or "").endswith(".csv"):
+        return "plain"
+    return streaming.choose_engine(engine, request)
+
+
+def _stream(args: argparse.Namespace, request: InferenceRequest):
+    from lit_forecast.inference import streaming
+
+    if args.no_ray:
+        raise ConfigError("--no-ray: the streaming path runs on Ray; use --engine plain to forecast in this process")
+    options = streaming.StreamOptions(actors=args.actors, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                                      batch_size=args.batch_size, overwrite=args.overwrite)
+    return streaming.infer_streaming(request, options)
+
+
+def _print_stream(result) -> None:
+    if len(result.sample):
+        print(format_forecasts(result.sample))
+    if result.table:
+        print()
+        print(format_backtest(result.table))
+        if "fleet" in result.table:
+            print()
+            print(format_fleet(result.table))
+    for line in filter(None, [result.skipped, f"{len(result.bad_series):,} series skipped whole: "
+                              + "; ".join(result.bad_series[:3]) if result.bad_series else ""]):
+        print()
+        print(line)
+    if result.unseen:
+        print(f"{result.unseen:,} series not in the checkpoint: scaled on their own history before each cutoff "
+              f"(column in_checkpoint)")
+    print()
+    print(f"checkpoint  {result.checkpoint}")
+    print(f"forecasts   {result.output}  ({result.windows:,} windows, Parquet dataset; {result.seconds:.1f} s)")
+    if result.table_path:
+        print(f"backtest    {result.table_path}")
+    if result.zones_path:
+        print(f"per series  {result.zones_path}")
+        print(f"fleet plot  {result.fleet_plot}")
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse impossible output paths before anything is loaded or written (infer() checks the rest of the request)."""
-    for flag, suffixes in (("--output", (".csv", ".parquet")), ("--plot", (".png",))):
+    if args.actors < 0:
+        raise ConfigError(f"--actors {args.actors}: the most forecasting actors, >= 1 (or 0: as many as fit)")
+    for flag, suffixes in (("--output", FILE_SUFFIXES), ("--plot", (".png",))):
         location = getattr(args, flag[2:])
-        if location is None:
-            continue
+        if location is None or (flag == "--output" and args.engine != "plain" and not location.endswith(suffixes)):
+            continue  # a folder for the streaming path: checked there
         if not storage.is_uri(location) and Path(storage.absolute(location)).is_dir():
             raise ConfigError(f"{flag} {location} is an existing folder: give a file name inside it, "
                               f"e.g. {Path(storage.absolute(location)) / ('forecast' + suffixes[0])}")

@@ -207,7 +207,7 @@ READ_SCHEMA = pa.schema([("series", pa.string()), ("group", pa.int32()), ("times
 NOTE_GROUP = -1  # readings of this group are placeholders carrying a problem note
 
 
-def _read_chunk(batch: dict, chunks: list[Chunk], location: str, config: dict, groups: int, many_files: bool) -> pa.Table:
+def read_chunk(batch: dict, chunks: list[Chunk], location: str, config: dict, groups: int, many_files: bool) -> pa.Table:
     """Map_batches UDF for one chunk: its readings, or only its problems if it has any."""
     chunk = chunks[int(batch["chunk"][0])]
     try:
@@ -316,11 +316,34 @@ SERIES_SCHEMA = pa.schema([
 SUMMARY_COLUMNS = [c for c in SERIES_SCHEMA.names if c not in ("values", "train_starts", "val_starts")]
 
 
-class _Part:
+class Part:
     """What the checks' row messages need of a file: its display name and how rows are named."""
 
     def __init__(self, file: str, row_word: str):
         self.file, self.row_word = file, row_word
+
+
+def group_rows(table: pa.Table, displays: list[str]) -> dict:
+    """One group's readings (``READ_SCHEMA``) as the checks' row table, sorted by series, then time.
+
+    Keys: codes, timestamps, values, rows, file (numpy, one per reading), names (series ids by
+    code), parts (how each file names its rows). Readings already in that order are not sorted again.
+    """
+    files, parquet = table["file"].to_numpy(), table["parquet"].to_numpy(zero_copy_only=False)
+    parquet_files = set(np.unique(files[parquet]).tolist())
+    codes, names = factorize_sorted(table["series"])
+    rows = {
+        "codes": codes.astype(np.int64), "timestamps": table["timestamp"].to_numpy(),
+        "values": table["value"].to_numpy().copy(), "rows": table["row"].to_numpy(), "file": files,
+        "names": [str(n) for n in names],
+        "parts": [Part(d, "row index" if i in parquet_files else "row") for i, d in enumerate(displays)],
+    }
+    codes, times = rows["codes"], rows["timestamps"]
+    in_order = bool(np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (times[1:] >= times[:-1]))))
+    if not in_order:  # a fleet written series by series is read in order already: no sort of a million rows
+        order = np.lexsort((times, codes))
+        rows = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
+    return rows
 
 
 def _series_of_group(table: pa.Table, name: str, displays: list[str], config: dict, many_files: bool) -> pa.Table:
@@ -332,16 +355,8 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
     if table["group"][0].as_py() == NOTE_GROUP:
         return _series_notes([json.loads(x) for x in table["note"].to_pylist()])
     data = DataConfig(**config)
-    files, parquet = table["file"].to_numpy(), table["parquet"].to_numpy(zero_copy_only=False)
-    parquet_files = set(np.unique(files[parquet]).tolist())
-    codes, names = _factorize_sorted(table["series"])
-    rows = {
-        "codes": codes.astype(np.int64), "timestamps": table["timestamp"].to_numpy(), "values": table["value"].to_numpy().copy(),
-        "rows": table["row"].to_numpy(), "file": table["file"].to_numpy(), "names": [str(n) for n in names],
-        "parts": [_Part(d, "row index" if i in parquet_files else "row") for i, d in enumerate(displays)],
-    }
-    order = np.lexsort((rows["timestamps"], rows["codes"]))
-    rows = {k: (v[order] if isinstance(v, np.ndarray) else v) for k, v in rows.items()}
+    rows = group_rows(table, displays)
+    names = rows["names"]
     problems = Problems()
     checks.check_duplicates(name, rows, data, problems, many_files)
     if problems.any():
@@ -386,7 +401,7 @@ def _series_of_group(table: pa.Table, name: str, displays: list[str], config: di
     return pa.Table.from_pydict(out, schema=SERIES_SCHEMA)
 
 
-def _factorize_sorted(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+def factorize_sorted(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     """(code per row, names) with names sorted and codes numbering them: a hash pass, not a sort of every row's text."""
     encoded = column.combine_chunks().dictionary_encode()
     names = encoded.dictionary.to_pylist()
@@ -483,7 +498,7 @@ def _prepare(config: Config, data_dir: str, num_shards: int, source: Source, *,
     log.info("preparing %s on Ray Data: %d read task(s), %d series group(s), %d CPU(s)", name, len(chunks), groups, cpus)
 
     readings = ray.data.from_items([{"chunk": i} for i in range(len(chunks))], override_num_blocks=len(chunks)).map_batches(
-        _read_chunk, batch_size=1, batch_format="numpy",
+        read_chunk, batch_size=1, batch_format="numpy",
         fn_kwargs={"chunks": chunks, "location": source.location, "config": settings, "groups": groups, "many_files": many_files},
     )
     series = readings.groupby("group", num_partitions=groups).map_groups(

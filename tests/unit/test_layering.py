@@ -4,11 +4,12 @@
 
 Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
 training/tune (Ray Tune over Ray Train runs),
-inference/remote (the Ray-task fan-out) and data/ray_prepare (preparation on Ray Data for
-fleets; data/prepare imports it only when ``data.prepare_with`` picks Ray). Online forecasts
-keep Ray Serve and FastAPI in serving/app, and pydantic's request models in serving/api.
-Lightning lives in training alone: inference, serving and the plain model (LIGHTNING_FREE) load
-none of it, which is checked through their imports and in a fresh interpreter.
+inference/remote (the Ray-task fan-out), inference/streaming (fleet inference on Ray Data and
+an actor pool; infer.py imports it only when the streaming path is chosen) and data/ray_prepare
+(preparation on Ray Data for fleets; data/prepare imports it only when ``data.prepare_with``
+picks Ray). Online forecasts keep Ray Serve and FastAPI in serving/app, and pydantic's request
+models in serving/api. Lightning lives in training alone: inference, serving and the plain model
+(LIGHTNING_FREE) load none of it, which is checked through their imports and in a fresh interpreter.
 
 Read from the source with ``ast`` (lazy imports inside functions count too), so a forbidden
 import fails here before it tangles the code.
@@ -44,7 +45,8 @@ ALLOWED = {
 }
 # Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "ray": {"ray_cluster", "training/ray_train", "training/tune", "inference/remote", "data/ray_prepare", "serving/app"},
+    "ray": {"ray_cluster", "training/ray_train", "training/tune", "inference/remote", "inference/streaming",
+            "data/ray_prepare", "serving/app"},
     "fastapi": {"serving/app"},
     "starlette": {"serving/app"},
     "pydantic": {"serving/api"},
