@@ -198,7 +198,7 @@ def parquet_of(csv: str, path, by_zone: bool) -> str:
 def test_a_fleet_stored_series_by_series_is_cut_where_it_is_read(checkpoint, data, streamed, tmp_path):
     """Row groups whose zone ranges do not overlap: no shuffle, and the same forecasts and scores."""
     from lit_forecast.data.ray_prepare import plan_chunks
-    from lit_forecast.data.source import fetch
+    from lit_forecast.data.fetch import fetch
 
     sorted_by_zone = parquet_of(data, tmp_path / "zones.parquet", by_zone=True)
     shuffled = parquet_of(data, tmp_path / "shuffled.parquet", by_zone=False)
@@ -292,7 +292,7 @@ def test_infer_streams_into_a_folder_and_refuses_a_huge_csv(main, checkpoint, da
     for argv, message in [
         (["--engine", "stream", "--output", str(tmp_path / "f.csv")], "--engine stream writes a Parquet dataset"),
         (["--engine", "plain", "--output", str(tmp_path / "folder")], "the file name must end in .csv or .parquet"),
-        (["--output", str(tmp_path / "next")], "already holds files"),
+        (["--output", str(tmp_path / "next")], "already exists: pass --overwrite"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             main(["--checkpoint", checkpoint, "--data", data, *argv])
