@@ -44,9 +44,14 @@ import signal
 import sys
 
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports below run: one line, not a traceback
+
     def _interrupted_while_starting(signum, frame):
-        print(f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
-              "done", file=sys.stderr, flush=True)
+        print(
+            f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
+            "done",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(128 + signum)
 
     signal.signal(signal.SIGINT, _interrupted_while_starting)
@@ -72,38 +77,90 @@ def main(argv: list[str] | None = None) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", help="run folder <storage>/<name>: its best checkpoint (default: latest finished run)")
     source.add_argument("--checkpoint", help="a Ray checkpoint folder (checkpoint_*/) or a .ckpt file")
-    parser.add_argument("--storage", default=defaults.STORAGE, help=f"where to look for the latest run (default: {defaults.STORAGE})")
-    parser.add_argument("--data", help="CSV in the training format: path, URL or pyarrow.fs URI (default: the checkpoint's data.source)")
-    parser.add_argument("--cutoffs", nargs="+", metavar="WHEN", help="timestamps, lists or START..END/STEP ranges (see above); default: after the end of the data")
-    parser.add_argument("--horizon", type=int, help="steps to forecast; must match the checkpoint (default: the checkpoint's)")
-    parser.add_argument("--output", help="forecasts file, .csv or .parquet, or with --engine stream a folder for the Parquet "
-                                         "dataset (default: <run>/forecasts/forecast_<cutoff>.csv, or forecast_<cutoff>/)")
-    parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="plain: in this process; stream: Ray Data and an actor pool, for fleets; auto: stream above "
-                             "5,000,000 readings (default auto)")
-    parser.add_argument("--actors", type=int, default=0,
-                        help="--engine stream: forecasting actors at most (default: as many as --num-cpus/--num-gpus allow)")
+    parser.add_argument(
+        "--storage", default=defaults.STORAGE, help=f"where to look for the latest run (default: {defaults.STORAGE})"
+    )
+    parser.add_argument(
+        "--data", help="CSV in the training format: path, URL or pyarrow.fs URI (default: the checkpoint's data.source)"
+    )
+    parser.add_argument(
+        "--cutoffs",
+        nargs="+",
+        metavar="WHEN",
+        help="timestamps, lists or START..END/STEP ranges (see above); default: after the end of the data",
+    )
+    parser.add_argument(
+        "--horizon", type=int, help="steps to forecast; must match the checkpoint (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--output",
+        help="forecasts file, .csv or .parquet, or with --engine stream a folder for the Parquet "
+        "dataset (default: <run>/forecasts/forecast_<cutoff>.csv, or forecast_<cutoff>/)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="plain: in this process; stream: Ray Data and an actor pool, for fleets; auto: stream above "
+        "5,000,000 readings (default auto)",
+    )
+    parser.add_argument(
+        "--actors",
+        type=int,
+        default=0,
+        help="--engine stream: forecasting actors at most (default: as many as --num-cpus/--num-gpus allow)",
+    )
     parser.add_argument("--plot", help="PNG file (default: next to --output)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --output (a file, or a folder of the streaming path), --plot and the files next "
-                             "to them if they exist (never an input, a run's data or checkpoints, or a read-only file)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output (a file, or a folder of the streaming path), --plot and the files next "
+        "to them if they exist (never an input, a run's data or checkpoints, or a read-only file)",
+    )
     parser.add_argument("--plot-cutoff", metavar="WHEN", help="cutoff drawn in the plot (default: the last one)")
-    parser.add_argument("--plot-series", metavar="ID", help="series drawn in the plot (default: the busiest, largest mean)")
-    parser.add_argument("--strict", action="store_true", help="a window with a hole in its history or too little history is an error (default: skipped and counted)")
-    parser.add_argument("--num-cpus", type=float, default=defaults.CPUS_PER_TASK,
-                        help=f"CPUs per Ray task or actor (default {defaults.CPUS_PER_TASK:g})")
-    parser.add_argument("--num-gpus", type=float, default=defaults.GPUS_PER_TASK,
-                        help="GPUs per Ray task or actor, e.g. 1 or 0.25; CPU if the cluster has none "
-                             f"(default {defaults.GPUS_PER_TASK:g})")
-    parser.add_argument("--windows-per-task", type=int, default=defaults.WINDOWS_PER_TASK,
-                        help=f"windows each Ray task forecasts (default {defaults.WINDOWS_PER_TASK})")
-    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
-                        help=f"windows per forward pass (default {defaults.BATCH_SIZE})")
+    parser.add_argument(
+        "--plot-series", metavar="ID", help="series drawn in the plot (default: the busiest, largest mean)"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="a window with a hole in its history or too little history is an error (default: skipped and counted)",
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=float,
+        default=defaults.CPUS_PER_TASK,
+        help=f"CPUs per Ray task or actor (default {defaults.CPUS_PER_TASK:g})",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=float,
+        default=defaults.GPUS_PER_TASK,
+        help="GPUs per Ray task or actor, e.g. 1 or 0.25; CPU if the cluster has none "
+        f"(default {defaults.GPUS_PER_TASK:g})",
+    )
+    parser.add_argument(
+        "--windows-per-task",
+        type=int,
+        default=defaults.WINDOWS_PER_TASK,
+        help=f"windows each Ray task forecasts (default {defaults.WINDOWS_PER_TASK})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.BATCH_SIZE,
+        help=f"windows per forward pass (default {defaults.BATCH_SIZE})",
+    )
     parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
-    parser.add_argument("--recalibrate-days", type=float, default=defaults.RECALIBRATE_DAYS, metavar="N",
-                        help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
-                             "(actuals known by then); costs one extra forecast per series for every slot from N days before "
-                             "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands")
+    parser.add_argument(
+        "--recalibrate-days",
+        type=float,
+        default=defaults.RECALIBRATE_DAYS,
+        metavar="N",
+        help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
+        "(actuals known by then); costs one extra forecast per series for every slot from N days before "
+        "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands",
+    )
     add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -120,12 +177,23 @@ def main(argv: list[str] | None = None) -> None:
         with cli.interrupts(lambda signum: interruption(args, cli.SIGNAL_WORDS[signum], command, before)):
             check_arguments(args)
             request = InferenceRequest(
-                run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
-                cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None, horizon=args.horizon,
-                output=args.output, plot=args.plot, plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
-                use_ray=not args.no_ray, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                windows_per_task=args.windows_per_task, batch_size=args.batch_size,
-                plot_series=args.plot_series, strict=args.strict, recalibrate_days=args.recalibrate_days,
+                run=args.run,
+                checkpoint=args.checkpoint,
+                storage=args.storage,
+                data=args.data,
+                cutoffs=parse_cutoffs(args.cutoffs) if args.cutoffs else None,
+                horizon=args.horizon,
+                output=args.output,
+                plot=args.plot,
+                plot_cutoff=parse_cutoffs([args.plot_cutoff])[0] if args.plot_cutoff else None,
+                use_ray=not args.no_ray,
+                num_cpus=args.num_cpus,
+                num_gpus=args.num_gpus,
+                windows_per_task=args.windows_per_task,
+                batch_size=args.batch_size,
+                plot_series=args.plot_series,
+                strict=args.strict,
+                recalibrate_days=args.recalibrate_days,
             )
             if _engine(args, request) == "stream":
                 return _print_stream(_stream(args, request))
@@ -146,8 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(result.skipped)
     if result.unseen:
-        print(f"{len(result.unseen):,} series not in the checkpoint: scaled on their own history before each cutoff "
-              f"(column in_checkpoint)")
+        print(
+            f"{len(result.unseen):,} series not in the checkpoint: scaled on their own history before each cutoff "
+            f"(column in_checkpoint)"
+        )
     print()
     print(f"checkpoint  {result.checkpoint}")
     print(f"forecasts   {result.output}")
@@ -168,17 +238,38 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, help="HTTP port (serve.port, default 8000)")
     group.add_argument("--replicas", type=int, help="model replicas (serve.replicas, default 1)")
     group.add_argument("--replica-cpus", type=float, help="CPUs per replica (serve.cpus_per_replica, default 1)")
-    group.add_argument("--replica-gpus", type=float,
-                       help="GPU share per replica, e.g. 0.25 (serve.gpus_per_replica, default 0)")
-    group.add_argument("--max-batch-size", type=int,
-                       help="forecasts decoded together (serve.max_batch_size, default 32)")
+    group.add_argument(
+        "--replica-gpus", type=float, help="GPU share per replica, e.g. 0.25 (serve.gpus_per_replica, default 0)"
+    )
+    group.add_argument(
+        "--max-batch-size", type=int, help="forecasts decoded together (serve.max_batch_size, default 32)"
+    )
     group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
 
 
-BATCH_ONLY = ("cutoffs", "horizon", "output", "plot", "overwrite", "engine", "actors", "plot_cutoff", "plot_series",
-              "strict", "no_ray", "recalibrate_days")
-SERVE_FLAGS = {"host": "host", "port": "port", "replicas": "replicas", "replica_cpus": "cpus_per_replica",
-               "replica_gpus": "gpus_per_replica", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms"}
+BATCH_ONLY = (
+    "cutoffs",
+    "horizon",
+    "output",
+    "plot",
+    "overwrite",
+    "engine",
+    "actors",
+    "plot_cutoff",
+    "plot_series",
+    "strict",
+    "no_ray",
+    "recalibrate_days",
+)
+SERVE_FLAGS = {
+    "host": "host",
+    "port": "port",
+    "replicas": "replicas",
+    "replica_cpus": "cpus_per_replica",
+    "replica_gpus": "gpus_per_replica",
+    "max_batch_size": "max_batch_size",
+    "batch_wait_ms": "batch_wait_ms",
+}
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -188,22 +279,30 @@ def serve(args: argparse.Namespace) -> None:
     from lit_forecast import config as cfg
 
     if not args.serve:
-        raise ConfigError("--config, --host, --port, --replicas, --replica-cpus, --replica-gpus, --max-batch-size and "
-                          "--batch-wait-ms set the server: add --serve")
-    batch_only = [f"--{flag.replace('_', '-')}" for flag in BATCH_ONLY if getattr(args, flag) not in (None, False, 0, "auto")]
+        raise ConfigError(
+            "--config, --host, --port, --replicas, --replica-cpus, --replica-gpus, --max-batch-size and "
+            "--batch-wait-ms set the server: add --serve"
+        )
+    batch_only = [
+        f"--{flag.replace('_', '-')}" for flag in BATCH_ONLY if getattr(args, flag) not in (None, False, 0, "auto")
+    ]
     if batch_only:
-        raise ConfigError(f"{', '.join(batch_only)}: not used by --serve (a request gives its own history or cutoff); "
-                          f"leave {'them' if len(batch_only) > 1 else 'it'} out, or forecast without --serve")
+        raise ConfigError(
+            f"{', '.join(batch_only)}: not used by --serve (a request gives its own history or cutoff); "
+            f"leave {'them' if len(batch_only) > 1 else 'it'} out, or forecast without --serve"
+        )
     settings = cfg.load(args.config).serve if args.config else cfg.ServeConfig()
-    settings = dataclasses.replace(settings, **{key: getattr(args, flag) for flag, key in SERVE_FLAGS.items()
-                                                if getattr(args, flag) is not None})
+    settings = dataclasses.replace(
+        settings, **{key: getattr(args, flag) for flag, key in SERVE_FLAGS.items() if getattr(args, flag) is not None}
+    )
     if settings.max_ongoing_requests <= settings.max_batch_size:  # a larger batch asked by flag raises the cap with it
         settings.max_ongoing_requests = 4 * settings.max_batch_size
     cfg.validate_serve(settings)
     from lit_forecast.serving.app import ServeRequest, serve_forever  # Ray and FastAPI only when serving
 
-    serve_forever(ServeRequest(settings, run=args.run, checkpoint=args.checkpoint, storage=args.storage,
-                               data=args.data))
+    serve_forever(
+        ServeRequest(settings, run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data)
+    )
 
 
 def _stamps(args: argparse.Namespace) -> dict[str, float]:
@@ -231,7 +330,9 @@ def _engine(args: argparse.Namespace, request: InferenceRequest) -> str:
 
     folder = args.output is not None and not args.output.endswith(FILE_SUFFIXES)
     if folder and args.engine == "plain":
-        raise ConfigError(f"--output {args.output}: --engine plain writes one file; the name must end in .csv or .parquet")
+        raise ConfigError(
+            f"--output {args.output}: --engine plain writes one file; the name must end in .csv or .parquet"
+        )
     if folder and args.engine == "auto":
         return "stream"
     engine = "plain" if args.engine == "auto" and args.no_ray and not folder else args.engine  # --no-ray: no Ray at all
@@ -245,8 +346,13 @@ def _stream(args: argparse.Namespace, request: InferenceRequest):
 
     if args.no_ray:
         raise ConfigError("--no-ray: the streaming path runs on Ray; use --engine plain to forecast in this process")
-    options = streaming.StreamOptions(actors=args.actors, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                                      batch_size=args.batch_size, overwrite=args.overwrite)
+    options = streaming.StreamOptions(
+        actors=args.actors,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
     return streaming.infer_streaming(request, options)
 
 
@@ -259,13 +365,22 @@ def _print_stream(result) -> None:
         if "fleet" in result.table:
             print()
             print(format_fleet(result.table))
-    for line in filter(None, [result.skipped, f"{len(result.bad_series):,} series skipped whole: "
-                              + "; ".join(result.bad_series[:3]) if result.bad_series else ""]):
+    for line in filter(
+        None,
+        [
+            result.skipped,
+            f"{len(result.bad_series):,} series skipped whole: " + "; ".join(result.bad_series[:3])
+            if result.bad_series
+            else "",
+        ],
+    ):
         print()
         print(line)
     if result.unseen:
-        print(f"{result.unseen:,} series not in the checkpoint: scaled on their own history before each cutoff "
-              f"(column in_checkpoint)")
+        print(
+            f"{result.unseen:,} series not in the checkpoint: scaled on their own history before each cutoff "
+            f"(column in_checkpoint)"
+        )
     print()
     print(f"checkpoint  {result.checkpoint}")
     print(f"forecasts   {result.output}  ({result.windows:,} windows, Parquet dataset; {result.seconds:.1f} s)")
@@ -285,8 +400,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         if location is None or (flag == "--output" and args.engine != "plain" and not location.endswith(suffixes)):
             continue  # a folder for the streaming path: checked there
         if not storage.is_uri(location) and Path(storage.absolute(location)).is_dir():
-            raise ConfigError(f"{flag} {location} is an existing folder: give a file name inside it, "
-                              f"e.g. {Path(storage.absolute(location)) / ('forecast' + suffixes[0])}")
+            raise ConfigError(
+                f"{flag} {location} is an existing folder: give a file name inside it, "
+                f"e.g. {Path(storage.absolute(location)) / ('forecast' + suffixes[0])}"
+            )
         if not location.endswith(suffixes):
             raise ConfigError(f"{flag} {location}: the file name must end in {' or '.join(suffixes)}")
         if not storage.is_uri(location):
@@ -319,8 +436,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     for run in sorted(r for r in runs if r and storage.exists(r)):
         sealed.append((f"the prepared data of run {run}", layout.data_dir(run)))
         sealed += [(f"a checkpoint of run {run}", storage.join(run, name)) for name in layout.checkpoint_folders(run)]
-        inputs += [("run file", storage.join(run, name)) for name in storage.list_dir(run)
-                   if name != "forecasts"]  # its own outputs: replaceable with --overwrite
+        inputs += [
+            ("run file", storage.join(run, name)) for name in storage.list_dir(run) if name != "forecasts"
+        ]  # its own outputs: replaceable with --overwrite
         if not args.data:
             try:
                 source = layout.read_config(run).data.source
@@ -341,8 +459,11 @@ def _run_folders_above(location: str) -> list[str]:
             names = set(os.listdir(folder))
         except OSError:  # missing, not a folder, or not ours to list
             continue
-        if layout.CONFIG_FILE in names and ("data" in names or layout.SUMMARY_FILE in names
-                                            or any(n.startswith(layout.CHECKPOINT_PREFIX) for n in names)):
+        if layout.CONFIG_FILE in names and (
+            "data" in names
+            or layout.SUMMARY_FILE in names
+            or any(n.startswith(layout.CHECKPOINT_PREFIX) for n in names)
+        ):
             found.append(str(folder))
     return found
 

@@ -1,10 +1,10 @@
 """Train the forecaster on Ray Train (local Ray by default, a cluster with RAY_ADDRESS set).
 
-    python train.py                                  # configs/local.yaml, run runs/nyc_taxi_local
-    python train.py --config configs/8gpu.yaml --storage s3://bucket/runs --name exp1
-    python train.py --prepare-only                   # only write the Parquet shards, print a summary
-    python train.py --set train.max_epochs=20 --name longer
-    python train.py --tune configs/tune.yaml         # search with Ray Tune: runs/tune, trials.csv, best.yaml
+python train.py                                  # configs/local.yaml, run runs/nyc_taxi_local
+python train.py --config configs/8gpu.yaml --storage s3://bucket/runs --name exp1
+python train.py --prepare-only                   # only write the Parquet shards, print a summary
+python train.py --set train.max_epochs=20 --name longer
+python train.py --tune configs/tune.yaml         # search with Ray Tune: runs/tune, trials.csv, best.yaml
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ import signal
 import sys
 
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports below run: one line, not a traceback
+
     def _interrupted_while_starting(signum, frame):
-        print(f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
-              "done", file=sys.stderr, flush=True)
+        print(
+            f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
+            "done",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(128 + signum)
 
     signal.signal(signal.SIGINT, _interrupted_while_starting)
@@ -35,10 +40,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_config_arguments(parser)
     parser.add_argument("--prepare-only", action="store_true", help="prepare the data shards of the run and exit")
-    parser.add_argument("--resume", action="store_true", help="continue an existing run with its saved config, even if this config differs")
-    parser.add_argument("--tune", metavar="SWEEP",
-                        help="search with Ray Tune as the sweep file says (configs/tune.yaml); --storage, --name and "
-                        "--set apply to the sweep, --set KEY=VALUE of a training key to every trial")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an existing run with its saved config, even if this config differs",
+    )
+    parser.add_argument(
+        "--tune",
+        metavar="SWEEP",
+        help="search with Ray Tune as the sweep file says (configs/tune.yaml); --storage, --name and "
+        "--set apply to the sweep, --set KEY=VALUE of a training key to every trial",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     command = "python train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -75,8 +87,10 @@ def tune_command(args: argparse.Namespace) -> None:
 
     for flag in ("config", "data", "prepare_only", "resume", "print_config"):
         if getattr(args, flag):
-            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --tune: the sweep file names its base "
-                              "config (base:) and its fixed changes (overrides:, or --set)")
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} does not apply to --tune: the sweep file names its base "
+                "config (base:) and its fixed changes (overrides:, or --set)"
+            )
     sweep = sweeps.load(args.tune, list(args.set))
     if args.storage is not None:
         sweep.run.storage = args.storage

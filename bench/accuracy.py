@@ -37,14 +37,24 @@ def main() -> None:
     parser.add_argument("--cutoffs", default=HEADLINE_CUTOFFS, help=f"see infer.py --help (default {HEADLINE_CUTOFFS})")
     add_output_argument(parser, "forecasts file (default: <run>/forecasts/forecast_<cutoffs>.csv)")
     parser.add_argument("--ray", action="store_true", help="forecast through the Ray tasks (default: a plain call)")
-    parser.add_argument("--recalibrate-days", type=float, default=0, metavar="N", help="as infer.py --recalibrate-days (default 0: off)")
+    parser.add_argument(
+        "--recalibrate-days", type=float, default=0, metavar="N", help="as infer.py --recalibrate-days (default 0: off)"
+    )
     args = parser.parse_args()
     cli.setup_logging()
     try:
-        result = infer(InferenceRequest(
-            run=args.run, checkpoint=args.checkpoint, storage=args.storage, data=args.data,
-            cutoffs=parse_cutoffs([args.cutoffs]), output=args.output, use_ray=args.ray, recalibrate_days=args.recalibrate_days,
-        ))
+        result = infer(
+            InferenceRequest(
+                run=args.run,
+                checkpoint=args.checkpoint,
+                storage=args.storage,
+                data=args.data,
+                cutoffs=parse_cutoffs([args.cutoffs]),
+                output=args.output,
+                use_ray=args.ray,
+                recalibrate_days=args.recalibrate_days,
+            )
+        )
     except UserError as err:
         cli.die(str(err))
     if not result.table:
@@ -53,17 +63,23 @@ def main() -> None:
     print(f"checkpoint  {result.checkpoint}")
     print(format_backtest(result.table))
     print()
-    print(f"model MAE / weekly seasonal-naive MAE = {ratio:.3f}   target <= {TARGET_RATIO}: "
-          f"{'MET' if ratio <= TARGET_RATIO else 'NOT MET'}")
+    print(
+        f"model MAE / weekly seasonal-naive MAE = {ratio:.3f}   target <= {TARGET_RATIO}: "
+        f"{'MET' if ratio <= TARGET_RATIO else 'NOT MET'}"
+    )
     if "wql_ratio_model_vs_naive_weekly" in result.table:
         model = result.table["methods"]["model"]["overall"]
         low, high = COVERAGE_TARGET
         if "coverage_80" in model:
-            print(f"80 % interval coverage = {model['coverage_80']:.1%}   target {low:.0%}-{high:.0%}: "
-                  f"{'MET' if low <= model['coverage_80'] <= high else 'NOT MET'}")
+            print(
+                f"80 % interval coverage = {model['coverage_80']:.1%}   target {low:.0%}-{high:.0%}: "
+                f"{'MET' if low <= model['coverage_80'] <= high else 'NOT MET'}"
+            )
         wql = result.table["wql_ratio_model_vs_naive_weekly"]
-        print(f"model wQL / weekly seasonal-naive (empirical quantiles) wQL = {wql:.3f}   target < 1: "
-              f"{'MET' if wql < 1 else 'NOT MET'}")
+        print(
+            f"model wQL / weekly seasonal-naive (empirical quantiles) wQL = {wql:.3f}   target < 1: "
+            f"{'MET' if wql < 1 else 'NOT MET'}"
+        )
     print(f"table {result.table_path}\nplot  {result.plot}")
 
 

@@ -33,7 +33,9 @@ def main() -> None:
         rows_file = Path(scratch) / "faults.jsonl"
         env = {**os.environ, "LIT_FORECAST_FAULTS": str(rows_file)}
         pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow"]
-        done = subprocess.run([*pytest, "tests/faults/test_faults.py", "tests/faults/test_interrupts.py"], cwd=ROOT, env=env)
+        done = subprocess.run(
+            [*pytest, "tests/faults/test_faults.py", "tests/faults/test_interrupts.py"], cwd=ROOT, env=env
+        )
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
     total = {k: sum(r[k] for r in rows) for k in COUNTS}
     print()

@@ -91,7 +91,9 @@ def peak_flops(device_name: str) -> float | None:
 # -- the fleet workload ---------------------------------------------------------------------------
 
 
-def fleet(zones: int, days: int, spec: WindowSpec, start: str = "2014-07-01") -> tuple[WindowSet, dict[str, SeriesStats]]:
+def fleet(
+    zones: int, days: int, spec: WindowSpec, start: str = "2014-07-01"
+) -> tuple[WindowSet, dict[str, SeriesStats]]:
     """Every window of ``zones`` synthetic series of ``days`` days each, and each zone's scaler statistics."""
     slots = days * 48
     if slots < spec.input_window + spec.horizon:
@@ -144,7 +146,12 @@ class SmiSampler:
         if not self.samples:
             return {"nvidia_smi": "absent" if not self.available else "no samples"}
         utils = [u for u, _ in self.samples]
-        return {"smi_util_mean_pct": statistics.mean(utils), "smi_util_max_pct": max(utils), "smi_mem_used_max_mib": max(m for _, m in self.samples), "smi_samples": len(utils)}
+        return {
+            "smi_util_mean_pct": statistics.mean(utils),
+            "smi_util_max_pct": max(utils),
+            "smi_mem_used_max_mib": max(m for _, m in self.samples),
+            "smi_samples": len(utils),
+        }
 
 
 class StepTimer(L.Callback):
@@ -188,12 +195,16 @@ def new_module(config: cfg.Config, spec: WindowSpec, data: WindowSet, compile_ne
     return module
 
 
-def train_lightning(config, spec, data, device, batch_size, warmup, steps, precision, compile_nets, scratch, sync_check=False) -> dict:
+def train_lightning(
+    config, spec, data, device, batch_size, warmup, steps, precision, compile_nets, scratch, sync_check=False
+) -> dict:
     """Steady-state training windows/s of a one-device Lightning Trainer on ``data``."""
     torch.manual_seed(config.train.seed)
     module = new_module(config, spec, data, compile_nets)
     cuda = device.type == "cuda"
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=collate_batch, pin_memory=cuda, drop_last=True)
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=True, collate_fn=collate_batch, pin_memory=cuda, drop_last=True
+    )
     timer = StepTimer(warmup, sync_check=sync_check and cuda)
     trainer = L.Trainer(
         accelerator="gpu" if cuda else "cpu",
@@ -265,7 +276,16 @@ def flops_and_profile(config, spec, data, device, batch_size, precision, out: Pa
     bf16 = precision.startswith("bf16")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     p = config.train.sampling_max_prob / 2  # mid-run: the scheduled-sampling pass runs
-    loader = iter(DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=collate_batch, pin_memory=device.type == "cuda", drop_last=True))
+    loader = iter(
+        DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=True,
+            collate_fn=collate_batch,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+        )
+    )
     for _ in range(3):  # warm-up: cuBLAS handles, allocator
         plain_step(module, optimizer, to_device(next(loader), device), p, autocast)
     counter = FlopCounterMode(display=False)
@@ -367,25 +387,51 @@ def backtest(config, spec, data, device, batch_size, bf16: bool, windows: int, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "8gpu.yaml"), help="model shape and training settings")
+    parser.add_argument(
+        "--config", default=str(ROOT / "configs" / "8gpu.yaml"), help="model shape and training settings"
+    )
     parser.add_argument("--set", action="append", default=[], help="config override (key=value), repeatable")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--zones", type=int, default=1000, help="synthetic series in the fleet")
     parser.add_argument("--days", type=int, default=14, help="days per zone (windows per zone: days x 48 - 383)")
-    parser.add_argument("--batch-sizes", default=None, help="per-device training batch sizes, comma-separated (default: the config's)")
+    parser.add_argument(
+        "--batch-sizes", default=None, help="per-device training batch sizes, comma-separated (default: the config's)"
+    )
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per batch size")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20 on CUDA, 2 on CPU)")
-    parser.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on CUDA, 32-true on CPU)")
-    parser.add_argument("--compile", action="store_true", help="train.compile: torch.compile each member (also --set train.compile=true)")
-    parser.add_argument("--sync-check-steps", type=int, default=None, help="steps counted under set_sync_debug_mode (CUDA; default 10)")
-    parser.add_argument("--profile-steps", type=int, default=None, help="plain steps under torch.profiler (default 10 on CUDA, 1 on CPU)")
-    parser.add_argument("--infer-windows", type=int, default=None, help="backtest windows (default 20,000 on CUDA, 32 on CPU)")
-    parser.add_argument("--infer-batch", type=int, default=None, help="windows per forecast batch (default 4,096 on CUDA, 32 on CPU)")
-    parser.add_argument("--infer-precision", default=None, help="comma-separated of fp32,bf16 (default both on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--precision", default=None, help="Lightning precision (default bf16-mixed on CUDA, 32-true on CPU)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train.compile: torch.compile each member (also --set train.compile=true)",
+    )
+    parser.add_argument(
+        "--sync-check-steps", type=int, default=None, help="steps counted under set_sync_debug_mode (CUDA; default 10)"
+    )
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=None,
+        help="plain steps under torch.profiler (default 10 on CUDA, 1 on CPU)",
+    )
+    parser.add_argument(
+        "--infer-windows", type=int, default=None, help="backtest windows (default 20,000 on CUDA, 32 on CPU)"
+    )
+    parser.add_argument(
+        "--infer-batch", type=int, default=None, help="windows per forecast batch (default 4,096 on CUDA, 32 on CPU)"
+    )
+    parser.add_argument(
+        "--infer-precision", default=None, help="comma-separated of fp32,bf16 (default both on CUDA, fp32 on CPU)"
+    )
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-infer", action="store_true")
-    add_output_argument(parser, "the figures as JSON; gpu_bench.txt, profile.txt and trace.json.gz go next to it "
-                                "(default $OUT/gpu_bench.json, else out/gpu_bench.json)")
+    add_output_argument(
+        parser,
+        "the figures as JSON; gpu_bench.txt, profile.txt and trace.json.gz go next to it "
+        "(default $OUT/gpu_bench.json, else out/gpu_bench.json)",
+    )
     args = parser.parse_args()
     cli.quiet_third_parties()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -442,16 +488,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as scratch:
         if not args.skip_train:
             for batch_size in batch_sizes:
-                result = train_lightning(config, spec, data, device, batch_size, warmup, args.steps, precision, compile_nets, scratch)
+                result = train_lightning(
+                    config, spec, data, device, batch_size, warmup, args.steps, precision, compile_nets, scratch
+                )
                 report["train"].append(result)
-                print(f"train    batch {batch_size}: {result['windows_per_s']:,.0f} windows/s ({result['step_ms']:.2f} "
-                      "ms/step)", flush=True)
+                print(
+                    f"train    batch {batch_size}: {result['windows_per_s']:,.0f} windows/s ({result['step_ms']:.2f} "
+                    "ms/step)",
+                    flush=True,
+                )
             if cuda:
                 check = args.sync_check_steps or 10
-                result = train_lightning(config, spec, data, device, batch_sizes[0], warmup, check, precision, compile_nets, scratch, sync_check=True)
-                report["sync_check"] = {k: result[k] for k in ("batch_size", "steps_timed", "host_syncs_per_step", "host_sync_places")}
+                result = train_lightning(
+                    config,
+                    spec,
+                    data,
+                    device,
+                    batch_sizes[0],
+                    warmup,
+                    check,
+                    precision,
+                    compile_nets,
+                    scratch,
+                    sync_check=True,
+                )
+                report["sync_check"] = {
+                    k: result[k] for k in ("batch_size", "steps_timed", "host_syncs_per_step", "host_sync_places")
+                }
             profile_steps = args.profile_steps or (10 if cuda else 1)
-            report["profile"] = flops_and_profile(config, spec, data, device, batch_sizes[0], precision, out, profile_steps)
+            report["profile"] = flops_and_profile(
+                config, spec, data, device, batch_sizes[0], precision, out, profile_steps
+            )
             per_window = report["profile"]["train_flops_per_window"]
             for result in report["train"]:
                 result["achieved_flops"] = per_window * result["windows_per_s"]
@@ -461,7 +528,9 @@ def main() -> None:
             windows = args.infer_windows or (20_000 if cuda else 32)
             infer_batch = args.infer_batch or (4096 if cuda else 32)
             for p in precisions:
-                result = backtest(config, spec, data, device, infer_batch, p == "bf16", windows, repeats=3 if cuda else 1)
+                result = backtest(
+                    config, spec, data, device, infer_batch, p == "bf16", windows, repeats=3 if cuda else 1
+                )
                 result["share_of_peak"] = result["achieved_flops"] / peak if peak else None
                 report["infer"].append(result)
                 print(f"infer    {p}: {result['windows_per_s']:,.0f} windows/s", flush=True)
@@ -469,10 +538,17 @@ def main() -> None:
     lines += ["", "training (plain Lightning, one device; windows/s over steps after the warm-up):"]
     for r in report["train"]:
         mem = f"  max allocated {r['max_memory_allocated_gib']:.2f} GiB" if "max_memory_allocated_gib" in r else ""
-        smi = (f"  nvidia-smi util {r['smi_util_mean_pct']:.0f}% (max {r['smi_util_max_pct']:.0f}), "
-               f"mem {r['smi_mem_used_max_mib']:.0f} MiB" if "smi_util_mean_pct" in r else "")
-        share = (f" = {100 * r['share_of_peak']:.2f}% of {peak / 1e12:.0f} TFLOP/s"
-                 if r.get("share_of_peak") is not None else "")
+        smi = (
+            f"  nvidia-smi util {r['smi_util_mean_pct']:.0f}% (max {r['smi_util_max_pct']:.0f}), "
+            f"mem {r['smi_mem_used_max_mib']:.0f} MiB"
+            if "smi_util_mean_pct" in r
+            else ""
+        )
+        share = (
+            f" = {100 * r['share_of_peak']:.2f}% of {peak / 1e12:.0f} TFLOP/s"
+            if r.get("share_of_peak") is not None
+            else ""
+        )
         flops = f"  {r['achieved_flops'] / 1e12:.3f} TFLOP/s{share}" if "achieved_flops" in r else ""
         lines.append(
             f"  batch {r['batch_size']:>5} {r['precision']}{' compiled' if r['compile'] else ''}: "
@@ -481,8 +557,10 @@ def main() -> None:
         )
     if "sync_check" in report:
         s = report["sync_check"]
-        lines.append(f"  host synchronisations per training step (Lightning, batch {s['batch_size']}): "
-                     f"{s['host_syncs_per_step']:.1f}")
+        lines.append(
+            f"  host synchronisations per training step (Lightning, batch {s['batch_size']}): "
+            f"{s['host_syncs_per_step']:.1f}"
+        )
         lines += [f"      {n:4d} x {where}" for where, n in s["host_sync_places"].items()]
     if "profile" in report:
         p = report["profile"]

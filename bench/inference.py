@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained checkpoint (default: the local config's model, random weights)")
     parser.add_argument("--windows", type=int, default=1000)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
-    parser.add_argument("--windows-per-task", type=int, default=500, help="default: 1,000 windows -> 2 tasks, 1 per CPU")
+    parser.add_argument(
+        "--windows-per-task", type=int, default=500, help="default: 1,000 windows -> 2 tasks, 1 per CPU"
+    )
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -96,8 +98,10 @@ def main() -> None:
     windows, _ = build_windows(series, loaded.series_stats, spec, cutoffs)
     one, _ = build_windows(series, loaded.series_stats, spec, cutoffs[:1])
 
-    print(f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  "
-          f"({sum(p.numel() for p in loaded.model.parameters()):,} parameters; {W} past -> {H} steps)")
+    print(
+        f"model     {args.checkpoint or 'configs/local.yaml, random weights'}  "
+        f"({sum(p.numel() for p in loaded.model.parameters()):,} parameters; {W} past -> {H} steps)"
+    )
     print(f"machine   {load()}")
     torch.set_num_threads(args.cpus)
     forecast(loaded.model, model_inputs(one))  # warm-up
@@ -119,14 +123,18 @@ def main() -> None:
     plain_result = forecast(loaded.model, model_inputs(windows), args.batch_size)
     print(f"machine   {load()} (after)")
     print()
-    print(f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   "
-          "target <= 5 s"
-          f"   ({args.windows / remote:,.0f} windows/s; first call incl. worker start {cold:.2f} s)")
+    print(
+        f"{args.windows:,} windows x {H} steps, Ray tasks ({tasks} x 1 CPU, {args.cpus} CPUs)   {remote:6.2f} s   "
+        "target <= 5 s"
+        f"   ({args.windows / remote:,.0f} windows/s; first call incl. worker start {cold:.2f} s)"
+    )
     print(f"{args.windows:,} windows, plain call ({args.cpus} threads)            {plain:6.2f} s")
     print(f"single forecast, plain, warm                        {1000 * single:6.1f} ms  target <= 50 ms")
     print(f"single forecast, one Ray task, warm                 {1000 * remote_single:6.1f} ms")
-    print(f"Ray overhead per call (1 window: task - plain)      {1000 * (remote_single - single):6.1f} ms"
-          f"   (ships the checkpoint, loads it in the task, returns the result)")
+    print(
+        f"Ray overhead per call (1 window: task - plain)      {1000 * (remote_single - single):6.1f} ms"
+        f"   (ships the checkpoint, loads it in the task, returns the result)"
+    )
     print(f"Ray vs plain on {args.windows:,} windows                      {remote - plain:+6.2f} s")
     print(f"Ray and plain forecasts agree to {np.abs(result - plain_result).max():.2g} passengers")
 

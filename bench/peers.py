@@ -78,8 +78,9 @@ def lag_features(past: np.ndarray, calendar: np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=1).astype(np.float32)
 
 
-def training_windows(values: np.ndarray, times: pd.DatetimeIndex, freq: str, train_end: pd.Timestamp,
-                     stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def training_windows(
+    values: np.ndarray, times: pd.DatetimeIndex, freq: str, train_end: pd.Timestamp, stride: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Every ``stride``-th window of one filled series (T,) whose 48 targets lie before ``train_end``.
 
     Returns features (n, 15) and targets (n, 48): targets[i, h] = value[c_i + h]. Cutoffs c run
@@ -147,9 +148,11 @@ def parse_levels(text: str | None) -> list[float]:
 def format_table(table: dict, title: str) -> str:
     """MAE, RMSE, sMAPE (%) and MASE per method, and the ratio to the weekly seasonal-naive MAE."""
     metrics = ("mae", "rmse", "smape", "mase")
-    lines = [f"{title}: {table['windows']} windows x {table['horizon']} steps, {len(table['cutoffs'])} cutoffs "
-             f"{table['cutoffs'][0][:10]} .. {table['cutoffs'][-1][:10]}",
-             f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in metrics)]
+    lines = [
+        f"{title}: {table['windows']} windows x {table['horizon']} steps, {len(table['cutoffs'])} cutoffs "
+        f"{table['cutoffs'][0][:10]} .. {table['cutoffs'][-1][:10]}",
+        f"{'method':<14}" + "".join(f"{m.upper():>10}" for m in metrics),
+    ]
     for name, result in table["methods"].items():
         o = result["overall"]
         lines.append(f"{name:<14}" + "".join(_num(o[m] * (100 if percent(m) else 1), DIGITS[m]) for m in metrics))
@@ -163,12 +166,18 @@ def _num(value: float, digits: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_argument(parser, "CSV or Parquet (default: the NAB file, from the cache ~/.cache/lit_forecast or "
-                              "$LIT_FORECAST_CACHE)", default=DataConfig().source)
-    parser.add_argument("--series-column", help="series column of a long-format fleet: one global model over all series")
+    add_data_argument(
+        parser,
+        "CSV or Parquet (default: the NAB file, from the cache ~/.cache/lit_forecast or $LIT_FORECAST_CACHE)",
+        default=DataConfig().source,
+    )
+    parser.add_argument(
+        "--series-column", help="series column of a long-format fleet: one global model over all series"
+    )
     parser.add_argument("--cutoffs", nargs="+", default=[CUTOFFS], help=f"as in infer.py (default {CUTOFFS})")
-    parser.add_argument("--blizzard", default=BLIZZARD, help="cutoffs left out of the second table (default "
-                                                             f"{BLIZZARD})")
+    parser.add_argument(
+        "--blizzard", default=BLIZZARD, help=f"cutoffs left out of the second table (default {BLIZZARD})"
+    )
     parser.add_argument("--train-end", default=DataConfig().train_end, help="targets before this are training data")
     parser.add_argument("--train-stride", type=int, default=1, help="slots between training windows (default 1: all)")
     parser.add_argument("--quantiles", help="also fit quantile regressors at these levels, e.g. 0.1,0.5,0.9")
@@ -219,8 +228,9 @@ def main() -> None:
     lags = seasonal_naive_lags(spd)
     longest = max(max(LAGS), *lags.values())
     try:
-        windows, _ = build_windows(series, stats, WindowSpec(max(LAGS), HORIZON, data.freq), cutoffs, data.max_gap,
-                                   history=longest)
+        windows, _ = build_windows(
+            series, stats, WindowSpec(max(LAGS), HORIZON, data.freq), cutoffs, data.max_gap, history=longest
+        )
     except UserError as err:
         sys.exit(f"error: {err}")
     history, actual = windows.history(slice(None), longest), windows.actual()
@@ -232,18 +242,34 @@ def main() -> None:
     predict_s = time.perf_counter() - start
 
     kept = np.array([c not in blizzard for c in windows.cutoffs])
-    tables = {"all": score_backtest(forecast, actual, history, windows.series_ids, windows.cutoffs, filled, train_end, lags).table}
+    tables = {
+        "all": score_backtest(
+            forecast, actual, history, windows.series_ids, windows.cutoffs, filled, train_end, lags
+        ).table
+    }
     if kept.any() and not kept.all():
         rows = np.flatnonzero(kept)
-        tables["without_blizzard"] = score_backtest(forecast[rows], actual[rows], history[rows], [windows.series_ids[i] for i in rows],
-                                                    windows.cutoffs[rows], filled, train_end, lags).table
+        tables["without_blizzard"] = score_backtest(
+            forecast[rows],
+            actual[rows],
+            history[rows],
+            [windows.series_ids[i] for i in rows],
+            windows.cutoffs[rows],
+            filled,
+            train_end,
+            lags,
+        ).table
     for table in tables.values():
         table["methods"] = {(NAME if k == bt.MODEL else k): v for k, v in table["methods"].items()}
 
-    print(f"data      {data.source}: {len(series)} series, {len(features):,} training windows "
-          f"(targets before {train_end:%Y-%m-%d}, stride {args.train_stride}), {len(windows)} test windows")
-    print(f"lightgbm  {lgb.__version__}, 48 regressors x {PARAMS['num_boost_round']} trees"
-          f"{', global over series on values / training mean' if glob else ''}, threads {args.threads}")
+    print(
+        f"data      {data.source}: {len(series)} series, {len(features):,} training windows "
+        f"(targets before {train_end:%Y-%m-%d}, stride {args.train_stride}), {len(windows)} test windows"
+    )
+    print(
+        f"lightgbm  {lgb.__version__}, 48 regressors x {PARAMS['num_boost_round']} trees"
+        f"{', global over series on values / training mean' if glob else ''}, threads {args.threads}"
+    )
     print(f"wall      fit {fit_s:.1f} s (features + 48 boosters), predict {predict_s:.2f} s (windows + 48 boosters)")
     print()
     print(format_table(tables["all"], "all cutoffs"))
@@ -251,9 +277,17 @@ def main() -> None:
         print()
         print(format_table(tables["without_blizzard"], f"without the cutoffs {args.blizzard}"))
 
-    result = {"params": PARAMS | {"seed": args.seed}, "lags": list(LAGS), "train_end": str(train_end),
-              "training_windows": len(features), "train_stride": args.train_stride, "global": glob,
-              "lightgbm": lgb.__version__, "wall_s": {"fit": fit_s, "predict": predict_s}, **tables}
+    result = {
+        "params": PARAMS | {"seed": args.seed},
+        "lags": list(LAGS),
+        "train_end": str(train_end),
+        "training_windows": len(features),
+        "train_stride": args.train_stride,
+        "global": glob,
+        "lightgbm": lgb.__version__,
+        "wall_s": {"fit": fit_s, "predict": predict_s},
+        **tables,
+    }
     if levels:
         start = time.perf_counter()
         quantiles = {}
@@ -274,8 +308,9 @@ def main() -> None:
             known = np.isfinite(actual)
             inside = ((actual >= lo) & (actual <= hi))[known].mean()
             result["quantiles"]["interval"] = {"levels": [min(levels), max(levels)], "coverage": float(inside)}
-            print(f"actuals inside [{min(levels)}, {max(levels)}]: {inside:.3f} (nominal "
-                  f"{max(levels) - min(levels):.2f})")
+            print(
+                f"actuals inside [{min(levels)}, {max(levels)}]: {inside:.3f} (nominal {max(levels) - min(levels):.2f})"
+            )
     if args.output:
         bt.save_table(args.output, result)
         print(f"\njson      {args.output}")

@@ -52,11 +52,18 @@ def measure_prepare(config: cfg.Config, path: str, cpus: int, folder: str) -> di
             ray.shutdown()
     rows = manifest.load_report["rows"]
     return {
-        "path": path, "cpus": cpus if path == "ray" else 1, "series": len(manifest.series), "rows": rows,
-        "wall_s": wall, "ray_start_s": ray_start, "rows_per_s": rows / wall,
+        "path": path,
+        "cpus": cpus if path == "ray" else 1,
+        "series": len(manifest.series),
+        "rows": rows,
+        "wall_s": wall,
+        "ray_start_s": ray_start,
+        "rows_per_s": rows / wall,
         "rows_per_s_after_ray_start": rows / max(wall - ray_start, 1e-9),
-        "peak_rss_bytes": memory.peak_process, "peak_rss_process": memory.peak_name,
-        "train_windows": manifest.splits["train"].windows, "shard_windows": manifest.shard_windows,
+        "peak_rss_bytes": memory.peak_process,
+        "peak_rss_process": memory.peak_name,
+        "train_windows": manifest.splits["train"].windows,
+        "shard_windows": manifest.shard_windows,
         "val_windows": manifest.splits["val"].windows,
     }
 
@@ -140,14 +147,20 @@ def measure_epoch(config: cfg.Config, data_dir: str, checkpoint: str, epochs: in
     train_s, val_s = sum(phases.train_s), sum(phases.val_s)
     return {
         "how": "plain Lightning, rank 0 of cluster.num_workers, no Ray (bench/scale_steps.py measure_epoch)",
-        "epochs": epochs, "steps": trainer.global_step, "threads": torch.get_num_threads(),
-        "workers": config.cluster.num_workers, "batch_size": config.train.batch_size,
+        "epochs": epochs,
+        "steps": trainer.global_step,
+        "threads": torch.get_num_threads(),
+        "workers": config.cluster.num_workers,
+        "batch_size": config.train.batch_size,
         "fit_wall_s": wall,  # includes loading the shard and building the windows
-        "epoch_s": (train_s + val_s) / epochs, "train_s": train_s / epochs, "validation_s": val_s / epochs,
+        "epoch_s": (train_s + val_s) / epochs,
+        "train_s": train_s / epochs,
+        "validation_s": val_s / epochs,
         "validation_share": val_s / (train_s + val_s) if train_s + val_s else float("nan"),
         "train_windows_per_s": phases.train_windows / train_s if train_s else float("nan"),
         "validation_windows": phases.val_windows // max(epochs, 1),
-        "checkpoint": checkpoint, "peak_rss_bytes": own_peak_rss(),
+        "checkpoint": checkpoint,
+        "peak_rss_bytes": own_peak_rss(),
     }
 
 
@@ -179,10 +192,15 @@ def measure_loading(datamodule: ShardDataModule, batches: int, batch_size: int |
     seconds = time.perf_counter() - started
     return {
         "how": "ShardDataModule.train_dataloader (ShuffledBatches, WindowSet.__getitems__), one process",
-        "shard_windows": len(windows), "shard_slots": int(windows.values.numel()),
-        "batch_size": datamodule.batch_size, "batches": done, "windows": seen, "seconds": seconds,
+        "shard_windows": len(windows),
+        "shard_slots": int(windows.values.numel()),
+        "batch_size": datamodule.batch_size,
+        "batches": done,
+        "windows": seen,
+        "seconds": seconds,
         "windows_per_s": seen / seconds if seconds else float("nan"),
-        "setup_s": setup_s, "peak_rss_bytes": own_peak_rss(),
+        "setup_s": setup_s,
+        "peak_rss_bytes": own_peak_rss(),
     }
 
 
@@ -206,8 +224,13 @@ def measure_inference(checkpoint: str, source: str, output: str, cutoffs: str | 
         started = time.perf_counter()
         init_ray()
         ray_start = time.perf_counter() - started
-    request = InferenceRequest(checkpoint=checkpoint, data=source, output=output, use_ray=use_ray,
-                               cutoffs=parse_cutoffs([cutoffs]) if cutoffs else None)
+    request = InferenceRequest(
+        checkpoint=checkpoint,
+        data=source,
+        output=output,
+        use_ray=use_ray,
+        cutoffs=parse_cutoffs([cutoffs]) if cutoffs else None,
+    )
     started = time.perf_counter()
     try:
         result = infer(request)
@@ -219,9 +242,16 @@ def measure_inference(checkpoint: str, source: str, output: str, cutoffs: str | 
             ray.shutdown()
     windows = len(result.windows)
     figures = {
-        "ray": use_ray, "ray_start_s": ray_start, "wall_s": wall, "windows": windows, "windows_per_s": windows / wall,
-        "series": len(set(result.windows.series_ids)), "cutoffs": len(set(result.windows.cutoffs)),
-        "skipped": result.skipped or None, "peak_rss_bytes": own_peak_rss(), "output": output,
+        "ray": use_ray,
+        "ray_start_s": ray_start,
+        "wall_s": wall,
+        "windows": windows,
+        "windows_per_s": windows / wall,
+        "series": len(set(result.windows.series_ids)),
+        "cutoffs": len(set(result.windows.cutoffs)),
+        "skipped": result.skipped or None,
+        "peak_rss_bytes": own_peak_rss(),
+        "output": output,
     }
     if result.table:
         methods = result.table["methods"]
@@ -230,4 +260,3 @@ def measure_inference(checkpoint: str, source: str, output: str, cutoffs: str | 
         if "fleet" in result.table:
             figures["fleet"] = {k: v for k, v in result.table["fleet"].items() if not isinstance(v, list)}
     return figures
-

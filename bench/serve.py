@@ -124,8 +124,12 @@ def load_test(port: int, payloads: list[bytes], clients: int, duration: float) -
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    return {"ok": statuses[200], "failed": sum(statuses.values()) - statuses[200], "seconds": elapsed,
-            "latencies": latencies}
+    return {
+        "ok": statuses[200],
+        "failed": sum(statuses.values()) - statuses[200],
+        "seconds": elapsed,
+        "latencies": latencies,
+    }
 
 
 def batch_sizes(before: dict, after: dict) -> str:
@@ -143,9 +147,13 @@ def start_time(checkpoint: str, timeout: float = 120) -> float:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, str(ROOT / "infer.py"), "--serve", "--checkpoint", checkpoint,
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "infer.py"), "--serve", "--checkpoint", checkpoint, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     ready = None
     try:
         while time.perf_counter() - started < timeout and server.poll() is None:
@@ -201,15 +209,22 @@ def main() -> None:
     if not args.skip_start:
         print(f"start: python infer.py --serve until GET /healthz answers: {start_time(first):.1f} s   ({load()})")
 
-    settings = ServeConfig(port=free_port(), replicas=args.replicas, cpus_per_replica=args.replica_cpus,
-                           max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-                           max_ongoing_requests=max(4 * args.max_batch_size, 64))
+    settings = ServeConfig(
+        port=free_port(),
+        replicas=args.replicas,
+        cpus_per_replica=args.replica_cpus,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_ongoing_requests=max(4 * args.max_batch_size, 64),
+    )
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=QUIET)
         handle = deploy(settings, first)
-        print(f"serving {args.replicas} replica(s) x {args.replica_cpus:g} CPU, batches up to {args.max_batch_size}, "
-              f"wait {args.batch_wait_ms:g} ms")
+        print(
+            f"serving {args.replicas} replica(s) x {args.replica_cpus:g} CPU, batches up to {args.max_batch_size}, "
+            f"wait {args.batch_wait_ms:g} ms"
+        )
         payloads = bodies(512, input_window)
         client = Client(settings.port)
         for body in payloads[:20]:  # warm up: first batches, torch's first calls
@@ -230,9 +245,11 @@ def main() -> None:
             before = client.get("/stats")
             result = load_test(settings.port, payloads, clients, args.duration)
             after = client.get("/stats")
-            print(f"{clients:2d} clients: {result['ok'] / result['seconds']:7.1f} forecasts/s  "
-                  f"{percentiles(result['latencies'])}  failed {result['failed']}  {batch_sizes(before, after)}  "
-                  f"({load()})")
+            print(
+                f"{clients:2d} clients: {result['ok'] / result['seconds']:7.1f} forecasts/s  "
+                f"{percentiles(result['latencies'])}  failed {result['failed']}  {batch_sizes(before, after)}  "
+                f"({load()})"
+            )
 
         results = {}  # 8 clients through both updates: to the second checkpoint and back
         during = threading.Thread(target=lambda: results.update(load_test(settings.port, payloads, 8, args.duration)))
@@ -247,9 +264,11 @@ def main() -> None:
         time.sleep(args.duration / 4)
         deploy(settings, first)
         during.join()
-        print(f"update under 8 clients: {results['ok']:,} answered, {results['failed']} failed; deploy returned after "
-              f"{deployed:.1f} s, the new checkpoint answered after {swapped:.1f} s; "
-              f"{percentiles(results['latencies'])}; slowest {max(results['latencies']) * 1000:.0f} ms")
+        print(
+            f"update under 8 clients: {results['ok']:,} answered, {results['failed']} failed; deploy returned after "
+            f"{deployed:.1f} s, the new checkpoint answered after {swapped:.1f} s; "
+            f"{percentiles(results['latencies'])}; slowest {max(results['latencies']) * 1000:.0f} ms"
+        )
     finally:
         stop_serve()
         ray.shutdown()

@@ -57,7 +57,9 @@ def make_checkpoint(source: str, work: str) -> str:
     table = pq.read_table(source, columns=["timestamp", d.series_column, "value"])
     table = table.filter(pc.less(table["timestamp"], pa.scalar(pd.Timestamp(d.train_end), table["timestamp"].type)))
     frame = table.to_pandas()
-    stats = {str(z): SeriesStats.fit(g["value"].to_numpy()) for z, g in frame.groupby(d.series_column)}  # the one scaler
+    stats = {
+        str(z): SeriesStats.fit(g["value"].to_numpy()) for z, g in frame.groupby(d.series_column)
+    }  # the one scaler
     plain = cfg.to_dict(config)
     torch.manual_seed(0)
     module = module_from_hyperparameters(hyperparameters(config, WindowSpec(d.input_window, d.horizon, d.freq), stats))
@@ -92,14 +94,21 @@ def measure(step: str, engine: str, source: str, work: str) -> dict:
     checkpoint = os.path.join(work, "model.ckpt")
     started = time.perf_counter()
     if engine == "plain":
-        result = infer(InferenceRequest(checkpoint=checkpoint, data=source, cutoffs=cutoffs,
-                                        output=os.path.join(work, f"plain-{step}.parquet")))
+        result = infer(
+            InferenceRequest(
+                checkpoint=checkpoint, data=source, cutoffs=cutoffs, output=os.path.join(work, f"plain-{step}.parquet")
+            )
+        )
         windows, table = len(result.windows), result.table
     else:
         from lit_forecast.inference.streaming import StreamOptions, infer_streaming
 
-        result = infer_streaming(InferenceRequest(checkpoint=checkpoint, data=source, cutoffs=cutoffs,
-                                                  output=os.path.join(work, f"stream-{step}")), StreamOptions(overwrite=True))
+        result = infer_streaming(
+            InferenceRequest(
+                checkpoint=checkpoint, data=source, cutoffs=cutoffs, output=os.path.join(work, f"stream-{step}")
+            ),
+            StreamOptions(overwrite=True),
+        )
         windows, table = result.windows, result.table
     wall = time.perf_counter() - started
     memory.stop()
@@ -108,9 +117,17 @@ def measure(step: str, engine: str, source: str, work: str) -> dict:
 
     ray.shutdown()
     horizon = table["horizon"] if table else 48
-    figures = {"step": step, "engine": engine, "wall_s": wall, "ray_start_s": ray_start, "windows": windows,
-               "forecasts_per_s": windows * horizon / wall, "windows_per_s": windows / wall, "peak_rss_bytes": peak,
-               "peak_rss_process": where}
+    figures = {
+        "step": step,
+        "engine": engine,
+        "wall_s": wall,
+        "ray_start_s": ray_start,
+        "windows": windows,
+        "forecasts_per_s": windows * horizon / wall,
+        "windows_per_s": windows / wall,
+        "peak_rss_bytes": peak,
+        "peak_rss_process": where,
+    }
     if table:
         figures["pooled_mae"] = {name: m["overall"]["mae"] for name, m in table["methods"].items()}
     return figures
@@ -124,9 +141,11 @@ def merge(path: str, zones: int, figures: dict) -> None:
 
 def line(f: dict) -> str:
     load = f"load {f['load_before'][0]:.1f} -> {f['load_after'][0]:.1f} on {os.cpu_count()} cores"
-    return (f"{f['step']:<9} {f['engine']:<6} {f['windows']:>9,} windows  wall {f['wall_s']:6.1f} s (Ray start "
-            f"{f['ray_start_s']:.1f} s apart)  {f['forecasts_per_s']:>9,.0f} forecasts/s  largest process "
-            f"{f['peak_rss_bytes'] / 2**30:.2f} GiB ({f['peak_rss_process']})  {load}")
+    return (
+        f"{f['step']:<9} {f['engine']:<6} {f['windows']:>9,} windows  wall {f['wall_s']:6.1f} s (Ray start "
+        f"{f['ray_start_s']:.1f} s apart)  {f['forecasts_per_s']:>9,.0f} forecasts/s  largest process "
+        f"{f['peak_rss_bytes'] / 2**30:.2f} GiB ({f['peak_rss_process']})  {load}"
+    )
 
 
 def fit(files: list[str]) -> None:
@@ -139,7 +158,9 @@ def fit(files: list[str]) -> None:
                 continue
             x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
             b, _ = np.polyfit(x, y, 1)
-            shown = ", ".join(f"{z:,}: {v / 2**30:.2f} GiB" if cost.endswith("bytes") else f"{z:,}: {v:.1f} s" for z, v in points)
+            shown = ", ".join(
+                f"{z:,}: {v / 2**30:.2f} GiB" if cost.endswith("bytes") else f"{z:,}: {v:.1f} s" for z, v in points
+            )
             print(f"{key:<18} {cost:<15} b = {b:.2f}  ({shown})")
 
 
@@ -152,7 +173,9 @@ def main() -> None:
     parser.add_argument("--output", help="JSON file the figures are merged into")
     parser.add_argument("--step", choices=("forecast", "backtest"))
     parser.add_argument("--engine", choices=("plain", "stream"))
-    parser.add_argument("--engines", default="stream,plain", help="all: engines to run, in order (default stream,plain)")
+    parser.add_argument(
+        "--engines", default="stream,plain", help="all: engines to run, in order (default stream,plain)"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="all: seconds per run")
     args = parser.parse_args()
     if args.command == "fit":
@@ -174,8 +197,22 @@ def main() -> None:
         return
     for engine in args.engines.split(","):
         for step in ("forecast", "backtest"):
-            command = [sys.executable, "-m", "bench.stream_scale", "run", "--step", step, "--engine", engine,
-                       "--data", args.data, "--work", args.work, "--output", args.output]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.stream_scale",
+                "run",
+                "--step",
+                step,
+                "--engine",
+                engine,
+                "--data",
+                args.data,
+                "--work",
+                args.work,
+                "--output",
+                args.output,
+            ]
             try:
                 subprocess.run(command, check=True, timeout=args.timeout, cwd=ROOT)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:

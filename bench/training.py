@@ -39,7 +39,9 @@ def full_run(storage: str, extra: list[str]) -> dict:
     first_step = run.first(r"first training step done, ([\d.]+) s after launch")
     rates = [float(m) for _, line in run.lines for m in re.findall(r"train/windows_per_s (\d+)", line)]
     # Epoch lines end in "(T s training)": the training part alone (Throughput callback).
-    epoch_lines = [(t, line) for t, line in run.lines if re.search(r"\bepoch \d+/\d+(  |$)", line)]  # EpochLine's, not "RESUMED ..."
+    epoch_lines = [
+        (t, line) for t, line in run.lines if re.search(r"\bepoch \d+/\d+(  |$)", line)
+    ]  # EpochLine's, not "RESUMED ..."
     training = [float(m) for _, line in epoch_lines for m in re.findall(r"\(([\d.]+) s training\)", line)]
     # The whole epoch (training, validation, report and checkpoint): between consecutive epoch lines.
     arrivals = [t for t, _ in epoch_lines]
@@ -114,8 +116,9 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="lit-bench-") as scratch:
         storage = args.storage or scratch
-        print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} at start; torch "
-              f"{torch.__version__}", flush=True)
+        print(
+            f"machine: {os.cpu_count()} CPUs, load average {load:.2f} at start; torch {torch.__version__}", flush=True
+        )
         full = full_run(storage, extra)
         try:
             plain = plain_loop(storage, args.set, args.plain_steps)
@@ -123,14 +126,18 @@ def main() -> None:
             cli.die(str(err))
         kill = float("nan") if args.skip_kill else recovery(storage, extra)
     print()
-    print(f"full local default run (python train.py): {full['wall_s']:.0f} s wall, {full['epochs']} epochs, best "
-          f"val/mae {full['best_val_mae']}")
+    print(
+        f"full local default run (python train.py): {full['wall_s']:.0f} s wall, {full['epochs']} epochs, best "
+        f"val/mae {full['best_val_mae']}"
+    )
     print(f"  Ray start-up                         {full['ray_start_s']:.1f} s")
     print(f"  launch -> first training step        {full['first_step_s']:.1f} s")
     print(f"  steady-state epoch (train + val)     {full['epoch_s']:.1f} s  ({full['epoch_train_s']:.1f} s training)")
     print(f"  steady-state training, Ray 2 workers {full['steady_windows_per_s']:.0f} windows/s")
-    print(f"  plain PyTorch loop, same batch       {plain:.0f} windows/s  -> Ray/plain = "
-          f"{full['steady_windows_per_s'] / plain:.2f}")
+    print(
+        f"  plain PyTorch loop, same batch       {plain:.0f} windows/s  -> Ray/plain = "
+        f"{full['steady_windows_per_s'] / plain:.2f}"
+    )
     print(f"  peak memory of the process tree      {full['peak_rss_gib']:.2f} GiB")
     print(f"  killed worker -> first step again    {kill:.1f} s")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

@@ -1,2 +1,3 @@
 """lit_forecast: NYC taxi demand forecasting with Lightning, scaled out on Ray Train."""
+
 __version__ = "0.1.0"

@@ -27,7 +27,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="CSV to use instead of data.source: local path, URL or pyarrow.fs URI")
     parser.add_argument("--storage", help="where runs live (run.storage): a folder or a URI such as s3://bucket/prefix")
     parser.add_argument("--name", help="run name (run.name): the run lives in <storage>/<name>")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set model.d_model=128 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.d_model=128 (repeatable)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
@@ -73,8 +79,19 @@ def setup_logging(verbose: bool = False) -> None:
 
 def quiet_third_parties() -> None:
     """Silence the known-noisy loggers and warnings of Lightning, Ray and friends."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "ray", "urllib3", "matplotlib",
-                 "botocore", "boto3", "s3fs", "aiobotocore"):  # "Found endpoint for s3 via ..." on every S3 client
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "pytorch_lightning",
+        "ray",
+        "urllib3",
+        "matplotlib",
+        "botocore",
+        "boto3",
+        "s3fs",
+        "aiobotocore",
+    ):  # "Found endpoint for s3 via ..." on every S3 client
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (
         ".*does not have many workers.*",
@@ -253,5 +270,7 @@ def permission_message(err: PermissionError) -> str:
     path = err.filename or next(iter(re.findall(r"'(/[^']+)'", text)), None)
     what = cut(str(path)) if path else "a file or folder"
     why = cut(err.strerror or (text.splitlines()[0] if text else "permission denied"))
-    return (f"permission denied on {what} ({why}): this user may not read or write it; change its permissions, or "
-            "give a path this user may use")
+    return (
+        f"permission denied on {what} ({why}): this user may not read or write it; change its permissions, or "
+        "give a path this user may use"
+    )

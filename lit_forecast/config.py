@@ -25,9 +25,7 @@ import yaml
 
 from lit_forecast.errors import ConfigError, cut, shown
 
-NAB_NYC_TAXI_URL = (
-    "https://raw.githubusercontent.com/numenta/NAB/master/data/realKnownCause/nyc_taxi.csv"
-)
+NAB_NYC_TAXI_URL = "https://raw.githubusercontent.com/numenta/NAB/master/data/realKnownCause/nyc_taxi.csv"
 NAB_NYC_TAXI_SHA256 = "d8fa6f7f0734bf5c8be12c52a94e20a82664c397d9dec4449156bd453d32856d"
 SEED_MAX = 2**32 - 1  # Lightning's seed_everything (numpy's seeds) accepts 0 .. 2**32 - 1
 TIMEOUT_MAX_S = 10**9  # far beyond any real timeout, well inside datetime.timedelta and torch's milliseconds
@@ -48,7 +46,9 @@ class DataConfig:
     aggregation: Literal["sum", "mean"] = "sum"  # how finer or irregular readings fold into a slot
     max_gap: str = "2h"  # gaps up to this long are interpolated
     long_gaps: Literal["error", "drop"] = "error"  # drop: skip windows that touch a longer gap
-    outliers: Literal["error", "clip"] = "error"  # readings over 20x their series' 99th percentile: refuse, or clip to that bound
+    outliers: Literal["error", "clip"] = (
+        "error"  # readings over 20x their series' 99th percentile: refuse, or clip to that bound
+    )
     train_end: str = "2014-12-01"  # first timestamp that is not training data
     val_end: str = "2015-01-01"  # first timestamp that is not validation data
     test_end: str | None = None  # None: the end of the data
@@ -56,7 +56,9 @@ class DataConfig:
     horizon: int = 48  # future steps it forecasts (48 half-hours = one day)
     stride: int = 1  # steps between consecutive training windows
     eval_stride: int = 1  # steps between consecutive validation/test windows
-    prepare_with: Literal["auto", "local", "ray"] = "auto"  # ray: Ray Data over groups of series; auto: ray for inputs over 64 MiB
+    prepare_with: Literal["auto", "local", "ray"] = (
+        "auto"  # ray: Ray Data over groups of series; auto: ray for inputs over 64 MiB
+    )
     # Validation windows kept per series: null keeps all (one series: 1,441 December windows);
     # N keeps at most N, evenly spaced over the month with a per-series phase (data.splits.thin_evenly),
     # so validation stays a bounded share of an epoch for a fleet of thousands of series.
@@ -342,13 +344,18 @@ def _check_nodes(root: yaml.Node, where: str) -> None:
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
     for node in reversed(order):  # children before parents (an alias cycle counts as a leaf once)
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
-            node.value if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (node.value if isinstance(node, yaml.SequenceNode) else [])
+        )
         sizes[id(node)] = 1 + sum(sizes.get(id(n), 1) for n in children)
         if sizes[id(node)] > YAML_MAX_NODES:
-            raise ConfigError(f"{where}: line {node.start_mark.line + 1}: this value expands to more than "
-                              f"{YAML_MAX_NODES:,} values (aliases repeated inside aliases?); a config holds about "
-                              "a hundred")
+            raise ConfigError(
+                f"{where}: line {node.start_mark.line + 1}: this value expands to more than "
+                f"{YAML_MAX_NODES:,} values (aliases repeated inside aliases?); a config holds about "
+                "a hundred"
+            )
 
 
 def _check_keys(node: yaml.MappingNode, where: str) -> None:
@@ -358,8 +365,10 @@ def _check_keys(node: yaml.MappingNode, where: str) -> None:
             continue
         line = key.start_mark.line + 1
         if (key.tag, key.value) in first:
-            raise ConfigError(f"{where}: key {shown(key.value)} appears twice, at line {first[key.tag, key.value]} and "
-                              f"line {line}: keep one (YAML would silently keep the last)")
+            raise ConfigError(
+                f"{where}: key {shown(key.value)} appears twice, at line {first[key.tag, key.value]} and "
+                f"line {line}: keep one (YAML would silently keep the last)"
+            )
         first[key.tag, key.value] = line
 
 
@@ -387,19 +396,25 @@ def validate(config: Config) -> Config:
                 need(math.isfinite(value), f"'{section.name}.{f.name}' must be a finite number, got {value}")
     for key in ("input_window", "horizon", "stride", "eval_stride"):
         need(getattr(d, key) >= 1, f"'data.{key}' must be >= 1, got {getattr(d, key)}")
-    need(d.val_windows_per_series is None or d.val_windows_per_series >= 1,
-         f"'data.val_windows_per_series' must be >= 1 or null (all windows), got {d.val_windows_per_series}")
+    need(
+        d.val_windows_per_series is None or d.val_windows_per_series >= 1,
+        f"'data.val_windows_per_series' must be >= 1 or null (all windows), got {d.val_windows_per_series}",
+    )
     try:
         step = pd.Timedelta(d.freq)
         max_gap = pd.Timedelta(d.max_gap)
     except (ValueError, OverflowError) as err:
         raise ConfigError(f"'data.freq'/'data.max_gap' must be durations like '30min': {cut(str(err))}") from None
     need(step > pd.Timedelta(0), f"'data.freq' must be positive, got {shown(d.freq)}")
-    need(pd.Timedelta("1D") % step == pd.Timedelta(0),
-         f"'data.freq' must divide a day (calendar slots), got {shown(d.freq)}")
+    need(
+        pd.Timedelta("1D") % step == pd.Timedelta(0),
+        f"'data.freq' must divide a day (calendar slots), got {shown(d.freq)}",
+    )
     # Calendar embeddings hold one row per slot of the day: a second is already 86,400 rows.
-    need(step >= pd.Timedelta("1min"),
-         f"'data.freq' must be at least 1min (one calendar slot per step of the day), got {shown(d.freq)}")
+    need(
+        step >= pd.Timedelta("1min"),
+        f"'data.freq' must be at least 1min (one calendar slot per step of the day), got {shown(d.freq)}",
+    )
     need(max_gap >= pd.Timedelta(0), f"'data.max_gap' must be >= 0, got {shown(d.max_gap)}")
     bounds = {}
     for key in ("train_end", "val_end", "test_end"):
@@ -409,14 +424,18 @@ def validate(config: Config) -> Config:
         try:
             bounds[key] = pd.Timestamp(text)
         except pd.errors.OutOfBoundsDatetime:
-            raise ConfigError(f"'data.{key}' {shown(text)} lies outside the dates pandas can hold "
-                              f"({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})") from None
+            raise ConfigError(
+                f"'data.{key}' {shown(text)} lies outside the dates pandas can hold "
+                f"({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})"
+            ) from None
         except (ValueError, OverflowError):
             raise ConfigError(f"'data.{key}' is not a timestamp: {shown(text)}") from None
         need(not pd.isna(bounds[key]), f"'data.{key}' is not a timestamp: {shown(text)}")
-        need(pd.Timestamp.min <= bounds[key] <= pd.Timestamp.max,
-             f"'data.{key}' {shown(text)} lies outside the dates pandas can hold "
-             f"({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})")
+        need(
+            pd.Timestamp.min <= bounds[key] <= pd.Timestamp.max,
+            f"'data.{key}' {shown(text)} lies outside the dates pandas can hold "
+            f"({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})",
+        )
     ordered = list(bounds.items())
     for (k1, v1), (k2, v2) in zip(ordered, ordered[1:]):
         need(v1 < v2, f"split boundaries out of order: data.{k1}={v1} must be before data.{k2}={v2}")
@@ -424,23 +443,37 @@ def validate(config: Config) -> Config:
     for key in ("d_model", "nhead", "dim_feedforward", "members"):
         need(getattr(m, key) >= 1, f"'model.{key}' must be >= 1, got {getattr(m, key)}")
     need(m.d_model % m.nhead == 0, f"'model.d_model' ({m.d_model}) must be divisible by 'model.nhead' ({m.nhead})")
-    need(m.encoder_layers >= 1 and m.decoder_layers >= 1, "'model.encoder_layers' and 'model.decoder_layers' must be >= 1")
+    need(
+        m.encoder_layers >= 1 and m.decoder_layers >= 1,
+        "'model.encoder_layers' and 'model.decoder_layers' must be >= 1",
+    )
     need(0.0 <= m.dropout < 1.0, f"'model.dropout' must be in [0, 1), got {m.dropout}")
     need(m.patch_len >= 1, f"'model.patch_len' must be >= 1, got {m.patch_len}")
-    need(d.input_window % m.patch_len == 0,
-         f"'data.input_window' ({d.input_window}) must be a multiple of 'model.patch_len' ({m.patch_len})")
+    need(
+        d.input_window % m.patch_len == 0,
+        f"'data.input_window' ({d.input_window}) must be a multiple of 'model.patch_len' ({m.patch_len})",
+    )
     for key in ("seasonal_lag", "daily_lag"):
         lag = getattr(m, key)
         if lag:
-            need(d.horizon <= lag <= d.input_window,
-                 f"'model.{key}' ({lag}) must lie between 'data.horizon' ({d.horizon}) "
-                 f"and 'data.input_window' ({d.input_window}), or be 0")
-    need(not m.residual or m.seasonal_lag > 0, "'model.residual: true' needs 'model.seasonal_lag' (the value it corrects)")
+            need(
+                d.horizon <= lag <= d.input_window,
+                f"'model.{key}' ({lag}) must lie between 'data.horizon' ({d.horizon}) "
+                f"and 'data.input_window' ({d.input_window}), or be 0",
+            )
+    need(
+        not m.residual or m.seasonal_lag > 0,
+        "'model.residual: true' needs 'model.seasonal_lag' (the value it corrects)",
+    )
     if m.quantiles:
-        need(all(0.0 < q < 1.0 for q in m.quantiles) and m.quantiles == sorted(set(m.quantiles)),
-             f"'model.quantiles' must be increasing levels in (0, 1), got {shown(m.quantiles)}")
-        need(0.5 in m.quantiles,
-             f"'model.quantiles' must include 0.5 (the median is the point forecast), got {shown(m.quantiles)}")
+        need(
+            all(0.0 < q < 1.0 for q in m.quantiles) and m.quantiles == sorted(set(m.quantiles)),
+            f"'model.quantiles' must be increasing levels in (0, 1), got {shown(m.quantiles)}",
+        )
+        need(
+            0.5 in m.quantiles,
+            f"'model.quantiles' must include 0.5 (the median is the point forecast), got {shown(m.quantiles)}",
+        )
 
     need(t.max_epochs >= 1 and t.batch_size >= 1, "'train.max_epochs' and 'train.batch_size' must be >= 1")
     need(t.lr > 0, f"'train.lr' must be positive, got {t.lr}")
@@ -450,22 +483,32 @@ def validate(config: Config) -> Config:
     need(0.0 <= t.min_lr_ratio <= 1.0, f"'train.min_lr_ratio' must be in [0, 1], got {t.min_lr_ratio}")
     need(
         t.limit_train_batches > 0 and (isinstance(t.limit_train_batches, int) or t.limit_train_batches <= 1.0),
-        f"'train.limit_train_batches' must be a share in (0, 1] or a whole number of batches >= 1, got {t.limit_train_batches}",
+        "'train.limit_train_batches' must be a share in (0, 1] or a whole number of batches >= 1, "
+        f"got {t.limit_train_batches}",
     )
     need(0.0 <= t.sampling_max_prob <= 1.0, f"'train.sampling_max_prob' must be in [0, 1], got {t.sampling_max_prob}")
-    need(0 <= t.seed <= SEED_MAX, f"'train.seed' must be in [0, {SEED_MAX}] (what Lightning's seed_everything and "
-                                   f"numpy accept), got {shown(t.seed)}")
-    need(t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
-         f"'train.precision' must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got {shown(t.precision)}")
+    need(
+        0 <= t.seed <= SEED_MAX,
+        f"'train.seed' must be in [0, {SEED_MAX}] (what Lightning's seed_everything and "
+        f"numpy accept), got {shown(t.seed)}",
+    )
+    need(
+        t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
+        f"'train.precision' must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got {shown(t.precision)}",
+    )
 
     need(c.num_workers >= 1, f"'cluster.num_workers' must be >= 1, got {c.num_workers}")
     need(c.max_failures >= 0, f"'cluster.max_failures' must be >= 0, got {c.max_failures}")
     for key in ("cpus_per_worker", "gpus_per_worker"):  # Ray refuses fractions finer than 0.0001
-        need(getattr(c, key) >= 0.0001,
-             f"'cluster.{key}' must be positive and at least 0.0001 (Ray's finest fraction), got {getattr(c, key)}")
-    need(0 < c.timeout_s <= TIMEOUT_MAX_S,
-         f"'cluster.timeout_s' must be in (0, {TIMEOUT_MAX_S:,}] seconds (a timedelta torch can hold), "
-         f"got {c.timeout_s}")
+        need(
+            getattr(c, key) >= 0.0001,
+            f"'cluster.{key}' must be positive and at least 0.0001 (Ray's finest fraction), got {getattr(c, key)}",
+        )
+    need(
+        0 < c.timeout_s <= TIMEOUT_MAX_S,
+        f"'cluster.timeout_s' must be in (0, {TIMEOUT_MAX_S:,}] seconds (a timedelta torch can hold), "
+        f"got {c.timeout_s}",
+    )
     need(c.checkpoint_every_n_epochs >= 1, "'cluster.checkpoint_every_n_epochs' must be >= 1")
     need(c.num_to_keep >= 1, f"'cluster.num_to_keep' must be >= 1, got {c.num_to_keep}")
     need(not (c.backend == "nccl" and not c.use_gpu), "'cluster.backend: nccl' needs 'cluster.use_gpu: true'")
@@ -479,15 +522,26 @@ def validate_serve(s: ServeConfig) -> ServeConfig:
         (1 <= s.port <= 65535, f"'serve.port' must be a port number 1..65535, got {s.port}"),
         (bool(s.host.strip()), "'serve.host' is empty: give an address such as 127.0.0.1 or 0.0.0.0"),
         (s.replicas >= 1, f"'serve.replicas' must be >= 1, got {s.replicas}"),
-        (math.isfinite(s.cpus_per_replica) and s.cpus_per_replica > 0,
-         f"'serve.cpus_per_replica' must be a positive number, got {s.cpus_per_replica}"),
-        (math.isfinite(s.gpus_per_replica) and s.gpus_per_replica >= 0,
-         f"'serve.gpus_per_replica' must be 0 or a positive share of a GPU, got {s.gpus_per_replica}"),
+        (
+            math.isfinite(s.cpus_per_replica) and s.cpus_per_replica > 0,
+            f"'serve.cpus_per_replica' must be a positive number, got {s.cpus_per_replica}",
+        ),
+        (
+            math.isfinite(s.gpus_per_replica) and s.gpus_per_replica >= 0,
+            f"'serve.gpus_per_replica' must be 0 or a positive share of a GPU, got {s.gpus_per_replica}",
+        ),
         (s.max_batch_size >= 1, f"'serve.max_batch_size' must be >= 1, got {s.max_batch_size}"),
-        (math.isfinite(s.batch_wait_ms) and s.batch_wait_ms >= 0, f"'serve.batch_wait_ms' must be >= 0, got {s.batch_wait_ms}"),
-        (s.max_ongoing_requests > s.max_batch_size,
-         (f"'serve.max_ongoing_requests' ({s.max_ongoing_requests}) must be above 'serve.max_batch_size' "
-          f"({s.max_batch_size}): a replica takes at most that many requests at once, so it caps every batch")),
+        (
+            math.isfinite(s.batch_wait_ms) and s.batch_wait_ms >= 0,
+            f"'serve.batch_wait_ms' must be >= 0, got {s.batch_wait_ms}",
+        ),
+        (
+            s.max_ongoing_requests > s.max_batch_size,
+            (
+                f"'serve.max_ongoing_requests' ({s.max_ongoing_requests}) must be above 'serve.max_batch_size' "
+                f"({s.max_batch_size}): a replica takes at most that many requests at once, so it caps every batch"
+            ),
+        ),
         (s.max_body_bytes >= 1024, f"'serve.max_body_bytes' must be >= 1024, got {s.max_body_bytes}"),
         (s.max_batch_items >= 1, f"'serve.max_batch_items' must be >= 1, got {s.max_batch_items}"),
     )

@@ -94,12 +94,23 @@ def render() -> str:
     for section in SECTIONS:
         part = getattr(defaults, section)
         cls = type(part)
-        lines += ["", f"## `{section}`", "", escape((cls.__doc__ or "").strip()), "",
-                  "| key | type | default | description |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## `{section}`",
+            "",
+            escape((cls.__doc__ or "").strip()),
+            "",
+            "| key | type | default | description |",
+            "|---|---|---|---|",
+        ]
         for f in dataclasses.fields(cls):
             description = escape(comments.get((cls.__name__, f.name), "") or "(no description)")
-            cells = (f"`{section}.{f.name}`", type_name(hints_of[section][f.name]),
-                     f"`{default_text(getattr(part, f.name))}`", description)
+            cells = (
+                f"`{section}.{f.name}`",
+                type_name(hints_of[section][f.name]),
+                f"`{default_text(getattr(part, f.name))}`",
+                description,
+            )
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 

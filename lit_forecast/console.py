@@ -139,8 +139,11 @@ def format_backtest(table: dict, steps: list[int] | None = None) -> str:
     lines = [
         f"backtest: {table['windows']} windows x {H} steps, cutoffs {table['cutoffs'][0]} .. {table['cutoffs'][-1]} "
         f"({len(table['cutoffs'])}); MAE/RMSE in passengers, MAPE/sMAPE in %, MASE vs weekly naive in-sample"
-        + ("; wQL over levels " + ", ".join(f"{q:g}" for q in table["levels"]) + ", coverage of central intervals in %"
-           if table.get("levels") else ""),
+        + (
+            "; wQL over levels " + ", ".join(f"{q:g}" for q in table["levels"]) + ", coverage of central intervals in %"
+            if table.get("levels")
+            else ""
+        ),
         f"{'method':<14}" + "".join(f"{m.upper().replace('COVERAGE_', 'COVER'):>10}" for m in metrics),
     ]
     for name in names:
@@ -150,8 +153,10 @@ def format_backtest(table: dict, steps: list[int] | None = None) -> str:
     lines.append(f"model MAE / weekly-naive MAE = {table['mae_ratio_model_vs_naive_weekly']:.3f}")
     if "wql_ratio_model_vs_naive_weekly" in table:
         ratio = table["wql_ratio_model_vs_naive_weekly"]
-        lines.append(f"model wQL / weekly-naive wQL = {ratio:.3f}  (naive quantiles: "
-                     "the forecast plus the empirical quantiles of its in-sample residuals before data.train_end)")
+        lines.append(
+            f"model wQL / weekly-naive wQL = {ratio:.3f}  (naive quantiles: "
+            "the forecast plus the empirical quantiles of its in-sample residuals before data.train_end)"
+        )
     lines.append("")
     lines.append("MAE by horizon step (all steps and metrics in the JSON):")
     lines.append(f"{'step':>6}" + "".join(f"{n:>14}" for n in names))
@@ -178,12 +183,19 @@ def format_fleet(table: dict) -> str:
         f"{_share(fleet['share_model_beats_naive_weekly'])} of series",
     ]
     if fleet["worst"]:
-        lines += ["", f"{len(fleet['worst'])} worst series by model MASE (all in the per-series table):",
-                  f"{'series':<12}{'MASE model':>12}{'MASE weekly':>13}{'MAE model':>11}{'mean actual':>13}"]
+        lines += [
+            "",
+            f"{len(fleet['worst'])} worst series by model MASE (all in the per-series table):",
+            f"{'series':<12}{'MASE model':>12}{'MASE weekly':>13}{'MAE model':>11}{'mean actual':>13}",
+        ]
         for row in fleet["worst"]:
-            lines.append(f"{row['series_id']:<12}" + _num(row["mase_model"], 2, 12)
-                         + _num(row["mase_naive_weekly"], 2, 13)
-                         + _num(row["mae_model"], 1, 11) + _num(row["mean_actual"], 1, 13))
+            lines.append(
+                f"{row['series_id']:<12}"
+                + _num(row["mase_model"], 2, 12)
+                + _num(row["mase_naive_weekly"], 2, 13)
+                + _num(row["mae_model"], 1, 11)
+                + _num(row["mean_actual"], 1, 13)
+            )
     return "\n".join(lines)
 
 

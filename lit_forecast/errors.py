@@ -57,8 +57,11 @@ def shown(value: object, limit: int = SHOWN_MAX) -> str:
     Built with ``reprlib``, so a huge or deeply nested value is never turned into text whole.
     """
     short = _REPR.repr(value)
-    size = f"{len(value):,} items" if isinstance(value, (list, tuple, dict, set)) else (
-        f"{len(value):,} characters" if isinstance(value, str) else "")
+    size = (
+        f"{len(value):,} items"
+        if isinstance(value, (list, tuple, dict, set))
+        else (f"{len(value):,} characters" if isinstance(value, str) else "")
+    )
     if len(short) > limit:
         short = short[:limit] + "..."
     elif "..." not in short or not size:

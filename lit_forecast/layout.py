@@ -71,8 +71,10 @@ def check_storage(location: str, what: str = "run.storage (--storage)") -> str:
         raise ConfigError(f"{what} {location!r} cannot be opened: {err}") from None
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        raise ConfigError(f"{what} {location} is a file, not a folder: runs live in folders <storage>/<name>; "
-                          "give a folder (it is created if missing)")
+        raise ConfigError(
+            f"{what} {location} is a file, not a folder: runs live in folders <storage>/<name>; "
+            "give a folder (it is created if missing)"
+        )
     if not storage.is_uri(location):  # a folder cannot be created below a file
         for parent in Path(storage.absolute(location)).parents:
             if parent.exists():
@@ -130,7 +132,11 @@ def read_summary(run: str) -> dict:
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         summary = err
     if not isinstance(summary, dict):
-        why = str(summary).splitlines()[0] if isinstance(summary, Exception) else f"a JSON {type(summary).__name__}, not an object"
+        why = (
+            str(summary).splitlines()[0]
+            if isinstance(summary, Exception)
+            else f"a JSON {type(summary).__name__}, not an object"
+        )
         raise RunError(
             f"{path} is not a readable run summary ({why}): training writes it when the run finishes; "
             "remove it and rerun the same train.py command to write it again, or pass --checkpoint PATH"
@@ -148,7 +154,7 @@ def relative_to_run(run: str, location: str) -> str:
     location = storage.absolute(location)
     if not location.startswith(root):
         raise ValueError(f"{location} is not inside the run folder {run}")
-    return location[len(root):]
+    return location[len(root) :]
 
 
 def _in_run(run: str, value: str, written_in: str | None) -> str:
@@ -156,7 +162,7 @@ def _in_run(run: str, value: str, written_in: str | None) -> str:
         return storage.join(run, value)
     # An older absolute path: take the part below the run folder it was written in.
     if isinstance(written_in, str) and value.startswith(written_in.rstrip("/") + "/"):
-        return storage.join(run, value[len(written_in.rstrip("/")) + 1:])
+        return storage.join(run, value[len(written_in.rstrip("/")) + 1 :])
     parts = value.rstrip("/").split("/")
     if len(parts) >= 2 and parts[-2].startswith(CHECKPOINT_PREFIX):
         return storage.join(run, *parts[-2:])
@@ -189,7 +195,9 @@ def checkpoint_folders(run: str) -> list[str]:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
+    return sorted(
+        i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
+    )
 
 
 def latest_run(storage_root: str = "runs") -> str:
@@ -225,9 +233,18 @@ def best_checkpoint(run: str) -> str:
             log.warning("summary.json names %s, which does not exist; using the newest checkpoint instead", best)
     # Newest first, and only folders holding the file: an upload cut short (on S3, a folder
     # marker whose object never completed) leaves a checkpoint_* folder without it.
-    complete = next((name for name in reversed(checkpoint_folders(run)) if storage.exists(storage.join(run, name, CHECKPOINT_FILE))), None)
+    complete = next(
+        (
+            name
+            for name in reversed(checkpoint_folders(run))
+            if storage.exists(storage.join(run, name, CHECKPOINT_FILE))
+        ),
+        None,
+    )
     if complete is None:
-        raise CheckpointError(f"run {run} holds no {CHECKPOINT_PREFIX}*/{CHECKPOINT_FILE} (has training written a checkpoint yet?)")
+        raise CheckpointError(
+            f"run {run} holds no {CHECKPOINT_PREFIX}*/{CHECKPOINT_FILE} (has training written a checkpoint yet?)"
+        )
     log.warning("run %s has not finished (no usable %s): using its newest checkpoint %s", run, SUMMARY_FILE, complete)
     return storage.join(run, complete, CHECKPOINT_FILE)
 

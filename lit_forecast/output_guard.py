@@ -24,8 +24,12 @@ from lit_forecast import storage
 from lit_forecast.errors import ConfigError
 
 # Files infer.py writes next to its --output: (what, suffix replacing the output's extension).
-SIDECARS = (("plot", ".png"), ("backtest table", ".backtest.json"), ("per-series table", ".zones.csv"),
-            ("fleet plot", ".fleet.png"))
+SIDECARS = (
+    ("plot", ".png"),
+    ("backtest table", ".backtest.json"),
+    ("per-series table", ".zones.csv"),
+    ("fleet plot", ".fleet.png"),
+)
 
 
 def sibling(output: str, suffix: str) -> str:
@@ -39,15 +43,22 @@ def outputs_of(output: str | None, plot: str | None) -> list[tuple[str, str]]:
     found = []
     if output is not None:
         found.append(("--output", output))
-        found += [(f"the {what} written next to --output {output}:", sibling(output, suffix))
-                  for what, suffix in SIDECARS if not (what == "plot" and plot is not None)]
+        found += [
+            (f"the {what} written next to --output {output}:", sibling(output, suffix))
+            for what, suffix in SIDECARS
+            if not (what == "plot" and plot is not None)
+        ]
     if plot is not None:
         found.append(("--plot", plot))
     return found
 
 
-def check_outputs(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]],
-                  sealed: Sequence[tuple[str, str]] = (), overwrite: bool = False) -> None:
+def check_outputs(
+    outputs: Sequence[tuple[str, str]],
+    inputs: Sequence[tuple[str, str]],
+    sealed: Sequence[tuple[str, str]] = (),
+    overwrite: bool = False,
+) -> None:
     """Raise a ConfigError naming both paths if any output would replace or damage an input.
 
     ``outputs``, ``inputs`` and ``sealed`` are (what, location) pairs: ``what`` names the thing
@@ -62,13 +73,17 @@ def check_outputs(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str
         seen[out] = what
         for sealed_what, folder in sealed:
             if _inside(out, _canonical(folder)):
-                raise ConfigError(f"{what} {location} lies inside {sealed_what} {folder}, which outputs must never "
-                                  "touch: write the output somewhere else")
+                raise ConfigError(
+                    f"{what} {location} lies inside {sealed_what} {folder}, which outputs must never "
+                    "touch: write the output somewhere else"
+                )
         for input_what, input_location in inputs:
             source = _canonical(input_location)
             if out == source or _inside(out, source):
-                raise ConfigError(f"{what} {location} would replace the input {input_what} {input_location}: "
-                                  "write the output somewhere else")
+                raise ConfigError(
+                    f"{what} {location} would replace the input {input_what} {input_location}: "
+                    "write the output somewhere else"
+                )
         if not storage.is_uri(location):
             _check_local(what, location, overwrite)
         elif not overwrite and storage.exists(location):
@@ -79,17 +94,23 @@ def _check_local(what: str, location: str, overwrite: bool) -> None:
     path = Path(storage.absolute(location))
     if path.is_symlink() or path.exists():
         if not path.exists():
-            raise ConfigError(f"{what} {location} is a link to {os.readlink(path)}, which does not exist: "
-                              "remove the link or choose a new name")
+            raise ConfigError(
+                f"{what} {location} is a link to {os.readlink(path)}, which does not exist: "
+                "remove the link or choose a new name"
+            )
         if not overwrite:
             raise ConfigError(f"{what} {location} already exists: pass --overwrite to replace it, or choose a new name")
         if path.is_file() and not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-            raise ConfigError(f"{what} {location} is read-only: it is never replaced, even with --overwrite; "
-                              "choose a new name (or make it writable yourself)")
+            raise ConfigError(
+                f"{what} {location} is read-only: it is never replaced, even with --overwrite; "
+                "choose a new name (or make it writable yourself)"
+            )
     parent = next((p for p in Path(os.path.realpath(path)).parents if p.exists()), None)
     if parent is not None and parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {location}: this user may not write in the folder {parent} (permission denied): "
-                          "choose another folder")
+        raise ConfigError(
+            f"{what} {location}: this user may not write in the folder {parent} (permission denied): "
+            "choose another folder"
+        )
 
 
 def _canonical(location: str) -> str:

@@ -112,8 +112,14 @@ def _init_ray(cpus_needed: float, gpus_needed: float, hint: str) -> None:
     saved = os.environ.get(GCS_PORT_ENV)
     os.environ[GCS_PORT_ENV] = str(port)
     try:
-        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
-                 runtime_env={"env_vars": {"RAY_ADDRESS": address}}, **quiet)
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            num_gpus=gpus,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"RAY_ADDRESS": address}},
+            **quiet,
+        )
     finally:
         if saved is None:
             os.environ.pop(GCS_PORT_ENV, None)

@@ -78,7 +78,7 @@ class WindowSpec:
         return {**dataclasses.asdict(self), "slots_per_day": self.slots_per_day}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "WindowSpec":
+    def from_dict(cls, raw: dict[str, Any]) -> WindowSpec:
         return _from(cls, raw)
 
 
@@ -92,7 +92,7 @@ class SeriesStats:
     MIN_STD = 1e-8  # a flat series is scaled by 1 instead
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> "SeriesStats":
+    def fit(cls, values: np.ndarray) -> SeriesStats:
         """Mean and std of the known (finite) ``values``, passengers: the one scaler of every series.
 
         Training fits it on a series' slots before ``data.train_end``; inference fits a series the
@@ -106,7 +106,7 @@ class SeriesStats:
         return {"mean": self.mean, "std": self.std}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "SeriesStats":
+    def from_dict(cls, raw: dict[str, Any]) -> SeriesStats:
         return cls(mean=float(raw["mean"]), std=float(raw["std"]))
 
 

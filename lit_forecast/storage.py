@@ -20,7 +20,8 @@ import json
 import os
 import re
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -96,10 +97,15 @@ def unreachable_message(location: str, err: BaseException) -> str:
     if isinstance(err, StorageError):
         return str(err)  # already says it, naming the very object
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    detail = next((line for line in lines if any(word in line for word in _UNREACHABLE)), lines[0] if lines else type(err).__name__)
+    detail = next(
+        (line for line in lines if any(word in line for word in _UNREACHABLE)),
+        lines[0] if lines else type(err).__name__,
+    )
     hint = ""
     if location.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default endpoint"
+        endpoint = (
+            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default endpoint"
+        )
         hint = f" (endpoint {endpoint}; set AWS_ENDPOINT_URL for an S3-compatible server)"
     return f"{_OURS}{location}{hint}: {detail[:300]}"
 
@@ -134,7 +140,7 @@ def absolute(location: str) -> str:
     if is_uri(location):
         return location.rstrip("/")
     if location.startswith("file://"):
-        location = location[len("file://"):]
+        location = location[len("file://") :]
     return os.path.abspath(os.path.expanduser(location))
 
 

@@ -61,8 +61,18 @@ def make_config(tmp_path: Path):
                 "test_end": None,
                 **data,
             },
-            "model": {"d_model": 16, "nhead": 2, "encoder_layers": 1, "decoder_layers": 1,
-                      "dim_feedforward": 32, "dropout": 0.0, "patch_len": 4, "seasonal_lag": 0, "daily_lag": 0, **(model or {})},
+            "model": {
+                "d_model": 16,
+                "nhead": 2,
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+                "dim_feedforward": 32,
+                "dropout": 0.0,
+                "patch_len": 4,
+                "seasonal_lag": 0,
+                "daily_lag": 0,
+                **(model or {}),
+            },
             "train": {"max_epochs": 1, "batch_size": 8, "warmup_steps": 1, "precision": "32-true", **(train or {})},
             "cluster": {"num_workers": 2, "use_gpu": False, **(cluster or {})},
             "run": {"storage": str(tmp_path / "runs")},
@@ -79,7 +89,9 @@ def taxi_like_csv(tmp_path_factory) -> Path:
     hour = slots.hour + slots.minute / 60
     weekday = slots.day_of_week.to_numpy()
     rng = np.random.default_rng(0)
-    values = 10_000 + 6_000 * np.sin((hour - 6) / 24 * 2 * np.pi) + 1_500 * (weekday >= 5) + rng.normal(0, 300, len(slots))
+    values = (
+        10_000 + 6_000 * np.sin((hour - 6) / 24 * 2 * np.pi) + 1_500 * (weekday >= 5) + rng.normal(0, 300, len(slots))
+    )
     path = tmp_path_factory.mktemp("data") / "taxi_like.csv"
     pd.DataFrame({"timestamp": slots, "value": values.round()}).to_csv(path, index=False)
     return path

@@ -51,8 +51,11 @@ VARIANTS = {
     # The reference tutorial's setup (one token per step, a 3.5-day window, nothing but the
     # series itself), with our causal decoder mask.
     "tutorial_univariate": [
-        "model.covariates=false", "model.seasonal_lag=0", "model.patch_len=1",
-        "data.input_window=168", "train.sampling_max_prob=0",
+        "model.covariates=false",
+        "model.seasonal_lag=0",
+        "model.patch_len=1",
+        "data.input_window=168",
+        "train.sampling_max_prob=0",
     ],
 }
 
@@ -71,12 +74,17 @@ class Recorder(L.Callback):
         m = {k: v.item() for k, v in trainer.callback_metrics.items()}
         m["seconds"] = time.perf_counter() - self.start
         self.epochs.append(m)
-        print(f"  epoch {len(self.epochs)}  val/mae {m['val/mae']:.0f}  val/loss {m['val/loss']:.4f}  "
-              f"val/loss_tf {m['val/loss_tf']:.4f}  "
-              + (f"val/wql {m['val/wql']:.4f}  val/coverage_80 {m['val/coverage_80']:.3f}  "
-                 if "val/coverage_80" in m else "")
-              + f"{m.get('train/windows_per_s', 0):.0f} windows/s  ({m['seconds']:.1f} s)",
-              flush=True)
+        print(
+            f"  epoch {len(self.epochs)}  val/mae {m['val/mae']:.0f}  val/loss {m['val/loss']:.4f}  "
+            f"val/loss_tf {m['val/loss_tf']:.4f}  "
+            + (
+                f"val/wql {m['val/wql']:.4f}  val/coverage_80 {m['val/coverage_80']:.3f}  "
+                if "val/coverage_80" in m
+                else ""
+            )
+            + f"{m.get('train/windows_per_s', 0):.0f} windows/s  ({m['seconds']:.1f} s)",
+            flush=True,
+        )
 
 
 def seasonal_naive_mae(datamodule: ShardDataModule) -> tuple[float, int]:
@@ -108,22 +116,36 @@ def run_variant(config: cfg.Config, folder: str, batch_size: int, precision: str
     module = module_from_config(config, manifest)
     recorder = Recorder()
     trainer = L.Trainer(
-        max_epochs=config.train.max_epochs, accelerator="auto", devices=1, precision=precision,
-        gradient_clip_val=config.train.grad_clip, limit_train_batches=config.train.limit_train_batches,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[Throughput(), recorder],  # Throughput logs train/windows_per_s
+        max_epochs=config.train.max_epochs,
+        accelerator="auto",
+        devices=1,
+        precision=precision,
+        gradient_clip_val=config.train.grad_clip,
+        limit_train_batches=config.train.limit_train_batches,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Throughput(), recorder],  # Throughput logs train/windows_per_s
     )
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
     naive, lag = seasonal_naive_mae(datamodule)
-    return {"epochs": recorder.epochs, "naive": naive, "lag": lag,
-            "params": sum(p.numel() for p in module.model.nets.parameters()),
-            "windows": (len(datamodule.datasets["train"]), len(datamodule.datasets["val"]))}
+    return {
+        "epochs": recorder.epochs,
+        "naive": naive,
+        "lag": lag,
+        "params": sum(p.numel() for p in module.model.nets.parameters()),
+        "windows": (len(datamodule.datasets["train"]), len(datamodule.datasets["val"])),
+    }
 
 
 def format_table(results: dict[str, dict]) -> str:
     """One row per variant."""
-    header = (f"{'variant':<22} {'params':>7} {'best val/mae':>15} {'final val/mae':>13} {'val/loss':>9} "
-              f"{'val/loss_tf':>11} {'naive MAE':>15} {'best/naive':>10} {'s/epoch':>8}")
+    header = (
+        f"{'variant':<22} {'params':>7} {'best val/mae':>15} {'final val/mae':>13} {'val/loss':>9} "
+        f"{'val/loss_tf':>11} {'naive MAE':>15} {'best/naive':>10} {'s/epoch':>8}"
+    )
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         epochs = r["epochs"]
@@ -144,12 +166,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: configs/local.yaml)")
     add_data_argument(parser, "CSV or Parquet to use instead of data.source")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME",
-                        help=f"variants to train (default: all of {', '.join(VARIANTS)})")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        metavar="NAME",
+        help=f"variants to train (default: all of {', '.join(VARIANTS)})",
+    )
     parser.add_argument("--epochs", type=int, help="epochs per variant (default: the config's train.max_epochs)")
-    parser.add_argument("--batch-size", type=int, help="windows per step (default: train.batch_size x cluster.num_workers)")
-    parser.add_argument("--precision", help="Lightning precision (default: train.precision; auto = bf16-mixed on GPU, else 32-true)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant (repeatable)")
+    parser.add_argument(
+        "--batch-size", type=int, help="windows per step (default: train.batch_size x cluster.num_workers)"
+    )
+    parser.add_argument(
+        "--precision", help="Lightning precision (default: train.precision; auto = bf16-mixed on GPU, else 32-true)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant (repeatable)"
+    )
     args = parser.parse_args()
     cli.setup_logging()
     # Other data than the NAB file: no checksum to expect (as train.py --data does).
@@ -166,8 +200,10 @@ def main() -> None:
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"command    python {shlex.join(sys.argv)}")
-    print(f"device     {device}, precision {precision}, batch {batch_size}, {first.train.max_epochs} epochs, "
-          f"seed {first.train.seed}")
+    print(
+        f"device     {device}, precision {precision}, batch {batch_size}, {first.train.max_epochs} epochs, "
+        f"seed {first.train.seed}"
+    )
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
@@ -179,8 +215,10 @@ def main() -> None:
                 cli.die(str(err))
     train_windows, val_windows = results[next(iter(results))]["windows"]
     print()
-    print(f"validation: {val_windows} windows; training: {train_windows} windows "
-          f"(val/loss, val/loss_tf: final epoch, scaled units; best/naive: best val/mae over naive MAE)")
+    print(
+        f"validation: {val_windows} windows; training: {train_windows} windows "
+        f"(val/loss, val/loss_tf: final epoch, scaled units; best/naive: best val/mae over naive MAE)"
+    )
     print(format_table(results))
 
 

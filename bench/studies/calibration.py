@@ -47,8 +47,12 @@ BLIZZARD = pd.DatetimeIndex(["2015-01-26", "2015-01-27", "2015-01-28"])
 def raw_quantiles(module, windows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Uncalibrated quantiles (N, H, Q) scaled, actuals (N, H) scaled, and loc, scale (N,)."""
     inputs = {k: torch.as_tensor(v) for k, v in model_inputs(windows).items()}
-    out = [module.raw_forecast_scaled(inputs["past_target"][i:i + 256], inputs["past_time"][i:i + 256],
-                                      inputs["future_time"][i:i + 256]) for i in range(0, len(windows), 256)]
+    out = [
+        module.raw_forecast_scaled(
+            inputs["past_target"][i : i + 256], inputs["past_time"][i : i + 256], inputs["future_time"][i : i + 256]
+        )
+        for i in range(0, len(windows), 256)
+    ]
     loc, scale = inputs["loc"].numpy().astype(np.float64), inputs["scale"].numpy().astype(np.float64)
     actual = (windows.actual() - loc[:, None]) / scale[:, None]
     return torch.cat(out).double().numpy(), actual, loc, scale
@@ -92,18 +96,26 @@ def main() -> None:
     calm = ~np.asarray(jan.cutoffs.isin(BLIZZARD))
     m = module.median_index
     print(f"checkpoint {loaded.path}")
-    print(f"December windows {len(dec)} (first half {first.sum()}, second half {second.sum()}), January midnights "
-          f"{len(jan)}")
+    print(
+        f"December windows {len(dec)} (first half {first.sum()}, second half {second.sum()}), January midnights "
+        f"{len(jan)}"
+    )
     stored = module.calibration.double() if hasattr(module, "calibration") else None
     if stored is not None:
         refit = fit(d_raw, d_y, levels, 0.0)
-        print("factors refitted on December at margin 0 equal the checkpoint's: "
-              f"{bool(torch.allclose(refit, stored, atol=1e-6))}")
+        print(
+            "factors refitted on December at margin 0 equal the checkpoint's: "
+            f"{bool(torch.allclose(refit, stored, atol=1e-6))}"
+        )
     ones = torch.ones(spec.horizon, len(levels), dtype=torch.float64)
-    print(f"raw head: December {coverage(d_raw, d_y, d_loc, d_scale, ones, levels, m)[0]:.1%}, "
-          f"January {coverage(j_raw, j_y, j_loc, j_scale, ones, levels, m)[0]:.1%}")
-    print(f"{'margin':>7} {'Dec 1st half (in-sample)':>25} {'Dec 2nd half (forward)':>23} | "
-          f"{'Dec':>6} {'Jan':>6} {'Jan wQL':>8} {'Jan w/o blizzard':>17}")
+    print(
+        f"raw head: December {coverage(d_raw, d_y, d_loc, d_scale, ones, levels, m)[0]:.1%}, "
+        f"January {coverage(j_raw, j_y, j_loc, j_scale, ones, levels, m)[0]:.1%}"
+    )
+    print(
+        f"{'margin':>7} {'Dec 1st half (in-sample)':>25} {'Dec 2nd half (forward)':>23} | "
+        f"{'Dec':>6} {'Jan':>6} {'Jan wQL':>8} {'Jan w/o blizzard':>17}"
+    )
     chosen = None
     for margin in MARGINS:
         half = fit(d_raw[first], d_y[first], levels, margin)
@@ -115,11 +127,15 @@ def main() -> None:
         calm_cov = coverage(j_raw[calm], j_y[calm], j_loc[calm], j_scale[calm], whole, levels, m)[0]
         if chosen is None and forward >= 0.80:
             chosen = (margin, dec_cov)
-        print(f"{margin:>7.3f} {inside:>25.1%} {forward:>23.1%} | {dec_cov:>6.1%} {jan_cov:>6.1%} {jan_wql:>8.4f} "
-              f"{calm_cov:>17.1%}")
+        print(
+            f"{margin:>7.3f} {inside:>25.1%} {forward:>23.1%} | {dec_cov:>6.1%} {jan_cov:>6.1%} {jan_wql:>8.4f} "
+            f"{calm_cov:>17.1%}"
+        )
     if chosen:
-        print(f"the smallest margin whose forward coverage reaches 80 % is {chosen[0]}, and it widens December's own "
-              f"bands to {chosen[1]:.1%}: a static band cannot hold both halves of December")
+        print(
+            f"the smallest margin whose forward coverage reaches 80 % is {chosen[0]}, and it widens December's own "
+            f"bands to {chosen[1]:.1%}: a static band cannot hold both halves of December"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def validation_windows(run: str) -> WindowSet:
 def step_errors(module: ForecastModel, windows: WindowSet, batch_size: int = 512) -> dict[str, torch.Tensor]:
     """Summed absolute error (scaled units) by horizon step, (H,) per method, over ``windows``."""
     W, H, day = windows.spec.input_window, windows.spec.horizon, windows.spec.slots_per_day
-    errors = {name: torch.zeros(H) for name in ("teacher-forced", "autoregressive", "repeat last day", "repeat last week")}
+    errors = {
+        name: torch.zeros(H) for name in ("teacher-forced", "autoregressive", "repeat last day", "repeat last week")
+    }
     with torch.inference_mode():
         for batch in DataLoader(windows, batch_size=batch_size, collate_fn=collate_batch):
             past, future = batch["past_target"], batch["future_target"]
@@ -46,7 +48,10 @@ def step_errors(module: ForecastModel, windows: WindowSet, batch_size: int = 512
                 ("teacher-forced", forced),
                 ("autoregressive", forecast),
                 ("repeat last day", past[:, W - day : W - day + H]),
-                ("repeat last week", past[:, W - 7 * day : W - 7 * day + H] if W >= 7 * day else torch.full_like(future, float("nan"))),
+                (
+                    "repeat last week",
+                    past[:, W - 7 * day : W - 7 * day + H] if W >= 7 * day else torch.full_like(future, float("nan")),
+                ),
             ):
                 errors[name] += (prediction.float() - future).abs().sum(dim=0)
     return errors

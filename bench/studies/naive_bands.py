@@ -58,7 +58,9 @@ def main() -> None:
             bands = seasonal_naive_quantiles(history, 48, lag, np.array([residuals[name]] * len(at)))
             scores = quantile_scores(bands, actual, args.levels)["overall"]
             mae = evaluate(seasonal_naive(history, 48, lag), actual, np.ones(len(at)))["overall"]["mae"]
-            print(f"{label:<24}{name:<14}{mae:>8,.0f}{scores['wql']:>9.4f}{scores.get('coverage_80', float('nan')):>9.1%}")
+            print(
+                f"{label:<24}{name:<14}{mae:>8,.0f}{scores['wql']:>9.4f}{scores.get('coverage_80', float('nan')):>9.1%}"
+            )
 
 
 if __name__ == "__main__":

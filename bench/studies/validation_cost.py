@@ -31,23 +31,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a run folder: its prepared dataset (<run>/data) is timed")
     parser.add_argument("--config", default="configs/fleet-local.yaml")
-    parser.add_argument("--repeats", type=int, default=20,
-                        help="training steps timed (validation: a quarter as many passes)")
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="training steps timed (validation: a quarter as many passes)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = cfg.load(args.config)
     data = layout.data_dir(args.run)
     manifest = read_manifest(data)
-    windows = WindowSet(segments_from_table(storage.read_parquet(storage.join(data, manifest.val_file))),
-                        manifest.series_stats(), manifest.window)
+    windows = WindowSet(
+        segments_from_table(storage.read_parquet(storage.join(data, manifest.val_file))),
+        manifest.series_stats(),
+        manifest.window,
+    )
     module = module_from_config(config, manifest)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.train.lr)
     train_batch = windows.batch(np.arange(min(config.train.batch_size, len(windows))))
     val_batch = windows.batch(np.arange(min(512, len(windows))))  # the data module's eval batch
 
     def train_step() -> None:
-        loss = sum(module.member_loss(net, train_batch, config.train.sampling_max_prob / 2) for net in module.model.nets)
+        loss = sum(
+            module.member_loss(net, train_batch, config.train.sampling_max_prob / 2) for net in module.model.nets
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -68,8 +74,10 @@ def main() -> None:
     for _ in range(passes):
         validate()
     val_s = (time.perf_counter() - start) / (passes * len(val_batch["past_target"]))
-    print(f"per window, one thread: training {train_s * 1e3:.2f} ms, validation {val_s * 1e3:.2f} ms "
-          f"(ratio {val_s / train_s:.2f})")
+    print(
+        f"per window, one thread: training {train_s * 1e3:.2f} ms, validation {val_s * 1e3:.2f} ms "
+        f"(ratio {val_s / train_s:.2f})"
+    )
     workers, per_series = config.cluster.num_workers, config.data.val_windows_per_series or ALL_PER_SERIES
     steps = config.train.limit_train_batches
     if not isinstance(steps, int):
@@ -80,8 +88,10 @@ def main() -> None:
     for zones in (100, 1000, 5000):
         for kept in sorted({per_series, ALL_PER_SERIES}):
             val = zones * kept / workers
-            print(f"{zones:>6,} series, {kept:>5} validation windows each: {val:>10,.0f} per worker = "
-                  f"{100 * val * val_s / (per_rank * train_s):8.1f} % of the epoch's training time")
+            print(
+                f"{zones:>6,} series, {kept:>5} validation windows each: {val:>10,.0f} per worker = "
+                f"{100 * val * val_s / (per_rank * train_s):8.1f} % of the epoch's training time"
+            )
 
 
 if __name__ == "__main__":

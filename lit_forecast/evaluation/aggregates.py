@@ -46,14 +46,18 @@ class MethodSums:
 
     def merge(self, other: MethodSums) -> MethodSums:
         """The sums of both sets of windows."""
+
         def add(a, b):
             return b if a is None else a if b is None else a + b
 
         return MethodSums(
             {k: self.point[k] + other.point[k] for k in POINT_SUMS},
-            add(self.pinball, other.pinball), add(self.abs_actual, other.abs_actual),
-            add(self.quantile_n, other.quantile_n), add(self.inside, other.inside),
-            _add_dicts(self.series_abs, other.series_abs), _add_dicts(self.series_smape, other.series_smape),
+            add(self.pinball, other.pinball),
+            add(self.abs_actual, other.abs_actual),
+            add(self.quantile_n, other.quantile_n),
+            add(self.inside, other.inside),
+            _add_dicts(self.series_abs, other.series_abs),
+            _add_dicts(self.series_smape, other.series_smape),
         )
 
 
@@ -68,19 +72,30 @@ class ScoreSums:
     cutoffs: set = field(default_factory=set)  # pd.Timestamp of every window scored
     series: dict[str, np.ndarray] = field(default_factory=dict)  # series -> [windows, known points, sum of actuals]
     mase_scale: dict[str, float] = field(default_factory=dict)  # series -> its MASE denominator
-    residuals: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # series -> baseline -> residual quantiles
+    residuals: dict[str, dict[str, list[float]]] = field(
+        default_factory=dict
+    )  # series -> baseline -> residual quantiles
 
     def merge(self, other: ScoreSums) -> ScoreSums:
         """The sums of both sets of windows (disjoint windows; a series may span both)."""
         if (self.horizon, list(self.levels)) != (other.horizon, list(other.levels)):
-            raise ValueError(f"cannot merge sums of horizon {other.horizon} / levels {other.levels} into "
-                             f"horizon {self.horizon} / levels {self.levels}")
+            raise ValueError(
+                f"cannot merge sums of horizon {other.horizon} / levels {other.levels} into "
+                f"horizon {self.horizon} / levels {self.levels}"
+            )
         methods = dict(self.methods)
         for name, sums in other.methods.items():
             methods[name] = methods[name].merge(sums) if name in methods else sums
-        return ScoreSums(self.horizon, list(self.levels), methods, self.windows + other.windows, self.cutoffs | other.cutoffs,
-                         _add_dicts(self.series, other.series), {**self.mase_scale, **other.mase_scale},
-                         {**self.residuals, **other.residuals})
+        return ScoreSums(
+            self.horizon,
+            list(self.levels),
+            methods,
+            self.windows + other.windows,
+            self.cutoffs | other.cutoffs,
+            _add_dicts(self.series, other.series),
+            {**self.mase_scale, **other.mase_scale},
+            {**self.residuals, **other.residuals},
+        )
 
 
 def _add_dicts(a: dict, b: dict) -> dict:
@@ -90,8 +105,14 @@ def _add_dicts(a: dict, b: dict) -> dict:
     return out
 
 
-def method_sums(forecast: np.ndarray, actual: np.ndarray, series_ids: list[str], scale: np.ndarray,
-                quantiles: np.ndarray | None = None, levels: list[float] | None = None) -> MethodSums:
+def method_sums(
+    forecast: np.ndarray,
+    actual: np.ndarray,
+    series_ids: list[str],
+    scale: np.ndarray,
+    quantiles: np.ndarray | None = None,
+    levels: list[float] | None = None,
+) -> MethodSums:
     """Sums of one method over a block: ``forecast`` and ``actual`` (n, H) passengers, ``scale`` (n,)
     each window's MASE denominator, ``quantiles`` (n, H, Q) at ``levels`` or None.
 
@@ -113,10 +134,14 @@ def method_sums(forecast: np.ndarray, actual: np.ndarray, series_ids: list[str],
         return np.where(where, term, 0.0).sum(axis=0)
 
     point = {
-        "abs": total(np.abs(error), known), "sq": total(error**2, known), "smape": total(smape, known),
+        "abs": total(np.abs(error), known),
+        "sq": total(error**2, known),
+        "smape": total(smape, known),
         "n": known.sum(axis=0).astype(np.float64),
-        "ape": total(ape, np.isfinite(ape)), "ape_n": np.isfinite(ape).sum(axis=0).astype(np.float64),
-        "scaled": total(scaled, ~np.isnan(scaled)), "scaled_n": (~np.isnan(scaled)).sum(axis=0).astype(np.float64),
+        "ape": total(ape, np.isfinite(ape)),
+        "ape_n": np.isfinite(ape).sum(axis=0).astype(np.float64),
+        "scaled": total(scaled, ~np.isnan(scaled)),
+        "scaled_n": (~np.isnan(scaled)).sum(axis=0).astype(np.float64),
     }
     sums = MethodSums(point)
     # per_series pools each series' points where the actual is known and the term is finite.
@@ -141,45 +166,82 @@ def method_sums(forecast: np.ndarray, actual: np.ndarray, series_ids: list[str],
         sums.abs_actual = np.abs(y).sum(axis=0)
         sums.quantile_n = ok.sum(axis=0).astype(np.float64)
         intervals = central_intervals(list(levels))
-        sums.inside = np.stack([(ok & (q_values[..., i] <= y) & (y <= q_values[..., j])).sum(axis=0) for i, j, _ in intervals],
-                               axis=1).astype(np.float64) if intervals else np.zeros((actual.shape[1], 0))
+        sums.inside = (
+            np.stack(
+                [(ok & (q_values[..., i] <= y) & (y <= q_values[..., j])).sum(axis=0) for i, j, _ in intervals], axis=1
+            ).astype(np.float64)
+            if intervals
+            else np.zeros((actual.shape[1], 0))
+        )
     return sums
 
 
-def window_sums(actual: np.ndarray, series_ids: list[str], cutoffs, horizon: int, levels: list[float] | None) -> ScoreSums:
+def window_sums(
+    actual: np.ndarray, series_ids: list[str], cutoffs, horizon: int, levels: list[float] | None
+) -> ScoreSums:
     """The method-free part of a block's sums: its windows, cutoffs and per-series counts (count these once)."""
     actual = np.asarray(actual, dtype=np.float64)
     codes, names = pd.factorize(np.asarray(series_ids, dtype=object))
     seen = np.isfinite(actual)
-    columns = np.stack([np.bincount(codes, minlength=len(names)).astype(np.float64),
-                        np.bincount(codes, weights=seen.sum(axis=1), minlength=len(names)),
-                        np.bincount(codes, weights=np.where(seen, actual, 0.0).sum(axis=1), minlength=len(names))], axis=1)
-    return ScoreSums(horizon, list(levels or []), windows=len(actual), cutoffs=set(pd.DatetimeIndex(cutoffs).unique()),
-                     series={str(sid): columns[k] for k, sid in enumerate(names)})
+    columns = np.stack(
+        [
+            np.bincount(codes, minlength=len(names)).astype(np.float64),
+            np.bincount(codes, weights=seen.sum(axis=1), minlength=len(names)),
+            np.bincount(codes, weights=np.where(seen, actual, 0.0).sum(axis=1), minlength=len(names)),
+        ],
+        axis=1,
+    )
+    return ScoreSums(
+        horizon,
+        list(levels or []),
+        windows=len(actual),
+        cutoffs=set(pd.DatetimeIndex(cutoffs).unique()),
+        series={str(sid): columns[k] for k, sid in enumerate(names)},
+    )
 
 
-def baseline_sums(history: np.ndarray, actual: np.ndarray, series_ids: list[str], mase_scale: dict[str, float],
-                  lags: dict[str, int], levels: list[float] | None = None,
-                  residuals: dict[str, dict[str, list[float]]] | None = None) -> dict[str, MethodSums]:
+def baseline_sums(
+    history: np.ndarray,
+    actual: np.ndarray,
+    series_ids: list[str],
+    mase_scale: dict[str, float],
+    lags: dict[str, int],
+    levels: list[float] | None = None,
+    residuals: dict[str, dict[str, list[float]]] | None = None,
+) -> dict[str, MethodSums]:
     """Sums of every seasonal-naive baseline over a block: ``history`` (n, P) the slots before each cutoff."""
     H = actual.shape[1]
     scale = np.array([mase_scale[sid] for sid in series_ids], dtype=np.float64)
     out = {}
     for name, lag in lags.items():
-        bands = (seasonal_naive_quantiles(history, H, lag, np.array([residuals[sid][name] for sid in series_ids]))
-                 if levels else None)
+        bands = (
+            seasonal_naive_quantiles(history, H, lag, np.array([residuals[sid][name] for sid in series_ids]))
+            if levels
+            else None
+        )
         out[name] = method_sums(seasonal_naive(history, H, lag), actual, series_ids, scale, bands, levels)
     return out
 
 
-def block_sums(forecast: np.ndarray, history: np.ndarray, actual: np.ndarray, series_ids: list[str], cutoffs,
-               mase_scale: dict[str, float], lags: dict[str, int], quantiles: np.ndarray | None = None,
-               levels: list[float] | None = None, residuals: dict[str, dict[str, list[float]]] | None = None) -> ScoreSums:
-    """All the sums of one block of windows, with the arguments of :func:`~lit_forecast.evaluation.backtest.backtest`."""
+def block_sums(
+    forecast: np.ndarray,
+    history: np.ndarray,
+    actual: np.ndarray,
+    series_ids: list[str],
+    cutoffs,
+    mase_scale: dict[str, float],
+    lags: dict[str, int],
+    quantiles: np.ndarray | None = None,
+    levels: list[float] | None = None,
+    residuals: dict[str, dict[str, list[float]]] | None = None,
+) -> ScoreSums:
+    """All the sums of one block of windows; the arguments are those of ``backtest.backtest``."""
     sums = window_sums(actual, series_ids, cutoffs, forecast.shape[1], levels)
     scale = np.array([mase_scale[sid] for sid in series_ids], dtype=np.float64)
-    sums.methods = {MODEL: method_sums(forecast, actual, series_ids, scale, quantiles, levels),
-                    **baseline_sums(history, actual, series_ids, mase_scale, lags, levels, residuals)}
+    sums.methods = {
+        MODEL: method_sums(forecast, actual, series_ids, scale, quantiles, levels),
+        **baseline_sums(history, actual, series_ids, mase_scale, lags, levels, residuals),
+    }
     present = set(series_ids)
     sums.mase_scale = {sid: mase_scale[sid] for sid in present}
     sums.residuals = {sid: residuals[sid] for sid in present} if residuals is not None else {}
@@ -190,25 +252,45 @@ def _point_metrics(sums: MethodSums) -> dict:
     """``evaluate``'s overall and per-step metrics from the sums."""
     p = sums.point
     with np.errstate(divide="ignore", invalid="ignore"):
-        step = {"mae": p["abs"] / p["n"], "rmse": np.sqrt(p["sq"] / p["n"]), "mape": p["ape"] / p["ape_n"],
-                "smape": p["smape"] / p["n"], "mase": p["scaled"] / p["scaled_n"]}
-        overall = {"mae": p["abs"].sum() / p["n"].sum(), "rmse": np.sqrt(p["sq"].sum() / p["n"].sum()),
-                   "mape": p["ape"].sum() / p["ape_n"].sum(), "smape": p["smape"].sum() / p["n"].sum(),
-                   "mase": p["scaled"].sum() / p["scaled_n"].sum()}
-    return {"overall": {m: float(overall[m]) for m in METRICS}, "by_step": {m: [float(v) for v in step[m]] for m in METRICS},
-            "points": int(p["n"].sum())}
+        step = {
+            "mae": p["abs"] / p["n"],
+            "rmse": np.sqrt(p["sq"] / p["n"]),
+            "mape": p["ape"] / p["ape_n"],
+            "smape": p["smape"] / p["n"],
+            "mase": p["scaled"] / p["scaled_n"],
+        }
+        overall = {
+            "mae": p["abs"].sum() / p["n"].sum(),
+            "rmse": np.sqrt(p["sq"].sum() / p["n"].sum()),
+            "mape": p["ape"].sum() / p["ape_n"].sum(),
+            "smape": p["smape"].sum() / p["n"].sum(),
+            "mase": p["scaled"].sum() / p["scaled_n"].sum(),
+        }
+    return {
+        "overall": {m: float(overall[m]) for m in METRICS},
+        "by_step": {m: [float(v) for v in step[m]] for m in METRICS},
+        "points": int(p["n"].sum()),
+    }
 
 
 def _quantile_metrics(sums: MethodSums, levels: list[float]) -> dict:
     """``quantile_scores``' overall and per-step scores from the sums."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        scores = {"wql": {"overall": (2 * sums.pinball.sum(axis=0) / sums.abs_actual.sum()).mean(),
-                          "by_step": (2 * sums.pinball / sums.abs_actual[:, None]).mean(axis=1)}}
+        scores = {
+            "wql": {
+                "overall": (2 * sums.pinball.sum(axis=0) / sums.abs_actual.sum()).mean(),
+                "by_step": (2 * sums.pinball / sums.abs_actual[:, None]).mean(axis=1),
+            }
+        }
         for k, (_, _, name) in enumerate(central_intervals(list(levels))):
-            scores[name] = {"overall": sums.inside[:, k].sum() / sums.quantile_n.sum(),
-                            "by_step": sums.inside[:, k] / sums.quantile_n}
-    return {"overall": {name: float(s["overall"]) for name, s in scores.items()},
-            "by_step": {name: [float(v) for v in s["by_step"]] for name, s in scores.items()}}
+            scores[name] = {
+                "overall": sums.inside[:, k].sum() / sums.quantile_n.sum(),
+                "by_step": sums.inside[:, k] / sums.quantile_n,
+            }
+    return {
+        "overall": {name: float(s["overall"]) for name, s in scores.items()},
+        "by_step": {name: [float(v) for v in s["by_step"]] for name, s in scores.items()},
+    }
 
 
 def finalize(sums: ScoreSums, lags: dict[str, int]) -> tuple[dict, pd.DataFrame]:
@@ -240,14 +322,22 @@ def finalize(sums: ScoreSums, lags: dict[str, int]) -> tuple[dict, pd.DataFrame]
         "mae_ratio_model_vs_naive_weekly": methods[MODEL]["overall"]["mae"] / methods["naive_weekly"]["overall"]["mae"],
     }
     if sums.levels:
-        table |= {"levels": list(sums.levels), "residual_quantiles": {sid: sums.residuals[sid] for sid in names},
-                  "wql_ratio_model_vs_naive_weekly": methods[MODEL]["overall"]["wql"] / methods["naive_weekly"]["overall"]["wql"]}
+        table |= {
+            "levels": list(sums.levels),
+            "residual_quantiles": {sid: sums.residuals[sid] for sid in names},
+            "wql_ratio_model_vs_naive_weekly": methods[MODEL]["overall"]["wql"]
+            / methods["naive_weekly"]["overall"]["wql"],
+        }
     counts = np.array([sums.series[sid] for sid in names]).reshape(len(names), len(SERIES_COLUMNS))
     points = counts[:, 1]
     scale = np.array([sums.mase_scale[sid] for sid in names], dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        columns = {"series_id": np.asarray(names, dtype=object), "windows": counts[:, 0].astype(np.int64),
-                   "mean_actual": counts[:, 2] / points, "mase_scale": scale}
+        columns = {
+            "series_id": np.asarray(names, dtype=object),
+            "windows": counts[:, 0].astype(np.int64),
+            "mean_actual": counts[:, 2] / points,
+            "mase_scale": scale,
+        }
         for name in order:
             method = sums.methods[name]
             columns[f"mae_{name}"] = np.array([method.series_abs.get(sid, 0.0) for sid in names]) / points

@@ -36,8 +36,14 @@ def training_scale(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Ti
     return seasonal_naive_mae(values[times < train_end], lag)
 
 
-def baseline_residual_quantiles(values: np.ndarray, times: pd.DatetimeIndex, train_end: pd.Timestamp, first_cutoff: pd.Timestamp,
-                                lags: dict[str, int], levels: list[float]) -> dict[str, list[float]]:
+def baseline_residual_quantiles(
+    values: np.ndarray,
+    times: pd.DatetimeIndex,
+    train_end: pd.Timestamp,
+    first_cutoff: pd.Timestamp,
+    lags: dict[str, int],
+    levels: list[float],
+) -> dict[str, list[float]]:
     """One series' residual quantiles per baseline (name -> Q values), from its slots before ``train_end``.
 
     Newer data without that period uses its history before ``first_cutoff`` instead, as MASE does.
@@ -91,8 +97,12 @@ def backtest(
             scores = quantile_scores(q, actual, levels)
             methods[name]["overall"].update(scores["overall"])
             methods[name]["by_step"].update(scores["by_step"])
-        extra = {"levels": list(levels), "residual_quantiles": residuals,
-                 "wql_ratio_model_vs_naive_weekly": methods[MODEL]["overall"]["wql"] / methods["naive_weekly"]["overall"]["wql"]}
+        extra = {
+            "levels": list(levels),
+            "residual_quantiles": residuals,
+            "wql_ratio_model_vs_naive_weekly": methods[MODEL]["overall"]["wql"]
+            / methods["naive_weekly"]["overall"]["wql"],
+        }
     return {
         "windows": len(forecast),
         "horizon": H,
@@ -121,8 +131,12 @@ def _nan_to_none(obj):
     return obj
 
 
-def mase_scales(series: dict[str, tuple[np.ndarray, pd.DatetimeIndex]], train_end: pd.Timestamp,
-                first_cutoff: dict[str, pd.Timestamp], week: int) -> dict[str, float]:
+def mase_scales(
+    series: dict[str, tuple[np.ndarray, pd.DatetimeIndex]],
+    train_end: pd.Timestamp,
+    first_cutoff: dict[str, pd.Timestamp],
+    week: int,
+) -> dict[str, float]:
     """Every series' MASE denominator (:func:`training_scale` with a one-week lag), with one log line per kind
     of fallback (not one per series).
 
@@ -142,15 +156,28 @@ def mase_scales(series: dict[str, tuple[np.ndarray, pd.DatetimeIndex]], train_en
             none.append(sid)
             scales[sid] = float("nan")
     if moved:
-        log.warning("MASE: %d series (%s) have less than a week of data before data.train_end=%s, so they are scaled "
-                    "on their data before their first cutoff", len(moved), _few(moved), train_end)
+        log.warning(
+            "MASE: %d series (%s) have less than a week of data before data.train_end=%s, so they are scaled "
+            "on their data before their first cutoff",
+            len(moved),
+            _few(moved),
+            train_end,
+        )
     if none:
-        log.warning("MASE: %d series (%s) have no weekly seasonal-naive error to scale by: their MASE is NaN", len(none), _few(none))
+        log.warning(
+            "MASE: %d series (%s) have no weekly seasonal-naive error to scale by: their MASE is NaN",
+            len(none),
+            _few(none),
+        )
     return scales
 
 
 def per_series(
-    forecast: np.ndarray, history: np.ndarray, actual: np.ndarray, series_ids: list[str], mase_scale: dict[str, float],
+    forecast: np.ndarray,
+    history: np.ndarray,
+    actual: np.ndarray,
+    series_ids: list[str],
+    mase_scale: dict[str, float],
     lags: dict[str, int],
 ) -> pd.DataFrame:
     """One row per series: its windows, mean actual, MASE scale, and MAE, sMAPE and MASE of every method.
@@ -164,7 +191,9 @@ def per_series(
     points = np.bincount(codes, weights=known.sum(axis=1), minlength=len(names))
 
     def per_id(values: np.ndarray) -> np.ndarray:  # mean of (N, H) point values over each series' known points
-        summed = np.bincount(codes, weights=np.where(known & np.isfinite(values), values, 0.0).sum(axis=1), minlength=len(names))
+        summed = np.bincount(
+            codes, weights=np.where(known & np.isfinite(values), values, 0.0).sum(axis=1), minlength=len(names)
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             return summed / points
 
@@ -198,12 +227,25 @@ def fleet_summary(zones: pd.DataFrame, worst: int = 10) -> dict:
     return {
         "series": len(zones),
         "series_scored": len(scored),
-        "mase_mean": {m: float(np.nanmean(zones[f"mase_{m}"])) if zones[f"mase_{m}"].notna().any() else float("nan") for m in methods},
-        "mase_median": {m: float(np.nanmedian(zones[f"mase_{m}"])) if zones[f"mase_{m}"].notna().any() else float("nan") for m in methods},
-        "share_model_beats_naive_weekly": float((scored[f"mase_{MODEL}"] < scored["mase_naive_weekly"]).mean()) if len(scored) else float("nan"),
+        "mase_mean": {
+            m: float(np.nanmean(zones[f"mase_{m}"])) if zones[f"mase_{m}"].notna().any() else float("nan")
+            for m in methods
+        },
+        "mase_median": {
+            m: float(np.nanmedian(zones[f"mase_{m}"])) if zones[f"mase_{m}"].notna().any() else float("nan")
+            for m in methods
+        },
+        "share_model_beats_naive_weekly": float((scored[f"mase_{MODEL}"] < scored["mase_naive_weekly"]).mean())
+        if len(scored)
+        else float("nan"),
         "worst": [
-            {"series_id": r.series_id, "mase_model": float(r.mase_model), "mase_naive_weekly": float(r.mase_naive_weekly),
-             "mae_model": float(r.mae_model), "mean_actual": float(r.mean_actual)}
+            {
+                "series_id": r.series_id,
+                "mase_model": float(r.mase_model),
+                "mase_naive_weekly": float(r.mase_naive_weekly),
+                "mae_model": float(r.mae_model),
+                "mean_actual": float(r.mean_actual),
+            }
             for r in ranked.head(worst).itertuples()
         ],
     }

@@ -76,7 +76,6 @@ def evaluate(forecast: np.ndarray, actual: np.ndarray, mase_scale: np.ndarray) -
     }
 
 
-
 def quantile_scores(quantiles: np.ndarray, actual: np.ndarray, levels: list[float]) -> dict:
     """Weighted quantile loss and central-interval coverage of (N, H, Q) ``quantiles`` against (N, H) ``actual``.
 
@@ -96,8 +95,10 @@ def quantile_scores(quantiles: np.ndarray, actual: np.ndarray, levels: list[floa
     q = np.asarray(levels, dtype=np.float64)
     loss = np.where(known[..., None], np.maximum(q * error, (q - 1) * error), 0.0)  # (N, H, Q)
     with np.errstate(divide="ignore", invalid="ignore"):
-        wql = {"overall": (2 * loss.sum(axis=(0, 1)) / np.abs(y).sum()).mean(),
-               "by_step": (2 * loss.sum(axis=0) / np.abs(y).sum(axis=0)[:, None]).mean(axis=1)}
+        wql = {
+            "overall": (2 * loss.sum(axis=(0, 1)) / np.abs(y).sum()).mean(),
+            "by_step": (2 * loss.sum(axis=0) / np.abs(y).sum(axis=0)[:, None]).mean(axis=1),
+        }
         scores = {"wql": wql}
         count = known.sum(axis=0)
         for i, j, name in central_intervals(list(levels)):

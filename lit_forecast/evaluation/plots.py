@@ -23,7 +23,11 @@ from lit_forecast.spec import central_intervals  # noqa: E402
 PASSENGERS = FuncFormatter(lambda v, _: f"{v:,.0f}")
 HISTORY_HORIZONS = 2  # history drawn before the cutoff, in horizons (2 days for the taxi's 48 slots)
 COLORS = {
-    "history": "0.45", "actual": "black", "model": "tab:blue", "naive_daily": "tab:orange", "naive_weekly": "tab:green",
+    "history": "0.45",
+    "actual": "black",
+    "model": "tab:blue",
+    "naive_daily": "tab:orange",
+    "naive_weekly": "tab:green",
 }
 
 
@@ -31,8 +35,10 @@ def interval_bands(
     quantiles: np.ndarray, levels: list[float], times: pd.DatetimeIndex
 ) -> dict[str, tuple[pd.Series, pd.Series]]:
     """(H, Q) quantiles of one window -> {'80 % interval': (q0.1, q0.9)}, widest first; {} without levels."""
-    return {f"{name[9:]} % interval": (pd.Series(quantiles[:, i], index=times), pd.Series(quantiles[:, j], index=times))
-            for i, j, name in sorted(central_intervals(list(levels)))}
+    return {
+        f"{name[9:]} % interval": (pd.Series(quantiles[:, i], index=times), pd.Series(quantiles[:, j], index=times))
+        for i, j, name in sorted(central_intervals(list(levels)))
+    }
 
 
 def date_formatter(locator: mdates.DateLocator) -> mdates.ConciseDateFormatter:
@@ -44,8 +50,10 @@ def date_formatter(locator: mdates.DateLocator) -> mdates.ConciseDateFormatter:
     """
     day = "%a %d %b"
     return mdates.ConciseDateFormatter(
-        locator, formats=["%Y", "%b %Y", day, "%H:%M", "%H:%M", "%S"],
-        zero_formats=["", "%b %Y", day, day, "%H:%M", "%H:%M"], show_offset=False,
+        locator,
+        formats=["%Y", "%b %Y", day, "%H:%M", "%H:%M", "%S"],
+        zero_formats=["", "%b %Y", day, day, "%H:%M", "%H:%M"],
+        show_offset=False,
     )
 
 
@@ -66,21 +74,39 @@ def forecast_figure(
     panels = 2 if errors_by_step else 1
     fig, axes = plt.subplots(panels, 1, figsize=(11, 4.2 * panels), squeeze=False, layout="constrained")
     ax = axes[0, 0]
-    history = history.iloc[-HISTORY_HORIZONS * len(forecast):]
+    history = history.iloc[-HISTORY_HORIZONS * len(forecast) :]
     ax.plot(history.index, history.to_numpy(), color=COLORS["history"], lw=1.0, label="history")
     for n, (label, (lower, upper)) in enumerate((bands or {}).items()):  # widest first, so narrower ones show on top
-        ax.fill_between(lower.index, lower.to_numpy(), upper.to_numpy(), color=COLORS["model"],
-                        alpha=0.3 + 0.15 * n, lw=0, label=label)
+        ax.fill_between(
+            lower.index,
+            lower.to_numpy(),
+            upper.to_numpy(),
+            color=COLORS["model"],
+            alpha=0.3 + 0.15 * n,
+            lw=0,
+            label=label,
+        )
         for bound in (lower, upper):  # the edges stay visible where the band is thin
             ax.plot(bound.index, bound.to_numpy(), color=COLORS["model"], lw=0.7, alpha=0.8)
     if actual is not None and actual.notna().any():
         ax.plot(actual.index, actual.to_numpy(), color=COLORS["actual"], lw=1.3, label="actual")
-    ax.plot(forecast.index, forecast.to_numpy(), color=COLORS["model"], lw=1.8,
-            label="forecast (median)" if bands else "forecast")
+    ax.plot(
+        forecast.index,
+        forecast.to_numpy(),
+        color=COLORS["model"],
+        lw=1.8,
+        label="forecast (median)" if bands else "forecast",
+    )
     ax.axvline(forecast.index[0], color="0.6", ls="--", lw=0.8)
-    ax.annotate(f"cutoff {forecast.index[0]:%a %d %b %Y %H:%M}", (forecast.index[0], 1.0),
-                xycoords=("data", "axes fraction"), xytext=(4, -12), textcoords="offset points",
-                fontsize=8, color="0.35")
+    ax.annotate(
+        f"cutoff {forecast.index[0]:%a %d %b %Y %H:%M}",
+        (forecast.index[0], 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(4, -12),
+        textcoords="offset points",
+        fontsize=8,
+        color="0.35",
+    )
     locator = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(date_formatter(locator))
@@ -130,7 +156,12 @@ def plot_forecast(
 
 
 def plot_backtest_window(
-    location: str, history: pd.Series, forecast: pd.Series, actual: pd.Series, table: dict | None, heading: str,
+    location: str,
+    history: pd.Series,
+    forecast: pd.Series,
+    actual: pd.Series,
+    table: dict | None,
+    heading: str,
     freq: str,
     bands: dict[str, tuple[pd.Series, pd.Series]] | None = None,
 ) -> None:
@@ -141,7 +172,9 @@ def plot_backtest_window(
     title = f"{heading}forecast from {forecast.index[0]:%a %Y-%m-%d %H:%M}" + (
         f"\nbacktest over {len(table['cutoffs'])} cutoffs: model MAE / weekly-naive MAE "
         f"= {table['mae_ratio_model_vs_naive_weekly']:.2f}"
-        + (f", {cover[9:]} % interval covers {100 * overall[cover]:.0f} %" if cover else "") if table else ""
+        + (f", {cover[9:]} % interval covers {100 * overall[cover]:.0f} %" if cover else "")
+        if table
+        else ""
     )
     plot_forecast(location, history, forecast, actual, errors, title, freq, bands)
 
@@ -158,8 +191,14 @@ def plot_fleet(location: str, mase_model, mase_naive_weekly, title: str = "") ->
     fig, ax = plt.subplots(figsize=(6.5, 6), layout="constrained")
     wins = y < x
     ax.scatter(x[wins], y[wins], s=9, alpha=0.6, color=COLORS["model"], label=f"model better ({wins.sum():,})")
-    ax.scatter(x[~wins], y[~wins], s=9, alpha=0.6, color=COLORS["naive_daily"],
-               label=f"weekly naive better ({(~wins).sum():,})")
+    ax.scatter(
+        x[~wins],
+        y[~wins],
+        s=9,
+        alpha=0.6,
+        color=COLORS["naive_daily"],
+        label=f"weekly naive better ({(~wins).sum():,})",
+    )
     hi = 1.05 * max(x.max(), y.max()) if len(x) else 1.0
     ax.plot([0, hi], [0, hi], color="0.4", lw=0.8, ls="--")
     ax.set_xlim(0, hi)

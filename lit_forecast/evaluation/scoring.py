@@ -49,10 +49,14 @@ def score_backtest(
     first = pd.Series(cutoffs, index=series_ids).groupby(level=0).min().to_dict()  # per series
     scored = {sid: series_history[sid] for sid in series_history if sid in first}
     scales = bt.mase_scales(scored, train_end, first, lags["naive_weekly"])
-    residuals = {
-        sid: bt.baseline_residual_quantiles(values, times, train_end, first[sid], lags, levels)
-        for sid, (values, times) in scored.items()
-    } if levels else None
+    residuals = (
+        {
+            sid: bt.baseline_residual_quantiles(values, times, train_end, first[sid], lags, levels)
+            for sid, (values, times) in scored.items()
+        }
+        if levels
+        else None
+    )
     table = bt.backtest(forecast, history, actual, series_ids, cutoffs, scales, lags, quantiles, levels, residuals)
     per_series = None
     if len(scored) > 1:  # a fleet: scores per series, their spread and the worst ones

@@ -44,7 +44,9 @@ class LoadedCheckpoint:
         return self.model.series_stats
 
 
-def load_checkpoint(source: str | bytes, device: str | torch.device = "cpu", horizon: int | None = None, name: str | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    source: str | bytes, device: str | torch.device = "cpu", horizon: int | None = None, name: str | None = None
+) -> LoadedCheckpoint:
     """Rebuild the model from a checkpoint (a path, a Ray checkpoint folder, or its bytes).
 
     ``horizon``: the number of steps the caller will ask for; a checkpoint trained for another
@@ -63,10 +65,14 @@ def load_checkpoint(source: str | bytes, device: str | torch.device = "cpu", hor
         raw = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any bytes can arrive here; the unpickler fails in many ways (KeyError, ...)
         detail = (str(err).splitlines() or [""])[0] if isinstance(err, (RuntimeError, EOFError, ValueError)) else ""
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {detail or 'its bytes do not unpickle'}") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint: {detail or 'its bytes do not unpickle'}"
+        ) from None
     hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
     if not hparams or not {"model", "window", "train", "series"} <= set(hparams) or "state_dict" not in raw:
-        raise CheckpointError(f"{path} is not a lit_forecast checkpoint (no model/window/series hyperparameters or weights)")
+        raise CheckpointError(
+            f"{path} is not a lit_forecast checkpoint (no model/window/series hyperparameters or weights)"
+        )
     try:
         window = WindowSpec.from_dict(hparams["window"])
     except (TypeError, KeyError) as err:

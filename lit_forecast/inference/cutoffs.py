@@ -164,12 +164,20 @@ def cut_windows(
 def _log_cut(cut: CutWindows, unlike: list[str]) -> None:
     """One line each for the unseen series, the known ones unlike their statistics, and the skipped windows."""
     if cut.unseen:
-        log.info("%d series not in the checkpoint (%s): scaled with the mean and std of their own history before each cutoff",
-                 len(cut.unseen), _few(cut.unseen))
+        log.info(
+            "%d series not in the checkpoint (%s): scaled with the mean and std of their own history "
+            "before each cutoff",
+            len(cut.unseen),
+            _few(cut.unseen),
+        )
     if unlike:
-        log.warning("%d series (%s) have a mean before their first cutoff more than %g training standard deviations from "
-                    "the checkpoint's: the same name for other data? They are scaled with the checkpoint's statistics",
-                    len(unlike), _few(unlike), UNLIKE_STDS)
+        log.warning(
+            "%d series (%s) have a mean before their first cutoff more than %g training standard deviations from "
+            "the checkpoint's: the same name for other data? They are scaled with the checkpoint's statistics",
+            len(unlike),
+            _few(unlike),
+            UNLIKE_STDS,
+        )
     if cut.skipped:
         log.warning("%s", cut.skip_summary())
 
@@ -178,19 +186,27 @@ UNLIKE_STDS = 3.0  # a known series whose past mean is further than this from it
 
 
 def _unlike(past: np.ndarray, trained: SeriesStats) -> bool:
-    """True if the mean of ``past`` (passengers, NaN ignored) lies over UNLIKE_STDS training stds from the training mean."""
+    """True if the mean of ``past`` (passengers, NaN ignored) is over UNLIKE_STDS stds from the training mean."""
     known = past[np.isfinite(past)]
     return len(known) > 0 and abs(float(known.mean()) - trained.mean) > UNLIKE_STDS * trained.std
 
 
-def _own_scaled_segments(s: Series, filled: np.ndarray, padded: np.ndarray, starts: list[int], history: int,
-                         horizon: int, step: pd.Timedelta) -> list[Segment]:
+def _own_scaled_segments(
+    s: Series, filled: np.ndarray, padded: np.ndarray, starts: list[int], history: int, horizon: int, step: pd.Timedelta
+) -> list[Segment]:
     """One segment per cutoff for a series the model never saw, scaled on its slots strictly before that cutoff."""
     segments = []
     for c in starts:
         lo = c - history
-        segments.append(Segment(s.series_id, s.start + lo * step, padded[lo : c + horizon], np.asarray([history]),
-                                stats=SeriesStats.fit(filled[:c])))  # the scaler training fits, on the past only
+        segments.append(
+            Segment(
+                s.series_id,
+                s.start + lo * step,
+                padded[lo : c + horizon],
+                np.asarray([history]),
+                stats=SeriesStats.fit(filled[:c]),
+            )
+        )  # the scaler training fits, on the past only
     return segments
 
 
@@ -199,8 +215,16 @@ def _few(ids, shown: int = 5) -> str:
     return ", ".join(map(repr, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
-def _check(s: Series, filled: np.ndarray, cutoff: pd.Timestamp, step: pd.Timedelta, history: int, input_window: int,
-           end: pd.Timestamp, max_gap: str) -> tuple[int, SkippedWindow | None]:
+def _check(
+    s: Series,
+    filled: np.ndarray,
+    cutoff: pd.Timestamp,
+    step: pd.Timedelta,
+    history: int,
+    input_window: int,
+    end: pd.Timestamp,
+    max_gap: str,
+) -> tuple[int, SkippedWindow | None]:
     """Index of ``cutoff`` in the series' slots, or why its window cannot be forecast."""
     first_ok = s.start + history * step
     label = series_label(s.series_id)
@@ -209,28 +233,38 @@ def _check(s: Series, filled: np.ndarray, cutoff: pd.Timestamp, step: pd.Timedel
         return -1, SkippedWindow(s.series_id, cutoff, reason, message)
 
     if cutoff < s.start or cutoff > end:
-        return skip("too_little_history" if cutoff < s.start else "data_ends_before_cutoff",
-                    f"cutoff {cutoff} is outside the data{label}: its slots run from {s.start} to {end - step}, "
-                    f"so cutoffs can be {first_ok} .. {end}")
+        return skip(
+            "too_little_history" if cutoff < s.start else "data_ends_before_cutoff",
+            f"cutoff {cutoff} is outside the data{label}: its slots run from {s.start} to {end - step}, "
+            f"so cutoffs can be {first_ok} .. {end}",
+        )
     offset = (cutoff - s.start) / step
     if offset != int(offset):
         raise CutoffError(f"cutoff {cutoff} is not on the {step} grid of the data{label} (which starts at {s.start})")
     c = int(offset)
     if c < history:
-        why = f"input_window {input_window}" + (f", and the seasonal-naive baselines {history}" if history > input_window else "")
-        return skip("too_little_history",
-                    f"too little history before cutoff {cutoff}{label}: {c} slots from {s.start}, needs {history} ({why}); "
-                    f"the earliest possible cutoff is {first_ok}")
+        why = f"input_window {input_window}" + (
+            f", and the seasonal-naive baselines {history}" if history > input_window else ""
+        )
+        return skip(
+            "too_little_history",
+            f"too little history before cutoff {cutoff}{label}: {c} slots from {s.start}, needs {history} ({why}); "
+            f"the earliest possible cutoff is {first_ok}",
+        )
     if np.isnan(s.values[c - 1]):
-        return skip("gap_before_cutoff",
-                    f"cutoff {cutoff}{label}: slot {cutoff - step} just before it is missing in the data; "
-                    f"filling it would use values after the cutoff")
+        return skip(
+            "gap_before_cutoff",
+            f"cutoff {cutoff}{label}: slot {cutoff - step} just before it is missing in the data; "
+            f"filling it would use values after the cutoff",
+        )
     holes = np.isnan(filled[c - history : c])
     if holes.any():
         first = s.start + (c - history + int(np.flatnonzero(holes)[0])) * step
-        return skip("gap_in_history",
-                    f"cutoff {cutoff}{label}: its {history} slots of history touch a gap longer than "
-                    f"data.max_gap={max_gap} (missing from {first})")
+        return skip(
+            "gap_in_history",
+            f"cutoff {cutoff}{label}: its {history} slots of history touch a gap longer than "
+            f"data.max_gap={max_gap} (missing from {first})",
+        )
     return c, None
 
 
@@ -262,7 +296,8 @@ def parse_cutoffs(items: list[str]) -> list[pd.Timestamp]:
                     count = (end - start) // every + 1
                     if count + len(out) > MAX_CUTOFFS:
                         raise CutoffError(
-                            f"--cutoffs {part!r} makes {count:,} cutoffs, more than the {MAX_CUTOFFS:,} one call may forecast: "
+                            f"--cutoffs {part!r} makes {count:,} cutoffs, more than the {MAX_CUTOFFS:,} one call "
+                            f"may forecast: "
                             f"use a longer step or a shorter range, or split it over several calls"
                         )
                     out.extend(pd.date_range(start, end, freq=every))
@@ -281,7 +316,10 @@ def parse_cutoffs(items: list[str]) -> list[pd.Timestamp]:
     if not out:
         raise CutoffError("--cutoffs: no cutoff given")
     if len(out) > MAX_CUTOFFS:
-        raise CutoffError(f"--cutoffs: {len(out):,} cutoffs, more than the {MAX_CUTOFFS:,} one call may forecast; split them over several calls")
+        raise CutoffError(
+            f"--cutoffs: {len(out):,} cutoffs, more than the {MAX_CUTOFFS:,} one call may forecast; "
+            "split them over several calls"
+        )
     if any(t.tz is not None for t in out):
         raise CutoffError("--cutoffs: give local times without a UTC offset, like the data")
     return sorted(set(out))

@@ -23,8 +23,12 @@ def model_inputs(windows: WindowSet, lo: int = 0, hi: int | None = None) -> dict
 
 
 @torch.inference_mode()
-def forecast(model: ForecastModel, inputs: dict[str, np.ndarray], batch_size: int = defaults.BATCH_SIZE,
-             report_progress: bool = False) -> np.ndarray:
+def forecast(
+    model: ForecastModel,
+    inputs: dict[str, np.ndarray],
+    batch_size: int = defaults.BATCH_SIZE,
+    report_progress: bool = False,
+) -> np.ndarray:
     """Autoregressive quantiles (N, H, Q) float64 in passengers for ``inputs`` from :func:`model_inputs`.
 
     Q levels are ``model.levels`` (Q = 1 for a point model); ``[..., model.median_index]`` is the point forecast.

@@ -18,7 +18,6 @@ import pandas as pd
 import pyarrow as pa
 
 from lit_forecast import layout, storage
-from lit_forecast.output_guard import sibling
 from lit_forecast.data.source import Series
 from lit_forecast.data.windows import WindowSet
 from lit_forecast.errors import CutoffError
@@ -26,6 +25,7 @@ from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.plots import interval_bands, plot_backtest_window, plot_fleet
 from lit_forecast.evaluation.scoring import Scores
 from lit_forecast.models.transformer import median_index
+from lit_forecast.output_guard import sibling
 from lit_forecast.spec import SINGLE_SERIES, series_label
 
 
@@ -44,8 +44,9 @@ class OutputPaths:
         return [p for p in (self.forecasts, self.backtest, self.per_series, self.fleet_plot, self.plot) if p]
 
 
-def plan_outputs(output: str | None, plot: str | None, checkpoint: str, windows: WindowSet,
-                 evaluating: bool) -> OutputPaths:
+def plan_outputs(
+    output: str | None, plot: str | None, checkpoint: str, windows: WindowSet, evaluating: bool
+) -> OutputPaths:
     """The paths of every file: ``output`` and ``plot`` as asked, or their defaults, and their siblings.
 
     ``evaluating``: the data holds actuals after some cutoff (a backtest). Several series with
@@ -80,21 +81,32 @@ def plot_series(series_id: str | None, cutoff: pd.Timestamp | None, windows: Win
     if cutoff is not None and cutoff not in set(windows.cutoffs):
         raise CutoffError(f"--plot-cutoff {cutoff} is not one of the forecast cutoffs")
     if series_id is None:
-        means = [(float(np.nanmean(s.values)), s.series_id) for s in filled
-                 if s.series_id in forecast_ids and np.isfinite(s.values).any()]
+        means = [
+            (float(np.nanmean(s.values)), s.series_id)
+            for s in filled
+            if s.series_id in forecast_ids and np.isfinite(s.values).any()
+        ]
         series_id = max(means)[1] if means else windows.series_ids[0]
     elif series_id not in forecast_ids:
         shown = ", ".join(map(repr, sorted(forecast_ids)[:5]))
-        raise CutoffError(f"--plot-series {series_id!r} has no forecast window (series: {shown}"
-                          f"{' ...' if len(forecast_ids) > 5 else ''})")
+        raise CutoffError(
+            f"--plot-series {series_id!r} has no forecast window (series: {shown}"
+            f"{' ...' if len(forecast_ids) > 5 else ''})"
+        )
     pairs = zip(windows.series_ids, windows.cutoffs)
     if cutoff is not None and not any(s == series_id and c == cutoff for s, c in pairs):
         raise CutoffError(f"--plot-cutoff {cutoff} is not one of the forecast cutoffs{series_label(series_id)}")
     return series_id
 
 
-def forecast_frame(windows: WindowSet, forecasts: np.ndarray, with_series: bool, unseen: set[str] = frozenset(),
-                   quantiles: np.ndarray | None = None, levels: list[float] | None = None) -> pd.DataFrame:
+def forecast_frame(
+    windows: WindowSet,
+    forecasts: np.ndarray,
+    with_series: bool,
+    unseen: set[str] = frozenset(),
+    quantiles: np.ndarray | None = None,
+    levels: list[float] | None = None,
+) -> pd.DataFrame:
     """Long table, one row per window and step.
 
     Columns: [series_id,] cutoff, timestamp, forecast[, q<level>...][, actual][, in_checkpoint].
@@ -137,8 +149,16 @@ def write_frame(location: str, frame: pd.DataFrame) -> None:
         raise ValueError(f"{location}: the file name must end in .csv or .parquet")
 
 
-def write_outputs(paths: OutputPaths, frame: pd.DataFrame, scores: Scores | None, windows: WindowSet,
-                  quantiles: np.ndarray, levels: list[float], plot_cutoff: pd.Timestamp | None, plotted: str) -> None:
+def write_outputs(
+    paths: OutputPaths,
+    frame: pd.DataFrame,
+    scores: Scores | None,
+    windows: WindowSet,
+    quantiles: np.ndarray,
+    levels: list[float],
+    plot_cutoff: pd.Timestamp | None,
+    plotted: str,
+) -> None:
     """Write every file of ``paths``: the forecasts, the backtest files with ``scores``, and the plot.
 
     The plot shows series ``plotted`` at ``plot_cutoff`` (default: its last cutoff), with the
@@ -148,15 +168,26 @@ def write_outputs(paths: OutputPaths, frame: pd.DataFrame, scores: Scores | None
     table = scores.table if scores else None
     if scores is not None and scores.per_series is not None:
         storage.write_text(paths.per_series, scores.per_series.to_csv(index=False, float_format="%.6g"))
-        plot_fleet(paths.fleet_plot, scores.per_series["mase_model"], scores.per_series["mase_naive_weekly"],
-                   f"per-series MASE over {len(table['cutoffs'])} cutoffs, {len(scores.per_series):,} series")
+        plot_fleet(
+            paths.fleet_plot,
+            scores.per_series["mase_model"],
+            scores.per_series["mase_naive_weekly"],
+            f"per-series MASE over {len(table['cutoffs'])} cutoffs, {len(scores.per_series):,} series",
+        )
     if table is not None:
         bt.save_table(paths.backtest, table)
     plot_window(paths.plot, windows, quantiles, levels, table, plot_cutoff, plotted)
 
 
-def plot_window(location: str, windows: WindowSet, quantiles: np.ndarray, levels: list[float], table: dict | None,
-                cutoff: pd.Timestamp | None, series_id: str) -> None:
+def plot_window(
+    location: str,
+    windows: WindowSet,
+    quantiles: np.ndarray,
+    levels: list[float],
+    table: dict | None,
+    cutoff: pd.Timestamp | None,
+    series_id: str,
+) -> None:
     """PNG of ``series_id`` at ``cutoff`` (default: its last cutoff) with its bands, and error by step if scored."""
     rows = [i for i, sid in enumerate(windows.series_ids) if sid == series_id and cutoff in (None, windows.cutoffs[i])]
     i = rows[-1]  # plot_series checked that there is one
@@ -167,6 +198,13 @@ def plot_window(location: str, windows: WindowSet, quantiles: np.ndarray, levels
     history = pd.Series(windows.history([i], week)[0], index=past)
     times = pd.date_range(at, periods=spec.horizon, freq=spec.freq)
     median = quantiles[i, :, median_index(levels)]
-    plot_backtest_window(location, history, pd.Series(median, index=times),
-                         pd.Series(windows.actual([i])[0], index=times), table, "" if series_id == SINGLE_SERIES else f"series {series_id}: ", spec.freq,
-                         bands=interval_bands(quantiles[i], levels, times))
+    plot_backtest_window(
+        location,
+        history,
+        pd.Series(median, index=times),
+        pd.Series(windows.actual([i])[0], index=times),
+        table,
+        "" if series_id == SINGLE_SERIES else f"series {series_id}: ",
+        spec.freq,
+        bands=interval_bands(quantiles[i], levels, times),
+    )

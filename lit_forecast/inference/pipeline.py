@@ -80,25 +80,30 @@ class InferenceResult:
     skipped: str = ""  # one-line summary of the windows skipped, '' if none
     unseen: list[str] = field(default_factory=list)  # series not in the checkpoint (scaled on their own history)
 
+
 RECALIBRATE_DAYS_MAX = 36_500  # far beyond any useful window; pandas' date arithmetic ends near 106,751 days
 
 
 def check_request(request: InferenceRequest) -> None:
     """Refuse an impossible request before anything is loaded, started or written (a ConfigError)."""
     if not (math.isfinite(request.num_cpus) and request.num_cpus > 0):
-        raise ConfigError(f"--num-cpus {request.num_cpus:g}: CPUs per Ray task must be a positive number, "
-                          f"e.g. 1 or 0.5")
+        raise ConfigError(
+            f"--num-cpus {request.num_cpus:g}: CPUs per Ray task must be a positive number, e.g. 1 or 0.5"
+        )
     if not (math.isfinite(request.num_gpus) and request.num_gpus >= 0):
-        raise ConfigError(f"--num-gpus {request.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, "
-                          f"e.g. 1 or 0.25")
+        raise ConfigError(
+            f"--num-gpus {request.num_gpus:g}: GPUs per Ray task must be 0 or a positive number, e.g. 1 or 0.25"
+        )
     if request.windows_per_task < 1 or request.batch_size < 1:
         raise ConfigError("--windows-per-task and --batch-size must be >= 1")
     if not (math.isfinite(request.recalibrate_days) and request.recalibrate_days >= 0):
-        raise ConfigError(f"--recalibrate-days {request.recalibrate_days:g}: days must be 0 (off) or a positive "
-                          f"number, e.g. 14")
+        raise ConfigError(
+            f"--recalibrate-days {request.recalibrate_days:g}: days must be 0 (off) or a positive number, e.g. 14"
+        )
     if request.recalibrate_days > RECALIBRATE_DAYS_MAX:
-        raise ConfigError(f"--recalibrate-days {request.recalibrate_days:g}: at most {RECALIBRATE_DAYS_MAX:,} days "
-                          "(100 years)")
+        raise ConfigError(
+            f"--recalibrate-days {request.recalibrate_days:g}: at most {RECALIBRATE_DAYS_MAX:,} days (100 years)"
+        )
 
 
 def infer(request: InferenceRequest) -> InferenceResult:
@@ -116,21 +121,33 @@ def infer(request: InferenceRequest) -> InferenceResult:
 
     data = _data_config(loaded.config.data, request.data)
     series = read_series(data)
-    log.info("data %s: %d series, %d slots of %s", data.source, len(series), sum(len(s.values) for s in series), spec.freq)
+    log.info(
+        "data %s: %d series, %d slots of %s", data.source, len(series), sum(len(s.values) for s in series), spec.freq
+    )
     lags = seasonal_naive_lags(spec.slots_per_day)
     evaluating = _has_actuals(series, request.cutoffs, spec.freq)
     # A backtest scores the seasonal-naive baselines too: they need their full lag before every cutoff.
-    cut: CutWindows = cut_windows(series, loaded.series_stats, spec, request.cutoffs, data.max_gap,
-                                  history=max(lags.values()) if evaluating else None, strict=request.strict)
+    cut: CutWindows = cut_windows(
+        series,
+        loaded.series_stats,
+        spec,
+        request.cutoffs,
+        data.max_gap,
+        history=max(lags.values()) if evaluating else None,
+        strict=request.strict,
+    )
     windows = cut.windows
     # Before the costly part: a plot that cannot be drawn fails at once.
     plotted = plot_series(request.plot_series, request.plot_cutoff, windows, cut.filled)
     recalibrating = bool(request.recalibrate_days and levels)
     if recalibrating:  # before the costly part: a request too large fails at once
-        recent_cutoffs = calibration_cutoffs(windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon,
-                                             series=len(set(windows.series_ids)))
+        recent_cutoffs = calibration_cutoffs(
+            windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon, series=len(set(windows.series_ids))
+        )
     elif request.recalibrate_days:
-        log.warning("--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit")
+        log.warning(
+            "--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit"
+        )
     # Every file this run writes (paths.all()) is named here, before the costly part and before anything is
     # written: the one place to check them against the inputs.
     paths: OutputPaths = plan_outputs(request.output, request.plot, loaded.path, windows, evaluating)
@@ -144,27 +161,55 @@ def infer(request: InferenceRequest) -> InferenceResult:
     # 2. scoring, where the data holds actuals after the cutoffs
     scores: Scores | None = None
     if evaluating:
-        series_history = {s.series_id: (s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq))
-                          for s in cut.filled}
-        scores = score_backtest(forecasts, windows.actual(), windows.history(slice(None), max(lags.values())),
-                                windows.series_ids, windows.cutoffs, series_history, pd.Timestamp(data.train_end), lags,
-                                quantiles, levels)
+        series_history = {
+            s.series_id: (s.values, pd.date_range(s.start, periods=len(s.values), freq=spec.freq)) for s in cut.filled
+        }
+        scores = score_backtest(
+            forecasts,
+            windows.actual(),
+            windows.history(slice(None), max(lags.values())),
+            windows.series_ids,
+            windows.cutoffs,
+            series_history,
+            pd.Timestamp(data.train_end),
+            lags,
+            quantiles,
+            levels,
+        )
         if cut.skipped:
-            scores.table["skipped"] = {"windows": len(cut.skipped), "asked": cut.asked,
-                                       "summary": cut.skip_summary(examples=3)}
+            scores.table["skipped"] = {
+                "windows": len(cut.skipped),
+                "asked": cut.asked,
+                "summary": cut.skip_summary(examples=3),
+            }
         if cut.unseen:
             scores.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
         if recalibrating:
             scores.table["recalibrate_days"] = request.recalibrate_days
 
     # 3. writing
-    frame = forecast_frame(windows, forecasts, with_series=len(series) > 1 or bool(data.series_column),
-                           unseen=set(cut.unseen), quantiles=quantiles, levels=levels)
+    frame = forecast_frame(
+        windows,
+        forecasts,
+        with_series=len(series) > 1 or bool(data.series_column),
+        unseen=set(cut.unseen),
+        quantiles=quantiles,
+        levels=levels,
+    )
     write_outputs(paths, frame, scores, windows, quantiles, levels, request.plot_cutoff, plotted)
     return InferenceResult(
-        loaded.path, frame, paths.forecasts, paths.plot, table=scores.table if scores else None,
-        table_path=paths.backtest, windows=windows, zones=scores.per_series if scores else None,
-        zones_path=paths.per_series, fleet_plot=paths.fleet_plot, skipped=cut.skip_summary(), unseen=cut.unseen,
+        loaded.path,
+        frame,
+        paths.forecasts,
+        paths.plot,
+        table=scores.table if scores else None,
+        table_path=paths.backtest,
+        windows=windows,
+        zones=scores.per_series if scores else None,
+        zones_path=paths.per_series,
+        fleet_plot=paths.fleet_plot,
+        skipped=cut.skip_summary(),
+        unseen=cut.unseen,
     )
 
 
@@ -173,13 +218,27 @@ def forecast_windows(request: InferenceRequest, loaded: LoadedCheckpoint, window
     if request.use_ray:
         from lit_forecast.inference.remote import forecast_remote  # Ray only when asked for
 
-        return forecast_remote(loaded.path, windows, request.windows_per_task, request.num_cpus,
-                               request.num_gpus, request.batch_size, request.max_retries)
+        return forecast_remote(
+            loaded.path,
+            windows,
+            request.windows_per_task,
+            request.num_cpus,
+            request.num_gpus,
+            request.batch_size,
+            request.max_retries,
+        )
     return forecast(loaded.model, model_inputs(windows), request.batch_size, report_progress=True)
 
 
-def _recalibrate(request: InferenceRequest, loaded: LoadedCheckpoint, series: list[Series], data: DataConfig,
-                 windows: WindowSet, quantiles: np.ndarray, at: list[pd.Timestamp]) -> np.ndarray:
+def _recalibrate(
+    request: InferenceRequest,
+    loaded: LoadedCheckpoint,
+    series: list[Series],
+    data: DataConfig,
+    windows: WindowSet,
+    quantiles: np.ndarray,
+    at: list[pd.Timestamp],
+) -> np.ndarray:
     """``quantiles`` with each window's bands refitted on its series' last ``recalibrate_days`` days,
     from the model's forecasts at the calibration cutoffs ``at``."""
     spec, days = loaded.window, request.recalibrate_days
@@ -188,16 +247,32 @@ def _recalibrate(request: InferenceRequest, loaded: LoadedCheckpoint, series: li
     except CutoffError:  # every calibration window skipped: too little data before the cutoffs
         recent = None
     if recent is None:
-        log.warning("--recalibrate-days %g: no forecast can be scored in the %g days before the cutoffs; the "
-                    "checkpoint's bands are kept", days, days)
+        log.warning(
+            "--recalibrate-days %g: no forecast can be scored in the %g days before the cutoffs; the "
+            "checkpoint's bands are kept",
+            days,
+            days,
+        )
         return quantiles
-    log.info("recalibrating the bands: forecasting %s windows of the %g days before the cutoffs", f"{len(recent):,}", days)
-    done = RecentForecasts(forecast_windows(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs)
-    quantiles, counts = recalibrate(quantiles, windows.series_ids, windows.cutoffs, done, loaded.model.levels, days, spec.freq)
-    log.log(logging.INFO if counts["refitted"] else logging.WARNING,
-            "recalibrated the bands of %s windows on the %g days before each cutoff%s", f"{counts['refitted']:,}", days,
-            f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} windows with known "
-            f"actuals in those days: more days, or a later cutoff, give them some)" if counts["kept"] else "")
+    log.info(
+        "recalibrating the bands: forecasting %s windows of the %g days before the cutoffs", f"{len(recent):,}", days
+    )
+    done = RecentForecasts(
+        forecast_windows(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs
+    )
+    quantiles, counts = recalibrate(
+        quantiles, windows.series_ids, windows.cutoffs, done, loaded.model.levels, days, spec.freq
+    )
+    log.log(
+        logging.INFO if counts["refitted"] else logging.WARNING,
+        "recalibrated the bands of %s windows on the %g days before each cutoff%s",
+        f"{counts['refitted']:,}",
+        days,
+        f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} windows with known "
+        f"actuals in those days: more days, or a later cutoff, give them some)"
+        if counts["kept"]
+        else "",
+    )
     return quantiles
 
 

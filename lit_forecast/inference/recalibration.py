@@ -44,7 +44,9 @@ def lookback(days: float, freq: str) -> pd.Timedelta:
     return step * int(pd.Timedelta(days=days) // step)
 
 
-def calibration_cutoffs(cutoffs: pd.DatetimeIndex, days: float, freq: str, horizon: int, series: int = 1) -> list[pd.Timestamp]:
+def calibration_cutoffs(
+    cutoffs: pd.DatetimeIndex, days: float, freq: str, horizon: int, series: int = 1
+) -> list[pd.Timestamp]:
     """Every slot from ``days`` before the first cutoff to the last whose targets end before the last cutoff.
 
     ``series``: how many series each is forecast for; over ``MAX_WINDOWS`` in all is a ConfigError.
@@ -54,15 +56,22 @@ def calibration_cutoffs(cutoffs: pd.DatetimeIndex, days: float, freq: str, horiz
     at = list(pd.date_range(first, last, freq=step)) if last >= first else []
     if len(at) * series > MAX_WINDOWS:
         raise ConfigError(
-            f"--recalibrate-days {days:g} would forecast {len(at) * series:,} extra windows ({series:,} series x {len(at):,} "
-            f"slots from {first} on), more than the {MAX_WINDOWS:,} one call may: use fewer days, fewer cutoffs or fewer series "
-            f"per call, or leave the option off for a fleet"
+            f"--recalibrate-days {days:g} would forecast {len(at) * series:,} extra windows "
+            f"({series:,} series x {len(at):,} slots from {first} on), more than the {MAX_WINDOWS:,} one call may: "
+            f"use fewer days, fewer cutoffs or fewer series per call, or leave the option off for a fleet"
         )
     return at
 
 
-def recalibrate(quantiles: np.ndarray, series_ids: list[str], cutoffs: pd.DatetimeIndex, recent: RecentForecasts,
-                levels: list[float], days: float, freq: str) -> tuple[np.ndarray, dict]:
+def recalibrate(
+    quantiles: np.ndarray,
+    series_ids: list[str],
+    cutoffs: pd.DatetimeIndex,
+    recent: RecentForecasts,
+    levels: list[float],
+    days: float,
+    freq: str,
+) -> tuple[np.ndarray, dict]:
     """(N, H, Q) passengers -> the same with each window's bands refitted on its series' recent forecasts.
 
     Returns the quantiles and counts for the log: windows refitted, and windows left as they were

@@ -55,7 +55,7 @@ def forecast_remote(
     batch_size: int = defaults.BATCH_SIZE,
     max_retries: int = defaults.MAX_RETRIES,
 ) -> np.ndarray:
-    """Forecasts (N, H, Q) float64 in passengers (quantiles, see forecaster.forecast), from ceil(N / windows_per_task) Ray tasks.
+    """Forecasts (N, H, Q) float64 in passengers (see forecaster.forecast) from ceil(N / windows_per_task) Ray tasks.
 
     ``num_gpus`` > 0 asks each task for that share of a GPU when the cluster has GPUs; without
     any, tasks run on CPU. A task whose worker dies, or which fails reading the checkpoint
@@ -75,11 +75,20 @@ def forecast_remote(
         num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries, retry_exceptions=[OSError]
     )
     refs = [
-        task.remote(payload, path, model_inputs(windows, lo, lo + windows_per_task), batch_size, num_gpus > 0, int(num_cpus))
+        task.remote(
+            payload, path, model_inputs(windows, lo, lo + windows_per_task), batch_size, num_gpus > 0, int(num_cpus)
+        )
         for lo in range(0, len(windows), windows_per_task)
     ]
-    log.info("forecasting %s window%s in %s Ray task%s (%g CPU%s each)", f"{len(windows):,}", "" if len(windows) == 1 else "s",
-             f"{len(refs):,}", "" if len(refs) == 1 else "s", num_cpus, f", {num_gpus:g} GPU" if num_gpus else "")
+    log.info(
+        "forecasting %s window%s in %s Ray task%s (%g CPU%s each)",
+        f"{len(windows):,}",
+        "" if len(windows) == 1 else "s",
+        f"{len(refs):,}",
+        "" if len(refs) == 1 else "s",
+        num_cpus,
+        f", {num_gpus:g} GPU" if num_gpus else "",
+    )
     sizes = {ref: min(windows_per_task, len(windows) - i * windows_per_task) for i, ref in enumerate(refs)}
     progress = Progress("forecast", total=len(windows))
     try:

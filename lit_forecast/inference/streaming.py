@@ -162,8 +162,10 @@ def choose_engine(engine: str, request: InferenceRequest) -> str:
     output = request.output or ""
     is_file = output.endswith((".csv", ".parquet"))
     if engine == "stream" and is_file:
-        raise ConfigError(f"--output {output}: --engine stream writes a Parquet dataset; give a folder name, "
-                          f"e.g. {output.rsplit('.', 1)[0]}/")
+        raise ConfigError(
+            f"--output {output}: --engine stream writes a Parquet dataset; give a folder name, "
+            f"e.g. {output.rsplit('.', 1)[0]}/"
+        )
     if engine == "plain" and not output.endswith(".csv"):
         return "plain"
     if engine == "stream":
@@ -173,9 +175,11 @@ def choose_engine(engine: str, request: InferenceRequest) -> str:
     readings = estimated_readings(fetch(data).location)
     huge = readings > AUTO_STREAM_READINGS
     if huge and (output.endswith(".csv") or (engine == "auto" and is_file)):
-        raise ConfigError(f"--output {output}: {data.source} holds about {readings:,} readings, too many forecasts for "
-                          f"one file; give a folder (e.g. --output {output.rsplit('.', 1)[0]}/) for a Parquet dataset "
-                          f"written by --engine stream")
+        raise ConfigError(
+            f"--output {output}: {data.source} holds about {readings:,} readings, too many forecasts for "
+            f"one file; give a folder (e.g. --output {output.rsplit('.', 1)[0]}/) for a Parquet dataset "
+            f"written by --engine stream"
+        )
     chosen = "stream" if engine == "auto" and huge else "plain" if engine == "auto" else engine
     log.info("--engine %s: about %s readings -> %s", engine, f"{readings:,}", chosen)
     return chosen
@@ -207,19 +211,37 @@ def _series_of(table: pa.Table, name: str, displays: list[str], data: DataConfig
     if not problems.any():
         checks.check_outliers(name, rows, bounds, data, problems, many_files)
     if problems.any():
-        note = {"stage": 2, "series_in_group": len(names), "files": problems.files, "rows": problems.rows,
-                "series": problems.series}
+        note = {
+            "stage": 2,
+            "series_in_group": len(names),
+            "files": problems.files,
+            "rows": problems.rows,
+            "series": problems.series,
+        }
         return [], [note], []
     series = regularise(name, rows, bounds, data, None, problems)
     kept = {s.series_id for s in series}
-    bad = [(sid, next((m for ms in problems.series.values() for m in ms if series_label(sid) in m), f"{sid}: unusable"))
-           for sid in rows["names"] if sid not in kept]
+    bad = [
+        (sid, next((m for ms in problems.series.values() for m in ms if series_label(sid) in m), f"{sid}: unusable"))
+        for sid in rows["names"]
+        if sid not in kept
+    ]
     return series, [], bad
 
 
-def _cut_group(table: pa.Table, name: str, displays: list[str], config: dict, many_files: bool,
-               stats: dict[str, tuple[float, float]], spec: dict, cutoffs: list[int] | None, history: int | None,
-               strict: bool, evaluating: bool) -> dict:
+def _cut_group(
+    table: pa.Table,
+    name: str,
+    displays: list[str],
+    config: dict,
+    many_files: bool,
+    stats: dict[str, tuple[float, float]],
+    spec: dict,
+    cutoffs: list[int] | None,
+    history: int | None,
+    strict: bool,
+    evaluating: bool,
+) -> dict:
     """Map_groups UDF: one group's windows as model inputs, and a meta row with its counts and sums."""
     data = DataConfig(**config)
     window = WindowSpec.from_dict(spec)
@@ -263,16 +285,24 @@ def _cut_group(table: pa.Table, name: str, displays: list[str], config: dict, ma
         meta["mase_moved"], meta["mase_none"] = moved, none
         actual = windows.actual()
         sums = agg.window_sums(actual, windows.series_ids, windows.cutoffs, window.horizon, _levels(spec))
-        sums.methods = agg.baseline_sums(windows.history(slice(None), max(lags.values())), actual, windows.series_ids,
-                                         scales, lags, _levels(spec), residuals)
+        sums.methods = agg.baseline_sums(
+            windows.history(slice(None), max(lags.values())),
+            actual,
+            windows.series_ids,
+            scales,
+            lags,
+            _levels(spec),
+            residuals,
+        )
         sums.mase_scale, sums.residuals = scales, residuals or {}
         meta["sums"] = sums
         scale = np.array([scales[sid] for sid in windows.series_ids], dtype=np.float64)
     return _rows(window, meta, windows, scale)
 
 
-def _recent(s: Series, scaling: dict, window: WindowSpec, at: list[pd.Timestamp] | None, history: int | None,
-            data: DataConfig) -> Series:
+def _recent(
+    s: Series, scaling: dict, window: WindowSpec, at: list[pd.Timestamp] | None, history: int | None, data: DataConfig
+) -> Series:
     """``s`` from a little before its earliest window's history: the same windows at a fraction of the slots.
 
     A known series is scaled with the checkpoint's statistics, so its windows depend only on
@@ -298,8 +328,19 @@ def _recent(s: Series, scaling: dict, window: WindowSpec, at: list[pd.Timestamp]
 
 def _empty_meta(group: int) -> dict:
     """A group's counts before anything is cut (``sums``: its baselines' ScoreSums, once scored)."""
-    return {"group": group, "notes": [], "bad": [], "skipped": {}, "examples": {}, "asked": 0, "unseen": [], "series": 0,
-            "sums": None, "mase_moved": 0, "mase_none": 0}
+    return {
+        "group": group,
+        "notes": [],
+        "bad": [],
+        "skipped": {},
+        "examples": {},
+        "asked": 0,
+        "unseen": [],
+        "series": 0,
+        "sums": None,
+        "mase_moved": 0,
+        "mase_none": 0,
+    }
 
 
 def _levels(spec: dict) -> list[float]:
@@ -345,8 +386,9 @@ def _count_skips(meta: dict, skipped: list[SkippedWindow]) -> None:
             shown.append((k.series_id, str(k.cutoff)))
 
 
-def _series_scores(filled: list[Series], windows, data: DataConfig, window: WindowSpec, lags: dict[str, int],
-                   levels: list[float]):
+def _series_scores(
+    filled: list[Series], windows, data: DataConfig, window: WindowSpec, lags: dict[str, int], levels: list[float]
+):
     """Per series with a window: its MASE scale and baseline residual quantiles, as the plain path computes them."""
     first = pd.Series(windows.cutoffs, index=windows.series_ids).groupby(level=0).min().to_dict()
     week, train_end = lags["naive_weekly"], pd.Timestamp(data.train_end)
@@ -368,8 +410,9 @@ def _series_scores(filled: list[Series], windows, data: DataConfig, window: Wind
                 none += 1
                 scales[s.series_id] = float("nan")
             if levels:
-                residuals[s.series_id] = bt.baseline_residual_quantiles(s.values, times, train_end, first[s.series_id],
-                                                                        lags, levels)
+                residuals[s.series_id] = bt.baseline_residual_quantiles(
+                    s.values, times, train_end, first[s.series_id], lags, levels
+                )
     finally:
         quiet.level = level
     return scales, (residuals if levels else None), moved, none
@@ -446,8 +489,9 @@ def _read_and_cut(batch: dict, chunks: list, location: str, config: dict, many_f
     index = int(batch["chunk"][0])
     table = read_chunk(batch, chunks, location, config, 1, many_files)
     if table.num_rows and table["group"][0].as_py() != NOTE_GROUP:
-        table = table.set_column(table.schema.get_field_index("group"), "group",
-                                 pa.array(np.full(table.num_rows, index, dtype=np.int32)))
+        table = table.set_column(
+            table.schema.get_field_index("group"), "group", pa.array(np.full(table.num_rows, index, dtype=np.int32))
+        )
     if not table.num_rows:
         return _rows(WindowSpec.from_dict(cut["spec"]), _empty_meta(index))
     return _cut_group(table, config=config, many_files=many_files, **cut)
@@ -488,8 +532,13 @@ class Forecaster:
 
 def forecast_schema(levels: list[float], with_actual: bool) -> pa.Schema:
     """The output dataset's schema (see the module docstring)."""
-    fields = [("series_id", pa.string()), ("cutoff", pa.timestamp("ns")), ("timestamp", pa.timestamp("ns")),
-              ("step", pa.int16()), ("median", pa.float64())]
+    fields = [
+        ("series_id", pa.string()),
+        ("cutoff", pa.timestamp("ns")),
+        ("timestamp", pa.timestamp("ns")),
+        ("step", pa.int16()),
+        ("median", pa.float64()),
+    ]
     fields += [(f"q{q:g}", pa.float64()) for q in levels if q != 0.5]
     fields += [("actual", pa.float64())] if with_actual else []
     return pa.schema(fields + [("in_checkpoint", pa.bool_())])
@@ -525,8 +574,14 @@ def _write_block(batch: dict, folder: str, levels: list[float], median_index: in
         first = (int(batch["group"][rows[0]]), int(batch["index"][rows[0]]))
         storage.write_parquet(storage.join(folder, f"part-{first[0]:05d}-{first[1]:08d}.parquet"), table)
         if evaluating:
-            model = agg.method_sums(median, actual, ids, batch["mase_scale"][rows].astype(np.float64),
-                                    quantiles if levels else None, levels or None)
+            model = agg.method_sums(
+                median,
+                actual,
+                ids,
+                batch["mase_scale"][rows].astype(np.float64),
+                quantiles if levels else None,
+                levels or None,
+            )
     return {"windows": np.array([n], dtype=np.int64), "payload": np.array([pickle.dumps((model, metas))], dtype=object)}
 
 
@@ -540,12 +595,18 @@ def _data_context(cpus: float, gpus: float, object_store_mb: int):
     from ray.data import DataContext, ExecutionResources
 
     context = DataContext.get_current()
-    saved = (context.execution_options.resource_limits, context.enable_progress_bars, context.print_on_execution_start,
-             context.enable_auto_log_stats, context.op_resource_reservation_enabled)
+    saved = (
+        context.execution_options.resource_limits,
+        context.enable_progress_bars,
+        context.print_on_execution_start,
+        context.enable_auto_log_stats,
+        context.op_resource_reservation_enabled,
+    )
     ray_log, bars_log = logging.getLogger("ray.data"), logging.getLogger("ray.data._internal.progress")
     ray_level, bars_level = ray_log.level, bars_log.level
-    context.execution_options.resource_limits = ExecutionResources(cpu=cpus, gpu=gpus,
-                                                                   object_store_memory=object_store_mb << 20)
+    context.execution_options.resource_limits = ExecutionResources(
+        cpu=cpus, gpu=gpus, object_store_memory=object_store_mb << 20
+    )
     context.enable_progress_bars = False  # our own progress line instead (one line every few seconds)
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
@@ -557,8 +618,13 @@ def _data_context(cpus: float, gpus: float, object_store_mb: int):
     try:
         yield
     finally:
-        (context.execution_options.resource_limits, context.enable_progress_bars, context.print_on_execution_start,
-         context.enable_auto_log_stats, context.op_resource_reservation_enabled) = saved
+        (
+            context.execution_options.resource_limits,
+            context.enable_progress_bars,
+            context.print_on_execution_start,
+            context.enable_auto_log_stats,
+            context.op_resource_reservation_enabled,
+        ) = saved
         ray_log.setLevel(ray_level)
         bars_log.setLevel(bars_level)
 
@@ -581,11 +647,15 @@ def check_output(output: str, overwrite: bool) -> None:
     except OSError as err:
         raise ConfigError(f"--output {output}: cannot be reached ({err})") from None
     if info.type == pafs.FileType.File:
-        raise ConfigError(f"--output {output} is a file: the streaming path writes a folder of Parquet files; "
-                          f"give a folder name, or a .csv/.parquet file with --engine plain")
+        raise ConfigError(
+            f"--output {output} is a file: the streaming path writes a folder of Parquet files; "
+            f"give a folder name, or a .csv/.parquet file with --engine plain"
+        )
     if info.type == pafs.FileType.Directory and not overwrite and fs.get_file_info(pafs.FileSelector(path)):
-        raise ConfigError(f"--output {output} already holds files: give a new folder, or --overwrite to replace it "
-                          f"(the new forecasts are moved into place only once all are written)")
+        raise ConfigError(
+            f"--output {output} already holds files: give a new folder, or --overwrite to replace it "
+            f"(the new forecasts are moved into place only once all are written)"
+        )
     if not storage.is_uri(output):
         parent = next((p for p in Path(path).parents if p.exists()), None)
         if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK)):
@@ -610,8 +680,10 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
     if request.recalibrate_days:
         raise ConfigError("--recalibrate-days is not available with --engine stream: use --engine plain (a few series)")
     if request.plot_cutoff is not None or request.plot_series is not None:
-        raise ConfigError("--plot-cutoff and --plot-series draw one window: use --engine plain (the streaming path "
-                          "draws the fleet plot only)")
+        raise ConfigError(
+            "--plot-cutoff and --plot-series draw one window: use --engine plain (the streaming path "
+            "draws the fleet plot only)"
+        )
     path = request.checkpoint or layout.best_checkpoint(request.run or layout.latest_run(request.storage))
     loaded = load_checkpoint(path, "cpu", horizon=request.horizon)
     model = loaded.model
@@ -647,15 +719,40 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
     # Actors on one machine read the checkpoint's path; on a cluster a local file travels as bytes, once.
     one_node = len([n for n in ray.nodes() if n.get("Alive")]) == 1
     payload = loaded.path if storage.is_uri(loaded.path) or one_node else ray.put(storage.read_bytes(loaded.path))
-    log.info("streaming %s: %d read task(s), %s; %d forecasting actor(s) of %s CPU%s", name, len(chunks),
-             "each holding whole series (no shuffle)" if aligned else f"{groups} series group(s)", actors, options.num_cpus,
-             f" and {num_gpus} GPU" if num_gpus else "")
+    log.info(
+        "streaming %s: %d read task(s), %s; %d forecasting actor(s) of %s CPU%s",
+        name,
+        len(chunks),
+        "each holding whole series (no shuffle)" if aligned else f"{groups} series group(s)",
+        actors,
+        options.num_cpus,
+        f" and {num_gpus} GPU" if num_gpus else "",
+    )
     tmp_location = tmp if not storage.is_uri(output) else output.split("://", 1)[0] + "://" + tmp
     try:
         with _data_context(cpus, gpus, options.object_store_mb):
-            results = _run(chunks, source.location, name, displays, settings, groups, stats, spec_dict, request, evaluating,
-                           lags, levels, model.median_index, spec.freq, tmp_location, payload, options, actors, num_gpus,
-                           aligned)
+            results = _run(
+                chunks,
+                source.location,
+                name,
+                displays,
+                settings,
+                groups,
+                stats,
+                spec_dict,
+                request,
+                evaluating,
+                lags,
+                levels,
+                model.median_index,
+                spec.freq,
+                tmp_location,
+                payload,
+                options,
+                actors,
+                num_gpus,
+                aligned,
+            )
         sums, metas, windows = results
         notes = [n for m in metas for n in m["notes"]]
         strict = [n["error"] for n in notes if n.get("stage") == 5]
@@ -669,49 +766,111 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
             fs.delete_dir(tmp)
         raise
-    result = StreamResult(loaded.path, output, windows, _sample(output), skipped=_skip_summary(metas),
-                          unseen=sum(len(m["unseen"]) for m in metas),
-                          bad_series=[why for m in metas for _, why in m["bad"]])
+    result = StreamResult(
+        loaded.path,
+        output,
+        windows,
+        _sample(output),
+        skipped=_skip_summary(metas),
+        unseen=sum(len(m["unseen"]) for m in metas),
+        bad_series=[why for m in metas for _, why in m["bad"]],
+    )
     _log_counts(metas, result, data)
     if evaluating and sums is not None:
         _score(result, sums, lags, metas, output)
     result.seconds = time.perf_counter() - started
-    log.info("forecast %s windows in %.1f s (%s windows/s) -> %s", f"{windows:,}", result.seconds,
-             f"{windows / max(result.seconds, 1e-9):,.0f}", output)
+    log.info(
+        "forecast %s windows in %.1f s (%s windows/s) -> %s",
+        f"{windows:,}",
+        result.seconds,
+        f"{windows / max(result.seconds, 1e-9):,.0f}",
+        output,
+    )
     return result
 
 
-def _run(chunks, location, name, displays, settings, groups, stats, spec_dict, request, evaluating, lags, levels,
-         median_index, freq, tmp, payload, options: StreamOptions, actors: int, num_gpus: float, aligned: bool):
+def _run(
+    chunks,
+    location,
+    name,
+    displays,
+    settings,
+    groups,
+    stats,
+    spec_dict,
+    request,
+    evaluating,
+    lags,
+    levels,
+    median_index,
+    freq,
+    tmp,
+    payload,
+    options: StreamOptions,
+    actors: int,
+    num_gpus: float,
+    aligned: bool,
+):
     """Build and consume the dataset; only the blocks' sums and metas reach this process."""
     history = max(lags.values()) if evaluating else None
     many_files = len(displays) > 1
     cutoffs = [c.value for c in request.cutoffs] if request.cutoffs is not None else None
-    cut = {"name": name, "displays": displays, "stats": stats, "spec": spec_dict, "cutoffs": cutoffs, "history": history,
-           "strict": request.strict, "evaluating": evaluating}
+    cut = {
+        "name": name,
+        "displays": displays,
+        "stats": stats,
+        "spec": spec_dict,
+        "cutoffs": cutoffs,
+        "history": history,
+        "strict": request.strict,
+        "evaluating": evaluating,
+    }
     items = ray.data.from_items([{"chunk": i} for i in range(len(chunks))], override_num_blocks=len(chunks))
     if aligned:  # every chunk holds whole series: cut where it is read
-        windows = items.map_batches(_read_and_cut, batch_size=1, batch_format="numpy",
-                                    fn_kwargs={"chunks": chunks, "location": location, "config": settings,
-                                               "many_files": many_files, **cut})
+        windows = items.map_batches(
+            _read_and_cut,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={"chunks": chunks, "location": location, "config": settings, "many_files": many_files, **cut},
+        )
     else:  # gather each group's readings first (an all-to-all shuffle)
         readings = items.map_batches(
-            read_chunk, batch_size=1, batch_format="numpy",
-            fn_kwargs={"chunks": chunks, "location": location, "config": settings, "groups": groups, "many_files": many_files},
+            read_chunk,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={
+                "chunks": chunks,
+                "location": location,
+                "config": settings,
+                "groups": groups,
+                "many_files": many_files,
+            },
         )
         windows = readings.groupby("group", num_partitions=groups).map_groups(
-            _cut_group, batch_format="pyarrow", fn_kwargs={"config": settings, "many_files": many_files, **cut})
+            _cut_group, batch_format="pyarrow", fn_kwargs={"config": settings, "many_files": many_files, **cut}
+        )
     forecasts = windows.map_batches(
         # One call per block: a block is one chunk's or group's windows, bounded by its readings. A batch size
         # here would be fused into the stage before it and bundle that many of its inputs (whole chunks) per task.
-        Forecaster, batch_size=None, batch_format="numpy",
+        Forecaster,
+        batch_size=None,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         fn_constructor_args=(payload, name, num_gpus > 0, int(max(1, options.num_cpus)), options.batch_size),
-        num_cpus=options.num_cpus, num_gpus=num_gpus or None,
+        num_cpus=options.num_cpus,
+        num_gpus=num_gpus or None,
     )  # Ray Data restarts an actor that dies and retries its blocks (max_restarts=-1, max_task_retries=-1)
     written = forecasts.map_batches(
-        _write_block, batch_size=None, batch_format="numpy",
-        fn_kwargs={"folder": tmp, "levels": levels, "median_index": median_index, "freq": freq, "evaluating": evaluating},
+        _write_block,
+        batch_size=None,
+        batch_format="numpy",
+        fn_kwargs={
+            "folder": tmp,
+            "levels": levels,
+            "median_index": median_index,
+            "freq": freq,
+            "evaluating": evaluating,
+        },
     )
     sums = None
     metas: list[dict] = []
@@ -738,16 +897,22 @@ def _run(chunks, location, name, displays, settings, groups, stats, spec_dict, r
 
 @contextlib.contextmanager
 def _progress_line(counts: dict, groups: int):
-    """Log ``forecast: 12,288 windows, 310 windows/s, 30 blocks written, 14 of 40 series groups cut`` every few seconds."""
+    """Log ``forecast: 12,288 windows, 310 windows/s, 30 blocks written, 14 of 40 series groups cut`` now and then."""
     stop = threading.Event()
     started = time.perf_counter()
 
     def report() -> None:
         while not stop.wait(PROGRESS_EVERY_S):
             elapsed = time.perf_counter() - started
-            log.info("forecast: %s windows, %s windows/s, %d blocks written, %d of at most %d series groups cut, %.0f s",
-                     f"{counts['windows']:,}", f"{counts['windows'] / elapsed:,.0f}", counts["blocks"], counts["groups"],
-                     groups, elapsed)
+            log.info(
+                "forecast: %s windows, %s windows/s, %d blocks written, %d of at most %d series groups cut, %.0f s",
+                f"{counts['windows']:,}",
+                f"{counts['windows'] / elapsed:,.0f}",
+                counts["blocks"],
+                counts["groups"],
+                groups,
+                elapsed,
+            )
 
     thread = threading.Thread(target=report, daemon=True)
     thread.start()
@@ -769,24 +934,37 @@ def _skip_summary(metas: list[dict]) -> str:
     if not counts:
         return ""
     asked = sum(m["asked"] for m in metas)
-    parts = [f"{counts[r]:,} {label} (e.g. " + ", ".join(f"{sid!r} at {c}" for sid, c in sorted(examples[r])[:1]) + ")"
-             for r, label in SKIP_REASONS.items() if r in counts]
+    parts = [
+        f"{counts[r]:,} {label} (e.g. " + ", ".join(f"{sid!r} at {c}" for sid, c in sorted(examples[r])[:1]) + ")"
+        for r, label in SKIP_REASONS.items()
+        if r in counts
+    ]
     return f"skipped {sum(counts.values()):,} of {asked:,} windows: " + ", ".join(parts)
 
 
 def _log_counts(metas: list[dict], result: StreamResult, data: DataConfig) -> None:
     if result.unseen:
-        log.info("%d series not in the checkpoint: scaled with the mean and std of their own history before each cutoff",
-                 result.unseen)
+        log.info(
+            "%d series not in the checkpoint: scaled with the mean and std of their own history before each cutoff",
+            result.unseen,
+        )
     if result.bad_series:
-        log.warning("%d series skipped, their readings cannot be put on the data.freq=%s grid: %s", len(result.bad_series),
-                    data.freq, "; ".join(result.bad_series[:EXAMPLES]))
+        log.warning(
+            "%d series skipped, their readings cannot be put on the data.freq=%s grid: %s",
+            len(result.bad_series),
+            data.freq,
+            "; ".join(result.bad_series[:EXAMPLES]),
+        )
     if result.skipped:
         log.warning("%s", result.skipped)
     moved, none = sum(m["mase_moved"] for m in metas), sum(m["mase_none"] for m in metas)
     if moved:
-        log.warning("MASE: %d series have less than a week of data before data.train_end=%s, so they are scaled on "
-                    "their data before their first cutoff", moved, data.train_end)
+        log.warning(
+            "MASE: %d series have less than a week of data before data.train_end=%s, so they are scaled on "
+            "their data before their first cutoff",
+            moved,
+            data.train_end,
+        )
     if none:
         log.warning("MASE: %d series have no weekly seasonal-naive error to scale by: their MASE is NaN", none)
 
@@ -799,8 +977,12 @@ def _score(result: StreamResult, sums: agg.ScoreSums, lags: dict[str, int], meta
         table["fleet"] = bt.fleet_summary(zones)
         result.zones, result.zones_path, result.fleet_plot = zones, base + ".zones.csv", base + ".fleet.png"
         storage.write_text(result.zones_path, zones.to_csv(index=False, float_format="%.6g"))
-        plot_fleet(result.fleet_plot, zones["mase_model"], zones["mase_naive_weekly"],
-                   f"per-series MASE over {len(table['cutoffs'])} cutoffs, {len(zones):,} series")
+        plot_fleet(
+            result.fleet_plot,
+            zones["mase_model"],
+            zones["mase_naive_weekly"],
+            f"per-series MASE over {len(table['cutoffs'])} cutoffs, {len(zones):,} series",
+        )
     if result.skipped:
         skipped = sum(n for m in metas for n in m["skipped"].values())
         table["skipped"] = {"windows": skipped, "asked": sum(m["asked"] for m in metas), "summary": result.skipped}

@@ -34,7 +34,9 @@ class ForecastModel(nn.Module):
     def __init__(self, shape: NetShape, members: int, window: WindowSpec, series_stats: dict[str, SeriesStats]):
         super().__init__()
         if (shape.input_window, shape.horizon, shape.slots_per_day) != (
-            window.input_window, window.horizon, window.slots_per_day
+            window.input_window,
+            window.horizon,
+            window.slots_per_day,
         ):
             raise ValueError(f"the network's shape {shape} does not fit the window {window}")
         if members < 1:
@@ -50,8 +52,9 @@ class ForecastModel(nn.Module):
         """(..., Q) -> (...): the median level, which is the point forecast."""
         return quantiles[..., self.median_index]
 
-    def raw_forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor,
-                            future_time: torch.Tensor) -> torch.Tensor:
+    def raw_forecast_scaled(
+        self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor
+    ) -> torch.Tensor:
         """The members' autoregressive quantiles (B, H, Q) averaged level by level, before calibration.
 
         Scaled units, as ``past_target`` (B, W); calendars ``past_time`` (B, W, 3), ``future_time``
@@ -65,14 +68,16 @@ class ForecastModel(nn.Module):
             return quantiles
         return widen(quantiles, self.calibration.to(quantiles.dtype), self.median_index)
 
-    def forecast_scaled(self, past_target: torch.Tensor, past_time: torch.Tensor,
-                        future_time: torch.Tensor) -> torch.Tensor:
+    def forecast_scaled(
+        self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor
+    ) -> torch.Tensor:
         """Autoregressive quantiles (B, H, Q) in scaled units, calibrated: what validation and inference use."""
         return self.calibrated(self.raw_forecast_scaled(past_target, past_time, future_time))
 
-    def teacher_forced(self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor,
-                       future_target: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced quantiles (B, H, Q), scaled units, given the true ``future_target`` (B, H): the members' mean."""
+    def teacher_forced(
+        self, past_target: torch.Tensor, past_time: torch.Tensor, future_time: torch.Tensor, future_target: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced quantiles (B, H, Q), scaled, given the true ``future_target`` (B, H): the members' mean."""
         decoder_input = Seq2SeqTransformer.shift(past_target, future_target)
         return torch.stack([net(past_target, past_time, future_time, decoder_input) for net in self.nets]).mean(dim=0)
 
@@ -98,8 +103,11 @@ class ForecastModel(nn.Module):
         load with factors of one (uncalibrated, as they forecast when written).
         """
         prefixed = any(key.startswith(TRAINING_PREFIX) for key in state_dict)
-        plain = {key.removeprefix(TRAINING_PREFIX): value for key, value in state_dict.items()
-                 if key.startswith(TRAINING_PREFIX) or not prefixed}
+        plain = {
+            key.removeprefix(TRAINING_PREFIX): value
+            for key, value in state_dict.items()
+            if key.startswith(TRAINING_PREFIX) or not prefixed
+        }
         if self.levels and "calibration" not in plain:
             plain["calibration"] = torch.ones_like(self.calibration)
         return plain

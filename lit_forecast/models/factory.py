@@ -37,12 +37,17 @@ class PreparedData(Protocol):
     def series_stats(self) -> dict[str, SeriesStats]: ...
 
 
-def hyperparameters(config: Config, window: WindowSpec,
-                    series_stats: dict[str, SeriesStats]) -> dict[str, dict[str, Any]]:
+def hyperparameters(
+    config: Config, window: WindowSpec, series_stats: dict[str, SeriesStats]
+) -> dict[str, dict[str, Any]]:
     """The plain values a model is built from and its checkpoint carries: model, window, train, series."""
     plain = to_dict(config)
-    return {"model": plain["model"], "window": window.to_dict(), "train": plain["train"],
-            "series": stats_to_dict(series_stats)}
+    return {
+        "model": plain["model"],
+        "window": window.to_dict(),
+        "train": plain["train"],
+        "series": stats_to_dict(series_stats),
+    }
 
 
 def net_shape(model: Mapping[str, Any], window: WindowSpec) -> NetShape:

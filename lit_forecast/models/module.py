@@ -161,7 +161,9 @@ class ForecastModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.val_quantiles is not None:  # compute() sums the states over ranks first
-            self.log_dict({f"val/{k}": v for k, v in self.val_quantiles.compute().items()}, sync_dist=True)  # equal on every rank
+            self.log_dict(
+                {f"val/{k}": v for k, v in self.val_quantiles.compute().items()}, sync_dist=True
+            )  # equal on every rank
             self.val_quantiles.reset()
         if self.val_calibration is not None:
             factors = self.val_calibration.compute()  # summed over ranks first: equal on every rank
@@ -169,7 +171,9 @@ class ForecastModule(L.LightningModule):
             if not (self._trainer is not None and self.trainer.sanity_checking):
                 self.model.calibration.copy_(factors)
             outer = [j for j in (0, len(self.levels) - 1) if j != self.model.median_index]
-            self.log("val/calibration_widen", factors[:, outer].mean(), sync_dist=True)  # mean factor of the outer levels (equal on every rank)
+            self.log(
+                "val/calibration_widen", factors[:, outer].mean(), sync_dist=True
+            )  # mean factor of the outer levels (equal on every rank)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Resume from any checkpoint this project wrote (see ``ForecastModel.plain_state_dict``)."""

@@ -90,9 +90,13 @@ class QuantileCalibration(torchmetrics.Metric):
             raise ValueError(f"margin {margin} must lie in [0, 0.5)")
         self.levels, self.median_index, self.margin = list(levels), median_index(levels), margin
         bins = round(self.MAX_FACTOR / self.BIN_WIDTH)
-        self.register_buffer("edges", torch.linspace(0.0, self.MAX_FACTOR, bins + 1, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "edges", torch.linspace(0.0, self.MAX_FACTOR, bins + 1, dtype=torch.float64), persistent=False
+        )
         # bucket 0: ratio <= 0 (the actual lies on the median's other side); bucket bins + 1: above MAX_FACTOR
-        self.add_state("counts", default=torch.zeros(horizon, len(levels), bins + 2, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "counts", default=torch.zeros(horizon, len(levels), bins + 2, dtype=torch.float64), dist_reduce_fx="sum"
+        )
 
     def update(self, quantiles: torch.Tensor, target: torch.Tensor) -> None:
         """Uncalibrated quantiles (B, H, Q) and target (B, H), in any one unit (the ratio is unit-free)."""
@@ -107,7 +111,9 @@ class QuantileCalibration(torchmetrics.Metric):
         """(H, Q) factors: 1 at the median and where there were too few windows."""
         total = self.counts.sum(dim=-1, keepdim=True)
         share = self.counts.cumsum(dim=-1) / total.clamp(min=1)
-        target = torch.tensor([min(max(q, 1 - q) + self.margin, 1.0) for q in self.levels], dtype=torch.float64, device=share.device)
+        target = torch.tensor(
+            [min(max(q, 1 - q) + self.margin, 1.0) for q in self.levels], dtype=torch.float64, device=share.device
+        )
         first = (share < target[None, :, None] - 1e-9).sum(dim=-1).clamp(max=len(self.edges) - 1)  # (H, Q) bucket index
         factors = self.edges[first].clamp(self.MIN_FACTOR, self.MAX_FACTOR)  # the bucket's upper edge
         enough = total[..., 0] >= self.MIN_WINDOWS

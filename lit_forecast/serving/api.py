@@ -131,25 +131,35 @@ def parse_request(raw: Any, context: Context, prefix: str = "") -> Query:
     if request.cutoff is not None:
         cutoff = _timestamp(request.cutoff, f"{prefix}cutoff", step)
         if context.data_series is None:
-            raise RequestError(f"{prefix}cutoff", "this server has no data to read history from (start it with "
-                                                  "--data); send history and history_end instead")
+            raise RequestError(
+                f"{prefix}cutoff",
+                "this server has no data to read history from (start it with "
+                "--data); send history and history_end instead",
+            )
         if series_id not in context.data_series:
             raise RequestError(f"{prefix}series_id", f"{series_id!r} is not a series of the data {context.data_name}")
         first = context.data_series[series_id]
         if (cutoff - first) % step:
-            raise RequestError(f"{prefix}cutoff", f"{request.cutoff} is not on the {spec.freq} grid of the series, "
-                                                  f"which starts at {first}")
+            raise RequestError(
+                f"{prefix}cutoff",
+                f"{request.cutoff} is not on the {spec.freq} grid of the series, which starts at {first}",
+            )
         return Query(series_id, cutoff, None)
     if request.history is None:
-        raise RequestError(f"{prefix}history", "missing: send history and history_end (or cutoff, with a server "
-                                               "started with --data)")
+        raise RequestError(
+            f"{prefix}history", "missing: send history and history_end (or cutoff, with a server started with --data)"
+        )
     if request.history_end is None:
-        raise RequestError(f"{prefix}history_end", "missing: the timestamp of the last history value, "
-                                                   "e.g. 2015-01-09T23:30:00")
+        raise RequestError(
+            f"{prefix}history_end", "missing: the timestamp of the last history value, e.g. 2015-01-09T23:30:00"
+        )
     end = _timestamp(request.history_end, f"{prefix}history_end", step)
     if len(request.history) < spec.input_window:
-        raise RequestError(f"{prefix}history", f"holds {len(request.history)} values; this model needs at least "
-                                               f"{spec.input_window} (its look-back), oldest first")
+        raise RequestError(
+            f"{prefix}history",
+            f"holds {len(request.history)} values; this model needs at least "
+            f"{spec.input_window} (its look-back), oldest first",
+        )
     return Query(series_id, end + step, np.asarray(request.history, dtype=np.float64))
 
 
@@ -160,8 +170,9 @@ def parse_batch(raw: Any, context: Context, limit: int) -> list[Query]:
     if not raw:
         raise RequestError("body", "the list is empty: send at least one forecast request")
     if len(raw) > limit:
-        raise RequestError("body", f"{len(raw):,} requests, over the limit of {limit:,} per batch "
-                                   f"(serve.max_batch_items)", 413)
+        raise RequestError(
+            "body", f"{len(raw):,} requests, over the limit of {limit:,} per batch (serve.max_batch_items)", 413
+        )
     return [parse_request(item, context, f"[{i}].") for i, item in enumerate(raw)]
 
 
@@ -171,8 +182,11 @@ def _series_id(given: str | None, context: Context, prefix: str) -> str:
         return given
     if len(context.known) == 1:
         return next(iter(context.known))
-    raise RequestError(f"{prefix}series_id", f"missing: this model knows {len(context.known):,} series, so say which "
-                                             f"(an unknown id is scaled on its own history)")
+    raise RequestError(
+        f"{prefix}series_id",
+        f"missing: this model knows {len(context.known):,} series, so say which "
+        f"(an unknown id is scaled on its own history)",
+    )
 
 
 def _timestamp(text: str, field: str, step: pd.Timedelta) -> pd.Timestamp:
@@ -186,8 +200,11 @@ def _timestamp(text: str, field: str, step: pd.Timedelta) -> pd.Timestamp:
     if stamp.tz is not None:
         raise RequestError(field, f"{text!r} has a UTC offset; give local time without one, like the data")
     if (stamp - stamp.normalize()) % step:
-        raise RequestError(field, f"{text} is not on the {step.components.hours * 60 + step.components.minutes}-minute "
-                                  f"grid of the model (slots start at multiples of {step} from midnight)")
+        raise RequestError(
+            field,
+            f"{text} is not on the {step.components.hours * 60 + step.components.minutes}-minute "
+            f"grid of the model (slots start at multiples of {step} from midnight)",
+        )
     return stamp
 
 

@@ -136,17 +136,20 @@ class Forecaster:
     @api.get("/stats")
     async def stats(self) -> dict:
         """Batches decoded by this replica since it started: how many, forecasts in all, and the count of each size."""
-        return {"batches": sum(self.batch_sizes.values()),
-                "forecasts": sum(size * count for size, count in self.batch_sizes.items()),
-                "batch_sizes": {str(size): count for size, count in sorted(self.batch_sizes.items())}}
+        return {
+            "batches": sum(self.batch_sizes.values()),
+            "forecasts": sum(size * count for size, count in self.batch_sizes.items()),
+            "batch_sizes": {str(size): count for size, count in sorted(self.batch_sizes.items())},
+        }
 
     async def _body(self, request: Request) -> bytes:
         """The body, refused before it is read when its declared length is over the limit."""
         declared = request.headers.get("content-length", "")
         limit = self.settings.max_body_bytes
         if declared.isdigit() and int(declared) > limit:
-            raise RequestError("body", f"{int(declared):,} bytes, over the limit of {limit:,} (serve.max_body_bytes)",
-                               413)
+            raise RequestError(
+                "body", f"{int(declared):,} bytes, over the limit of {limit:,} (serve.max_body_bytes)", 413
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -156,8 +159,9 @@ class Forecaster:
         return b"".join(chunks)
 
 
-def application(settings: ServeConfig, checkpoint: str, data: str | None = None,
-                surge: bool = True) -> serve.Application:
+def application(
+    settings: ServeConfig, checkpoint: str, data: str | None = None, surge: bool = True
+) -> serve.Application:
     """The Serve application for ``checkpoint`` (a path every replica can read, or a URI) and ``data``.
 
     ``surge``: an update starts the new replicas before it stops the old ones.
@@ -174,13 +178,21 @@ def application(settings: ServeConfig, checkpoint: str, data: str | None = None,
 def deploy(settings: ServeConfig, checkpoint: str, data: str | None = None):
     """Run (or update: without downtime where there is room) the app; returns the ingress deployment's handle."""
     have = ray.cluster_resources()
-    surge = (have.get("CPU", 0) >= 2 * settings.replicas * settings.cpus_per_replica
-             and have.get("GPU", 0) >= 2 * settings.replicas * settings.gpus_per_replica)
+    surge = (
+        have.get("CPU", 0) >= 2 * settings.replicas * settings.cpus_per_replica
+        and have.get("GPU", 0) >= 2 * settings.replicas * settings.gpus_per_replica
+    )
     if not surge:
-        log.warning("Ray has %g CPUs and %g GPUs, not enough to start %d replica(s) of %g CPU and %g GPU beside the "
-                    "old ones: an update stops each old replica before its replacement is ready, and requests wait "
-                    "meanwhile", have.get("CPU", 0), have.get("GPU", 0), settings.replicas, settings.cpus_per_replica,
-                    settings.gpus_per_replica)
+        log.warning(
+            "Ray has %g CPUs and %g GPUs, not enough to start %d replica(s) of %g CPU and %g GPU beside the "
+            "old ones: an update stops each old replica before its replacement is ready, and requests wait "
+            "meanwhile",
+            have.get("CPU", 0),
+            have.get("GPU", 0),
+            settings.replicas,
+            settings.cpus_per_replica,
+            settings.gpus_per_replica,
+        )
     app = application(settings, checkpoint, data, surge)
     return serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET)
 
@@ -209,10 +221,14 @@ def check_port(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {host} is already in use (another server?): stop it, or choose "
-                                  f"another with --port N") from None
-            raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}): give --host an address of this "
-                              f"machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+                raise ConfigError(
+                    f"port {port} on {host} is already in use (another server?): stop it, or choose "
+                    f"another with --port N"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({err.strerror or err}): give --host an address of this "
+                f"machine, e.g. 127.0.0.1 or 0.0.0.0"
+            ) from None
 
 
 def serve_forever(request: ServeRequest) -> None:
@@ -226,8 +242,9 @@ def serve_forever(request: ServeRequest) -> None:
     checkpoint = resolve_checkpoint(request)
     check_port(s.host, s.port)
     ServedModel(checkpoint, request.data)  # a checkpoint or data that cannot be used fails here, not in a replica
-    ray_cluster.init_ray(s.replicas * s.cpus_per_replica, s.replicas * s.gpus_per_replica,
-                         "--replicas, --replica-cpus or --replica-gpus")
+    ray_cluster.init_ray(
+        s.replicas * s.cpus_per_replica, s.replicas * s.gpus_per_replica, "--replicas, --replica-cpus or --replica-gpus"
+    )
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -235,9 +252,18 @@ def serve_forever(request: ServeRequest) -> None:
     try:
         serve.start(http_options={"host": s.host, "port": s.port}, logging_config=QUIET)
         deploy(s, checkpoint, request.data)
-        log.info("serving %s on http://%s:%d (%d replica%s, batches up to %d) in %.1f s; "
-                 "kill -HUP %d deploys the run's newest best checkpoint", checkpoint, s.host, s.port, s.replicas,
-                 "s" if s.replicas > 1 else "", s.max_batch_size, time.perf_counter() - started, os.getpid())
+        log.info(
+            "serving %s on http://%s:%d (%d replica%s, batches up to %d) in %.1f s; "
+            "kill -HUP %d deploys the run's newest best checkpoint",
+            checkpoint,
+            s.host,
+            s.port,
+            s.replicas,
+            "s" if s.replicas > 1 else "",
+            s.max_batch_size,
+            time.perf_counter() - started,
+            os.getpid(),
+        )
         while True:
             stop.wait()
             if not reload.is_set():

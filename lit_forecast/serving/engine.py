@@ -42,22 +42,34 @@ class ServedModel:
         self.data_config: DataConfig = loaded.config.data
         self.series: dict[str, Series] = {}
         if data:
-            source = self.data_config if data == self.data_config.source else dataclasses.replace(
-                self.data_config, source=data, sha256=None)
+            source = (
+                self.data_config
+                if data == self.data_config.source
+                else dataclasses.replace(self.data_config, source=data, sha256=None)
+            )
             self.series = {s.series_id: s for s in read_series(source)}
         self.data = data
-        self.context = Context(self.spec, frozenset(self.stats),
-                               {sid: s.start for sid, s in self.series.items()} if data else None, data)
+        self.context = Context(
+            self.spec, frozenset(self.stats), {sid: s.start for sid, s in self.series.items()} if data else None, data
+        )
         self._step = pd.Timedelta(self.spec.freq)
         self._margin = self.spec.input_window + gap_slots(self.data_config.max_gap, self.spec.freq) + 1
 
     def info(self) -> dict:
         """GET /model: run, checkpoint, window, levels and training range."""
         d = self.data_config
-        return ModelInfo(run=layout.run_of(self.checkpoint), checkpoint=self.checkpoint, horizon=self.spec.horizon,
-                         input_window=self.spec.input_window, freq=self.spec.freq, quantiles=self.model.levels,
-                         series=len(self.stats), train_end=str(d.train_end), val_end=str(d.val_end),
-                         data=self.data).model_dump()
+        return ModelInfo(
+            run=layout.run_of(self.checkpoint),
+            checkpoint=self.checkpoint,
+            horizon=self.spec.horizon,
+            input_window=self.spec.input_window,
+            freq=self.spec.freq,
+            quantiles=self.model.levels,
+            series=len(self.stats),
+            train_end=str(d.train_end),
+            val_end=str(d.val_end),
+            data=self.data,
+        ).model_dump()
 
     def forecast_batch(self, queries: list[Query]) -> list[dict | RequestError]:
         """Answers in order: a ForecastResponse body per query, or the RequestError of a window that cannot be cut.
@@ -76,8 +88,9 @@ class ServedModel:
         if not cuttable:
             return answers
         try:
-            cut = cut_windows([s for _, s in cuttable], self.stats, self.spec, None, self.data_config.max_gap,
-                              quiet=True)
+            cut = cut_windows(
+                [s for _, s in cuttable], self.stats, self.spec, None, self.data_config.max_gap, quiet=True
+            )
         except CutoffError:  # every window was skipped: say why for each
             for i, s in cuttable:
                 answers[i] = self._why(s)
@@ -87,7 +100,7 @@ class ServedModel:
         # be skipped (a history was checked whole), and the same series at the same cutoff is
         # the same window there, skipped or not.
         skipped, row = list(cut.skipped), 0
-        for i, s in cuttable:
+        for i, _ in cuttable:
             q = queries[i]
             if skipped and q.history is None and (skipped[0].series_id, skipped[0].cutoff) == (q.series_id, q.cutoff):
                 answers[i] = RequestError("cutoff", skipped.pop(0).message)
@@ -104,9 +117,12 @@ class ServedModel:
         c = int((q.cutoff - s.start) / self._step)  # on the grid: checked by parse_request
         last = s.start + (len(s.values) - 1) * self._step
         if c > len(s.values):
-            return RequestError("cutoff", f"{q.cutoff} is after the data of series {q.series_id!r}, which ends at "
-                                          f"{last}: the latest cutoff is {last + self._step}; send the history for "
-                                          "later ones")
+            return RequestError(
+                "cutoff",
+                f"{q.cutoff} is after the data of series {q.series_id!r}, which ends at "
+                f"{last}: the latest cutoff is {last + self._step}; send the history for "
+                "later ones",
+            )
         if c <= 0:
             return RequestError("cutoff", f"{q.cutoff} is before the data of series {q.series_id!r} starts ({s.start})")
         # A known series needs only its look-back (and enough before it to fill a short gap at its

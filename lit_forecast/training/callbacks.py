@@ -45,8 +45,15 @@ class Throughput(L.Callback):
 class EpochLine(L.Callback):
     """One readable line per epoch from rank 0, and one when the first step is done."""
 
-    KEYS = (("train/loss_epoch", ".4f"), ("val/loss", ".4f"), ("val/mae", ".0f"), ("val/smape", ".3f"), ("val/wql", ".4f"),
-            ("val/coverage_80", ".3f"), ("train/windows_per_s", ".0f"))
+    KEYS = (
+        ("train/loss_epoch", ".4f"),
+        ("val/loss", ".4f"),
+        ("val/mae", ".0f"),
+        ("val/smape", ".3f"),
+        ("val/wql", ".4f"),
+        ("val/coverage_80", ".3f"),
+        ("train/windows_per_s", ".0f"),
+    )
 
     def __init__(self, launched_at: float):
         self.launched_at, self.stepped = launched_at, False
@@ -102,7 +109,9 @@ class DivergenceGuard(L.Callback):
             self.diverged = (trainer.current_epoch + 1, step if step >= 0 else trainer.global_step)
             trainer.should_stop = True
             if trainer.global_rank == 0:
-                log.error("the training loss became NaN or infinite in epoch %d (first at step %d): stopping", *self.diverged)
+                log.error(
+                    "the training loss became NaN or infinite in epoch %d (first at step %d): stopping", *self.diverged
+                )
 
 
 class RandomState(L.Callback):
@@ -126,7 +135,9 @@ class RandomState(L.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         state = checkpoint.get(self.KEY)
         if state is None:  # written by an older version: resume, but not draw for draw
-            log.warning("the checkpoint holds no random state: the resumed run will not repeat the uninterrupted one exactly")
+            log.warning(
+                "the checkpoint holds no random state: the resumed run will not repeat the uninterrupted one exactly"
+            )
             return
         torch.set_rng_state(state["torch"])
         random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
@@ -137,6 +148,7 @@ class RandomState(L.Callback):
 def _python_state() -> tuple:
     version, internal, gauss = random.getstate()
     return version, list(internal), gauss
+
 
 class ForecastFigure(L.Callback):
     """Every ``every_n_epochs`` epochs, rank 0 draws one fixed validation window into TensorBoard.
@@ -153,7 +165,11 @@ class ForecastFigure(L.Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
-        if trainer.global_rank != 0 or trainer.sanity_checking or (epoch % self.every_n_epochs and epoch != trainer.max_epochs):
+        if (
+            trainer.global_rank != 0
+            or trainer.sanity_checking
+            or (epoch % self.every_n_epochs and epoch != trainer.max_epochs)
+        ):
             return
         experiment = getattr(trainer.logger, "experiment", None)
         windows = getattr(trainer.val_dataloaders, "dataset", None)
@@ -167,11 +183,16 @@ class ForecastFigure(L.Callback):
         spec, at = windows.spec, windows.cutoffs[i]
         past = min(spec.input_window, int(windows.history_available()[i]))
         step = pd.Timedelta(spec.freq)
-        history = pd.Series(windows.history([i], past)[0], index=pd.date_range(at - past * step, periods=past, freq=spec.freq))
+        history = pd.Series(
+            windows.history([i], past)[0], index=pd.date_range(at - past * step, periods=past, freq=spec.freq)
+        )
         times = pd.date_range(at, periods=spec.horizon, freq=spec.freq)
         figure = forecast_figure(
-            history, pd.Series(quantiles[:, pl_module.model.median_index], index=times), pd.Series(windows.actual([i])[0], index=times),
-            title=f"validation window from {at:%a %Y-%m-%d %H:%M}, epoch {epoch}", freq=spec.freq,
+            history,
+            pd.Series(quantiles[:, pl_module.model.median_index], index=times),
+            pd.Series(windows.actual([i])[0], index=times),
+            title=f"validation window from {at:%a %Y-%m-%d %H:%M}, epoch {epoch}",
+            freq=spec.freq,
             bands=interval_bands(quantiles, pl_module.model.levels, times),
         )
         experiment.add_figure("val/forecast", figure, global_step=trainer.global_step, close=True)

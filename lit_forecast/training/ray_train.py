@@ -29,7 +29,14 @@ from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
 from lit_forecast.errors import RunError, StorageError
-from lit_forecast.layout import CHECKPOINT_FILE, DIVERGED_FILE, checkpoint_folders, data_dir, relative_to_run, tensorboard_dir
+from lit_forecast.layout import (
+    CHECKPOINT_FILE,
+    DIVERGED_FILE,
+    checkpoint_folders,
+    data_dir,
+    relative_to_run,
+    tensorboard_dir,
+)
 from lit_forecast.models.factory import module_from_config
 from lit_forecast.models.module import ForecastModule
 from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, ForecastFigure, RandomState, Throughput
@@ -182,7 +189,10 @@ def _train_worker(loop_config: dict) -> None:
         if rank == 0:  # Lightning counts epochs from 0, people from 1
             log.warning(
                 "RESUMED from checkpoint %s (epoch %d/%d done); continuing with epoch %d",
-                storage.join(run, name), epoch + 1, config.train.max_epochs, epoch + 2,
+                storage.join(run, name),
+                epoch + 1,
+                config.train.max_epochs,
+                epoch + 2,
             )
         trainer.fit(module, datamodule=datamodule, ckpt_path=path)
 
@@ -266,7 +276,14 @@ def _failure_message(err: Exception, config: Config, run: str) -> str:
 # the Train controller actor dies with its node, or the driver loses its own raylet.
 _CLUSTER_DIED = tuple(
     getattr(ray.exceptions, name)
-    for name in ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "LocalRayletDiedError", "OwnerDiedError", "RaySystemError")
+    for name in (
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "NodeDiedError",
+        "LocalRayletDiedError",
+        "OwnerDiedError",
+        "RaySystemError",
+    )
     if hasattr(ray.exceptions, name)
 )
 
@@ -281,9 +298,14 @@ def _cluster_died_message(err: Exception | None, run: str) -> str:
     """What to tell the user when the Ray cluster under the driver died in the middle of a run
     (``err``: Ray's exception, or None when the driver saw its local raylet go first)."""
     lines = [line.strip() for line in str(err or "").splitlines() if line.strip()]
-    detail = next((line for line in lines if "node" in line.lower() or "raylet" in line.lower()), lines[0] if lines else "")
-    cluster = (f"the Ray cluster at {os.environ['RAY_ADDRESS']} lost the node running this run's controller"
-               if os.environ.get("RAY_ADDRESS") else "the local Ray cluster this driver started died")
+    detail = next(
+        (line for line in lines if "node" in line.lower() or "raylet" in line.lower()), lines[0] if lines else ""
+    )
+    cluster = (
+        f"the Ray cluster at {os.environ['RAY_ADDRESS']} lost the node running this run's controller"
+        if os.environ.get("RAY_ADDRESS")
+        else "the local Ray cluster this driver started died"
+    )
     cause = f" ({type(err).__name__}: {detail[:300]})" if err is not None else " (its raylet process is gone)"
     return (
         f"{cluster} during training{cause}; a raylet killed or out of memory ends "
@@ -296,8 +318,11 @@ def check_resources(config: Config) -> None:
     """Refuse, before anything is written, a config this machine cannot run (without RAY_ADDRESS)."""
     c = config.cluster
     try:
-        ray_cluster.check_resources(c.num_workers * c.cpus_per_worker, c.num_workers * c.gpus_per_worker if c.use_gpu else 0,
-                                    "cluster.num_workers, cluster.cpus_per_worker or cluster.gpus_per_worker (or use_gpu)")
+        ray_cluster.check_resources(
+            c.num_workers * c.cpus_per_worker,
+            c.num_workers * c.gpus_per_worker if c.use_gpu else 0,
+            "cluster.num_workers, cluster.cpus_per_worker or cluster.gpus_per_worker (or use_gpu)",
+        )
     except ray_cluster.ResourceError as err:
         raise RunError(f"{err} (config: {c.num_workers} workers)") from None
 
@@ -334,7 +359,9 @@ def fit(config: Config, run: str, callbacks: Sequence = ()) -> dict:
             log.debug("ray.shutdown after the cluster died: %s", shutdown_error)
         raise RunError(_cluster_died_message(err, run)) from None
     except ray.train.TrainingFailedError as err:
-        unwritable = next((cause for cause in _failure_causes(err) if cause is not None and storage.is_unwritable(cause)), None)
+        unwritable = next(
+            (cause for cause in _failure_causes(err) if cause is not None and storage.is_unwritable(cause)), None
+        )
         if unwritable is not None:  # a full or read-only run folder: one paragraph, not Ray's retries' story
             raise RunError(storage.unwritable_message(run, unwritable)) from None
         if storage.is_unreachable(err):

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from lit_forecast import cli, storage
 from lit_forecast.errors import RunError
@@ -65,7 +65,7 @@ class RunLock:
         self.holder = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv)[:300],
             "token": uuid.uuid4().hex,
         }
@@ -114,14 +114,18 @@ class RunLock:
         try:
             os.makedirs(self.run, exist_ok=True)
         except OSError as err:
-            raise RunError(f"cannot create the run folder {self.run}: {err.strerror or err}; choose another --storage") from None
+            raise RunError(
+                f"cannot create the run folder {self.run}: {err.strerror or err}; choose another --storage"
+            ) from None
         text = json.dumps(self.holder, indent=2) + "\n"
         for _ in range(5):
             with _unwritable_as_run_error(self.run):
                 try:
                     fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 except PermissionError as err:
-                    raise RunError(f"cannot write the lock {self.path}: {err.strerror}; check the run folder's permissions") from None
+                    raise RunError(
+                        f"cannot write the lock {self.path}: {err.strerror}; check the run folder's permissions"
+                    ) from None
                 except FileExistsError:
                     seen = self._read_text()
                     holder, age = _parse(seen), self._age()
@@ -137,7 +141,9 @@ class RunLock:
                     os.unlink(self.path)
                     raise
             return
-        raise RunError(f"could not take the lock {self.path}: other processes keep taking it; run one driver per run name")
+        raise RunError(
+            f"could not take the lock {self.path}: other processes keep taking it; run one driver per run name"
+        )
 
     def _remove_stale_local(self, seen: str | None) -> None:
         """Move the stale lock aside and delete it, unless someone replaced it meanwhile."""
@@ -179,7 +185,9 @@ class RunLock:
         time.sleep(SETTLE_S)
         now = self._read()
         if (now or {}).get("token") != self.holder["token"]:
-            raise RunError(self._held_message(now, self._age()) + " (it wrote its lock at the same moment as this driver)")
+            raise RunError(
+                self._held_message(now, self._age()) + " (it wrote its lock at the same moment as this driver)"
+            )
 
     # -- both -------------------------------------------------------------------------------------
 
@@ -187,7 +195,9 @@ class RunLock:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 if (self._read() or {}).get("token") != self.holder["token"]:
-                    log.warning("the lock %s is no longer this driver's: another driver may be using the run", self.path)
+                    log.warning(
+                        "the lock %s is no longer this driver's: another driver may be using the run", self.path
+                    )
                     return
                 if self.local:
                     os.utime(self.path)
@@ -216,7 +226,8 @@ class RunLock:
     def _held_message(self, holder: dict | None, age: float | None) -> str:
         who = (
             f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
-            if holder else "a process that has not finished writing the lock"
+            if holder
+            else "a process that has not finished writing the lock"
         )
         fresh = f"; its heartbeat is {age:.0f} s old" if age is not None else ""
         return (
@@ -226,9 +237,17 @@ class RunLock:
         )
 
     def _warn_takeover(self, holder: dict | None, age: float | None) -> None:
-        who = f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}" if holder else "an unreadable lock"
-        log.warning("run %s: taking over a stale lock (%s; last heartbeat %s s ago): that driver is gone",
-                    self.run, who, "?" if age is None else f"{age:.0f}")
+        who = (
+            f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+            if holder
+            else "an unreadable lock"
+        )
+        log.warning(
+            "run %s: taking over a stale lock (%s; last heartbeat %s s ago): that driver is gone",
+            self.run,
+            who,
+            "?" if age is None else f"{age:.0f}",
+        )
 
 
 def _parse(text: str | None) -> dict | None:

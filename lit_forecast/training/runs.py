@@ -20,7 +20,15 @@ from lit_forecast.data.manifest import Manifest
 from lit_forecast.data.prepare import prepare
 from lit_forecast.errors import RunError
 from lit_forecast.layout import (
-    CONFIG_FILE, RAY_SNAPSHOT_FILE, SUMMARY_FILE, check_storage, data_dir, has_checkpoint, read_config, read_summary, run_dir,
+    CONFIG_FILE,
+    RAY_SNAPSHOT_FILE,
+    SUMMARY_FILE,
+    check_storage,
+    data_dir,
+    has_checkpoint,
+    read_config,
+    read_summary,
+    run_dir,
 )
 from lit_forecast.training.run_lock import RunLock
 
@@ -72,12 +80,22 @@ def warn_if_little_training(manifest: Manifest) -> None:
 
     where = f"training targets {train.first_target} .. {train.last_target}"
     if per_series < TRAIN_SPANS_MIN * window:
-        log.warning("the training period covers %.1f windows per series (%s; one window is %d slots of %s): a model "
-                    "learns little from so few; move data.train_end later, or give data that starts earlier",
-                    per_series / window, where, window, w.freq)
+        log.warning(
+            "the training period covers %.1f windows per series (%s; one window is %d slots of %s): a model "
+            "learns little from so few; move data.train_end later, or give data that starts earlier",
+            per_series / window,
+            where,
+            window,
+            w.freq,
+        )
     elif val is not None and span(train) < span(val) / 2:
-        log.warning("the training period (%s, %s) is less than half the validation period (%s): move data.train_end "
-                    "later, or data.val_end earlier", span(train), where, span(val))
+        log.warning(
+            "the training period (%s, %s) is less than half the validation period (%s): move data.train_end "
+            "later, or data.val_end earlier",
+            span(train),
+            where,
+            span(val),
+        )
 
 
 def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
@@ -99,7 +117,11 @@ def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
     except RunError:
         if started:
             raise
-        log.warning("run %s: its %s is unreadable and it holds no checkpoint: starting it afresh with this config", run, CONFIG_FILE)
+        log.warning(
+            "run %s: its %s is unreadable and it holds no checkpoint: starting it afresh with this config",
+            run,
+            CONFIG_FILE,
+        )
         return config, False
     changed = _differences(_comparable(saved), _comparable(config))
     if changed and not resume and not started:
@@ -107,7 +129,8 @@ def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
         return config, False
     if changed and not resume:
         raise RunError(
-            f"run {run} exists with a different config:\n  " + "\n  ".join(changed)
+            f"run {run} exists with a different config:\n  "
+            + "\n  ".join(changed)
             + "\nUse --name NEW for a new run, or --resume to continue this one with its saved config."
         )
     if changed:
@@ -170,7 +193,9 @@ def _check_tensorboard_storage(run: str) -> None:
     try:
         fsspec.get_filesystem_class(scheme)
     except (ImportError, ValueError) as err:
-        raise RunError(f"TensorBoard logs for {run} go through fsspec, which cannot write {scheme}:// here ({err})") from None
+        raise RunError(
+            f"TensorBoard logs for {run} go through fsspec, which cannot write {scheme}:// here ({err})"
+        ) from None
 
 
 def last_checkpoint(run: str) -> tuple[str, int | None] | None:
@@ -190,8 +215,10 @@ def interruption(config: Config | None, signal_name: str, command: str, prepare_
         return f"interrupted ({signal_name}) before the run started: nothing was written. Run again with: {command}"
     run = run_dir(config)
     if prepare_only:
-        return (f"preparing the data of run {run} was interrupted ({signal_name}): no shard is half-written, and the "
-                f"same command prepares it again: {command}")
+        return (
+            f"preparing the data of run {run} was interrupted ({signal_name}): no shard is half-written, and the "
+            f"same command prepares it again: {command}"
+        )
     found = last_checkpoint(run)
     if found is None:
         kept = "it had no checkpoint yet (a complete prepared dataset is reused)"

@@ -47,8 +47,11 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 # Keys a sweep sets itself: the budget gives the epochs, the sweep names every trial's run.
 TRAINING_SECTIONS = [f.name for f in dataclasses.fields(cfg.Config)]
 SWEEP_SECTIONS = ["base", "overrides", "space", "budget", "run"]
-NOT_SEARCHABLE = {"train.max_epochs": "budget.max_epochs", "run.storage": "run.storage of the sweep",
-                  "run.name": "the trial id"}
+NOT_SEARCHABLE = {
+    "train.max_epochs": "budget.max_epochs",
+    "run.storage": "run.storage of the sweep",
+    "run.name": "the trial id",
+}
 
 
 @dataclass
@@ -107,8 +110,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         raise ConfigError(f"{path}: not a valid YAML text file: {str(err).splitlines()[0]}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a sweep file is a YAML mapping (base:, overrides:, space:, budget:, run:), "
-                          f"but this file holds a {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: a sweep file is a YAML mapping (base:, overrides:, space:, budget:, run:), "
+            f"but this file holds a {type(raw).__name__}"
+        )
     try:
         for item in overrides or []:
             _apply_set(raw, item)
@@ -167,11 +172,14 @@ def check(sweep: Sweep) -> Sweep:
         raise ConfigError(f"'budget.reduction_factor' must be a number above 1, got {b.reduction_factor}")
     base = base_config(sweep)
     if b.grace_epochs > base["train"]["max_epochs"]:
-        raise ConfigError(f"'budget.grace_epochs' ({b.grace_epochs}) must not exceed the epochs per trial "
-                          f"(budget.max_epochs: {base['train']['max_epochs']})")
+        raise ConfigError(
+            f"'budget.grace_epochs' ({b.grace_epochs}) must not exceed the epochs per trial "
+            f"(budget.max_epochs: {base['train']['max_epochs']})"
+        )
     if not sweep.space:
-        raise ConfigError("'space' is empty: name at least one key to search, "
-                          "e.g. space: {train.lr: {loguniform: [5.0e-4, 5.0e-3]}}")
+        raise ConfigError(
+            "'space' is empty: name at least one key to search, e.g. space: {train.lr: {loguniform: [5.0e-4, 5.0e-3]}}"
+        )
     dimensions(sweep, base)
     return sweep
 
@@ -239,9 +247,11 @@ def dimensions(sweep: Sweep, base: dict | None = None) -> list[Dimension]:
         if isinstance(spec, list):
             spec = {"choice": spec}
         if not isinstance(spec, dict) or len(spec) != 1:
-            raise ConfigError(f"'{where}' must be one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-2]}} or "
-                              f"{{choice: [32, 64]}} ({', '.join(DISTRIBUTIONS)}), got {spec!r}")
-        (kind, args), = spec.items()
+            raise ConfigError(
+                f"'{where}' must be one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-2]}} or "
+                f"{{choice: [32, 64]}} ({', '.join(DISTRIBUTIONS)}), got {spec!r}"
+            )
+        ((kind, args),) = spec.items()
         if kind not in DISTRIBUTIONS:
             close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(DISTRIBUTIONS)}"
@@ -257,8 +267,11 @@ def _dimension(key: str, kind: str, args: Any, where: str, base: dict) -> Dimens
         for value in args:
             with_value(base, key, value, where)
         return Dimension(key, kind, tuple(args))
-    numbers = isinstance(args, list) and len(args) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)
+    numbers = (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)
+    )
     if not numbers:
         raise ConfigError(f"'{where}': {kind} needs [low, high], two numbers, got {args!r}")
     low, high = args
@@ -269,8 +282,10 @@ def _dimension(key: str, kind: str, args: Any, where: str, base: dict) -> Dimens
     if low > high:
         raise ConfigError(f"'{where}': the bounds are reversed: low {low} is above high {high}")
     if low == high:
-        raise ConfigError(f"'{where}': the range [{low}, {high}] is empty (one value): "
-                          f"fix the value under 'overrides' instead, or widen the range")
+        raise ConfigError(
+            f"'{where}': the range [{low}, {high}] is empty (one value): "
+            f"fix the value under 'overrides' instead, or widen the range"
+        )
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"'{where}': loguniform needs a positive low bound, got {low}")
     # Both bounds, and for the float distributions a value between them: a float sampled for an

@@ -124,7 +124,8 @@ def check_resources(sweep: Sweep, base: dict) -> None:
     gpus = sweep.budget.concurrent * c["num_workers"] * c["gpus_per_worker"] if c["use_gpu"] else 0
     try:
         ray_cluster.check_resources(
-            sweep.budget.concurrent * per_trial, gpus,
+            sweep.budget.concurrent * per_trial,
+            gpus,
             f"budget.concurrent (each trial takes {per_trial:g} CPUs: {DRIVER_CPUS:g} for its driver and "
             f"{c['num_workers']} worker(s) x {c['cpus_per_worker']:g}) or cluster.num_workers in the overrides",
         )
@@ -152,8 +153,9 @@ def run(sweep: Sweep) -> tuple[list[Trial], list[str], str]:
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard files of Tune's own
         ray_cluster.init_ray()
         alone = sweep.budget.concurrent == 1 and not os.environ.get("RAY_ADDRESS")
-        trainable = tune.with_resources(tune.with_parameters(_trial, base=base, folder=folder, alone=alone),
-                                        {"CPU": DRIVER_CPUS})
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base=base, folder=folder, alone=alone), {"CPU": DRIVER_CPUS}
+        )
         if tune.Tuner.can_restore(folder):
             log.warning("RESUMING sweep %s: finished trials are kept, interrupted ones continue", folder)
             tuner = tune.Tuner.restore(folder, trainable, resume_unfinished=True, resume_errored=False)
@@ -178,7 +180,8 @@ def _check_folder(folder: str, wanted: dict) -> None:
     changed = differences(yaml.safe_load(storage.read_text(path)) or {}, wanted)
     if changed:
         raise RunError(
-            f"sweep {folder} exists with a different sweep or base config:\n  " + "\n  ".join(changed[:20])
+            f"sweep {folder} exists with a different sweep or base config:\n  "
+            + "\n  ".join(changed[:20])
             + "\nUse --name NEW for a new sweep, or the same sweep file and --set values to resume this one."
         )
 
@@ -196,8 +199,13 @@ def _new_tuner(sweep: Sweep, space: list[Dimension], trainable, folder: str, max
             # Tune's max_concurrent_trials does not limit its own basic generator: the generator does.
             search_alg=BasicVariantGenerator(max_concurrent=b.concurrent, random_state=b.seed),
             # stop_last_trials=False: a trial that reaches max_epochs ends by itself, its run finished and summarised.
-            scheduler=ASHAScheduler(time_attr=EPOCHS, max_t=max_epochs, grace_period=b.grace_epochs,
-                                    reduction_factor=b.reduction_factor, stop_last_trials=False),
+            scheduler=ASHAScheduler(
+                time_attr=EPOCHS,
+                max_t=max_epochs,
+                grace_period=b.grace_epochs,
+                reduction_factor=b.reduction_factor,
+                stop_last_trials=False,
+            ),
             trial_dirname_creator=_trial_dirname,
             trial_name_creator=_trial_dirname,
         ),
@@ -228,4 +236,3 @@ def _row(result, keys: list[str], max_epochs: int) -> Trial:
         values={k: result.config.get(k) for k in keys},
         error=error,
     )
-

@@ -39,8 +39,9 @@ def test_lag_k_of_the_window_at_cutoff_c_is_value_c_minus_k_and_targets_are_c_on
 def test_features_at_cutoffs_equal_the_training_features_of_the_same_window():
     values, times = increasing(days=12)
     cutoffs = [START + pd.Timedelta("9D"), START + pd.Timedelta("10D 6h")]  # slots 432 and 492
-    windows, _ = build_windows([Series("0", START, values)], {"0": SeriesStats(0.0, 1.0)}, WindowSpec(168, 48, FREQ),
-                               cutoffs, history=336)
+    windows, _ = build_windows(
+        [Series("0", START, values)], {"0": SeriesStats(0.0, 1.0)}, WindowSpec(168, 48, FREQ), cutoffs, history=336
+    )
     calendar = windows.batch(slice(None))["future_time"][:, 0].numpy()
     at_cutoffs = peers.lag_features(windows.history(slice(None), 336), calendar)
     x, _ = peers.training_windows(values, times, FREQ, times[-1] + pd.Timedelta(FREQ))

@@ -7,13 +7,12 @@ keeps its buckets in this process, so the objects survive, as they would on a re
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-
-import logging
 
 import pytest
 
@@ -101,5 +100,3 @@ def bucket(s3_server) -> str:
     name = f"runs-{uuid.uuid4().hex[:8]}"
     s3_server.client().create_bucket(Bucket=name)
     return name
-
-

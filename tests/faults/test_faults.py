@@ -35,16 +35,34 @@ def record(fault: str, injected: int, survived: int, epochs_lost: int, wrong: in
     target = os.environ.get("LIT_FORECAST_FAULTS")
     if target:
         with open(target, "a") as out:
-            out.write(json.dumps({"fault": fault, "injected": injected, "survived": survived,
-                                  "epochs_lost": epochs_lost, "wrong_results": wrong, "note": note}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "fault": fault,
+                        "injected": injected,
+                        "survived": survived,
+                        "epochs_lost": epochs_lost,
+                        "wrong_results": wrong,
+                        "note": note,
+                    }
+                )
+                + "\n"
+            )
 
 
 class Training:
     """train.py in the background, its output read line by line as it comes."""
 
     def __init__(self, cmd: list[str]):
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -109,12 +127,14 @@ def no_driver_traceback(output: str) -> bool:
 
 @pytest.fixture
 def small_storage(tmp_path):
-    """A 20 MB tmpfs mounted on a fresh folder (it can be filled, or remounted read-only); skips where mounting is not allowed."""
+    """A 20 MB tmpfs on a fresh folder (to fill, or remount read-only); skips where mounting is not allowed."""
     folder = tmp_path / "small_storage"
     folder.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command on this machine")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
     try:
@@ -167,8 +187,14 @@ def test_three_worker_kills_one_during_a_checkpoint_are_survived(taxi_like_csv, 
     final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
     lost = lost_epochs(output)
     wrong = int(final["epoch"] != epochs - 1 or not (run_dir / "summary.json").is_file())
-    record("worker SIGKILL (one while a checkpoint is written)", 3, 3 if code == 0 else 0, sum(lost), wrong,
-           "each restart lost at most the epoch in progress (or whose checkpoint was being written)")
+    record(
+        "worker SIGKILL (one while a checkpoint is written)",
+        3,
+        3 if code == 0 else 0,
+        sum(lost),
+        wrong,
+        "each restart lost at most the epoch in progress (or whose checkpoint was being written)",
+    )
     assert final["epoch"] == epochs - 1 and (run_dir / "summary.json").is_file()
     assert all(n <= 1 for n in lost), lost  # never more than the epoch in progress
 
@@ -187,17 +213,27 @@ def test_one_failure_more_than_allowed_stops_with_how_to_resume(taxi_like_csv, t
         training.kill()
     output = training.output
     assert code == 2, output[-5000:]
-    assert "Ray Train gave up after cluster.max_failures=1" in output and "run the same command again to resume" in output
+    assert (
+        "Ray Train gave up after cluster.max_failures=1" in output and "run the same command again to resume" in output
+    )
     assert any(line.startswith("error: training failed") for line in output.splitlines())  # our message, exit status 2
     record("one worker SIGKILL more than max_failures", 2, 1, 0, 0, "refused: exit 2 with how to resume")
 
 
 @pytest.mark.timeout(300)
 def test_a_nan_loss_stops_the_run_within_its_epoch_and_checkpoints_no_nans(taxi_like_csv, tmp_path):
-    done = subprocess.run(command(taxi_like_csv, tmp_path, "nan", 3, "--set", "train.lr=1e6"), cwd=ROOT,
-                          env=environment(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        command(taxi_like_csv, tmp_path, "nan", 3, "--set", "train.lr=1e6"),
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(r"error: training diverged: the loss became NaN or infinite in epoch 1 \(first at step \d+\)", done.stderr)
+    assert re.search(
+        r"error: training diverged: the loss became NaN or infinite in epoch 1 \(first at step \d+\)", done.stderr
+    )
     assert any(line.startswith("error: training diverged") for line in done.stderr.splitlines())
     saved = checkpoints(tmp_path / "nan")
     assert saved == []  # the diverged epoch was not checkpointed
@@ -212,7 +248,9 @@ def test_driver_killed_while_a_checkpoint_is_written_then_a_corrupt_latest_is_sk
     try:
         training.wait_for(r"epoch 2/6", 180)
         deadline = time.monotonic() + 120
-        while len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) < 3:  # the third checkpoint folder has just appeared
+        while (
+            len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) < 3
+        ):  # the third checkpoint folder has just appeared
             assert time.monotonic() < deadline and training.proc.poll() is None, training.output[-4000:]
             time.sleep(0.01)
     finally:
@@ -233,26 +271,40 @@ def test_driver_killed_while_a_checkpoint_is_written_then_a_corrupt_latest_is_sk
     said = [line for line in output.splitlines() if "RESUM" in line or "cannot be read" in line or "lock" in line]
     assert f"{latest}/checkpoint.ckpt cannot be read" in output, (latest, registered, [f.name for f in folders], said)
     resumed = RESUMED.search(output)
-    assert resumed and Path(resumed.group(1)).name == registered[-2], (resumed and resumed.group(1), registered, [f.name for f in folders])
+    assert resumed and Path(resumed.group(1)).name == registered[-2], (
+        resumed and resumed.group(1),
+        registered,
+        [f.name for f in folders],
+    )
     assert (run_dir / "summary.json").is_file()
     final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
     assert final["epoch"] == 5
     # The corrupted checkpoint costs its own epoch; nothing beyond the last readable checkpoint is lost.
     lost = finished - int(resumed.group(2))
-    record("driver SIGKILL while a checkpoint is written; latest checkpoint then truncated", 2, 2, lost - 1, 0,
-           "resumed from the last readable checkpoint, never the partial folder")
+    record(
+        "driver SIGKILL while a checkpoint is written; latest checkpoint then truncated",
+        2,
+        2,
+        lost - 1,
+        0,
+        "resumed from the last readable checkpoint, never the partial folder",
+    )
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fault", ["full", "read-only"])
-def test_storage_full_or_read_only_mid_run_stops_cleanly_and_the_same_command_resumes(taxi_like_csv, small_storage, fault):
+def test_storage_full_or_read_only_mid_run_stops_cleanly_and_the_same_command_resumes(
+    taxi_like_csv, small_storage, fault
+):
     epochs, run_dir = 6, small_storage / "store"
     cmd = command(taxi_like_csv, small_storage, "store", epochs)
     training = Training(cmd)
     try:
         training.wait_for(rf"epoch 2/{epochs}", 180)  # epoch 1's checkpoint is registered by now
         if fault == "full":  # dd writes until the folder is full (ENOSPC)
-            subprocess.run(["dd", "if=/dev/zero", f"of={small_storage / 'filler'}", "bs=1M"], capture_output=True, timeout=60)
+            subprocess.run(
+                ["dd", "if=/dev/zero", f"of={small_storage / 'filler'}", "bs=1M"], capture_output=True, timeout=60
+            )
         else:
             subprocess.run(["mount", "-o", "remount,ro", str(small_storage)], check=True, timeout=30)
         code = training.finish(180)
@@ -260,17 +312,23 @@ def test_storage_full_or_read_only_mid_run_stops_cleanly_and_the_same_command_re
         training.kill()
     output = training.output
     finished = max(e for e, _ in epoch_lines(output))
-    state, words = ("is full", "No space left on device") if fault == "full" else ("has become read-only", "Read-only file system")
-    said = re.compile(rf"error: cannot write to the storage of {re.escape(str(run_dir))}: it {state} \({words}[^)]*\)\. "
-                      r"Free space there \(or restore write access\), then run the same command again: training resumes "
-                      r"from the last complete checkpoint")
+    state, words = (
+        ("is full", "No space left on device") if fault == "full" else ("has become read-only", "Read-only file system")
+    )
+    said = re.compile(
+        rf"error: cannot write to the storage of {re.escape(str(run_dir))}: it {state} \({words}[^)]*\)\. "
+        r"Free space there \(or restore write access\), then run the same command again: training resumes "
+        r"from the last complete checkpoint"
+    )
     assert code == 2, output[-5000:]
     assert [line for line in output.splitlines() if line.startswith("error: ")] and said.search(output), output[-5000:]
     assert no_driver_traceback(output), output[-5000:]
 
     # The same command while the folder still takes no bytes: refused at once, the same way.
     again = subprocess.run(cmd, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and said.search(again.stderr) and no_driver_traceback(again.stderr), again.stderr[-3000:]
+    assert again.returncode == 2 and said.search(again.stderr) and no_driver_traceback(again.stderr), again.stderr[
+        -3000:
+    ]
 
     if fault == "full":
         (small_storage / "filler").unlink()
@@ -284,9 +342,15 @@ def test_storage_full_or_read_only_mid_run_stops_cleanly_and_the_same_command_re
     assert resumed and int(resumed.group(2)) >= 1, output[-5000:]
     final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
     wrong = int(final["epoch"] != epochs - 1 or not (run_dir / "summary.json").is_file())
-    record(f"storage folder {'full (tmpfs filled by dd)' if fault == 'full' else 'remounted read-only'} mid-run, then back",
-           1, 1, max(0, finished - int(resumed.group(2))), wrong,
-           "refused: exit 2 naming the folder; the same command resumed once it took writes again")
+    record(
+        f"storage folder {'full (tmpfs filled by dd)' if fault == 'full' else 'remounted read-only'} "
+        "mid-run, then back",
+        1,
+        1,
+        max(0, finished - int(resumed.group(2))),
+        wrong,
+        "refused: exit 2 naming the folder; the same command resumed once it took writes again",
+    )
     assert not wrong, (final["epoch"], sorted(p.name for p in run_dir.iterdir()))
 
 
@@ -322,8 +386,9 @@ def test_a_killed_raylet_stops_the_driver_with_how_to_resume(taxi_like_csv, tmp_
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     # The driver's own watcher speaks first (Ray's core worker would end it with status 1 some
     # seconds later, from C++, with no exception to catch).
-    assert errors and errors[0].startswith("error: the local Ray cluster this driver started died during training "
-                                           "(its raylet process is gone)"), output[-5000:]
+    assert errors and errors[0].startswith(
+        "error: the local Ray cluster this driver started died during training (its raylet process is gone)"
+    ), output[-5000:]
     assert f"run the same command again to resume {run_dir}" in output and no_driver_traceback(output), output[-5000:]
     assert not left, [(p.pid, p.name()) for p in left]
 
@@ -335,6 +400,12 @@ def test_a_killed_raylet_stops_the_driver_with_how_to_resume(taxi_like_csv, tmp_
     assert resumed, output[-5000:]
     final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
     wrong = int(final["epoch"] != epochs - 1 or not (run_dir / "summary.json").is_file())
-    record("raylet SIGKILL mid-run (the local Ray cluster dies)", 1, 1, max(0, finished - int(resumed.group(2))), wrong,
-           f"refused: exit 2 {took:.0f} s after the kill; the same command resumed and finished")
+    record(
+        "raylet SIGKILL mid-run (the local Ray cluster dies)",
+        1,
+        1,
+        max(0, finished - int(resumed.group(2))),
+        wrong,
+        f"refused: exit 2 {took:.0f} s after the kill; the same command resumed and finished",
+    )
     assert not wrong, final["epoch"]

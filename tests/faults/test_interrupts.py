@@ -29,7 +29,8 @@ from tests.integration.test_ray_train import ROOT, command, environment, epoch_l
 
 pytestmark = [pytest.mark.ray]
 INTERRUPTED = re.compile(
-    r"^error: (?:stopped at once by a second signal: )?training of run (\S+) was interrupted \((Ctrl-C|SIGTERM)\); (?:its last checkpoint is kept: (\S+) "
+    r"^error: (?:stopped at once by a second signal: )?training of run (\S+) was interrupted \((Ctrl-C|SIGTERM)\); "
+    r"(?:its last checkpoint is kept: (\S+) "
     r"\(epoch (\d+)/(\d+) done\)|it had no checkpoint yet[^.]*)\. The same command resumes it: python train\.py (.+)$",
     re.MULTILINE,
 )
@@ -77,8 +78,14 @@ def test_ctrl_c_in_training_keeps_the_last_checkpoint_and_the_same_command_resum
     assert resumed and resumed.group(1) == said.group(3), again.output[-3000:]  # from the checkpoint the line named
     assert (run_dir / "summary.json").is_file()
     lost = lost_epochs(output + again.output)
-    record("Ctrl-C (SIGINT to the process group) during training, then the same command", 1, 1, sum(lost), 0,
-           "exit 130, one line naming the checkpoint kept and its epoch; the command it gave resumed")
+    record(
+        "Ctrl-C (SIGINT to the process group) during training, then the same command",
+        1,
+        1,
+        sum(lost),
+        0,
+        "exit 130, one line naming the checkpoint kept and its epoch; the command it gave resumed",
+    )
 
 
 @pytest.mark.timeout(300)
@@ -121,8 +128,14 @@ def test_a_second_ctrl_c_stops_at_once_and_releases_the_run(taxi_like_csv, tmp_p
     again = Training(cmd)
     code = again.finish(300)
     assert code == 0 and (run_dir / "summary.json").is_file(), again.output[-5000:]
-    record("Ctrl-C twice during training, then the same command", 2, 2, sum(lost_epochs(output + again.output)), 0,
-           "exit 130 at once, lock released; the command resumed")
+    record(
+        "Ctrl-C twice during training, then the same command",
+        2,
+        2,
+        sum(lost_epochs(output + again.output)),
+        0,
+        "exit 130 at once, lock released; the command resumed",
+    )
 
 
 # -- a shared machine ----------------------------------------------------------------------------------
@@ -145,9 +158,21 @@ def another_ray():
     if ray_bin is None:
         pytest.skip("no ray command next to this Python")
     temp = Path(tempfile.mkdtemp(prefix="ray_", dir="/tmp"))  # short: Ray's socket paths stay under 108 characters
-    done = subprocess.run([ray_bin, "start", "--head", f"--port={_free_port()}", "--num-cpus=1",
-                           "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={_free_port()}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     try:
         yield
@@ -165,8 +190,14 @@ def another_ray():
 @pytest.mark.slow  # about a minute
 @pytest.mark.timeout(420)
 def test_another_ray_on_the_machine_prints_no_ray_traceback_in_our_run(taxi_like_csv, tmp_path, another_ray):
-    done = subprocess.run(command(taxi_like_csv, tmp_path, "shared", 2), cwd=ROOT, env=environment(),
-                          capture_output=True, text=True, timeout=360)
+    done = subprocess.run(
+        command(taxi_like_csv, tmp_path, "shared", 2),
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
     assert [e for e, _ in epoch_lines(output)] == [1, 2]
@@ -177,8 +208,21 @@ def test_another_ray_on_the_machine_prints_no_ray_traceback_in_our_run(taxi_like
 @pytest.mark.slow  # 2-4 minutes on 2 cores
 @pytest.mark.timeout(600)
 def test_two_runs_of_different_names_at_once_both_finish_cleanly(taxi_like_csv, tmp_path):
-    runs = [Training(command(taxi_like_csv, tmp_path, name, 2, "--set", "cluster.num_workers=1",
-                             "--set", "cluster.cpus_per_worker=0.5")) for name in ("first", "second")]
+    runs = [
+        Training(
+            command(
+                taxi_like_csv,
+                tmp_path,
+                name,
+                2,
+                "--set",
+                "cluster.num_workers=1",
+                "--set",
+                "cluster.cpus_per_worker=0.5",
+            )
+        )
+        for name in ("first", "second")
+    ]
     try:
         codes = [run.finish(540) for run in runs]
     finally:

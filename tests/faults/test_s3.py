@@ -122,8 +122,11 @@ def test_prepare_writes_the_shards_into_the_bucket(s3_server, bucket, taxi_like_
     keys = [k for k in s3_server.keys(bucket) if not k.endswith("/")]  # folder markers aside
     data = f"runs/{RUN}/data/"
     assert sorted(keys) == [
-        f"{data}config.yaml", f"{data}manifest.json",
-        f"{data}train-00000-of-00002.parquet", f"{data}train-00001-of-00002.parquet", f"{data}val.parquet",
+        f"{data}config.yaml",
+        f"{data}manifest.json",
+        f"{data}train-00000-of-00002.parquet",
+        f"{data}train-00001-of-00002.parquet",
+        f"{data}val.parquet",
     ]  # fmt: skip  (written in place: no temporary names left behind, nothing copied and deleted)
     manifest = json.loads(read_object(s3_server, bucket, f"{data}manifest.json"))
     assert manifest["shard_windows"] == [998, 998]
@@ -154,7 +157,7 @@ def test_training_in_the_bucket_survives_a_killed_worker_and_infer_reads_it(s3_s
     resumed = re.search(r"RESUMED from checkpoint \S+ \(epoch (\d+)/(\d+) done\); continuing with epoch (\d+)", output)
     assert resumed, output[-5000:]
     assert f"{bucket}/runs/{RUN}/checkpoint_" in resumed.group(0)  # read back from the bucket
-    after = epoch_lines(output[resumed.end():])
+    after = epoch_lines(output[resumed.end() :])
     assert after[0] == (int(resumed.group(3)), epochs) and after[-1] == (epochs, epochs)
 
     keys = s3_server.keys(bucket, f"runs/{RUN}/")
@@ -187,7 +190,9 @@ def test_training_in_the_bucket_survives_a_killed_worker_and_infer_reads_it(s3_s
 def test_storage_outage_fails_clearly_and_the_same_command_resumes(s3_server, bucket, taxi_like_csv):
     epochs = 12  # long enough that the outage lands mid-run (about 2 s an epoch)
     cmd = command(taxi_like_csv, bucket, epochs)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(s3_server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=environment(s3_server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for_checkpoint(s3_server, bucket, proc, timeout=240)
         s3_server.stop()
@@ -198,7 +203,7 @@ def test_storage_outage_fails_clearly_and_the_same_command_resumes(s3_server, bu
         if s3_server.server is None:
             s3_server.start()  # same port, same objects: the store is back
     assert proc.returncode == 2, stdout[-3000:] + stderr[-5000:]
-    error = stderr[stderr.rindex("error: "):]
+    error = stderr[stderr.rindex("error: ") :]
     assert error.startswith(f"error: cannot reach the storage of s3://{bucket}/runs/{RUN}"), stderr[-5000:]
     assert s3_server.endpoint in error and "Run the same command again" in error
     assert "Traceback" not in error, "the driver printed a traceback"

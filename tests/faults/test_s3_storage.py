@@ -54,9 +54,13 @@ def test_an_unreachable_endpoint_is_one_clear_storage_error(s3_env, bucket):
 
 
 def test_peer_and_unrelated_errors_are_not_storage_outages():
-    assert not storage.is_unreachable(RuntimeError("[/gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:4312"))
+    assert not storage.is_unreachable(
+        RuntimeError("[/gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:4312")
+    )
     assert not storage.is_unreachable(FileNotFoundError("runs/x/config.yaml"))
-    assert storage.is_unreachable(OSError("When reading 'k' in bucket 'b': AWS Error NETWORK_CONNECTION during GetObject operation"))
+    assert storage.is_unreachable(
+        OSError("When reading 'k' in bucket 'b': AWS Error NETWORK_CONNECTION during GetObject operation")
+    )
     wrapped = RuntimeError("worker failed")
     wrapped.__cause__ = OSError('Could not connect to the endpoint URL: "http://127.0.0.1:9000/b/k"')
     assert storage.is_unreachable(wrapped)

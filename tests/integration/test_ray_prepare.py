@@ -40,7 +40,9 @@ def fleet_csv(path, lengths: dict[str, tuple[int, int]]) -> dict[str, np.ndarray
     values, rows = {}, []
     for k, (sid, (first, n)) in enumerate(lengths.items()):
         values[sid] = 1000.0 * k + first + np.arange(n) + 1
-        rows += [(f"{START + (first + j) * STEP:%Y-%m-%d %H:%M:%S}", sid, repr(float(v))) for j, v in enumerate(values[sid])]
+        rows += [
+            (f"{START + (first + j) * STEP:%Y-%m-%d %H:%M:%S}", sid, repr(float(v))) for j, v in enumerate(values[sid])
+        ]
     rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
     path.write_text("timestamp,zone,value\n" + "".join(",".join(r) + "\n" for r in rows))
     return values
@@ -65,7 +67,9 @@ def both_paths(tmp_path, make_config, num_shards=3, **data):
 def windows_of(table) -> list[tuple[str, pd.Timestamp, tuple]]:
     """(series, first target time, window values) of every window in a shard."""
     out = []
-    for sid, start, values, starts in zip(*(table[c].to_pylist() for c in ("series_id", "start", "values", "window_starts"))):
+    for sid, start, values, starts in zip(
+        *(table[c].to_pylist() for c in ("series_id", "start", "values", "window_starts"))
+    ):
         out += [(sid, pd.Timestamp(start) + s * STEP, tuple(values[s - W : s + H])) for s in starts]
     return out
 
@@ -84,7 +88,7 @@ def test_ray_and_local_paths_write_the_same_shards(tmp_path, make_config):
     every = [w for s in shards for w in s]
     assert len(set(every)) == len(every)  # each window once
     expected = []  # every training window of every series, from the source values
-    for k, (sid, (first, n)) in enumerate(LENGTHS.items()):
+    for sid, (first, n) in LENGTHS.items():
         for s in range(W, n - H + 1):
             if first + s + H <= 160:
                 expected.append((sid, START + (first + s) * STEP, tuple(values[sid][s - W : s + H])))
@@ -92,7 +96,7 @@ def test_ray_and_local_paths_write_the_same_shards(tmp_path, make_config):
     assert dropped == len(expected) % 3
     assert sorted(every) == expected[: len(expected) - dropped]  # the last windows of the last series are dropped
 
-    for sid, (first, n) in LENGTHS.items():  # scaler: training slots only (targets before slot 160)
+    for sid, (first, _) in LENGTHS.items():  # scaler: training slots only (targets before slot 160)
         train = values[sid][: max(0, 160 - first)]
         assert manifests["ray"].series[sid].mean == pytest.approx(train.mean(), rel=1e-12)
         assert manifests["ray"].series[sid].std == pytest.approx(train.std(), rel=1e-12)
@@ -101,7 +105,9 @@ def test_ray_and_local_paths_write_the_same_shards(tmp_path, make_config):
 def test_ray_path_is_idempotent(tmp_path, make_config):
     _, manifests, _ = both_paths(tmp_path, make_config, num_shards=2)
     csv = tmp_path / "zones.csv"
-    again = prep.prepare(make_config(csv, series_column="zone", prepare_with="ray", **SPLIT_DATES), str(tmp_path / "ray"), num_shards=2)
+    again = prep.prepare(
+        make_config(csv, series_column="zone", prepare_with="ray", **SPLIT_DATES), str(tmp_path / "ray"), num_shards=2
+    )
     assert again.reused and again.fingerprint == manifests["ray"].fingerprint
 
 
@@ -139,11 +145,14 @@ def test_large_csv_is_read_in_ranges_with_true_line_numbers(tmp_path, make_confi
         prep.prepare(config, str(tmp_path / "out"), num_shards=2)
 
 
-@pytest.mark.parametrize("counts, shards, plan, dropped", [
-    ([("a", 149)], 3, {"a": [(0, 0, 49), (1, 49, 98), (2, 98, 147)]}, 2),
-    ([("a", 5), ("b", 3), ("c", 4)], 2, {"a": [(0, 0, 5)], "b": [(0, 0, 1), (1, 1, 3)], "c": [(1, 0, 4)]}, 0),
-    ([("a", 5), ("b", 0), ("c", 2)], 3, {"a": [(0, 0, 2), (1, 2, 4), (2, 4, 5)], "c": [(2, 0, 1)]}, 1),
-])
+@pytest.mark.parametrize(
+    "counts, shards, plan, dropped",
+    [
+        ([("a", 149)], 3, {"a": [(0, 0, 49), (1, 49, 98), (2, 98, 147)]}, 2),
+        ([("a", 5), ("b", 3), ("c", 4)], 2, {"a": [(0, 0, 5)], "b": [(0, 0, 1), (1, 1, 3)], "c": [(1, 0, 4)]}, 0),
+        ([("a", 5), ("b", 0), ("c", 2)], 3, {"a": [(0, 0, 2), (1, 2, 4), (2, 4, 5)], "c": [(2, 0, 1)]}, 1),
+    ],
+)
 def test_plan_cuts_series_in_order_into_equal_shards(counts, shards, plan, dropped):
     got, per_shard, lost = plan_train_shards(counts, shards)
     assert got == plan and lost == dropped and per_shard == sum(n for _, n in counts) // shards

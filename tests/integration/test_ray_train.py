@@ -25,8 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray]
 
 
-
-
 def command(csv: Path, storage: Path, name: str, epochs: int, *extra: str) -> list[str]:
     return [
         sys.executable, "train.py", "--config", "configs/tiny.yaml", "--data", str(csv),
@@ -121,12 +119,24 @@ def test_two_worker_training_end_to_end(taxi_like_csv, tmp_path):
     # The summary counts epochs from 1, as the console's epoch lines do; Lightning's checkpoint from 0.
     assert summary["best_epoch"] == best["epoch"] + 1 and "epoch" not in summary["best_metrics"]
 
-    for tag in ("train/loss_epoch", "val/loss", "val/mae", "val/rmse", "val/mape", "val/smape", "train/lr", "train/windows_per_s", "train/epoch_time_s"):
+    for tag in (
+        "train/loss_epoch",
+        "val/loss",
+        "val/mae",
+        "val/rmse",
+        "val/mape",
+        "val/smape",
+        "train/lr",
+        "train/windows_per_s",
+        "train/epoch_time_s",
+    ):
         assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
     assert len(scalars["val/mae"]) == 3 and all(v > 0 for _, v in scalars["val/mae"])
 
     assert not (run_dir / "run.lock").exists()  # released at exit
-    again = run(command(taxi_like_csv, tmp_path, "e2e", 3, "--set", "model.members=2"), timeout=60)  # finished: nothing to do
+    again = run(
+        command(taxi_like_csv, tmp_path, "e2e", 3, "--set", "model.members=2"), timeout=60
+    )  # finished: nothing to do
     assert "already finished" in again.stderr and not epoch_lines(again.stderr + again.stdout)
     assert f"best         {run_dir}/checkpoint_" in again.stdout  # resolved against the run folder for the user
 
@@ -154,7 +164,7 @@ def test_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(taxi_li
     assert resumed, output[-5000:]
     done_epochs, continuing = int(resumed.group(1)), int(resumed.group(3))
     assert done_epochs >= 1 and continuing == done_epochs + 1
-    after = epoch_lines(output[resumed.end():])
+    after = epoch_lines(output[resumed.end() :])
     assert after[0] == (continuing, epochs), "the resumed attempt did not start after the checkpointed epoch"
     assert after[-1] == (epochs, epochs)
     final = torch.load(checkpoints(run_dir)[-1], map_location="cpu", weights_only=True)
@@ -167,7 +177,15 @@ def test_killed_driver_reruns_from_the_last_checkpoint(taxi_like_csv, tmp_path):
     epochs = 6
     run_dir = tmp_path / "kill_driver"
     cmd = command(taxi_like_csv, tmp_path, "kill_driver", epochs)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for_checkpoint(run_dir, proc, timeout=180)
     finally:
@@ -176,7 +194,9 @@ def test_killed_driver_reruns_from_the_last_checkpoint(taxi_like_csv, tmp_path):
     assert not (run_dir / "summary.json").exists()
 
     assert (run_dir / "run.lock").exists()  # SIGKILL left the lock; its pid is gone, so it is stale
-    refused = subprocess.run(cmd[:-1] + ["train.max_epochs=7"], cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        cmd[:-1] + ["train.max_epochs=7"], cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 2 and "exists with a different config" in refused.stderr
     assert "train.max_epochs: 6 -> 7" in refused.stderr
     assert "taking over a stale lock" in refused.stderr and not (run_dir / "run.lock").exists()

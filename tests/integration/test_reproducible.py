@@ -23,8 +23,10 @@ def test_same_config_and_seed_give_the_same_val_mae_every_epoch(taxi_like_csv, t
     assert len(first["val/mae"]) == 3
     assert first["val/mae"] == second["val/mae"]  # exact: same numbers, same epochs
     assert first["train/loss_epoch"] == second["train/loss_epoch"]
-    weights = [torch.load(checkpoints(tmp_path / name)[-1], map_location="cpu", weights_only=True)["state_dict"]
-               for name in ("first", "second")]
+    weights = [
+        torch.load(checkpoints(tmp_path / name)[-1], map_location="cpu", weights_only=True)["state_dict"]
+        for name in ("first", "second")
+    ]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 

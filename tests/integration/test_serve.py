@@ -94,8 +94,13 @@ def test_the_command_serves_redeploys_the_newest_checkpoint_on_sighup_and_stops_
     shutil.copytree(files["first"], run / "checkpoint_000000")
     port = free_port()
     command = [sys.executable, str(ROOT / "infer.py"), "--serve", "--run", str(run), "--port", str(port)]
-    server = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        command,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_for(lambda: call(url + "/healthz")[0] == 200, server), server_output(server)
@@ -136,8 +141,11 @@ def server_output(process: subprocess.Popen) -> str:
 
 def test_a_forecast_over_http_is_infers_forecast(server, files, tmp_path):
     c = 700
-    frame = infer(InferenceRequest(checkpoint=files["first"], data=files["csv"], cutoffs=[at(c)], use_ray=False,
-                                   output=str(tmp_path / "f.csv"))).frame
+    frame = infer(
+        InferenceRequest(
+            checkpoint=files["first"], data=files["csv"], cutoffs=[at(c)], use_ray=False, output=str(tmp_path / "f.csv")
+        )
+    ).frame
     for body in (history_body(files["values"][:c], c - 1), {"cutoff": f"{at(c):%Y-%m-%dT%H:%M:%S}"}):
         status, answer = call(server["url"] + "/forecast", body)
         assert status == 200 and answer["series_id"] == "0" and len(answer["median"]) == H

@@ -34,8 +34,12 @@ TINY = cfg.load(cfg.DEFAULT_CONFIG.parent / "tiny.yaml")
 W, H = TINY.data.input_window, TINY.data.horizon
 START, STEP = pd.Timestamp("2024-01-01"), pd.Timedelta("30min")
 SLOTS = 3 * 336
-STATS = {"z0": SeriesStats(1000.0, 300.0), "z1": SeriesStats(400.0, 120.0), "z2": SeriesStats(60.0, 20.0),
-         "late": SeriesStats(50.0, 10.0)}
+STATS = {
+    "z0": SeriesStats(1000.0, 300.0),
+    "z1": SeriesStats(400.0, 120.0),
+    "z2": SeriesStats(60.0, 20.0),
+    "late": SeriesStats(50.0, 10.0),
+}
 CUTOFFS = [START + (2 * 336 + 24 * k) * STEP for k in range(7)]  # every 12 h of the third week
 GAP_SLOT = 2 * 336 + 24 * 3 - 1  # z2's slot just before the fourth cutoff is missing
 
@@ -52,7 +56,9 @@ def checkpoint(tmp_path_factory) -> str:
     """A Ray-style checkpoint folder of a random tiny model that knows z0, z1, z2 and late (not new)."""
     folder = tmp_path_factory.mktemp("run") / "checkpoint_000000"
     plain = cfg.to_dict(TINY)
-    plain["data"].update(series_column="zone", train_end=str(START + 2 * 336 * STEP), val_end=str(START + (SLOTS - 48) * STEP))
+    plain["data"].update(
+        series_column="zone", train_end=str(START + 2 * 336 * STEP), val_end=str(START + (SLOTS - 48) * STEP)
+    )
     torch.manual_seed(0)
     module = module_from_hyperparameters(hyperparameters(TINY, WindowSpec(W, H, "30min"), STATS))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -70,7 +76,11 @@ def fleet_csv(path, series: dict[str, np.ndarray], first: dict[str, int] | None 
     rows = []
     for sid, values in series.items():
         offset = (first or {}).get(sid, 0)
-        rows += [f"{START + (offset + i) * STEP:%Y-%m-%d %H:%M:%S},{sid},{v:.0f}" for i, v in enumerate(values) if not np.isnan(v)]
+        rows += [
+            f"{START + (offset + i) * STEP:%Y-%m-%d %H:%M:%S},{sid},{v:.0f}"
+            for i, v in enumerate(values)
+            if not np.isnan(v)
+        ]
     path.write_text("timestamp,zone,value\n" + "\n".join(rows) + "\n")
     return str(path)
 
@@ -85,8 +95,13 @@ def taxi_like(level: float, seed: int, slots: int = SLOTS) -> np.ndarray:
 def data(tmp_path_factory) -> str:
     z2 = taxi_like(60, 2)
     z2[GAP_SLOT] = np.nan
-    series = {"z0": taxi_like(1000, 0), "z1": taxi_like(400, 1), "z2": z2, "new": taxi_like(200, 3),
-              "late": taxi_like(50, 4, slots=SLOTS - 2 * 336 - 40)}
+    series = {
+        "z0": taxi_like(1000, 0),
+        "z1": taxi_like(400, 1),
+        "z2": z2,
+        "new": taxi_like(200, 3),
+        "late": taxi_like(50, 4, slots=SLOTS - 2 * 336 - 40),
+    }
     return fleet_csv(tmp_path_factory.mktemp("data") / "zones.csv", series, {"late": 2 * 336 + 40})
 
 
@@ -101,7 +116,9 @@ def assert_close(got, want, path="table"):
         for i, (g, w) in enumerate(zip(got, want)):
             assert_close(g, w, f"{path}[{i}]")
     elif isinstance(want, float):
-        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-9, abs=1e-12), f"{path}: {got} != {want}"
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-9, abs=1e-12), (
+            f"{path}: {got} != {want}"
+        )
     else:
         assert got == want, f"{path}: {got!r} != {want!r}"
 
@@ -119,8 +136,11 @@ def read_back(folder) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def plain(checkpoint, data, tmp_path_factory):
     output = tmp_path_factory.mktemp("plain") / "plain.parquet"
-    return infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=CUTOFFS, output=str(output), use_ray=False,
-                                  batch_size=1))
+    return infer(
+        InferenceRequest(
+            checkpoint=checkpoint, data=data, cutoffs=CUTOFFS, output=str(output), use_ray=False, batch_size=1
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +170,11 @@ def test_streaming_forecasts_and_scores_equal_the_plain_path(plain, streamed):
 
 
 def test_the_next_day_forecast_streams_the_same_numbers(checkpoint, data, tmp_path):
-    plain = infer(InferenceRequest(checkpoint=checkpoint, data=data, output=str(tmp_path / "p.parquet"), use_ray=False,
-                                   batch_size=1))
+    plain = infer(
+        InferenceRequest(
+            checkpoint=checkpoint, data=data, output=str(tmp_path / "p.parquet"), use_ray=False, batch_size=1
+        )
+    )
     result = stream(checkpoint, data, tmp_path / "next", cutoffs=None)
     got = read_back(result.output)
     want = plain.frame.sort_values(["series_id", "cutoff", "timestamp"], kind="stable").reset_index(drop=True)
@@ -173,7 +196,9 @@ def test_an_output_folder_with_files_is_refused_without_overwrite(checkpoint, da
 
 
 def test_a_strict_run_fails_on_a_skipped_window_and_leaves_nothing(checkpoint, data, tmp_path):
-    request = InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=CUTOFFS, output=str(tmp_path / "f"), strict=True)
+    request = InferenceRequest(
+        checkpoint=checkpoint, data=data, cutoffs=CUTOFFS, output=str(tmp_path / "f"), strict=True
+    )
     with pytest.raises(CutoffError):
         streaming.infer_streaming(request)
     assert list(tmp_path.iterdir()) == []
@@ -186,8 +211,11 @@ def parquet_of(csv: str, path, by_zone: bool) -> str:
 
     frame = pd.read_csv(csv, parse_dates=["timestamp"])
     if not by_zone:
-        pq.write_table(pa.Table.from_pandas(frame.sample(frac=1.0, random_state=0), preserve_index=False), path,
-                       row_group_size=1000)
+        pq.write_table(
+            pa.Table.from_pandas(frame.sample(frac=1.0, random_state=0), preserve_index=False),
+            path,
+            row_group_size=1000,
+        )
         return str(path)
     with pq.ParquetWriter(path, pa.Table.from_pandas(frame, preserve_index=False).schema) as writer:
         for _, rows in frame.groupby("zone", sort=True):
@@ -197,8 +225,8 @@ def parquet_of(csv: str, path, by_zone: bool) -> str:
 
 def test_a_fleet_stored_series_by_series_is_cut_where_it_is_read(checkpoint, data, streamed, tmp_path):
     """Row groups whose zone ranges do not overlap: no shuffle, and the same forecasts and scores."""
-    from lit_forecast.data.ray_prepare import plan_chunks
     from lit_forecast.data.fetch import fetch
+    from lit_forecast.data.ray_prepare import plan_chunks
 
     sorted_by_zone = parquet_of(data, tmp_path / "zones.parquet", by_zone=True)
     shuffled = parquet_of(data, tmp_path / "shuffled.parquet", by_zone=False)

@@ -44,8 +44,15 @@ def trial_folders(folder: Path) -> list[Path]:
 def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_like_csv, tmp_path):
     sweep = tmp_path / "tiny"
     cmd = tune_command("configs/tune-tiny.yaml", taxi_like_csv, tmp_path, "tiny")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:  # kill the sweep once its first trial has finished (or been stopped) and the second has begun
         deadline = time.monotonic() + 600
         while len(trial_folders(sweep)) < 2:
@@ -97,10 +104,12 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(taxi_like_csv, tmp_pa
     # Each value fits the base config alone (tiny: d_model 16, nhead 2); together they do not
     # (12 is not divisible by 8), so every trial fails inside its driver, one after the other.
     sweep_file = tmp_path / "broken.yaml"
-    sweep_file.write_text(f"base: {ROOT / 'configs' / 'tiny.yaml'}\n"
-                          "overrides: {cluster.num_workers: 1, cluster.cpus_per_worker: 1}\n"
-                          "space: {model.d_model: [12], model.nhead: [8]}\n"
-                          "budget: {trials: 2, max_epochs: 2}\n")
+    sweep_file.write_text(
+        f"base: {ROOT / 'configs' / 'tiny.yaml'}\n"
+        "overrides: {cluster.num_workers: 1, cluster.cpus_per_worker: 1}\n"
+        "space: {model.d_model: [12], model.nhead: [8]}\n"
+        "budget: {trials: 2, max_epochs: 2}\n"
+    )
     cmd = tune_command(str(sweep_file), taxi_like_csv, tmp_path, "broken")
     done = subprocess.run(cmd, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=560)
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]

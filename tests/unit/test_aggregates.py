@@ -56,7 +56,9 @@ def assert_close(got, want, path="table"):
         for i, (g, w) in enumerate(zip(got, want)):
             assert_close(g, w, f"{path}[{i}]")
     elif isinstance(want, (float, np.floating)):
-        assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-12, abs=1e-12), f"{path}: {got} != {want}"
+        assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-12, abs=1e-12), (
+            f"{path}: {got} != {want}"
+        )
     else:
         assert got == want, f"{path}: {got!r} != {want!r}"
 
@@ -70,8 +72,18 @@ def in_memory(forecast, history, actual, ids, cutoffs, scales, quantiles, residu
 def merged(blocks, forecast, history, actual, ids, cutoffs, scales, quantiles, residuals) -> ScoreSums:
     total = ScoreSums(H, LEVELS)
     for rows in blocks:
-        part = block_sums(forecast[rows], history[rows], actual[rows], [ids[i] for i in rows], cutoffs[rows], scales, LAGS,
-                          quantiles[rows], LEVELS, residuals)
+        part = block_sums(
+            forecast[rows],
+            history[rows],
+            actual[rows],
+            [ids[i] for i in rows],
+            cutoffs[rows],
+            scales,
+            LAGS,
+            quantiles[rows],
+            LEVELS,
+            residuals,
+        )
         total = total.merge(pickle.loads(pickle.dumps(part)))  # sums cross process boundaries
     return total
 

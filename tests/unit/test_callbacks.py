@@ -28,8 +28,15 @@ class Batches(torch.utils.data.Dataset):
 def fit(poisoned: int | None, epochs: int = 3) -> tuple[L.Trainer, DivergenceGuard]:
     module = make_module().train()
     guard = DivergenceGuard()
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, callbacks=[Throughput(), guard])
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Throughput(), guard],
+    )
     loader = DataLoader(Batches(5, poisoned), batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
     return trainer, guard
@@ -60,8 +67,15 @@ class SaveAfterFirstEpoch(L.Callback):
 def weights_after_two_epochs(callbacks, resume_from=None):
     L.seed_everything(7, verbose=False)
     module = make_module(dropout=0.1).train()  # dropout and scheduled sampling (tiny.yaml: up to 0.5) draw at random
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
     loader = DataLoader([make_batch(1, seed=i) for i in range(12)], batch_size=None, shuffle=True)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_from)
     return {k: v.clone() for k, v in module.state_dict().items()}

@@ -76,7 +76,9 @@ def test_unknown_key_names_dotted_key_and_suggestion(write_yaml, changes, messag
 
 
 def test_unknown_key_in_override_is_named(write_yaml):
-    with pytest.raises(ConfigError, match=re.escape("unknown key 'train.bach_size' (did you mean 'train.batch_size'?)")):
+    with pytest.raises(
+        ConfigError, match=re.escape("unknown key 'train.bach_size' (did you mean 'train.batch_size'?)")
+    ):
         cfg.load(write_yaml(), overrides=["train.bach_size=8"])
 
 
@@ -104,8 +106,10 @@ def test_wrong_type_names_key(write_yaml, changes, message):
     "changes, fragments",
     [
         ({"model": {"d_model": 30, "nhead": 4}}, ["'model.d_model' (30)", "'model.nhead' (4)"]),
-        ({"data": {"train_end": "2024-01-20", "val_end": "2024-01-10"}},
-         ["split boundaries out of order", "data.train_end", "data.val_end"]),
+        (
+            {"data": {"train_end": "2024-01-20", "val_end": "2024-01-10"}},
+            ["split boundaries out of order", "data.train_end", "data.val_end"],
+        ),
         ({"data": {"train_end": "2024-01-10", "val_end": "2024-01-10"}}, ["split boundaries out of order"]),
         ({"data": {"test_end": "2024-01-15"}}, ["split boundaries out of order", "data.val_end", "data.test_end"]),
         ({"model": {"seasonal_lag": 3}}, ["'model.seasonal_lag' (3)", "'data.horizon' (4)"]),
@@ -157,13 +161,20 @@ def test_overrides_nested_typed_and_null(write_yaml):
 
 
 def test_override_creates_missing_section(write_yaml):
-    path = write_yaml(text="data:\n  input_window: 16\n  horizon: 4\nmodel:\n  patch_len: 4\n  seasonal_lag: 0\n  daily_lag: 0\n")
+    path = write_yaml(
+        text="data:\n  input_window: 16\n  horizon: 4\nmodel:\n  patch_len: 4\n  seasonal_lag: 0\n  daily_lag: 0\n"
+    )
     assert cfg.load(path, overrides=["run.storage=/tmp/x"]).run.storage == "/tmp/x"
 
 
 def test_overrides_are_validated(write_yaml):
-    with pytest.raises(ConfigError, match=re.escape("'data.input_window' (12) must be a multiple of 'model.patch_len' (8)")):
-        cfg.load(write_yaml(), overrides=["model.patch_len=8", "data.input_window=12", "model.seasonal_lag=0", "model.daily_lag=0"])
+    with pytest.raises(
+        ConfigError, match=re.escape("'data.input_window' (12) must be a multiple of 'model.patch_len' (8)")
+    ):
+        cfg.load(
+            write_yaml(),
+            overrides=["model.patch_len=8", "data.input_window=12", "model.seasonal_lag=0", "model.daily_lag=0"],
+        )
 
 
 @pytest.mark.parametrize(

@@ -46,8 +46,7 @@ def test_field_comments_joins_the_lines_above_and_the_end_of_line():
         "    w: int = 2\n"
     )
     found = field_comments(source)
-    assert found == {("A", "x"): "the x", ("A", "y"): "first line second line and more", ("A", "z"): "",
-                     ("A", "w"): ""}
+    assert found == {("A", "x"): "the x", ("A", "y"): "first line second line and more", ("A", "z"): "", ("A", "w"): ""}
 
 
 def test_type_names_read_as_a_user_writes_them():

@@ -39,9 +39,14 @@ def test_forecast_table_names_every_central_interval_and_cuts_long_tables():
 
 
 def test_closing_words_name_the_best_epoch_as_the_epoch_lines_count_and_runnable_commands():
-    summary = {"run_dir": "runs/x", "epochs": 10, "best_epoch": 7,
-               "best_checkpoint": "runs/x/checkpoint_000006/checkpoint.ckpt",
-               "best_metrics": {"val/mae": 1202.3, "step": 7000}, "tensorboard": "runs/x/tensorboard"}
+    summary = {
+        "run_dir": "runs/x",
+        "epochs": 10,
+        "best_epoch": 7,
+        "best_checkpoint": "runs/x/checkpoint_000006/checkpoint.ckpt",
+        "best_metrics": {"val/mae": 1202.3, "step": 7000},
+        "tensorboard": "runs/x/tensorboard",
+    }
     lines = format_run(summary, bin_prefix=".venv/bin/").splitlines()
     assert "epochs       10 (epoch 7 best)" in lines
     assert "metrics      val/mae 1202  (passengers; mape/smape as fractions)" in lines
@@ -69,8 +74,9 @@ def backtest_figure():
     median = np.full(48, 1000.0)
     bands = interval_bands(np.stack([median - 200, median, median + 200], axis=1), [0.1, 0.5, 0.9], future)
     title = "forecast from Thu 2015-01-01 00:00\nbacktest over 31 cutoffs: model MAE / weekly-naive MAE = 0.75"
-    fig = forecast_figure(pd.Series(np.full(336, 900.0), index=history_times), pd.Series(median, index=future),
-                          title=title, bands=bands)
+    fig = forecast_figure(
+        pd.Series(np.full(336, 900.0), index=history_times), pd.Series(median, index=future), title=title, bands=bands
+    )
     fig.canvas.draw()
     return fig
 

@@ -19,12 +19,12 @@ from torch.utils.data import BatchSampler, RandomSampler
 
 from lit_forecast import storage
 from lit_forecast.data import prepare as prep
+from lit_forecast.data import windows as windows_module
 from lit_forecast.data.datamodule import ShardDataModule, ShuffledBatches
-from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
 from lit_forecast.data.fetch import fetch
+from lit_forecast.data.manifest import MANIFEST_FILE, SeriesInfo, read_manifest
 from lit_forecast.data.source import load_series
 from lit_forecast.data.splits import window_starts
-from lit_forecast.data import windows as windows_module
 from lit_forecast.data.windows import Segment, WindowSet, calendar_features, segments_from_table
 from lit_forecast.errors import DataError
 from lit_forecast.spec import SeriesStats, WindowSpec
@@ -246,25 +246,42 @@ BAD_INPUTS = {
     "misnamed timestamp column": (dict(header=("time", "value")), {}, ["missing column(s) ['timestamp']", "'time'"]),
     "missing value column": (dict(header=("timestamp", "passengers")), {}, ["missing column(s) ['value']"]),
     "missing series column": ({}, dict(series_column="series_id"), ["missing column(s) ['series_id']"]),
-    "unparseable timestamp": (dict(rows=_with(_rows(), 10, 0, "not a time")), {},
-                              ["unparseable timestamp in 1 row(s)", "row 12: 'not a time'"]),
+    "unparseable timestamp": (
+        dict(rows=_with(_rows(), 10, 0, "not a time")),
+        {},
+        ["unparseable timestamp in 1 row(s)", "row 12: 'not a time'"],
+    ),
     "empty timestamp": (dict(rows=_with(_rows(), 3, 0, "")), {}, ["unparseable timestamp", "row 5: ''"]),
     "non-numeric value": (dict(rows=_with(_rows(), 20, 1, "12abc")), {}, ["non-numeric value", "row 22: '12abc'"]),
     "negative value": (dict(rows=_with(_rows(), 30, 1, "-5")), {}, ["negative value", "row 32: '-5'"]),
     "empty value": (dict(rows=_with(_rows(), 40, 1, "")), {}, ["missing (NaN) value", "row 42: ''"]),
-    "NaN value": (dict(rows=_with(_with(_rows(), 41, 1, "NaN"), 60, 1, "nan")), {},
-                  ["missing (NaN) value in 2 row(s)", "row 43: 'NaN'", "row 62: 'nan'"]),
+    "NaN value": (
+        dict(rows=_with(_with(_rows(), 41, 1, "NaN"), 60, 1, "nan")),
+        {},
+        ["missing (NaN) value in 2 row(s)", "row 43: 'NaN'", "row 62: 'nan'"],
+    ),
     "infinite value": (dict(rows=_with(_rows(), 7, 1, "inf")), {}, ["infinite value", "row 9: 'inf'"]),
-    "duplicate timestamp": (dict(rows=_with(_rows(), 50, 0, f"{at(49):%Y-%m-%d %H:%M:%S}")), {},
-                            ["2 rows share a timestamp", f"row 51: duplicate timestamp {at(49)}",
-                             f"row 52: duplicate timestamp {at(49)}"]),
-    "UTC offset": (dict(rows=[[f"{at(i):%Y-%m-%d %H:%M:%S}+00:00", str(i)] for i in range(SLOTS)]), {},
-                   ["timestamps carry a UTC offset", "row 2: '2024-01-01 00:00:00+00:00'"]),
-    "mixed UTC offsets": (dict(rows=_with(_with(_rows(), 0, 0, "2024-01-01 00:00:00+01:00"), 1, 0, "2024-01-01 00:30:00+02:00")),
-                          {}, ["column 'timestamp'", "Mixed timezones"]),
+    "duplicate timestamp": (
+        dict(rows=_with(_rows(), 50, 0, f"{at(49):%Y-%m-%d %H:%M:%S}")),
+        {},
+        ["2 rows share a timestamp", f"row 51: duplicate timestamp {at(49)}", f"row 52: duplicate timestamp {at(49)}"],
+    ),
+    "UTC offset": (
+        dict(rows=[[f"{at(i):%Y-%m-%d %H:%M:%S}+00:00", str(i)] for i in range(SLOTS)]),
+        {},
+        ["timestamps carry a UTC offset", "row 2: '2024-01-01 00:00:00+00:00'"],
+    ),
+    "mixed UTC offsets": (
+        dict(rows=_with(_with(_rows(), 0, 0, "2024-01-01 00:00:00+01:00"), 1, 0, "2024-01-01 00:30:00+02:00")),
+        {},
+        ["column 'timestamp'", "Mixed timezones"],
+    ),
     "too short": (dict(rows=_rows(W + H - 1)), {}, ["11 slots of 30min", "needs at least 12"]),
-    "long gap": (dict(rows=_rows()[:100] + _rows()[110:]), {},
-                 ["1 gap(s) longer than data.max_gap=2h", f"{at(100)} .. {at(109)} (10 slots)", "data.long_gaps=drop"]),
+    "long gap": (
+        dict(rows=_rows()[:100] + _rows()[110:]),
+        {},
+        ["1 gap(s) longer than data.max_gap=2h", f"{at(100)} .. {at(109)} (10 slots)", "data.long_gaps=drop"],
+    ),
 }
 
 
@@ -458,7 +475,9 @@ def test_train_shards_hold_equal_contiguous_window_counts(prepared):
 
 
 def _stored_values(data_dir: str, names: list[str]) -> int:
-    return sum(len(v) for name in names for v in storage.read_parquet(storage.join(data_dir, name))["values"].to_pylist())
+    return sum(
+        len(v) for name in names for v in storage.read_parquet(storage.join(data_dir, name))["values"].to_pylist()
+    )
 
 
 def test_shard_storage_is_linear_in_series_length(prepared):
@@ -484,8 +503,9 @@ def test_second_prepare_reuses_and_touches_nothing(tmp_path, synthetic_csv, make
     first = prep.prepare(make_config(csv, **SPLIT_DATES), data_dir)
     assert first.reused is False
     before = file_state(data_dir)
-    assert sorted(before) == sorted(["manifest.json", "config.yaml", "val.parquet",
-                                     "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"])
+    assert sorted(before) == sorted(
+        ["manifest.json", "config.yaml", "val.parquet", "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    )
 
     again = prep.prepare(make_config(csv, **SPLIT_DATES), data_dir)
     assert again.reused is True and again == first
@@ -575,7 +595,9 @@ def test_each_rank_reads_only_its_own_shard(prepared, monkeypatch):
     train_starts = []
     for rank in range(2):
         reads = []
-        monkeypatch.setattr(storage, "read_parquet", lambda loc: reads.append(loc.rsplit("/", 1)[-1]) or real_read(loc))
+        monkeypatch.setattr(
+            storage, "read_parquet", lambda loc, reads=reads: reads.append(loc.rsplit("/", 1)[-1]) or real_read(loc)
+        )
         module = _module(data_dir, monkeypatch, rank, 2)
         module.setup("fit")
         assert sorted(reads) == sorted([f"train-0000{rank}-of-00002.parquet", "val.parquet"])
@@ -614,7 +636,9 @@ def test_a_world_larger_than_the_shard_count_is_refused(prepared, monkeypatch):
     module = ShardDataModule(data_dir, batch_size=4)  # no trainer: rank 0 of 1 takes both shards
     module.setup("fit")
     assert target_starts(module.datasets["train"]) == [
-        t for name in ("train-00000-of-00002.parquet", "train-00001-of-00002.parquet") for t in target_starts(load_file(data_dir, name))
+        t
+        for name in ("train-00000-of-00002.parquet", "train-00001-of-00002.parquet")
+        for t in target_starts(load_file(data_dir, name))
     ]
 
 
@@ -624,8 +648,14 @@ def test_dataloaders_yield_named_tensors_without_trainer(prepared):
     module.setup()
     batch = next(iter(module.train_dataloader()))
     shapes = {k: tuple(v.shape) for k, v in batch.items()}
-    assert shapes == {"past_target": (4, W), "future_target": (4, H), "past_time": (4, W, 3),
-                      "future_time": (4, H, 3), "loc": (4,), "scale": (4,)}
+    assert shapes == {
+        "past_target": (4, W),
+        "future_target": (4, H),
+        "past_time": (4, W, 3),
+        "future_time": (4, H, 3),
+        "loc": (4,),
+        "scale": (4,),
+    }
     assert {k for k, v in batch.items() if v.dtype == torch.float32} == {"past_target", "future_target", "loc", "scale"}
     assert batch["past_time"].dtype == batch["future_time"].dtype == torch.int64
     val = next(iter(module.val_dataloader()))  # not shuffled: time order
@@ -682,7 +712,9 @@ def test_window_set_lays_segments_end_to_end(count, chunk, monkeypatch):
     segments = [
         Segment("a", START, np.arange(30.0), np.asarray([8, 12, 26])),
         Segment("b", START + 5 * STEP, np.arange(20.0) * 2, np.asarray([], dtype=np.int64)),  # no windows
-        Segment("new", pd.Timestamp("2024-12-31 22:00"), np.arange(14.0), np.asarray([9, 10]), stats=SeriesStats(3.0, 4.0)),
+        Segment(
+            "new", pd.Timestamp("2024-12-31 22:00"), np.arange(14.0), np.asarray([9, 10]), stats=SeriesStats(3.0, 4.0)
+        ),
     ][:count]
     ws = WindowSet(segments, stats, spec)
     values, times, targets, first, loc, scale, cutoffs, ids = reference_window_set(segments, stats, spec)

@@ -11,7 +11,12 @@ import pytest
 
 from lit_forecast.console import format_backtest
 from lit_forecast.evaluation.backtest import backtest, save_table, training_scale
-from lit_forecast.evaluation.baselines import residual_quantiles, seasonal_naive, seasonal_naive_lags, seasonal_naive_quantiles
+from lit_forecast.evaluation.baselines import (
+    residual_quantiles,
+    seasonal_naive,
+    seasonal_naive_lags,
+    seasonal_naive_quantiles,
+)
 from lit_forecast.evaluation.metrics import evaluate, quantile_scores, seasonal_naive_mae
 from lit_forecast.evaluation.plots import interval_bands, plot_forecast
 
@@ -67,7 +72,15 @@ def test_backtest_scores_model_and_baselines_on_the_same_windows():
     H, cutoffs = 48, [2 * 336 + 48 * i for i in range(5)]
     history = np.stack([values[c - 336 : c] for c in cutoffs])
     actual = np.stack([values[c : c + H] for c in cutoffs])
-    table = backtest(actual + 1.0, history, actual, ["0"] * 5, pd.DatetimeIndex(times[cutoffs]), {"0": scale}, seasonal_naive_lags(48))
+    table = backtest(
+        actual + 1.0,
+        history,
+        actual,
+        ["0"] * 5,
+        pd.DatetimeIndex(times[cutoffs]),
+        {"0": scale},
+        seasonal_naive_lags(48),
+    )
     methods = table["methods"]
     assert methods["model"]["overall"]["mae"] == pytest.approx(1.0)
     assert methods["naive_daily"]["overall"]["mae"] == pytest.approx(0.48)
@@ -93,8 +106,15 @@ def test_plot_writes_one_png(tmp_path):
     quantiles = np.stack([np.zeros(48), np.ones(48), 2 * np.ones(48)], axis=1)
     bands = interval_bands(quantiles, [0.1, 0.5, 0.9], future)
     assert list(bands) == ["80 % interval"] and bands["80 % interval"][1].iloc[0] == 2.0
-    plot_forecast(str(path), history, pd.Series(np.ones(48), index=future), pd.Series(np.ones(48), index=future),
-                  {"model": [1.0] * 48, "naive_weekly": [2.0] * 48}, "test", bands=bands)
+    plot_forecast(
+        str(path),
+        history,
+        pd.Series(np.ones(48), index=future),
+        pd.Series(np.ones(48), index=future),
+        {"model": [1.0] * 48, "naive_weekly": [2.0] * 48},
+        "test",
+        bands=bands,
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -131,12 +151,24 @@ def test_backtest_scores_quantiles_of_model_and_baselines():
     actual = np.stack([values[c : c + H] for c in cutoffs])
     quantiles = actual[..., None] + np.array([-1.0, 0.0, 1.0])  # always covers, median exact: wQL from the tails only
     residuals = {"0": {"naive_daily": [-2.0, 0.0, 2.0], "naive_weekly": [-4.0, 0.0, 4.0]}}
-    table = backtest(actual, history, actual, ["0"] * 5, pd.DatetimeIndex(times[cutoffs]), {"0": 1.0}, seasonal_naive_lags(48),
-                     quantiles, levels, residuals)
+    table = backtest(
+        actual,
+        history,
+        actual,
+        ["0"] * 5,
+        pd.DatetimeIndex(times[cutoffs]),
+        {"0": 1.0},
+        seasonal_naive_lags(48),
+        quantiles,
+        levels,
+        residuals,
+    )
     model, weekly = table["methods"]["model"]["overall"], table["methods"]["naive_weekly"]["overall"]
     tails = 2 * (0.1 + 0.1) * actual.size / np.abs(actual).sum() / 3  # pinball 0.1 at q0.1 and q0.9, 0 at the median
     assert model["coverage_80"] == 1.0 and model["wql"] == pytest.approx(tails)
-    assert weekly["coverage_80"] == 1.0 and weekly["wql"] == pytest.approx(4 * tails)  # naive exact, tails 4 away: 0.1 x 4
+    assert weekly["coverage_80"] == 1.0 and weekly["wql"] == pytest.approx(
+        4 * tails
+    )  # naive exact, tails 4 away: 0.1 x 4
     assert table["wql_ratio_model_vs_naive_weekly"] == pytest.approx(0.25)
     text = format_backtest(table)
     assert "COVER80" in text and "100.0" in text and "model wQL / weekly-naive wQL = 0.250" in text
@@ -154,8 +186,16 @@ def test_score_backtest_on_increasing_series_equals_a_hand_computation():
     history = np.array([values[sid][c - P : c] for sid, c in rows])
     offset = np.array([[1.0] if sid == "a" else [2.0] for sid, _ in rows])
     series_ids, cutoffs = [sid for sid, _ in rows], pd.DatetimeIndex([times[c] for _, c in rows])
-    scores = score_backtest(actual + offset, actual, history, series_ids, cutoffs,
-                            {sid: (v, times) for sid, v in values.items()}, times[2 * 336], lags)
+    scores = score_backtest(
+        actual + offset,
+        actual,
+        history,
+        series_ids,
+        cutoffs,
+        {sid: (v, times) for sid, v in values.items()},
+        times[2 * 336],
+        lags,
+    )
     table = scores.table
     assert table["mase_scale"] == {"a": 336.0, "b": 672.0}  # |v[t] - v[t - 336]| before train_end
     assert table["methods"]["model"]["overall"]["mae"] == pytest.approx(1.5)  # errors 1 (a) and 2 (b)
@@ -168,6 +208,14 @@ def test_score_backtest_on_increasing_series_equals_a_hand_computation():
     assert zones["mae_naive_weekly"].tolist() == pytest.approx([336.0, 672.0])
     assert table["fleet"]["series"] == 2 and table["fleet"]["share_model_beats_naive_weekly"] == 1.0
 
-    one = score_backtest((actual + offset)[:2], actual[:2], history[:2], series_ids[:2], cutoffs[:2],
-                         {sid: (v, times) for sid, v in values.items()}, times[2 * 336], lags)
+    one = score_backtest(
+        (actual + offset)[:2],
+        actual[:2],
+        history[:2],
+        series_ids[:2],
+        cutoffs[:2],
+        {sid: (v, times) for sid, v in values.items()},
+        times[2 * 336],
+        lags,
+    )
     assert one.per_series is None and "fleet" not in one.table and one.table["series"] == ["a"]

@@ -55,8 +55,9 @@ def checkpoint(tmp_path_factory) -> str:
     plain = cfg.to_dict(TINY)
     plain["data"].update(series_column="zone", train_end=str(at(2 * 336)), val_end=str(at(SLOTS - 48)))
     torch.manual_seed(0)
-    module = module_from_hyperparameters({"model": plain["model"], "window": SPEC.to_dict(), "train": plain["train"],
-                                          "series": stats_to_dict(STATS)})
+    module = module_from_hyperparameters(
+        {"model": plain["model"], "window": SPEC.to_dict(), "train": plain["train"], "series": stats_to_dict(STATS)}
+    )
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     folder.mkdir(parents=True)
@@ -83,7 +84,7 @@ def zones_csv(tmp_path):
 
 
 def fleet_with_holes() -> dict[str, np.ndarray]:
-    """a: complete; b: the slot before the 2024-01-16 00:00 cutoff missing; c: starts at slot 400 (too late for 3 cutoffs)."""
+    """a: complete; b: the slot before the 2024-01-16 00:00 cutoff missing; c: from slot 400 (late for 3 cutoffs)."""
     b = taxi_like(seed=1, level=300)
     b[719] = np.nan  # slot 720 is 2024-01-16 00:00, one of the backtest's cutoffs
     c = taxi_like(seed=2, level=200)
@@ -101,8 +102,14 @@ def package_logger():
 
 
 def request(checkpoint: str, data: str, tmp_path, **kwargs) -> InferenceRequest:
-    return InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=parse_cutoffs([BACKTEST]), output=str(tmp_path / "out.csv"),
-                            use_ray=False, **kwargs)
+    return InferenceRequest(
+        checkpoint=checkpoint,
+        data=data,
+        cutoffs=parse_cutoffs([BACKTEST]),
+        output=str(tmp_path / "out.csv"),
+        use_ray=False,
+        **kwargs,
+    )
 
 
 # -- skipped windows ---------------------------------------------------------------------------------
@@ -135,10 +142,22 @@ def test_a_fleet_backtest_skips_windows_with_holes_and_forecasts_every_other_one
 
 def test_strict_turns_a_skipped_window_into_an_error(checkpoint, zones_csv, tmp_path, capsys, package_logger):
     data = zones_csv(fleet_with_holes())
-    with pytest.raises(CutoffError, match=rf"cutoff {at(720)} \(series 'b'\): slot {at(719)} just before it is missing"):
+    with pytest.raises(
+        CutoffError, match=rf"cutoff {at(720)} \(series 'b'\): slot {at(719)} just before it is missing"
+    ):
         infer(request(checkpoint, data, tmp_path, strict=True))
     main = runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))["main"]
-    args = ["--checkpoint", checkpoint, "--data", data, "--no-ray", "--cutoffs", BACKTEST, "--output", str(tmp_path / "f.csv")]
+    args = [
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        data,
+        "--no-ray",
+        "--cutoffs",
+        BACKTEST,
+        "--output",
+        str(tmp_path / "f.csv"),
+    ]
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--strict"])
     assert exit_.value.code == 2 and "just before it is missing" in capsys.readouterr().err
@@ -157,7 +176,9 @@ def test_skip_messages_are_counted_not_listed(checkpoint, zones_csv, caplog):
     stats = {z: STATS["a"] for z in zones}
     with caplog.at_level(logging.INFO, logger="lit_forecast"):
         cut = cut_windows(read_series(data), stats, SPEC, parse_cutoffs([BACKTEST]), history=336)
-    assert len(cut.windows) == 10 * 7 and len(cut.skipped) == 10 * 7  # cutoffs 840 .. 984 (7 of 14) have a week of history
+    assert (
+        len(cut.windows) == 10 * 7 and len(cut.skipped) == 10 * 7
+    )  # cutoffs 840 .. 984 (7 of 14) have a week of history
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"skipped 70 of 140 windows: 70 too little history (e.g. 'z00' at {at(672)})"]
 
@@ -176,7 +197,10 @@ def test_per_series_scores_pool_each_series_points():
     np.testing.assert_allclose(zones["mase_naive_weekly"], [0.0, 2.25])
     summary = fleet_summary(zones)
     assert summary["share_model_beats_naive_weekly"] == 0.5  # y only
-    assert summary["mase_median"]["model"] == pytest.approx(0.5625) and [w["series_id"] for w in summary["worst"]] == ["x", "y"]
+    assert summary["mase_median"]["model"] == pytest.approx(0.5625) and [w["series_id"] for w in summary["worst"]] == [
+        "x",
+        "y",
+    ]
 
 
 # -- series the checkpoint never saw --------------------------------------------------------------------
@@ -185,7 +209,9 @@ def test_per_series_scores_pool_each_series_points():
 def test_an_unseen_series_is_scaled_on_its_own_history_before_each_cutoff(zones_csv):
     values = taxi_like(seed=5, level=3000)
     values[100:103] = np.nan  # a short gap, filled from its neighbours
-    data = cfg.DataConfig(source=zones_csv({"new": values}), sha256=None, series_column="zone", input_window=W, horizon=H)
+    data = cfg.DataConfig(
+        source=zones_csv({"new": values}), sha256=None, series_column="zone", input_window=W, horizon=H
+    )
     cutoffs = [at(200), at(700), at(W - 1)]  # the last has too little history: skipped, with the reason
     cut = cut_windows(read_series(data), STATS, SPEC, cutoffs)
     assert cut.unseen == ["new"] and list(cut.windows.cutoffs) == cutoffs[:2]
@@ -202,12 +228,19 @@ def test_an_unseen_series_is_scaled_on_its_own_history_before_each_cutoff(zones_
 
 def test_a_known_series_unlike_its_training_statistics_is_flagged(zones_csv, caplog):
     """The same zone name for other data (another fleet, a renumbering) would be scaled wrongly: say so."""
-    data = cfg.DataConfig(source=zones_csv({"a": taxi_like(seed=0), "b": taxi_like(seed=1, level=20000)}), sha256=None,
-                          series_column="zone", input_window=W, horizon=H)
+    data = cfg.DataConfig(
+        source=zones_csv({"a": taxi_like(seed=0), "b": taxi_like(seed=1, level=20000)}),
+        sha256=None,
+        series_column="zone",
+        input_window=W,
+        horizon=H,
+    )
     with caplog.at_level(logging.WARNING, logger="lit_forecast"):
         cut_windows(read_series(data), STATS, SPEC, [at(700)])
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 1 and messages[0].startswith("1 series ('b') have a mean before their first cutoff more than 3 training")
+    assert len(messages) == 1 and messages[0].startswith(
+        "1 series ('b') have a mean before their first cutoff more than 3 training"
+    )
 
 
 def test_an_unseen_series_forecast_does_not_look_ahead(checkpoint, zones_csv, tmp_path):
@@ -220,8 +253,15 @@ def test_an_unseen_series_forecast_does_not_look_ahead(checkpoint, zones_csv, tm
     results = []
     for name, zone in (("original", values), ("altered", altered), ("truncated", values[:cutoff])):
         data = zones_csv({"a": taxi_like(seed=0), "new": zone}, name=f"{name}.csv")
-        result = infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(cutoff)], output=str(tmp_path / f"{name}.csv"),
-                                        use_ray=False))
+        result = infer(
+            InferenceRequest(
+                checkpoint=checkpoint,
+                data=data,
+                cutoffs=[at(cutoff)],
+                output=str(tmp_path / f"{name}.csv"),
+                use_ray=False,
+            )
+        )
         results.append(result.frame[result.frame["series_id"] == "new"])
         assert result.unseen == ["new"]
     assert results[0]["in_checkpoint"].eq(False).all()
@@ -237,14 +277,31 @@ def test_recalibrated_bands_do_not_look_ahead(checkpoint, zones_csv, tmp_path):
     frames = []
     for name, zone in (("original", values), ("altered", altered)):
         data = zones_csv({"a": zone}, name=f"{name}.csv")
-        result = infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(cutoff)], output=str(tmp_path / f"{name}.csv"),
-                                        use_ray=False, recalibrate_days=3))
+        result = infer(
+            InferenceRequest(
+                checkpoint=checkpoint,
+                data=data,
+                cutoffs=[at(cutoff)],
+                output=str(tmp_path / f"{name}.csv"),
+                use_ray=False,
+                recalibrate_days=3,
+            )
+        )
         frames.append(result.frame)
-    plain = infer(InferenceRequest(checkpoint=checkpoint, data=zones_csv({"a": values}), cutoffs=[at(cutoff)],
-                                   output=str(tmp_path / "plain.csv"), use_ray=False)).frame
+    plain = infer(
+        InferenceRequest(
+            checkpoint=checkpoint,
+            data=zones_csv({"a": values}),
+            cutoffs=[at(cutoff)],
+            output=str(tmp_path / "plain.csv"),
+            use_ray=False,
+        )
+    ).frame
     for column in ("forecast", "q0.1", "q0.9"):
         np.testing.assert_array_equal(frames[1][column].to_numpy(), frames[0][column].to_numpy())
-    np.testing.assert_array_equal(frames[0]["forecast"].to_numpy(), plain["forecast"].to_numpy())  # the median never moves
+    np.testing.assert_array_equal(
+        frames[0]["forecast"].to_numpy(), plain["forecast"].to_numpy()
+    )  # the median never moves
     assert not np.array_equal(frames[0]["q0.9"].to_numpy(), plain["q0.9"].to_numpy())  # the bands were refitted
 
 
@@ -280,7 +337,9 @@ def test_prepare_keeps_at_most_n_validation_windows_per_series(tmp_path, make_co
         offset = int((pd.Timestamp(start) - START) / STEP)
         np.testing.assert_array_equal(np.asarray(kept) + offset, thin_evenly(per_series_all[sid], 5, sid))
     again = prep.prepare(thinned_config, str(tmp_path / "again"))
-    assert storage.read_bytes(str(tmp_path / "again" / prep.VAL_FILE)) == storage.read_bytes(str(tmp_path / "five" / prep.VAL_FILE))
+    assert storage.read_bytes(str(tmp_path / "again" / prep.VAL_FILE)) == storage.read_bytes(
+        str(tmp_path / "five" / prep.VAL_FILE)
+    )
     assert again.fingerprint == thinned.fingerprint
 
 
@@ -306,10 +365,24 @@ def test_the_plot_shows_the_busiest_series_or_the_one_asked_for(checkpoint, zone
 
     data = zones_csv({"a": taxi_like(seed=0, level=300), "b": taxi_like(seed=1, level=2000)})
     headings = []  # the plot's heading names its series
-    monkeypatch.setattr(outputs, "plot_backtest_window", lambda location, history, forecast, actual, table, heading, freq, bands=None: headings.append(heading))
+    monkeypatch.setattr(
+        outputs,
+        "plot_backtest_window",
+        lambda location, history, forecast, actual, table, heading, freq, bands=None: headings.append(heading),
+    )
     for plot_series in (None, "a"):
-        infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], output=str(tmp_path / "f.csv"), use_ray=False,
-                               plot_series=plot_series))
+        infer(
+            InferenceRequest(
+                checkpoint=checkpoint,
+                data=data,
+                cutoffs=[at(2 * 336)],
+                output=str(tmp_path / "f.csv"),
+                use_ray=False,
+                plot_series=plot_series,
+            )
+        )
     assert headings == ["series b: ", "series a: "]  # b is the busier
     with pytest.raises(CutoffError, match="--plot-series 'zz' has no forecast window"):
-        infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], use_ray=False, plot_series="zz"))
+        infer(
+            InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(2 * 336)], use_ray=False, plot_series="zz")
+        )

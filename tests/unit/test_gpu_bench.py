@@ -18,8 +18,9 @@ def test_compile_flag_defaults_off_and_compiles_members_in_place():
     assert config.train.compile is True
     plain = cfg.to_dict(config)
     window = WindowSpec(16, 4, "30min", 1, 1).to_dict()
-    module = module_from_hyperparameters({"model": plain["model"], "window": window, "train": plain["train"],
-                                          "series": {"0": {"mean": 0.0, "std": 1.0}}})
+    module = module_from_hyperparameters(
+        {"model": plain["model"], "window": window, "train": plain["train"], "series": {"0": {"mean": 0.0, "std": 1.0}}}
+    )
     keys = list(module.state_dict())
     ray_train.compile_members(module)
     # compiled in place: the same parameter names, so checkpoints load either way
@@ -31,8 +32,9 @@ def test_fused_adamw_only_on_gpu_parameters():
     config = cfg.load(CONFIGS / "tiny.yaml")
     plain = cfg.to_dict(config)
     window = WindowSpec(16, 4, "30min", 1, 1).to_dict()
-    module = module_from_hyperparameters({"model": plain["model"], "window": window, "train": plain["train"],
-                                          "series": {"0": {"mean": 0.0, "std": 1.0}}})
+    module = module_from_hyperparameters(
+        {"model": plain["model"], "window": window, "train": plain["train"], "series": {"0": {"mean": 0.0, "std": 1.0}}}
+    )
 
     class Trainer:  # configure_optimizers reads only the step count for its schedule
         estimated_stepping_batches = 10

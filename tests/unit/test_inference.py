@@ -53,8 +53,9 @@ def save_checkpoint(folder, horizon: int = H, with_config: bool = True) -> str:
     plain["data"].update(horizon=horizon, train_end=str(at(2 * 336)), val_end=str(at(SLOTS - 48)))
     torch.manual_seed(0)
     window = WindowSpec(W, horizon, "30min").to_dict()
-    module = module_from_hyperparameters({"model": plain["model"], "window": window, "train": plain["train"],
-                                          "series": stats_to_dict(STATS)})
+    module = module_from_hyperparameters(
+        {"model": plain["model"], "window": window, "train": plain["train"], "series": stats_to_dict(STATS)}
+    )
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,8 +102,18 @@ def test_a_forecast_at_a_cutoff_sees_the_training_window_with_that_target_start(
     values = taxi_like()
     values[300:302] = np.nan  # a short gap, filled the same way on both paths
     path = csv(values)
-    config = cfg.from_dict({**cfg.to_dict(TINY), "data": {**cfg.to_dict(TINY)["data"], "source": path, "sha256": None,
-                                                          "train_end": str(at(2 * 336)), "val_end": str(at(SLOTS - 48))}})
+    config = cfg.from_dict(
+        {
+            **cfg.to_dict(TINY),
+            "data": {
+                **cfg.to_dict(TINY)["data"],
+                "source": path,
+                "sha256": None,
+                "train_end": str(at(2 * 336)),
+                "val_end": str(at(SLOTS - 48)),
+            },
+        }
+    )
     manifest = prepare(config, str(tmp_path / "data"), num_shards=1)
     assert read_manifest(str(tmp_path / "data")) == manifest
     table = storage.read_parquet(str(tmp_path / "data" / manifest.train_files[0]))
@@ -117,7 +128,9 @@ def test_a_forecast_at_a_cutoff_sees_the_training_window_with_that_target_start(
     filled[300:302] = np.interp([300, 301], [299, 302], values[[299, 302]])
     np.testing.assert_array_equal(inference.actual()[1], filled[290 : 290 + H])
     stats = manifest.series_stats()["0"]
-    np.testing.assert_allclose(model_inputs(inference)["past_target"][1], (filled[290 - W : 290] - stats.mean) / stats.std, rtol=1e-6)
+    np.testing.assert_allclose(
+        model_inputs(inference)["past_target"][1], (filled[290 - W : 290] - stats.mean) / stats.std, rtol=1e-6
+    )
 
 
 def test_default_cutoff_forecasts_the_slots_after_the_end_of_the_data(csv):
@@ -171,8 +184,15 @@ def test_cutoffs_outside_the_data_or_off_the_grid(csv):
 
 def test_cutoff_syntax():
     midnights = parse_cutoffs(["2015-01-01..2015-01-31/1D"])
-    assert len(midnights) == 31 and midnights[0] == pd.Timestamp("2015-01-01") and midnights[-1] == pd.Timestamp("2015-01-31")
-    assert parse_cutoffs(["2015-01-02T12:00,2015-01-01", "2015-01-01"]) == [pd.Timestamp("2015-01-01"), pd.Timestamp("2015-01-02 12:00")]
+    assert (
+        len(midnights) == 31
+        and midnights[0] == pd.Timestamp("2015-01-01")
+        and midnights[-1] == pd.Timestamp("2015-01-31")
+    )
+    assert parse_cutoffs(["2015-01-02T12:00,2015-01-01", "2015-01-01"]) == [
+        pd.Timestamp("2015-01-01"),
+        pd.Timestamp("2015-01-02 12:00"),
+    ]
     assert len(parse_cutoffs(["2015-01-01..2015-01-01T03:00/30min"])) == 7
     with pytest.raises(CutoffError, match="cannot read 'yesterday'"):
         parse_cutoffs(["yesterday"])
@@ -246,24 +266,33 @@ def test_checkpoints_in_the_layout_before_the_plain_model_forecast_the_same_numb
 
     # Before quantiles: the network had no daily lag and one output, so such a checkpoint's weights
     # do not fit a shape read with today's config defaults; they load as the point model they are.
-    point = {k: v for k, v in raw["hyper_parameters"]["model"].items() if k not in ("quantiles", "daily_lag", "residual")}
+    point = {
+        k: v for k, v in raw["hyper_parameters"]["model"].items() if k not in ("quantiles", "daily_lag", "residual")
+    }
     torch.manual_seed(0)
-    old_model = model_from_hyperparameters({**raw["hyper_parameters"], "model": {**point, "quantiles": [], "daily_lag": 0}})
-    old = {**raw, "hyper_parameters": {**raw["hyper_parameters"], "model": point},
-           "state_dict": old_model.state_dict()}
+    old_model = model_from_hyperparameters(
+        {**raw["hyper_parameters"], "model": {**point, "quantiles": [], "daily_lag": 0}}
+    )
+    old = {**raw, "hyper_parameters": {**raw["hyper_parameters"], "model": point}, "state_dict": old_model.state_dict()}
     torch.save(old, tmp_path / "point.ckpt")
     loaded = load_checkpoint(str(tmp_path / "point.ckpt"))
     assert loaded.model.levels == [] and (loaded.model.shape.daily_lag, loaded.model.shape.residual) == (0, False)
-    np.testing.assert_array_equal(forecast(loaded.model, model_inputs(windows)),
-                                  forecast(old_model.eval(), model_inputs(windows)))
+    np.testing.assert_array_equal(
+        forecast(loaded.model, model_inputs(windows)), forecast(old_model.eval(), model_inputs(windows))
+    )
 
 
 def test_latest_finished_run_and_its_best_checkpoint(tmp_path):
     runs = tmp_path / "runs"
     for name in ("old", "unfinished", "new"):
         save_checkpoint(runs / name / "checkpoint_000001")
-    storage.write_json(str(runs / "old" / "summary.json"), {"best_checkpoint": "/gone/old/checkpoint_000001/checkpoint.ckpt"})
-    storage.write_json(str(runs / "new" / "summary.json"), {"best_checkpoint": str(runs / "new" / "checkpoint_000001" / "checkpoint.ckpt")})
+    storage.write_json(
+        str(runs / "old" / "summary.json"), {"best_checkpoint": "/gone/old/checkpoint_000001/checkpoint.ckpt"}
+    )
+    storage.write_json(
+        str(runs / "new" / "summary.json"),
+        {"best_checkpoint": str(runs / "new" / "checkpoint_000001" / "checkpoint.ckpt")},
+    )
     assert latest_run(str(runs)) == str(runs / "new")
     assert best_checkpoint(str(runs / "new")) == str(runs / "new" / "checkpoint_000001" / "checkpoint.ckpt")
     # a moved run: the summary's absolute path is stale, the same checkpoint is found inside
@@ -318,7 +347,10 @@ def test_ray_tasks_forecast_exactly_what_the_plain_call_does(local_ray, checkpoi
         forecast_remote(checkpoint, windows_for(csv(), [at(400)]), windows_per_task=4, num_cpus=1, batch_size=2)
     np.testing.assert_array_equal(remote, plain)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("forecasting ")]
-    assert said == ["forecasting 11 windows in 3 Ray tasks (1 CPU each)", "forecasting 1 window in 1 Ray task (1 CPU each)"]
+    assert said == [
+        "forecasting 11 windows in 3 Ray tasks (1 CPU each)",
+        "forecasting 1 window in 1 Ray task (1 CPU each)",
+    ]
     # Other batch boundaries change only float32 rounding (matrix kernels depend on the batch size).
     regrouped = forecast_remote(checkpoint, windows, windows_per_task=3, num_cpus=1, batch_size=3)
     np.testing.assert_allclose(regrouped, plain, rtol=1e-6)
@@ -350,11 +382,23 @@ def test_infer_command_line(checkpoint, csv, tmp_path, capsys, package_logger):
     assert exit_.value.code == 2 and f"checkpoint not found: {tmp_path / 'nope'}" in capsys.readouterr().err
 
 
-def test_infer_command_line_backtest_prints_its_scores_not_the_forecast_rows(checkpoint, csv, tmp_path, capsys,
-                                                                             package_logger):
+def test_infer_command_line_backtest_prints_its_scores_not_the_forecast_rows(
+    checkpoint, csv, tmp_path, capsys, package_logger
+):
     main = runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))["main"]
-    main(["--checkpoint", checkpoint, "--data", csv(), "--no-ray", "--output", str(tmp_path / "b.csv"),
-          "--cutoffs", f"{at(2 * 336)}..{at(SLOTS - H)}/12h"])
+    main(
+        [
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            csv(),
+            "--no-ray",
+            "--output",
+            str(tmp_path / "b.csv"),
+            "--cutoffs",
+            f"{at(2 * 336)}..{at(SLOTS - H)}/12h",
+        ]
+    )
     out = capsys.readouterr().out
     assert out.startswith("backtest: ") and "model MAE / weekly-naive MAE = " in out
     assert "more rows" not in out and "forecast from cutoff" not in out
@@ -386,4 +430,7 @@ def test_every_output_path_is_named_before_anything_is_written(csv, tmp_path, mo
     assert paths.all() == [str(tmp_path / "f.parquet"), str(tmp_path / "f.backtest.json"), str(tmp_path / "f.png")]
     monkeypatch.chdir(tmp_path)  # a checkpoint outside a run folder: forecasts/ here
     future = plan_outputs(None, str(tmp_path / "p.png"), str(tmp_path / "x.ckpt"), one, evaluating=False)
-    assert future.all() == [str(tmp_path / "forecasts" / "forecast_20240111T1000-20240113T1200.csv"), str(tmp_path / "p.png")]
+    assert future.all() == [
+        str(tmp_path / "forecasts" / "forecast_20240111T1000-20240113T1200.csv"),
+        str(tmp_path / "p.png"),
+    ]

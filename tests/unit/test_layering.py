@@ -1,6 +1,7 @@
 """The package's imports point one way, and Ray and Lightning stay where they are the point.
 
-    scripts -> serving -> training / inference -> data / models / evaluation -> config, spec, storage, output_guard, errors
+    scripts -> serving -> training / inference -> data / models / evaluation
+            -> config, spec, storage, output_guard, errors
 
 Ray lives in ray_cluster (starting or joining it), training/ray_train (Ray Train),
 training/tune (Ray Tune over Ray Train runs),
@@ -45,15 +46,29 @@ ALLOWED = {
 }
 # Third-party frameworks and the only modules that may import them.
 FRAMEWORKS = {
-    "ray": {"ray_cluster", "training/ray_train", "training/tune", "inference/remote", "inference/streaming",
-            "data/ray_prepare", "serving/app"},
+    "ray": {
+        "ray_cluster",
+        "training/ray_train",
+        "training/tune",
+        "inference/remote",
+        "inference/streaming",
+        "data/ray_prepare",
+        "serving/app",
+    },
     "fastapi": {"serving/app"},
     "starlette": {"serving/app"},
     "pydantic": {"serving/api"},
     "lightning": {"models/module", "data/datamodule", "training/ray_train", "training/callbacks"},
 }
 # Modules that must load without Lightning, even lazily: what inference and serving run.
-LIGHTNING_FREE = ("inference/", "serving/", "models/transformer", "models/ensemble", "models/quantiles", "models/factory")
+LIGHTNING_FREE = (
+    "inference/",
+    "serving/",
+    "models/transformer",
+    "models/ensemble",
+    "models/quantiles",
+    "models/factory",
+)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -96,7 +111,9 @@ def violations(root: Path, package: str = "lit_forecast") -> list[str]:
             graph[name].add(target)
             other = target.split("/")[0]
             if other != layer and other not in ALLOWED.get(layer, set()):
-                problems.append(f"{name} imports {imported}: {layer} may import only {sorted(ALLOWED.get(layer, set()))}")
+                problems.append(
+                    f"{name} imports {imported}: {layer} may import only {sorted(ALLOWED.get(layer, set()))}"
+                )
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
     return problems
 
@@ -109,7 +126,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                found.append(path[path.index(nxt):] + [nxt])
+                found.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = "done"
@@ -187,8 +204,9 @@ def test_the_lightning_check_follows_imports(tmp_path):
         (fake / folder).mkdir(parents=True)
     (fake / "models" / "module.py").write_text("import lightning as L\n")
     (fake / "models" / "factory.py").write_text("def build():\n    from lit_forecast.models.module import M\n")
-    (fake / "models" / "ensemble.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                                 "    from lit_forecast.models.module import M\n")
+    (fake / "models" / "ensemble.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lit_forecast.models.module import M\n"
+    )
     (fake / "inference" / "checkpoint.py").write_text("from lit_forecast.models import factory, ensemble\n")
     (fake / "inference" / "pipeline.py").write_text("from lit_forecast.models.module import M\n")
     assert lightning_reached(fake) == {"inference/pipeline": ["inference/pipeline", "models/module", "lightning"]}
@@ -214,8 +232,14 @@ def test_inference_runs_without_lightning(tmp_path):
     hparams = hyperparameters(tiny, window, {"0": SeriesStats(100.0, 10.0)})
     path = tmp_path / "checkpoint.ckpt"
     model = model_from_hyperparameters(hparams)
-    torch.save({"hyper_parameters": hparams, "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
-                "epoch": 0}, path)
+    torch.save(
+        {
+            "hyper_parameters": hparams,
+            "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+            "epoch": 0,
+        },
+        path,
+    )
     code = f"""
 import sys
 import numpy as np
@@ -264,6 +288,9 @@ def test_ray_data_workers_do_not_load_torch():
     import subprocess
     import sys
 
-    code = "import sys, lit_forecast.data.ray_prepare; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    code = (
+        "import sys, lit_forecast.data.ray_prepare; "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"

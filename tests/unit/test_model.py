@@ -30,7 +30,12 @@ def make_module(**model_overrides) -> ForecastModule:
 
 def hparams(model: dict, **train_overrides) -> dict:
     """The plain values a checkpoint carries, for the tiny config on WINDOW and SERIES."""
-    return {"model": model, "window": WINDOW, "train": {**cfg.to_dict(TINY)["train"], **train_overrides}, "series": SERIES}
+    return {
+        "model": model,
+        "window": WINDOW,
+        "train": {**cfg.to_dict(TINY)["train"], **train_overrides},
+        "series": SERIES,
+    }
 
 
 def make_batch(batch_size: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -130,7 +135,9 @@ def test_overfits_one_small_batch():
     optimizer = torch.optim.Adam(module.model.nets.parameters(), lr=3e-3)
     losses = []
     for _ in range(300):
-        loss = module.loss_fn(teacher_forced(module.model.nets[0], batch, batch["future_target"]), batch["future_target"])
+        loss = module.loss_fn(
+            teacher_forced(module.model.nets[0], batch, batch["future_target"]), batch["future_target"]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -218,7 +225,9 @@ def test_ensemble_forecast_is_the_mean_of_independent_members():
     module, batch = make_module(members=3), make_batch()
     first = [p.detach().clone() for p in module.model.nets[0].parameters()]
     assert any((a - b).abs().max() > 0 for a, b in zip(first, module.model.nets[1].parameters())), "members start alike"
-    members = [net.forecast(batch["past_target"], batch["past_time"], batch["future_time"]) for net in module.model.nets]
+    members = [
+        net.forecast(batch["past_target"], batch["past_time"], batch["future_time"]) for net in module.model.nets
+    ]
     expected = torch.stack(members).mean(dim=0) * 200.0 + 1000.0
     torch.testing.assert_close(module.model.forecast(batch), expected)
 
@@ -241,7 +250,9 @@ def test_each_member_is_clipped_on_its_own():
             p.grad = torch.full_like(p, size)
     small = [p.grad.clone() for p in module.model.nets[1].parameters()]
     module.configure_gradient_clipping(None, gradient_clip_val=1.0)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in module.model.nets[0].parameters()]))
+    norm = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad) for p in module.model.nets[0].parameters()])
+    )
     assert norm.item() == pytest.approx(1.0, rel=1e-4)
     # A clip over both members together would have shrunk the tiny gradient as well.
     for before, p in zip(small, module.model.nets[1].parameters()):
@@ -258,7 +269,10 @@ def test_quantiles_never_cross_even_for_a_wild_head():
             net.head.weight.normal_(0, 5.0)
             net.head.bias.normal_(0, 5.0)
     batch = make_batch(batch_size=16)
-    for quantiles in (module.model.forecast(batch), teacher_forced(module.model.nets[0], batch, batch["future_target"])):
+    for quantiles in (
+        module.model.forecast(batch),
+        teacher_forced(module.model.nets[0], batch, batch["future_target"]),
+    ):
         assert quantiles.shape == (16, H, 3)
         assert (quantiles.diff(dim=-1) >= 0).all()
 
@@ -276,10 +290,14 @@ def test_the_median_of_the_quantile_head_is_its_point_forecast():
     batch = make_batch()
     args = batch["past_target"], batch["past_time"], batch["future_time"]
     # Equal up to float32 rounding: a 3-row and a 1-row head are different matrix products.
-    torch.testing.assert_close(quantile_net.median(quantile_net.forecast(*args)), point_net.forecast(*args)[..., 0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        quantile_net.median(quantile_net.forecast(*args)), point_net.forecast(*args)[..., 0], rtol=0, atol=1e-6
+    )
     module = make_module(members=2)
-    torch.testing.assert_close(module.model.median(module.model.forecast(batch)),
-                               torch.stack([net.median(net.forecast(*args)) for net in module.model.nets]).mean(0) * 200 + 1000)
+    torch.testing.assert_close(
+        module.model.median(module.model.forecast(batch)),
+        torch.stack([net.median(net.forecast(*args)) for net in module.model.nets]).mean(0) * 200 + 1000,
+    )
 
 
 def test_pinball_loss_and_scores_equal_a_hand_computation():
@@ -299,20 +317,26 @@ def test_pinball_loss_and_scores_equal_a_hand_computation():
     numpy = quantile_scores(quantiles.numpy(), actual.numpy(), levels)
     assert numpy["overall"] == pytest.approx({"wql": wql, "coverage_80": 0.5})
     assert numpy["by_step"]["coverage_80"] == [0.0, 1.0]
-    assert numpy["by_step"]["wql"] == pytest.approx([(2 * pinball[0] / 13).mean().item(), (2 * pinball[1] / 1).mean().item()])
+    assert numpy["by_step"]["wql"] == pytest.approx(
+        [(2 * pinball[0] / 13).mean().item(), (2 * pinball[1] / 1).mean().item()]
+    )
 
 
 def test_validation_logs_quantile_scores_in_passengers():
     module = make_module()
     batch = make_batch(batch_size=2)
-    module.model.raw_forecast_scaled = lambda *args: torch.zeros(2, H, 3) + torch.tensor([-1.0, 0.0, 1.0])  # 800, 1000, 1200
+    module.model.raw_forecast_scaled = lambda *args: (
+        torch.zeros(2, H, 3) + torch.tensor([-1.0, 0.0, 1.0])
+    )  # 800, 1000, 1200
     with pytest.warns(UserWarning, match="self.log"):
         module.validation_step(batch, 0)
     truth = batch["future_target"] * 200.0 + 1000.0
     got = module.val_quantiles.compute()
     inside = ((truth >= 800) & (truth <= 1200)).float().mean().item()
     assert got["coverage_80"].item() == pytest.approx(inside)
-    expected = quantile_scores((torch.zeros(2, H, 3) + torch.tensor([800.0, 1000.0, 1200.0])).numpy(), truth.numpy(), module.levels)
+    expected = quantile_scores(
+        (torch.zeros(2, H, 3) + torch.tensor([800.0, 1000.0, 1200.0])).numpy(), truth.numpy(), module.levels
+    )
     assert got["wql"].item() == pytest.approx(expected["overall"]["wql"], rel=1e-5)
 
 
@@ -330,9 +354,15 @@ def test_forecast_figure_draws_one_fixed_validation_window_on_rank_0():
     windows = WindowSet([segment], {"0": SeriesStats(1000.0, 200.0)}, WindowSpec(W, H, "30min"))
     drawn = []
     experiment = types.SimpleNamespace(add_figure=lambda tag, figure, global_step, close: drawn.append((tag, figure)))
-    trainer = types.SimpleNamespace(global_rank=0, sanity_checking=False, current_epoch=1, max_epochs=5, global_step=7,
-                                    logger=types.SimpleNamespace(experiment=experiment),
-                                    val_dataloaders=types.SimpleNamespace(dataset=windows))
+    trainer = types.SimpleNamespace(
+        global_rank=0,
+        sanity_checking=False,
+        current_epoch=1,
+        max_epochs=5,
+        global_step=7,
+        logger=types.SimpleNamespace(experiment=experiment),
+        val_dataloaders=types.SimpleNamespace(dataset=windows),
+    )
     ForecastFigure(every_n_epochs=2).on_validation_epoch_end(trainer, module)
     assert [tag for tag, _ in drawn] == ["val/forecast"]
     title = drawn[0][1].axes[0].get_title()
@@ -350,8 +380,9 @@ def test_scheduled_sampling_feeds_back_the_chosen_predictions(source, monkeypatc
     teacher-forced pass, or (rollout) from its autoregressive forecast, run with dropout off."""
     plain = cfg.to_dict(TINY)
     torch.manual_seed(0)
-    module = module_from_hyperparameters(hparams({**plain["model"], "quantiles": [0.1, 0.5, 0.9]},
-                                                 sampling_source=source)).train()
+    module = module_from_hyperparameters(
+        hparams({**plain["model"], "quantiles": [0.1, 0.5, 0.9]}, sampling_source=source)
+    ).train()
     net, batch = module.model.nets[0], make_batch()
     past, future = batch["past_target"], batch["future_target"]
     if source == "rollout":
@@ -388,7 +419,9 @@ def test_calibration_factors_equal_a_hand_computation():
     factors = calibration.compute()[0]
     # q0.9: 90 % of the 20 ratios (y - m) / 2 must lie at or below s: the 18th smallest is 0.4
     # (the 10 negative ones, then 0.05 .. 0.40). q0.1: (y - m) / -1, the 18th smallest is 0.8.
-    assert factors.tolist() == pytest.approx([0.8, 1.0, 0.4], abs=QuantileCalibration.BIN_WIDTH + 1e-6)  # exact to one bin
+    assert factors.tolist() == pytest.approx(
+        [0.8, 1.0, 0.4], abs=QuantileCalibration.BIN_WIDTH + 1e-6
+    )  # exact to one bin
     widened = widen(quantiles, torch.tensor([[0.8, 1.0, 0.4]]), 1)
     assert widened[0, 0].tolist() == pytest.approx([-0.8, 0.0, 0.8])
     inside = ((widened[..., 0] <= actual) & (actual <= widened[..., 2])).float().mean()
@@ -411,7 +444,7 @@ def test_validation_calibrates_the_next_forecasts_and_keeps_the_median():
     module.on_validation_epoch_end()
     assert not torch.equal(module.model.calibration, torch.ones_like(module.model.calibration))
     after = [module.model.forecast(b) for b in batches]
-    for raw, calibrated, b in zip(before, after, batches):
+    for raw, calibrated in zip(before, after):
         torch.testing.assert_close(calibrated[..., 2], raw[..., 2])  # the median (point forecast) is untouched
         assert (calibrated.diff(dim=-1) >= 0).all()  # no two levels cross
     forecast, actual = torch.cat(after), torch.cat([b["future_target"] * 200.0 + 1000.0 for b in batches])
@@ -453,7 +486,11 @@ def test_the_network_shape_has_no_defaults_and_the_config_names_every_field():
     assert {f.name for f in fields} - from_window <= set(cfg.to_dict(TINY)["model"])  # the fill is for checkpoints only
     assert set(BEFORE_THE_KEY_EXISTED) <= {f.name for f in fields}
     shape = net_shape(cfg.to_dict(TINY)["model"], WindowSpec.from_dict(WINDOW))
-    assert (shape.quantiles, shape.daily_lag, shape.median_index) == (tuple(TINY.model.quantiles), TINY.model.daily_lag, 1)
+    assert (shape.quantiles, shape.daily_lag, shape.median_index) == (
+        tuple(TINY.model.quantiles),
+        TINY.model.daily_lag,
+        1,
+    )
     assert (shape.input_window, shape.horizon, shape.slots_per_day) == (W, H, 48)
     with pytest.raises(ValueError, match="must be increasing and include 0.5"):
         net_shape({**cfg.to_dict(TINY)["model"], "quantiles": [0.1, 0.9]}, WindowSpec.from_dict(WINDOW))

@@ -43,7 +43,7 @@ def commands(script: str) -> list[list[str]]:
                 continue
             words = shlex.split(part)
             if script in words and words[0].endswith("python"):
-                found.append(words[words.index(script) + 1:])
+                found.append(words[words.index(script) + 1 :])
     return found
 
 

@@ -27,8 +27,12 @@ def recent_forecasts(ratio_before, ratio_after: float) -> RecentForecasts:
     before = pd.date_range(T - pd.Timedelta(days=3), T - H * STEP, freq=STEP)
     after = pd.date_range(T - (H - 1) * STEP, T + pd.Timedelta(days=1), freq=STEP)
     signs = np.where(np.arange(len(before)) % 2 == 0, 1.0, -1.0)
-    actual = np.concatenate([100 + 10 * (ratio_before(len(before)) * signs)[:, None] * np.ones(H),
-                             np.full((len(after), H), 100 + 10 * ratio_after)])
+    actual = np.concatenate(
+        [
+            100 + 10 * (ratio_before(len(before)) * signs)[:, None] * np.ones(H),
+            np.full((len(after), H), 100 + 10 * ratio_after),
+        ]
+    )
     cutoffs = before.append(after)
     return RecentForecasts(bands(len(cutoffs)), actual, ["s"] * len(cutoffs), cutoffs)
 
@@ -49,7 +53,9 @@ def test_each_cutoff_is_refitted_on_windows_whose_targets_it_knows():
 def test_a_cutoff_with_too_few_known_windows_keeps_its_bands():
     recent = recent_forecasts(lambda n: np.linspace(0, 2, n), ratio_after=50.0)
     early = T - pd.Timedelta(days=3) + (QuantileCalibration.MIN_WINDOWS - 2 + H) * STEP  # 19 windows end before it
-    out, counts = recalibrate(bands(2), ["s", "other"], pd.DatetimeIndex([early, T]), recent, LEVELS, days=3, freq="30min")
+    out, counts = recalibrate(
+        bands(2), ["s", "other"], pd.DatetimeIndex([early, T]), recent, LEVELS, days=3, freq="30min"
+    )
     assert counts == {"refitted": 0, "kept": 2}  # 'other' has no windows at all
     np.testing.assert_array_equal(out, bands(2))
 

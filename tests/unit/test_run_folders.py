@@ -31,7 +31,9 @@ ROOT = cfg.DEFAULT_CONFIG.parent.parent
 # -- names --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../x", ".", "..", "/abs", "s3://b/x", "a/b", "", " x", "x ", "x\t", "x\n", "-x", "~x", "a" * 101])
+@pytest.mark.parametrize(
+    "name", ["../x", ".", "..", "/abs", "s3://b/x", "a/b", "", " x", "x ", "x\t", "x\n", "-x", "~x", "a" * 101]
+)
 def test_run_dir_refuses_a_name_that_is_not_one_folder(name):
     config = cfg.load(ROOT / "configs" / "tiny.yaml")
     config.run.name = name
@@ -63,7 +65,10 @@ def dead_pid() -> int:
 def test_a_live_holder_refuses_a_second_driver_and_is_named(tmp_path):
     run = tmp_path / "r"
     write_lock(run, socket.gethostname(), os.getppid())  # a live process on this host
-    with pytest.raises(RunError, match=rf"in use by another driver \(pid {os.getppid()} on host {socket.gethostname()}, started 2024-01-01"):
+    with pytest.raises(
+        RunError,
+        match=rf"in use by another driver \(pid {os.getppid()} on host {socket.gethostname()}, started 2024-01-01",
+    ):
         RunLock(str(run)).__enter__()
     assert (run / layout.LOCK_FILE).exists()  # not ours to remove
     write_lock(run, "another-host", 1)  # fresh lock from another host: cannot tell, so refused
@@ -135,7 +140,9 @@ def test_object_store_locks_are_advisory_by_age(tmp_path, monkeypatch):
         return lock
 
     write_lock(run, "another-host", 1, age_s=60)
-    with pytest.raises(RunError, match=f"host another-host.*wait until the lock is {run_lock.STALE_AFTER_S / 60:.0f} minutes old"):
+    with pytest.raises(
+        RunError, match=f"host another-host.*wait until the lock is {run_lock.STALE_AFTER_S / 60:.0f} minutes old"
+    ):
         remote().__enter__()
     write_lock(run, "another-host", 1, age_s=run_lock.STALE_AFTER_S + 1)
     with remote() as lock:
@@ -151,11 +158,18 @@ def make_run(folder, summary: str) -> None:
     save_checkpoint(folder / "checkpoint_000001")
     (folder / "config.yaml").write_text(cfg.dump(cfg.load(ROOT / "configs" / "tiny.yaml")))
     if summary == "relative":
-        data = {"best_checkpoint": "checkpoint_000001/checkpoint.ckpt", "latest_checkpoint": "checkpoint_000001/checkpoint.ckpt",
-                "tensorboard": "tensorboard"}
+        data = {
+            "best_checkpoint": "checkpoint_000001/checkpoint.ckpt",
+            "latest_checkpoint": "checkpoint_000001/checkpoint.ckpt",
+            "tensorboard": "tensorboard",
+        }
     else:  # written by earlier versions: absolute paths inside the original folder
-        data = {"run_dir": str(folder), "best_checkpoint": str(folder / "checkpoint_000001" / "checkpoint.ckpt"),
-                "latest_checkpoint": str(folder / "checkpoint_000001" / "checkpoint.ckpt"), "tensorboard": str(folder / "tensorboard")}
+        data = {
+            "run_dir": str(folder),
+            "best_checkpoint": str(folder / "checkpoint_000001" / "checkpoint.ckpt"),
+            "latest_checkpoint": str(folder / "checkpoint_000001" / "checkpoint.ckpt"),
+            "tensorboard": str(folder / "tensorboard"),
+        }
     (folder / "summary.json").write_text(json.dumps(data))
 
 
@@ -189,6 +203,9 @@ def test_infer_on_a_copied_run_reads_and_writes_only_the_copy(tmp_path, csv, cap
 
 def test_relative_to_run(tmp_path):
     assert layout.relative_to_run(str(tmp_path), f"{tmp_path}/tensorboard") == "tensorboard"
-    assert layout.relative_to_run("s3://b/runs/x", "s3://b/runs/x/checkpoint_000001/checkpoint.ckpt") == "checkpoint_000001/checkpoint.ckpt"
+    assert (
+        layout.relative_to_run("s3://b/runs/x", "s3://b/runs/x/checkpoint_000001/checkpoint.ckpt")
+        == "checkpoint_000001/checkpoint.ckpt"
+    )
     with pytest.raises(ValueError):
         layout.relative_to_run(str(tmp_path / "a"), str(tmp_path / "ab" / "c"))

@@ -14,8 +14,13 @@ from lit_forecast.data.fetch import fetch
 
 def zones_table(rows: int) -> pa.Table:
     slots = pd.date_range("2024-01-01", periods=rows // 4, freq="30min")
-    return pa.table({"timestamp": np.tile(slots.values, 4), "zone": np.repeat([f"z{k}" for k in range(4)], len(slots)),
-                     "value": np.arange(len(slots) * 4, dtype=np.float64)})
+    return pa.table(
+        {
+            "timestamp": np.tile(slots.values, 4),
+            "zone": np.repeat([f"z{k}" for k in range(4)], len(slots)),
+            "value": np.arange(len(slots) * 4, dtype=np.float64),
+        }
+    )
 
 
 def test_parquet_row_groups_are_read_in_runs_with_true_row_indices(tmp_path, make_config):

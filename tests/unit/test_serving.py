@@ -49,8 +49,11 @@ def csv(synthetic_csv):
 
     def make(values=None, series_id=None, name="series.csv") -> str:
         values = taxi_like() if values is None else values
-        rows = [(f"{at(i):%Y-%m-%d %H:%M:%S}", repr(float(v))) + ((series_id,) if series_id else ())
-                for i, v in enumerate(values) if not np.isnan(v)]
+        rows = [
+            (f"{at(i):%Y-%m-%d %H:%M:%S}", repr(float(v))) + ((series_id,) if series_id else ())
+            for i, v in enumerate(values)
+            if not np.isnan(v)
+        ]
         header = ("timestamp", "value", "series_id") if series_id else ("timestamp", "value")
         return str(synthetic_csv(rows=rows, header=header, name=name))
 
@@ -77,22 +80,29 @@ def test_a_history_request_becomes_a_query_with_the_next_slot_as_cutoff():
     np.testing.assert_array_equal(q.history, np.arange(20.0))
 
 
-@pytest.mark.parametrize("body, field, words", [
-    (history_body(range(W - 1), 99), "history", f"holds {W - 1} values; this model needs at least {W}"),
-    ({**history_body(range(W), 99), "colour": "red"}, "colour", "unknown field"),
-    (history_body([1.0] * 5 + ["many"] + [1.0] * 10, 99), "history[5]", 'finite number (passengers), got "many"'),
-    (history_body([1.0] * 3 + [True] + [1.0] * 12, 99), "history[3]", "finite number"),
-    ({"history": 7, "history_end": "2024-01-02T00:00:00"}, "history", "list of numbers"),
-    ({**history_body(range(W), 99), "history_end": "2024-01-02T00:10:00"}, "history_end", "not on the 30-minute grid"),
-    ({**history_body(range(W), 99), "history_end": "yesterday-ish"}, "history_end", "is not a timestamp"),
-    ({**history_body(range(W), 99), "history_end": "2024-01-02T00:00:00+01:00"}, "history_end", "UTC offset"),
-    ({"history": [1.0] * W}, "history_end", "missing"),
-    ({"series_id": "0"}, "history", "missing"),
-    ({**history_body(range(W), 99), "cutoff": "2024-01-03T00:00:00"}, "cutoff", "not both"),
-    ({"cutoff": "2024-01-03T00:00:00"}, "cutoff", "no data to read history from"),
-    ({**history_body(range(W), 99), "series_id": 42}, "series_id", "string"),
-    ([1, 2, 3], "body", "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        (history_body(range(W - 1), 99), "history", f"holds {W - 1} values; this model needs at least {W}"),
+        ({**history_body(range(W), 99), "colour": "red"}, "colour", "unknown field"),
+        (history_body([1.0] * 5 + ["many"] + [1.0] * 10, 99), "history[5]", 'finite number (passengers), got "many"'),
+        (history_body([1.0] * 3 + [True] + [1.0] * 12, 99), "history[3]", "finite number"),
+        ({"history": 7, "history_end": "2024-01-02T00:00:00"}, "history", "list of numbers"),
+        (
+            {**history_body(range(W), 99), "history_end": "2024-01-02T00:10:00"},
+            "history_end",
+            "not on the 30-minute grid",
+        ),
+        ({**history_body(range(W), 99), "history_end": "yesterday-ish"}, "history_end", "is not a timestamp"),
+        ({**history_body(range(W), 99), "history_end": "2024-01-02T00:00:00+01:00"}, "history_end", "UTC offset"),
+        ({"history": [1.0] * W}, "history_end", "missing"),
+        ({"series_id": "0"}, "history", "missing"),
+        ({**history_body(range(W), 99), "cutoff": "2024-01-03T00:00:00"}, "cutoff", "not both"),
+        ({"cutoff": "2024-01-03T00:00:00"}, "cutoff", "no data to read history from"),
+        ({**history_body(range(W), 99), "series_id": 42}, "series_id", "string"),
+        ([1, 2, 3], "body", "must be a JSON object"),
+    ],
+)
 def test_bad_requests_name_their_field(body, field, words):
     err = refused(body)
     assert err.field == field and err.status == 422
@@ -147,8 +157,15 @@ def test_cutoff_requests_are_checked_against_the_data():
 
 def plain_infer(checkpoint: str, data: str, cutoff_slot: int, tmp_path) -> pd.DataFrame:
     """infer.py's forecast of one window (no Ray), as its frame."""
-    result = infer(InferenceRequest(checkpoint=checkpoint, data=data, cutoffs=[at(cutoff_slot)], use_ray=False,
-                                    output=str(tmp_path / f"f{cutoff_slot}.csv")))
+    result = infer(
+        InferenceRequest(
+            checkpoint=checkpoint,
+            data=data,
+            cutoffs=[at(cutoff_slot)],
+            use_ray=False,
+            output=str(tmp_path / f"f{cutoff_slot}.csv"),
+        )
+    )
     return result.frame
 
 
@@ -201,8 +218,10 @@ def test_cutoff_requests_read_the_data_and_a_skipped_one_fails_alone(checkpoint,
 def test_a_batch_gives_each_window_the_number_it_gets_alone(checkpoint):
     model = ServedModel(checkpoint)
     rng = np.random.default_rng(3)
-    bodies = [history_body(taxi_like(seed=i)[: 40 + i], 200 + i, series_id=sid)
-              for i, sid in enumerate(["0", "z1", "0", "z2", "0"])]
+    bodies = [
+        history_body(taxi_like(seed=i)[: 40 + i], 200 + i, series_id=sid)
+        for i, sid in enumerate(["0", "z1", "0", "z2", "0"])
+    ]
     queries = [parse_request(b, model.context) for b in bodies]
     together = model.forecast_batch(queries)
     for q, answer in zip(queries, together):
@@ -247,8 +266,12 @@ def test_serving_on_a_port_in_use_exits_with_one_error(checkpoint, capsys):
         with pytest.raises(SystemExit) as exit_:
             infer_script.main(["--serve", "--checkpoint", checkpoint, "--port", str(port)])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err == f"error: port {port} on 127.0.0.1 is already in use (another server?): " \
-                                            f"stop it, or choose another with --port N\n"
+    assert (
+        exit_.value.code == 2
+        and err
+        == f"error: port {port} on 127.0.0.1 is already in use (another server?): "
+        f"stop it, or choose another with --port N\n"
+    )
 
 
 def test_serve_flags_are_checked_before_anything_starts(checkpoint, capsys):
@@ -263,10 +286,13 @@ def test_json_bodies_of_answers_round_trip(checkpoint):
     assert json.loads(json.dumps(answer)) == answer
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--serve", "--cutoffs", "2024-01-10", "--output", "f.csv"], "--cutoffs, --output: not used by --serve"),
-    (["--port", "8001"], "set the server: add --serve"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--serve", "--cutoffs", "2024-01-10", "--output", "f.csv"], "--cutoffs, --output: not used by --serve"),
+        (["--port", "8001"], "set the server: add --serve"),
+    ],
+)
 def test_flags_of_the_other_mode_are_refused(checkpoint, capsys, argv, words):
     with pytest.raises(SystemExit) as exit_:
         infer_script.main(["--checkpoint", checkpoint, *argv])

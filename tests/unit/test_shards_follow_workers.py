@@ -112,14 +112,18 @@ def test_a_world_size_that_does_not_divide_the_shards_shares_their_edges(eight_s
     assert len(every) - len(flat) == len(every) % 6 < 6
 
 
-def test_a_shard_that_lost_windows_after_the_drivers_check_is_refused_by_the_worker(eight_shards, tmp_path, monkeypatch):
+def test_a_shard_that_lost_windows_after_the_drivers_check_is_refused_by_the_worker(
+    eight_shards, tmp_path, monkeypatch
+):
     import shutil
 
     data_dir = str(tmp_path / "copy")
     shutil.copytree(eight_shards[0], data_dir)
     shard = storage.join(data_dir, f"train-00001-of-{SHARDS:05d}.parquet")
     table = storage.read_parquet(shard)
-    storage.write_parquet(shard, table.slice(0, 1).set_column(3, "window_starts", pa.array([[8]], pa.list_(pa.int32()))))
+    storage.write_parquet(
+        shard, table.slice(0, 1).set_column(3, "window_starts", pa.array([[8]], pa.list_(pa.int32())))
+    )
     with pytest.raises(DataError) as err:
         rank_module(data_dir, 0, 4, monkeypatch)
     assert str(err.value) == (

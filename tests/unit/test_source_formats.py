@@ -141,15 +141,38 @@ def test_csv_row_is_the_line_number_even_after_blank_lines(tmp_path, make_config
 @pytest.mark.parametrize(
     "table, fragment",
     [
-        (pa.table({"timestamp": pa.array(frame()["timestamp"]).cast(pa.timestamp("us", "UTC")), "value": np.arange(SLOTS, dtype=float)}),
-         "has time zone 'UTC'"),
-        (pa.table({"timestamp": pa.array(frame()["timestamp"]), "value": pa.array([None] + list(range(1, SLOTS)), pa.int64())}),
-         "missing (NaN) value in 1 row(s):\n  row index 0: null"),
-        (pa.table({"timestamp": pa.array(frame()["timestamp"]), "value": [str(i) for i in range(SLOTS)]}).set_column(
-            1, "value", pa.array([str(i) if i != 3 else "x" for i in range(SLOTS)])),
-         "non-numeric value in 1 row(s):\n  row index 3: 'x'"),
-        (pa.table({"timestamp": pa.array([1] * SLOTS), "value": np.arange(SLOTS, dtype=float)}), "holds int64, not timestamps"),
-        (pa.table({"time": pa.array(frame()["timestamp"]), "value": np.arange(SLOTS, dtype=float)}), "missing column(s) ['timestamp']"),
+        (
+            pa.table(
+                {
+                    "timestamp": pa.array(frame()["timestamp"]).cast(pa.timestamp("us", "UTC")),
+                    "value": np.arange(SLOTS, dtype=float),
+                }
+            ),
+            "has time zone 'UTC'",
+        ),
+        (
+            pa.table(
+                {
+                    "timestamp": pa.array(frame()["timestamp"]),
+                    "value": pa.array([None] + list(range(1, SLOTS)), pa.int64()),
+                }
+            ),
+            "missing (NaN) value in 1 row(s):\n  row index 0: null",
+        ),
+        (
+            pa.table({"timestamp": pa.array(frame()["timestamp"]), "value": [str(i) for i in range(SLOTS)]}).set_column(
+                1, "value", pa.array([str(i) if i != 3 else "x" for i in range(SLOTS)])
+            ),
+            "non-numeric value in 1 row(s):\n  row index 3: 'x'",
+        ),
+        (
+            pa.table({"timestamp": pa.array([1] * SLOTS), "value": np.arange(SLOTS, dtype=float)}),
+            "holds int64, not timestamps",
+        ),
+        (
+            pa.table({"time": pa.array(frame()["timestamp"]), "value": np.arange(SLOTS, dtype=float)}),
+            "missing column(s) ['timestamp']",
+        ),
     ],
 )
 def test_parquet_errors_name_file_and_row_index(tmp_path, make_config, table, fragment):
@@ -320,8 +343,10 @@ def test_folder_sha256_is_over_member_names_sizes_and_contents(tmp_path, make_co
     folder = tmp_path / "data"
     a = write_csv(folder / "a.csv", frame())
     b = write_parquet(folder / "z=1" / "b.parquet", frame())
-    lines = "".join(f"{rel}\0{p.stat().st_size}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n"
-                    for rel, p in (("a.csv", a), ("z=1/b.parquet", b)))
+    lines = "".join(
+        f"{rel}\0{p.stat().st_size}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+        for rel, p in (("a.csv", a), ("z=1/b.parquet", b))
+    )
     first = fetch(make_config(folder).data).sha256
     assert first == hashlib.sha256(lines.encode()).hexdigest()
     (folder / "notes.txt").write_text("skipped files do not count")

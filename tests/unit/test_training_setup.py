@@ -6,8 +6,8 @@ import argparse
 import re
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from lit_forecast import cli
 from lit_forecast import config as cfg
@@ -132,8 +132,12 @@ def test_prepare_only_prints_the_summary(synthetic_csv, tmp_path, capsys):
 
 def test_resume_skips_an_unreadable_latest_checkpoint_and_never_a_newer_partial_one(tmp_path, caplog):
     run = tmp_path / "run"
-    names = ["checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000",
-             "checkpoint_2026-01-01_00-00-03.000000", "checkpoint_2026-01-01_00-00-04.000000"]
+    names = [
+        "checkpoint_2026-01-01_00-00-01.000000",
+        "checkpoint_2026-01-01_00-00-02.000000",
+        "checkpoint_2026-01-01_00-00-03.000000",
+        "checkpoint_2026-01-01_00-00-04.000000",
+    ]
     for epoch, name in enumerate(names):
         (run / name).mkdir(parents=True)
         torch.save({"epoch": epoch, "state_dict": {}}, run / name / "checkpoint.ckpt")

@@ -41,7 +41,7 @@ def write(folder: Path, text: str, name: str = "sweep.yaml") -> Path:
 
 
 TINY_SWEEP = f"""
-base: {ROOT / 'configs' / 'tiny.yaml'}
+base: {ROOT / "configs" / "tiny.yaml"}
 space:
   train.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
 """
@@ -78,11 +78,17 @@ def test_set_changes_the_sweep_or_the_trials_config(tmp_path):
 
 
 def test_each_distribution_is_read(tmp_path):
-    sweep = sweeps.load(write(tmp_path, TINY_SWEEP + """\
+    sweep = sweeps.load(
+        write(
+            tmp_path,
+            TINY_SWEEP
+            + """\
   model.dropout: {uniform: [0.0, 0.3]}
   model.encoder_layers: {int: [1, 3]}
   model.d_model: [8, 16]
-"""))
+""",
+        )
+    )
     found = {d.key: (d.kind, d.values) for d in sweeps.dimensions(sweep)}
     assert found == {
         "train.lr": ("loguniform", (1e-4, 1e-2)),
@@ -211,7 +217,9 @@ def test_a_rerun_must_be_the_same_sweep(tmp_path):
     assert sweeps.differences(first, sweeps.record(moved, sweeps.base_config(moved))) == []  # the sweep can move
     other = sweeps.load(path, ["budget.trials=5", "train.seed=1"])
     assert sweeps.differences(first, sweeps.record(other, sweeps.base_config(other))) == [
-        "base.train.seed: 42 -> 1", "sweep.budget.trials: 16 -> 5", "sweep.overrides.train.seed: None -> 1",
+        "base.train.seed: 42 -> 1",
+        "sweep.budget.trials: 16 -> 5",
+        "sweep.overrides.train.seed: None -> 1",
     ]
 
 

@@ -52,7 +52,7 @@ def refused(main, argv: list[str], capsys, *named: str) -> str:
     err = capsys.readouterr().err
     assert exit_.value.code == 2, err
     assert "Traceback" not in err, err
-    message = err[err.index("error: "):]
+    message = err[err.index("error: ") :]
     assert "\n\n" not in message.strip(), f"more than one paragraph: {message}"
     for thing in named:
         assert thing in message, f"{thing!r} not named in: {message}"
@@ -78,8 +78,25 @@ def train_argv(tmp_path: Path, csv: Path, *extra: str, name: str | None = "ok") 
 
 # -- run names ---------------------------------------------------------------------------------------
 
-BAD_NAMES = ["../x", ".", "..", "/tmp/abs", "s3://bucket/x", "a/b", "a\\b", "", " ", "a b", "x\n", "x\x01", "\u00e9t\u00e9",
-             ".hidden", "_x", "n" * 101, "x/../../y"]
+BAD_NAMES = [
+    "../x",
+    ".",
+    "..",
+    "/tmp/abs",
+    "s3://bucket/x",
+    "a/b",
+    "a\\b",
+    "",
+    " ",
+    "a b",
+    "x\n",
+    "x\x01",
+    "\u00e9t\u00e9",
+    ".hidden",
+    "_x",
+    "n" * 101,
+    "x/../../y",
+]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
@@ -191,7 +208,10 @@ def test_empty_location_flags(work, capsys, flag):
 DATA = {
     "missing": (lambda t: t / "nowhere.csv", "nowhere.csv"),
     "empty_file": (lambda t: (t / "empty.csv").write_text("") and None or t / "empty.csv", "empty.csv"),
-    "text_file": (lambda t: (t / "text.csv").write_text("just some words\nand more\n") and None or t / "text.csv", "text.csv"),
+    "text_file": (
+        lambda t: (t / "text.csv").write_text("just some words\nand more\n") and None or t / "text.csv",
+        "text.csv",
+    ),
     "binary_file": (lambda t: (t / "bin.csv").write_bytes(bytes(range(256)) * 4) and None or t / "bin.csv", "bin.csv"),
     "empty_folder": (lambda t: (t / "nodata").mkdir() or t / "nodata", "nodata"),
     "unknown_scheme": (lambda t: "foo://bucket/x.csv", "foo://bucket/x.csv"),
@@ -234,15 +254,28 @@ def finished_run(work):
     """A finished-looking run 'ok' (config of train_argv, a checkpoint, a summary) in storage/."""
     tmp_path, csv = work
     run = tmp_path / "storage" / "ok"
-    config = cfg.load(TINY, [f"data.source={csv}", "data.sha256=null", f"run.storage={tmp_path / 'storage'}", "run.name=ok",
-                             "data.train_end=2024-01-07", "data.val_end=2024-01-09"])
+    config = cfg.load(
+        TINY,
+        [
+            f"data.source={csv}",
+            "data.sha256=null",
+            f"run.storage={tmp_path / 'storage'}",
+            "run.name=ok",
+            "data.train_end=2024-01-07",
+            "data.val_end=2024-01-09",
+        ],
+    )
     save_checkpoint(run / "checkpoint_000000")
     (run / "config.yaml").write_text(cfg.dump(config))
     (run / "summary.json").write_text('{"best_checkpoint": "checkpoint_000000/checkpoint.ckpt"}\n')
     return tmp_path, csv, run
 
 
-@pytest.mark.parametrize("text", ['{"best_checkpoint": "checkpoint_0', "", "\x00\x01", "[1, 2]"], ids=["truncated", "empty", "binary", "list"])
+@pytest.mark.parametrize(
+    "text",
+    ['{"best_checkpoint": "checkpoint_0', "", "\x00\x01", "[1, 2]"],
+    ids=["truncated", "empty", "binary", "list"],
+)
 @pytest.mark.parametrize("script", ["train", "infer"])
 def test_an_unreadable_summary_is_named(finished_run, capsys, text, script):
     tmp_path, csv, run = finished_run
@@ -255,7 +288,11 @@ def test_an_unreadable_summary_is_named(finished_run, capsys, text, script):
     assert files_under(tmp_path) == before
 
 
-@pytest.mark.parametrize("text", ["data: {horizon: 4\n", "- 1\n", "data:\n  horizn: 3\n", "\udcff"], ids=["truncated", "list", "unknown_key", "binary"])
+@pytest.mark.parametrize(
+    "text",
+    ["data: {horizon: 4\n", "- 1\n", "data:\n  horizn: 3\n", "\udcff"],
+    ids=["truncated", "list", "unknown_key", "binary"],
+)
 def test_an_unreadable_run_config_is_named(finished_run, capsys, text):
     tmp_path, csv, run = finished_run
     if text == "\udcff":
@@ -291,9 +328,18 @@ def infer_work(work):
 
 
 CHECKPOINTS = {
-    "empty_file": (lambda t: (t / "empty.ckpt").write_bytes(b"") and None or t / "empty.ckpt", "not a readable PyTorch checkpoint"),
-    "text_file": (lambda t: (t / "text.ckpt").write_text("just text\n") and None or t / "text.ckpt", "not a readable PyTorch checkpoint"),
-    "zip_junk": (lambda t: (t / "zip.ckpt").write_bytes(b"PK\x03\x04junk") and None or t / "zip.ckpt", "not a readable PyTorch checkpoint"),
+    "empty_file": (
+        lambda t: (t / "empty.ckpt").write_bytes(b"") and None or t / "empty.ckpt",
+        "not a readable PyTorch checkpoint",
+    ),
+    "text_file": (
+        lambda t: (t / "text.ckpt").write_text("just text\n") and None or t / "text.ckpt",
+        "not a readable PyTorch checkpoint",
+    ),
+    "zip_junk": (
+        lambda t: (t / "zip.ckpt").write_bytes(b"PK\x03\x04junk") and None or t / "zip.ckpt",
+        "not a readable PyTorch checkpoint",
+    ),
     "empty_folder": (lambda t: (t / "folder").mkdir() or t / "folder", "folder without checkpoint.ckpt"),
     "ckpt_folder": (lambda t: (t / "x.ckpt").mkdir() or t / "x.ckpt", "folder without checkpoint.ckpt"),
     "inner_folder": (lambda t: (t / "ck" / "checkpoint.ckpt").mkdir(parents=True) or t / "ck", "is not a file"),
@@ -307,8 +353,13 @@ def test_a_checkpoint_that_is_not_one(infer_work, capsys, kind):
     make, named = CHECKPOINTS[kind]
     path = make(tmp_path)
     before = files_under(tmp_path)
-    refused(INFER, ["--checkpoint", str(path), "--no-ray", "--data", str(csv), "--output", str(tmp_path / "out" / "f.csv")],
-            capsys, str(path), named)
+    refused(
+        INFER,
+        ["--checkpoint", str(path), "--no-ray", "--data", str(csv), "--output", str(tmp_path / "out" / "f.csv")],
+        capsys,
+        str(path),
+        named,
+    )
     assert files_under(tmp_path) == before
 
 
@@ -319,7 +370,10 @@ def test_a_run_given_as_a_file_or_without_checkpoints(infer_work, capsys):
     refused(INFER, ["--run", str(tmp_path / "bare"), "--no-ray"], capsys, "holds no checkpoint_")
 
 
-@pytest.mark.parametrize("storage, named", [("{tmp}/a_file", "is a file"), ("foo://x", "cannot be opened"), ("{tmp}/nothing", "no finished run")])
+@pytest.mark.parametrize(
+    "storage, named",
+    [("{tmp}/a_file", "is a file"), ("foo://x", "cannot be opened"), ("{tmp}/nothing", "no finished run")],
+)
 def test_infer_storage_without_runs(infer_work, capsys, storage, named):
     tmp_path, _, _ = infer_work
     refused(INFER, ["--storage", storage.format(tmp=tmp_path), "--no-ray"], capsys, named)
@@ -347,7 +401,17 @@ def test_infer_storage_without_runs(infer_work, capsys, storage, named):
 ])  # fmt: skip
 def test_cutoffs_that_cannot_be_forecast(infer_work, capsys, cutoffs, named):
     tmp_path, csv, checkpoint = infer_work
-    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(tmp_path / "out" / "f.csv"), "--cutoffs", cutoffs]
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        str(csv),
+        "--no-ray",
+        "--output",
+        str(tmp_path / "out" / "f.csv"),
+        "--cutoffs",
+        cutoffs,
+    ]
     refused(INFER, argv, capsys, named)
     assert files_under(tmp_path / "out") == set()
 
@@ -386,7 +450,16 @@ def test_more_cpus_per_task_than_the_machine_fails_at_once(infer_work, capsys, m
 
     tmp_path, csv, checkpoint = infer_work
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--num-cpus", "4", "--output", str(tmp_path / "out" / "f.csv")]
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        str(csv),
+        "--num-cpus",
+        "4",
+        "--output",
+        str(tmp_path / "out" / "f.csv"),
+    ]
     refused(INFER, argv, capsys, "2 CPU", "4 CPU", "--num-cpus", "RAY_ADDRESS")
     assert not ray.is_initialized() and files_under(tmp_path / "out") == set()
 
@@ -397,8 +470,14 @@ def test_more_cpus_per_task_than_the_machine_fails_at_once(infer_work, capsys, m
 def test_the_script_exits_2_without_a_traceback(work):
     """One real process: what a user at the terminal sees (infer.py goes the same way, through main)."""
     tmp_path, _ = work
-    done = subprocess.run([sys.executable, "train.py", "--name", "../escape", "--storage", str(tmp_path / "storage"), "--print-config"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "train.py", "--name", "../escape", "--storage", str(tmp_path / "storage"), "--print-config"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.startswith("error: run name '../escape' is not allowed")
     assert done.stderr.count("\n") == 1 and not done.stdout and files_under(tmp_path / "storage") == set()
@@ -539,15 +618,21 @@ def without_root_powers() -> list[str]:
 
 
 def script(name: str, *argv: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*(prefix or []), sys.executable, name, *argv], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=180)
+    return subprocess.run(
+        [*(prefix or []), sys.executable, name, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=180,
+    )
 
 
 def one_error(done: subprocess.CompletedProcess, status: int = 2) -> str:
     """The one `error:` paragraph of a script that had to stop with ``status``, without a traceback."""
     assert done.returncode == status, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    message = done.stderr[done.stderr.index("error: "):]
+    message = done.stderr[done.stderr.index("error: ") :]
     assert "\n\n" not in message.strip(), message
     return message
 
@@ -565,8 +650,17 @@ def test_an_output_folder_this_user_may_not_write_is_named(infer_work):
     tmp_path, csv, checkpoint = infer_work
     (tmp_path / "out").chmod(0o555)
     output = tmp_path / "out" / "f.csv"
-    done = script("infer.py", "--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(output),
-                  prefix=without_root_powers())
+    done = script(
+        "infer.py",
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        str(csv),
+        "--no-ray",
+        "--output",
+        str(output),
+        prefix=without_root_powers(),
+    )
     message = one_error(done)
     assert str(tmp_path / "out") in message and "permission denied" in message
     assert files_under(tmp_path / "out") == set()
@@ -578,15 +672,32 @@ def test_timestamps_pandas_cannot_hold_are_refused_with_the_limits(work, capsys,
     times = pd.date_range("2024-01-01", periods=480, freq="30min").strftime("%Y-%m-%d %H:%M:%S").tolist()
     times[7] = stamp
     csv = synthetic_csv(rows=[(t, "100.0") for t in times], name="future.csv")
-    refused(TRAIN, train_argv(tmp_path, csv, "--prepare-only"), capsys, "future.csv", "row 9", stamp, "1677-09-21",
-            "2262-04-11")
+    refused(
+        TRAIN,
+        train_argv(tmp_path, csv, "--prepare-only"),
+        capsys,
+        "future.csv",
+        "row 9",
+        stamp,
+        "1677-09-21",
+        "2262-04-11",
+    )
     assert files_under(tmp_path / "storage") == set()
 
 
 def test_a_recalibration_span_beyond_100_years_is_refused(infer_work, capsys):
     tmp_path, csv, checkpoint = infer_work
-    argv = ["--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(tmp_path / "out" / "f.csv"),
-            "--recalibrate-days", "1e9"]
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        str(csv),
+        "--no-ray",
+        "--output",
+        str(tmp_path / "out" / "f.csv"),
+        "--recalibrate-days",
+        "1e9",
+    ]
     refused(INFER, argv, capsys, "--recalibrate-days", "36,500")
     assert files_under(tmp_path / "out") == set()
 
@@ -616,8 +727,9 @@ def test_a_hive_folder_key_agreeing_with_the_files_or_standing_in_for_the_series
     ("value=3", None, None, ["value=3", "names column 'value'", "series column"]),
     ("timestamp=2024-01-01", None, None, ["timestamp=2024-01-01", "names column 'timestamp'"]),
 ])  # fmt: skip
-def test_a_hive_folder_key_the_files_contradict_or_cannot_use_is_refused(work, capsys, folder, column, series_column,
-                                                                       named):
+def test_a_hive_folder_key_the_files_contradict_or_cannot_use_is_refused(
+    work, capsys, folder, column, series_column, named
+):
     tmp_path, csv = work
     root = _zones(tmp_path, csv, folder, column)
     if not column:  # the file lacks the column the folder names
@@ -682,8 +794,14 @@ def interrupted(cmd: list[str], *signals: int, when: str = "READY", then: str | 
 
     Returns (status, stdout, stderr); the watched stream's lines read before the end are at its start.
     """
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stream = getattr(proc, watch)
     try:
         seen = []
@@ -715,11 +833,17 @@ def test_an_interrupt_ends_with_one_line_and_its_status(tmp_path, sent, status, 
 
 
 def test_a_second_ctrl_c_stops_at_once_after_the_hard_stop_cleanups(tmp_path):
-    code, out, err = interrupted([sys.executable, "-c", WORK, str(tmp_path / "released"), "--slow-cleanup"],
-                                 signal.SIGINT, signal.SIGINT, then="CLEANING")
+    code, out, err = interrupted(
+        [sys.executable, "-c", WORK, str(tmp_path / "released"), "--slow-cleanup"],
+        signal.SIGINT,
+        signal.SIGINT,
+        then="CLEANING",
+    )
     assert "CLEANING" in out and code == 130 and "Traceback" not in err, err
-    assert err == "error: stopped at once by a second signal: the work was interrupted (Ctrl-C); kept: all; again: " \
-                  "python work.py\n"
+    assert (
+        err == "error: stopped at once by a second signal: the work was interrupted (Ctrl-C); kept: all; again: "
+        "python work.py\n"
+    )
     assert (tmp_path / "released").read_text() == "released"
 
 
@@ -729,7 +853,7 @@ def test_ctrl_c_while_forecasting_says_so_and_how_to_run_again(infer_work):
     argv = ["infer.py", "--checkpoint", checkpoint, "--data", str(csv), "--no-ray", "--output", str(output)]
     code, _, err = interrupted([sys.executable, *argv], signal.SIGINT, when=" checkpoint ", watch="stderr")
     assert code == 130, err
-    message = err[err.index("error: "):]
+    message = err[err.index("error: ") :]
     assert "Traceback" not in err and message.count("\n") == 1, err
     assert message.startswith("error: forecasting was interrupted (Ctrl-C): ")
     assert message.rstrip().endswith("Run again with: python infer.py " + " ".join(argv[1:]))
@@ -744,10 +868,14 @@ def test_ctrl_c_while_forecasting_says_so_and_how_to_run_again(infer_work):
     ("2024-01-07", "2024-01-09", None),  # 6 days against 2: fine
 ])  # fmt: skip
 def test_a_training_period_of_a_few_windows_or_far_shorter_than_validation_is_warned_about_once(
-        work, capsys, train_end, val_end, warned):
+    work, capsys, train_end, val_end, warned
+):
     tmp_path, csv = work
-    TRAIN(train_argv(tmp_path, csv, "--prepare-only", "--set", f"data.train_end={train_end}",
-                     "--set", f"data.val_end={val_end}"))
+    TRAIN(
+        train_argv(
+            tmp_path, csv, "--prepare-only", "--set", f"data.train_end={train_end}", "--set", f"data.val_end={val_end}"
+        )
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "training period" in line]
     assert len(lines) == (1 if warned else 0), err
