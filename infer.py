@@ -397,7 +397,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--actors {args.actors}: the most forecasting actors, >= 1 (or 0: as many as fit)")
     for flag, suffixes in (("--output", FILE_SUFFIXES), ("--plot", (".png",))):
         location = getattr(args, flag[2:])
-        if location is None or (flag == "--output" and args.engine != "plain" and not location.endswith(suffixes)):
+        streamed = flag == "--output" and args.engine != "plain" and not args.no_ray  # --no-ray: one file
+        if location is None or (streamed and not location.endswith(suffixes)):
             continue  # a folder for the streaming path: checked there
         if not storage.is_uri(location) and Path(storage.absolute(location)).is_dir():
             raise ConfigError(

@@ -46,9 +46,8 @@ class DataConfig:
     aggregation: Literal["sum", "mean"] = "sum"  # how finer or irregular readings fold into a slot
     max_gap: str = "2h"  # gaps up to this long are interpolated
     long_gaps: Literal["error", "drop"] = "error"  # drop: skip windows that touch a longer gap
-    outliers: Literal["error", "clip"] = (
-        "error"  # readings over 20x their series' 99th percentile: refuse, or clip to that bound
-    )
+    # readings over 20x their series' 99th percentile: refuse, or clip to that bound
+    outliers: Literal["error", "clip"] = "error"
     train_end: str = "2014-12-01"  # first timestamp that is not training data
     val_end: str = "2015-01-01"  # first timestamp that is not validation data
     test_end: str | None = None  # None: the end of the data
@@ -56,9 +55,8 @@ class DataConfig:
     horizon: int = 48  # future steps it forecasts (48 half-hours = one day)
     stride: int = 1  # steps between consecutive training windows
     eval_stride: int = 1  # steps between consecutive validation/test windows
-    prepare_with: Literal["auto", "local", "ray"] = (
-        "auto"  # ray: Ray Data over groups of series; auto: ray for inputs over 64 MiB
-    )
+    # ray: Ray Data over groups of series; auto: ray for inputs over 64 MiB
+    prepare_with: Literal["auto", "local", "ray"] = "auto"
     # Validation windows kept per series: null keeps all (one series: 1,441 December windows);
     # N keeps at most N, evenly spaced over the month with a per-series phase (data.splits.thin_evenly),
     # so validation stays a bounded share of an epoch for a fleet of thousands of series.

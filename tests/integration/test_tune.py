@@ -20,7 +20,7 @@ from test_ray_train import ROOT, environment, read_scalars, run
 
 from lit_forecast import config as cfg
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # minutes on 2 cores: run with -m "slow or not slow"
 
 
 def tune_command(sweep: str, csv_path: Path, storage: Path, name: str, *extra: str) -> list[str]:

@@ -415,6 +415,7 @@ def test_infer_command_line_defaults_are_the_requests(monkeypatch, package_logge
         raise CheckpointError("stop here")
 
     monkeypatch.setitem(script["main"].__globals__, "infer", record)
+    monkeypatch.setitem(script["main"].__globals__, "_engine", lambda args, request: "plain")
     with pytest.raises(SystemExit):
         script["main"]([])
     assert asked == [InferenceRequest()]
