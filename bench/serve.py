@@ -1,7 +1,7 @@
 """Online forecasts (infer.py --serve): start time, latency, throughput under concurrent clients, a model update.
 
-    python bench/serve.py                           # configs/local.yaml model, random weights (the same arithmetic)
-    python bench/serve.py --checkpoint runs/nyc_taxi_local/checkpoint_000009 --duration 20
+    python -m bench.serve                           # configs/local.yaml model, random weights (the same arithmetic)
+    python -m bench.serve --checkpoint runs/nyc_taxi_local/checkpoint_000009 --duration 20
 
 Measures, on a local Ray of --cpus CPUs (clients run in this process, on the same machine):
   - start: ``python infer.py --serve`` from the command line until GET /healthz answers;
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-from inference import random_checkpoint  # bench/inference.py: the local config's model, random weights
+from bench.inference import random_checkpoint  # the local config's model, random weights
 from ray import serve
 
 from lit_forecast import cli
