@@ -39,26 +39,15 @@ give the same numbers. A .csv output of such an input is refused (give a folder)
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports below run: one line, not a traceback
+    from lit_forecast.startup import guard_startup
 
-    def _interrupted_while_starting(signum, frame):
-        print(
-            f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
-            "done",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
-    signal.signal(signal.SIGTERM, _interrupted_while_starting)
+    guard_startup()
 
 import argparse
+import os
 import shlex
+import sys
 from pathlib import Path
 
 from lit_forecast import cli, layout, output_guard, storage

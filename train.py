@@ -9,26 +9,14 @@ python train.py --tune configs/tune.yaml         # search with Ray Tune: runs/tu
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports below run: one line, not a traceback
+    from lit_forecast.startup import guard_startup
 
-    def _interrupted_while_starting(signum, frame):
-        print(
-            f"error: interrupted ({'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}) while starting: nothing was "
-            "done",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
-    signal.signal(signal.SIGTERM, _interrupted_while_starting)
+    guard_startup()
 
 import argparse
 import shlex
+import sys
 
 from lit_forecast import cli, console
 from lit_forecast.config import dump

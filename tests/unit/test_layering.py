@@ -32,6 +32,7 @@ ALLOWED = {
     "config_docs": {"config"},  # docs/configuration.md from the config dataclasses
     "storage": {"errors"},
     "progress": set(),
+    "startup": set(),  # the scripts' interrupt guard, before their heavy imports
     "output_guard": {"errors", "storage"},
     "layout": {"errors", "config", "storage"},
     "ray_cluster": {"errors"},
