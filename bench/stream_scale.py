@@ -192,7 +192,8 @@ def main() -> None:
         before = list(os.getloadavg())
         figures = measure(args.step, args.engine, args.data, args.work)
         figures["load_before"], figures["load_after"], figures["zones"] = before, list(os.getloadavg()), zones
-        merge(args.output, zones, figures)
+        if args.output:
+            merge(args.output, zones, figures)
         print(line(figures), flush=True)
         return
     for engine in args.engines.split(","):

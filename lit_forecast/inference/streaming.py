@@ -544,6 +544,13 @@ def forecast_schema(levels: list[float], with_actual: bool) -> pa.Schema:
     return pa.schema(fields + [("in_checkpoint", pa.bool_())])
 
 
+# The write stage reserves no CPU: the forecasting actors may hold every CPU of the cluster for
+# the whole run, and a write task that waited for one would hold every forecast block in the
+# object store until the actors were released at the end. Writing a block is light next to
+# forecasting it.
+WRITE_CPUS = 0
+
+
 def _write_block(batch: dict, folder: str, levels: list[float], median_index: int, freq: str, evaluating: bool) -> dict:
     """Map_batches UDF: write the block's forecasts as one Parquet file; return its sums and metas (one row)."""
     rows = np.flatnonzero(batch["index"] >= 0)
@@ -864,6 +871,7 @@ def _run(
         _write_block,
         batch_size=None,
         batch_format="numpy",
+        num_cpus=WRITE_CPUS,
         fn_kwargs={
             "folder": tmp,
             "levels": levels,
