@@ -150,13 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         "(actuals known by then); costs one extra forecast per series for every slot from N days before "
         "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands",
     )
-    add_serve_arguments(parser)
+    serve_group = add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
     if args.serve or any(getattr(args, flag) is not None for flag in SERVE_FLAGS) or args.config:
         try:
-            serve(args)
+            serve(args, batch_only_flags(parser, serve_group, args))
         except UserError as err:
             cli.die(str(err))
         return
@@ -185,41 +185,18 @@ def main(argv: list[str] | None = None) -> None:
                 recalibrate_days=args.recalibrate_days,
             )
             if _engine(args, request) == "stream":
-                return _print_stream(_stream(args, request))
-            result = infer(request)
+                result = _stream(args, request)
+            else:
+                result = infer(request)
     except UserError as err:
         cli.die(str(err))
     except PermissionError as err:  # anywhere: a path this user may not read or write
         cli.die(cli.permission_message(err))
-    if result.table:  # a backtest: its scores; every forecast row is in the file named below
-        print(format_backtest(result.table))
-    else:
-        print(format_forecasts(result.frame))
-    if result.table:
-        if "fleet" in result.table:
-            print()
-            print(format_fleet(result.table))
-    if result.skipped:
-        print()
-        print(result.skipped)
-    if result.unseen:
-        print(
-            f"{len(result.unseen):,} series not in the checkpoint: scaled on their own history before each cutoff "
-            f"(column in_checkpoint)"
-        )
-    print()
-    print(f"checkpoint  {result.checkpoint}")
-    print(f"forecasts   {result.output}")
-    if result.table_path:
-        print(f"backtest    {result.table_path}")
-    if result.zones_path:
-        print(f"per series  {result.zones_path}")
-        print(f"fleet plot  {result.fleet_plot}")
-    print(f"plot        {result.plot}")
+    report(result)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """--serve and the server's settings (each overrides the serve: section of --config)."""
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--serve and the server's settings (each overrides the serve: section of --config); returns their group."""
     group = parser.add_argument_group("online forecasts (--serve)")
     group.add_argument("--serve", action="store_true", help="answer forecasts over HTTP until stopped (see above)")
     group.add_argument("--config", help="YAML config whose serve: section sets the server (default: built-in defaults)")
@@ -234,22 +211,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-size", type=int, help="forecasts decoded together (serve.max_batch_size, default 32)"
     )
     group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
+    return group
 
 
-BATCH_ONLY = (
-    "cutoffs",
-    "horizon",
-    "output",
-    "plot",
-    "overwrite",
-    "engine",
-    "actors",
-    "plot_cutoff",
-    "plot_series",
-    "strict",
-    "no_ray",
-    "recalibrate_days",
-)
+def batch_only_flags(parser: argparse.ArgumentParser, serve_group, args: argparse.Namespace) -> list[str]:
+    """The flags given away from their defaults that only a batch forecast reads: all but the serve group's and
+    SHARED_WITH_SERVE, so a flag added to the parser is covered without being listed here."""
+    served = {action.dest for action in serve_group._group_actions} | SHARED_WITH_SERVE
+    return [
+        action.option_strings[-1]
+        for action in parser._actions
+        if action.dest not in served and getattr(args, action.dest) != action.default
+    ]
+
+
+# Flags that --serve reads besides its own group: the run selection and the data of cutoff requests.
+SHARED_WITH_SERVE = {"help", "run", "checkpoint", "storage", "data", "verbose"}
 SERVE_FLAGS = {
     "host": "host",
     "port": "port",
@@ -261,8 +238,11 @@ SERVE_FLAGS = {
 }
 
 
-def serve(args: argparse.Namespace) -> None:
-    """python infer.py --serve: the serve settings from --config and the flags, then the server until stopped."""
+def serve(args: argparse.Namespace, batch_only: list[str]) -> None:
+    """python infer.py --serve: the serve settings from --config and the flags, then the server until stopped.
+
+    ``batch_only``: the batch-forecast flags given, refused here (see :func:`batch_only_flags`).
+    """
     import dataclasses
 
     from lit_forecast import config as cfg
@@ -272,9 +252,6 @@ def serve(args: argparse.Namespace) -> None:
             "--config, --host, --port, --replicas, --replica-cpus, --replica-gpus, --max-batch-size and "
             "--batch-wait-ms set the server: add --serve"
         )
-    batch_only = [
-        f"--{flag.replace('_', '-')}" for flag in BATCH_ONLY if getattr(args, flag) not in (None, False, 0, "auto")
-    ]
     if batch_only:
         raise ConfigError(
             f"{', '.join(batch_only)}: not used by --serve (a request gives its own history or cutoff); "
@@ -345,39 +322,41 @@ def _stream(args: argparse.Namespace, request: InferenceRequest):
     return streaming.infer_streaming(request, options)
 
 
-def _print_stream(result) -> None:
-    if len(result.sample):
-        print(format_forecasts(result.sample))
+def report(result) -> None:
+    """What infer.py prints, for either path: the backtest's scores (or the forecasts), what was skipped, where it went.
+
+    ``result``: the plain path's InferenceResult or the streaming path's StreamResult. A backtest
+    prints its scores only: every forecast row is in the file or dataset named at the end.
+    """
+    streamed = hasattr(result, "sample")  # a StreamResult: a bounded sample of the forecasts, counts not lists
     if result.table:
-        print()
         print(format_backtest(result.table))
         if "fleet" in result.table:
             print()
             print(format_fleet(result.table))
-    for line in filter(
-        None,
-        [
-            result.skipped,
-            f"{len(result.bad_series):,} series skipped whole: " + "; ".join(result.bad_series[:3])
-            if result.bad_series
-            else "",
-        ],
-    ):
+    else:
+        print(format_forecasts(result.sample if streamed else result.frame))
+    bad = getattr(result, "bad_series", [])
+    for line in filter(None, [result.skipped, bad and f"{len(bad):,} series skipped whole: " + "; ".join(bad[:3])]):
         print()
         print(line)
-    if result.unseen:
-        print(
-            f"{result.unseen:,} series not in the checkpoint: scaled on their own history before each cutoff "
-            f"(column in_checkpoint)"
-        )
+    unseen = result.unseen if streamed else len(result.unseen)
+    if unseen:
+        print(f"{unseen:,} series not in the checkpoint: scaled on their own history before each cutoff", end="")
+        print(" (column in_checkpoint)")
     print()
     print(f"checkpoint  {result.checkpoint}")
-    print(f"forecasts   {result.output}  ({result.windows:,} windows, Parquet dataset; {result.seconds:.1f} s)")
+    if streamed:
+        print(f"forecasts   {result.output}  ({result.windows:,} windows, Parquet dataset; {result.seconds:.1f} s)")
+    else:
+        print(f"forecasts   {result.output}")
     if result.table_path:
         print(f"backtest    {result.table_path}")
     if result.zones_path:
         print(f"per series  {result.zones_path}")
         print(f"fleet plot  {result.fleet_plot}")
+    if not streamed:
+        print(f"plot        {result.plot}")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
