@@ -1,6 +1,7 @@
 """A Ray cluster of several nodes on one machine, and an elastic run that loses one of them.
 
     python -m bench.node_loss                  # 2 worker nodes, workers [1, 2]; one node killed after epoch 2
+    python -m bench.node_loss --compare        # and the same run without a loss: best val/mae of both
     python -m bench.node_loss --output nodes.json
 
 Prints the seconds from the node's loss to the first training step with the workers left
@@ -114,59 +115,90 @@ def train_arguments(csv: Path, storage: Path, name: str, epochs: int, workers: s
     ]  # fmt: skip
 
 
-def measure(epochs: int, kill_after_epoch: int, scratch: Path) -> dict:
-    """One elastic run on 2 worker nodes; one node killed once epoch ``kill_after_epoch`` is done."""
-    csv = write_series(scratch / "series.csv")
-    with simulated_cluster(nodes=2) as cluster:
-        saved = {key: os.environ.get(key) for key in cluster.environment()}
-        os.environ.update(cluster.environment())
-        try:
-            run = TrainRun(train_arguments(csv, scratch / "runs", "nodes", epochs, "[1, 2]"))
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-        try:
-            done = rf"epoch {kill_after_epoch}/{epochs}  train/"
+@contextlib.contextmanager
+def joined(cluster: SimulatedCluster) -> Iterator[None]:
+    """This process's environment set for a driver joining ``cluster`` (restored on leaving)."""
+    saved = {key: os.environ.get(key) for key in cluster.environment()}
+    os.environ.update(cluster.environment())
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(cluster: SimulatedCluster, csv: Path, storage: Path, name: str, epochs: int, kill_after: int | None) -> dict:
+    """An elastic run ([1, 2] workers) on ``cluster``, a node killed once epoch ``kill_after`` is done (None: never)."""
+    with joined(cluster):
+        run = TrainRun(train_arguments(csv, storage, name, epochs, "[1, 2]"))
+    lost_at, load = None, load_average()
+    try:
+        if kill_after is not None:
+            done = rf"epoch {kill_after}/{epochs}  train/"
             while run.first(done) is None:
                 if run.proc.poll() is not None or run.elapsed() > 600:
-                    raise SystemExit(f"no epoch {kill_after_epoch} line:\n" + run.output()[-3000:])
+                    raise SystemExit(f"no epoch {kill_after} line:\n" + run.output()[-3000:])
                 time.sleep(0.1)
             load = load_average()
             lost_at = run.elapsed()
             cluster.remove()
-            wall = run.wait(timeout=600)
-        finally:
-            run.stop()
+        wall = run.wait(timeout=600)
+    finally:
+        run.stop()
+    summary = json.loads((storage / name / "summary.json").read_text())
+    figures = {"run_wall_s": round(wall, 1), "best_val_mae": round(summary["best_metrics"]["val/mae"], 1)}
+    if lost_at is None:
+        return figures
     step = run.first(FIRST_STEP, after=lost_at)
     resized = run.first(r"workers: (\d+) \(was (\d+)\), resuming at epoch (\d+)", after=lost_at)
     return {
-        "how": "python -m bench.node_loss: tiny config, workers [1, 2] on 2 simulated nodes of 1 CPU, one node killed",
-        "epochs": epochs,
-        "node_lost_after_epoch": kill_after_epoch,
         "node_loss_to_first_step_s": None if step is None else round(step[0] - lost_at, 1),
         "node_loss_to_workers_line_s": None if resized is None else round(resized[0] - lost_at, 1),
         "resize": None if resized is None else resized[1].group(0),
-        "run_wall_s": round(wall, 1),
-        "exit_status": run.proc.returncode,
+        **figures,
+        "load_average_at_loss": load,
+    }
+
+
+def measure(epochs: int, kill_after: int, scratch: Path, compare: bool) -> dict:
+    """An elastic run on 2 worker nodes that loses one after epoch ``kill_after``; with ``compare``,
+    the same run on the same cluster (the node added back) without a loss."""
+    csv = write_series(scratch / "series.csv")
+    with simulated_cluster(nodes=2) as cluster:
+        lost = _run(cluster, csv, scratch / "runs", "lost", epochs, kill_after)
+        whole = None
+        if compare:
+            cluster.add()
+            whole = _run(cluster, csv, scratch / "runs", "whole", epochs, None)
+    result = {
+        "how": "python -m bench.node_loss: tiny config, workers [1, 2] on 2 simulated nodes of 1 CPU, one node killed",
+        "epochs": epochs,
+        "node_lost_after_epoch": kill_after,
+        **lost,
         "health_check": HEALTH_CHECK,
         "worker_group_start_timeout_s": START_TIMEOUT_S,
-        "load_average_at_loss": load,
         "cpus": os.cpu_count(),
     }
+    if whole is not None:
+        result["without_loss"] = whole
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the run (default 6)")
     parser.add_argument("--kill-after", type=int, default=2, help="kill a node once this epoch is done (default 2)")
+    parser.add_argument(
+        "--compare", action="store_true", help="also train the same run without a loss (best val/mae of both)"
+    )
     add_output_argument(parser, "also write the figures as JSON")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="node_loss_"))
     try:
-        result = measure(args.epochs, args.kill_after, scratch)
+        result = measure(args.epochs, args.kill_after, scratch, args.compare)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for key, value in result.items():

@@ -4,12 +4,16 @@ An elastic run (``cluster.num_workers: [1, 2]``, one CPU per worker, worker node
 places one worker per node. Losing a worker node restarts it from the last checkpoint with the
 worker left; a node that joins is taken up at the next resize check; losing the head node, which
 holds the driver's own raylet and the cluster's control store, ends the driver with the error
-that says how to resume. train.py joins the cluster through RAY_ADDRESS, as on a real one.
+that says how to resume. train.py joins the cluster through RAY_ADDRESS, as on a real one, with
+its storage in a local folder (every simulated node reads it), and infer.py forecasts from the
+finished run on the same cluster.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,15 +22,20 @@ import torch
 
 from bench.node_loss import simulated_cluster, train_arguments
 from tests.faults.test_faults import Training, no_driver_traceback, record
-from tests.integration.test_ray_train import checkpoints, epoch_lines, read_scalars, wait_for_checkpoint
+from tests.integration.test_ray_train import (
+    ROOT,
+    checkpoints,
+    environment,
+    epoch_lines,
+    read_scalars,
+    wait_for_checkpoint,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RESIZED = re.compile(r"workers: (\d+) \(was (\d+)\), resuming at epoch (\d+)")
 
 
 def command(csv: Path, storage: Path, name: str, epochs: int, *extra: str) -> list[str]:
-    import sys
-
     return [sys.executable, "train.py", *train_arguments(csv, storage, name, epochs, "[1, 2]", *extra)]
 
 
@@ -35,12 +44,15 @@ def final_checkpoint(run_dir: Path) -> dict:
 
 
 def world_sizes(run_dir: Path) -> list[float]:
-    """``cluster/world_size`` as TensorBoard holds it, in step order (one value per epoch started)."""
-    return [value for _, value in sorted(read_scalars(run_dir / "tensorboard")["cluster/world_size"])]
+    """``cluster/world_size`` as written, one value per epoch started (each worker-group start
+    writes a new event file: a restart repeats the step of the epoch it resumes)."""
+    return [value for _, value in read_scalars(run_dir / "tensorboard")["cluster/world_size"]]
 
 
 @pytest.mark.timeout(600)
-def test_a_lost_worker_node_shrinks_the_run_which_finishes_every_epoch(taxi_like_csv, tmp_path, monkeypatch):
+def test_a_lost_worker_node_shrinks_the_run_which_finishes_and_forecasts_on_the_same_cluster(
+    taxi_like_csv, tmp_path, monkeypatch
+):
     epochs, run_dir = 6, tmp_path / "shrink"
     with simulated_cluster(nodes=2) as cluster:
         for key, value in cluster.environment().items():
@@ -54,8 +66,19 @@ def test_a_lost_worker_node_shrinks_the_run_which_finishes_every_epoch(taxi_like
             code = training.finish(400)
         finally:
             training.kill()
+        # infer.py against the same cluster (the node left runs its Ray tasks), reading the run's folder.
+        inferred = subprocess.run(
+            [sys.executable, "infer.py", "--run", str(run_dir), "--cutoffs", "2024-02-20..2024-02-22/1D"],
+            cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
     output = training.output
     assert code == 0, output[-5000:]
+    assert f"joining the Ray cluster at {cluster.address}" in output
+    assert inferred.returncode == 0, inferred.stdout[-3000:] + inferred.stderr[-3000:]
+    forecasts = run_dir / "forecasts" / "forecast_20240220T0000-20240222T0000.csv"
+    rows = forecasts.read_text().splitlines()
+    assert rows[0] == "cutoff,timestamp,forecast,q0.1,q0.9,actual" and len(rows) == 1 + 3 * 4  # 3 cutoffs x 4 steps
+    assert f"joining the Ray cluster at {cluster.address}" in inferred.stdout + inferred.stderr
     assert "workers: 2, starting at epoch 1" in output, output[-5000:]
     resized = RESIZED.search("".join(training.lines[lost:]))
     assert resized, output[-5000:]
