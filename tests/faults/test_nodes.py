@@ -55,6 +55,7 @@ def test_a_lost_worker_node_shrinks_the_run_which_finishes_and_forecasts_on_the_
 ):
     epochs, run_dir = 6, tmp_path / "shrink"
     with simulated_cluster(nodes=2) as cluster:
+        address = cluster.address
         for key, value in cluster.environment().items():
             monkeypatch.setenv(key, value)
         training = Training(command(taxi_like_csv, tmp_path, "shrink", epochs))
@@ -73,12 +74,12 @@ def test_a_lost_worker_node_shrinks_the_run_which_finishes_and_forecasts_on_the_
         )  # fmt: skip
     output = training.output
     assert code == 0, output[-5000:]
-    assert f"joining the Ray cluster at {cluster.address}" in output
+    assert f"joining the Ray cluster at {address}" in output
     assert inferred.returncode == 0, inferred.stdout[-3000:] + inferred.stderr[-3000:]
     forecasts = run_dir / "forecasts" / "forecast_20240220T0000-20240222T0000.csv"
     rows = forecasts.read_text().splitlines()
     assert rows[0] == "cutoff,timestamp,forecast,q0.1,q0.9,actual" and len(rows) == 1 + 3 * 4  # 3 cutoffs x 4 steps
-    assert f"joining the Ray cluster at {cluster.address}" in inferred.stdout + inferred.stderr
+    assert f"joining the Ray cluster at {address}" in inferred.stdout + inferred.stderr
     assert "workers: 2, starting at epoch 1" in output, output[-5000:]
     resized = RESIZED.search("".join(training.lines[lost:]))
     assert resized, output[-5000:]
