@@ -143,6 +143,7 @@ def test_a_node_that_joins_grows_the_run_at_the_next_check(taxi_like_csv, tmp_pa
 def test_losing_the_head_node_ends_the_driver_with_how_to_resume(taxi_like_csv, tmp_path, monkeypatch):
     epochs, run_dir = 30, tmp_path / "head"
     with simulated_cluster(nodes=2) as cluster:
+        address = cluster.address
         for key, value in cluster.environment().items():
             monkeypatch.setenv(key, value)
         training = Training(command(taxi_like_csv, tmp_path, "head", epochs))
@@ -157,7 +158,8 @@ def test_losing_the_head_node_ends_the_driver_with_how_to_resume(taxi_like_csv, 
     output = training.output
     assert code == 2, output[-5000:]
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert errors and f"run the same command again to resume {run_dir}" in errors[0], output[-5000:]
+    assert errors and errors[0].startswith(f"error: the Ray cluster at {address} lost the node"), output[-5000:]
+    assert f"run the same command again to resume {run_dir}" in errors[0], output[-5000:]
     assert no_driver_traceback(output), output[-5000:]
     record(
         "the head node lost mid-run (driver's raylet and the GCS)",
