@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from bench.node_loss import simulated_cluster, train_arguments
-from tests.faults.test_faults import Training, no_driver_traceback, record
+from tests.faults.test_faults import RESUMED, Training, no_driver_traceback, record
 from tests.integration.test_ray_train import (
     ROOT,
     checkpoints,
@@ -141,7 +141,7 @@ def test_a_node_that_joins_grows_the_run_at_the_next_check(taxi_like_csv, tmp_pa
 
 @pytest.mark.timeout(600)
 def test_losing_the_head_node_ends_the_driver_with_how_to_resume(taxi_like_csv, tmp_path, monkeypatch):
-    epochs, run_dir = 30, tmp_path / "head"
+    epochs, run_dir = 8, tmp_path / "head"
     with simulated_cluster(nodes=2) as cluster:
         address = cluster.address
         for key, value in cluster.environment().items():
@@ -161,11 +161,24 @@ def test_losing_the_head_node_ends_the_driver_with_how_to_resume(taxi_like_csv, 
     assert errors and errors[0].startswith(f"error: the Ray cluster at {address} lost the node"), output[-5000:]
     assert f"run the same command again to resume {run_dir}" in errors[0], output[-5000:]
     assert no_driver_traceback(output), output[-5000:]
+    finished = max([e for e, _ in epoch_lines(output)], default=0)
+
+    # As the error says: the same command, on a cluster that is back (a new head, new nodes), resumes.
+    with simulated_cluster(nodes=2) as cluster:
+        for key, value in cluster.environment().items():
+            monkeypatch.setenv(key, value)
+        again = Training(command(taxi_like_csv, tmp_path, "head", epochs))
+        code = again.finish(400)
+    assert code == 0, again.output[-5000:]
+    resumed = RESUMED.search(again.output)
+    assert resumed, again.output[-5000:]
+    final = final_checkpoint(run_dir)
+    assert final["epoch"] == epochs - 1 and (run_dir / "summary.json").is_file()
     record(
         "the head node lost mid-run (driver's raylet and the GCS)",
         1,
         1,
+        max(0, finished - int(resumed.group(2))),
         0,
-        0,
-        f"refused: exit 2 {took:.0f} s after the loss; the error says how to resume",
+        f"refused: exit 2 {took:.0f} s after the loss; the same command on a new cluster resumed and finished",
     )
