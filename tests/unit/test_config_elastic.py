@@ -171,3 +171,19 @@ def test_the_world_size_goes_into_every_checkpoint_and_tensorboard_from_rank_0()
         WorldSize().on_train_epoch_start(trainer, None)
     assert checkpoint == {"lit_forecast_world_size": 3}
     assert logged == [({"cluster/world_size": 3.0}, 40)]
+
+
+def test_a_sweep_of_elastic_trials_needs_room_for_each_trials_minimum(tmp_path, monkeypatch):
+    from lit_forecast.training import sweep as sweeps
+    from lit_forecast.training import tune
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: {CONFIGS / 'tiny.yaml'}\nspace:\n  train.lr: {{loguniform: [1.0e-4, 1.0e-2]}}\n")
+    sweep = sweeps.load(path)
+    base = sweeps.base_config(sweep)
+    base["cluster"].update(num_workers=[1, 4], cpus_per_worker=1.0)
+    tune.check_resources(sweep, base)  # its driver and 1 worker fit 2 CPUs; it may grow into more
+    base["cluster"]["num_workers"] = [2, 4]
+    with pytest.raises(RunError, match=r"2 worker\(s\) x 1\)"):
+        tune.check_resources(sweep, base)
