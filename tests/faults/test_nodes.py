@@ -107,7 +107,7 @@ def test_a_lost_worker_node_shrinks_the_run_which_finishes_and_forecasts_on_the_
 
 @pytest.mark.timeout(600)
 def test_a_node_that_joins_grows_the_run_at_the_next_check(taxi_like_csv, tmp_path, monkeypatch):
-    epochs, run_dir = 40, tmp_path / "grow"
+    epochs, run_dir = 20, tmp_path / "grow"
     with simulated_cluster(nodes=1) as cluster:
         for key, value in cluster.environment().items():
             monkeypatch.setenv(key, value)
