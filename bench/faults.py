@@ -3,11 +3,13 @@
     python -m bench.faults                          # every fault class, each in a real local Ray run (minutes)
     python -m bench.faults --output faults.json     # the table's rows as JSON too
 
-Each test of tests/faults/test_faults.py and tests/faults/test_interrupts.py (Ctrl-C, SIGTERM,
-another Ray on the machine, two runs at once) injects one class of fault into train.py on the tiny
-config and records: faults injected, survived (or refused cleanly, with a message saying how to
-resume), epochs lost beyond the last readable checkpoint, and wrong results (a run that ended
-without all its epochs, or with a checkpoint it should not have). Exit status: pytest's.
+Each test of tests/faults/test_faults.py, tests/faults/test_interrupts.py (Ctrl-C, SIGTERM,
+another Ray on the machine, two runs at once) and tests/faults/test_nodes.py (a worker node lost,
+a node that joins, the head node lost, on a cluster of several Ray nodes on this machine) injects
+one class of fault into train.py on the tiny config and records: faults injected, survived (or
+refused cleanly, with a message saying how to resume), epochs lost beyond the last readable
+checkpoint, and wrong results (a run that ended without all its epochs, or with a checkpoint it
+should not have). Exit status: pytest's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def main() -> None:
         env = {**os.environ, "LIT_FORECAST_FAULTS": str(rows_file)}
         pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow"]
         done = subprocess.run(
-            [*pytest, "tests/faults/test_faults.py", "tests/faults/test_interrupts.py"], cwd=ROOT, env=env
+            [*pytest, "tests/faults/test_faults.py", "tests/faults/test_interrupts.py", "tests/faults/test_nodes.py"],
+            cwd=ROOT,
+            env=env,
         )
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
     total = {k: sum(r[k] for r in rows) for k in COUNTS}

@@ -159,7 +159,7 @@ def run_step(args: argparse.Namespace) -> None:
         figures = steps.measure_inference(checkpoint, args.data, output, cutoffs, use_ray=not args.no_ray)
     else:  # loading
         steps.ensure_prepared(config, data_dir)
-        datamodule = steps.RankView(data_dir, config.train.batch_size, 0, config.cluster.num_workers)
+        datamodule = steps.RankView(data_dir, config.train.batch_size, 0, config.cluster.max_workers)
         figures = steps.measure_loading(datamodule, args.batches)
         figures["target_windows_per_s"] = 50_000
     figures["load_average_before"], figures["load_average_after"] = before, load_average()

@@ -44,7 +44,7 @@ def measure_prepare(config: cfg.Config, path: str, cpus: int, folder: str) -> di
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
         ray_start = time.perf_counter() - started
     try:
-        manifest = prepare(config, folder, num_shards=config.cluster.num_workers)
+        manifest = prepare(config, folder, num_shards=config.cluster.max_workers)
         wall = time.perf_counter() - started
     finally:
         memory.stop()
@@ -73,7 +73,7 @@ def ensure_prepared(config: cfg.Config, folder: str) -> None:
     try:
         read_manifest(folder)
     except Exception:  # noqa: BLE001 - missing or unreadable: prepare it
-        prepare(config, folder, num_shards=config.cluster.num_workers)
+        prepare(config, folder, num_shards=config.cluster.max_workers)
 
 
 # -- training: one worker's epoch, plain Lightning ------------------------------------------------
@@ -135,7 +135,7 @@ def measure_epoch(config: cfg.Config, data_dir: str, checkpoint: str, epochs: in
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, int(config.cluster.cpus_per_worker)))
     plain = cfg.to_dict(config)
-    datamodule = RankView(data_dir, config.train.batch_size, 0, config.cluster.num_workers)
+    datamodule = RankView(data_dir, config.train.batch_size, 0, config.cluster.max_workers)
     manifest = datamodule.manifest
     module = module_from_config(config, manifest)
     phases = Phases()
@@ -150,7 +150,7 @@ def measure_epoch(config: cfg.Config, data_dir: str, checkpoint: str, epochs: in
         "epochs": epochs,
         "steps": trainer.global_step,
         "threads": torch.get_num_threads(),
-        "workers": config.cluster.num_workers,
+        "workers": config.cluster.max_workers,
         "batch_size": config.train.batch_size,
         "fit_wall_s": wall,  # includes loading the shard and building the windows
         "epoch_s": (train_s + val_s) / epochs,

@@ -69,7 +69,7 @@ def plain_loop(storage: str, overrides: list[str], steps: int) -> float:
     config = cfg.load(None, overrides)
     data_dir = os.path.join(storage, "plain-data")
     manifest = prepare(config, data_dir, num_shards=1)
-    datamodule = ShardDataModule(data_dir, config.train.batch_size * config.cluster.num_workers)
+    datamodule = ShardDataModule(data_dir, config.train.batch_size * config.cluster.max_workers)
     datamodule.setup("fit")
     module = module_from_config(config, manifest).train()
     optimizer = torch.optim.AdamW(module.model.nets.parameters(), lr=config.train.lr)

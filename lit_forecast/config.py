@@ -93,7 +93,10 @@ class TrainConfig:
     """Optimisation, per training worker."""
 
     max_epochs: int = 10  # passes over the training windows (~36 s each for 2 members on 2 cores)
-    batch_size: int = 32  # per worker; 2 workers -> 64 windows per optimiser step
+    # Windows per worker per step: 2 workers -> 64 per optimiser step. With an elastic cluster.num_workers
+    # [min, max] this is the share at max: the global batch (batch_size x max) stays the same at any
+    # world size N, each worker taking global // N, so train.lr holds when the run shrinks or grows.
+    batch_size: int = 32
     lr: float = 2e-3  # chosen on validation (bench/studies/ablation.py, 3 seeds): 1e-3 was worse for each
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 100  # optimiser steps of linear learning-rate warm-up before the cosine decay
@@ -119,7 +122,11 @@ class TrainConfig:
 class ClusterConfig:
     """Ray Train scaling, fault tolerance and checkpointing."""
 
-    num_workers: int = 2  # Ray Train workers (DDP ranks), one training shard each
+    # Ray Train workers (DDP ranks). A number: that many, always. [min, max]: elastic; the run
+    # starts once min can be placed, goes on with the workers left when a node is lost (from
+    # the last checkpoint), and grows back to max when capacity returns (checked every
+    # resize_check_s). The data is prepared as max training shards, shared out at each start.
+    num_workers: int | list[int] = 2
     use_gpu: bool = False  # one GPU (or gpus_per_worker) per worker
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker
     gpus_per_worker: float = 1.0  # used only with use_gpu
@@ -128,6 +135,23 @@ class ClusterConfig:
     max_failures: int = 3  # worker-group restarts before the run fails
     checkpoint_every_n_epochs: int = 1  # epochs between checkpoints (the last epoch is always checkpointed)
     num_to_keep: int = 2  # best checkpoints kept, ranked by val/mae (Ray also keeps the latest)
+    # Elastic runs: seconds between checks for capacity to grow into (Ray's elastic_resize_monitor_interval_s)
+    resize_check_s: float = 60.0
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers the run trains on (``num_workers`` when it is a number)."""
+        return self.num_workers[0] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run trains on: also the number of training shards prepared."""
+        return self.num_workers[-1] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        """True for a ``[min, max]`` range: the world size may change between (re)starts."""
+        return isinstance(self.num_workers, list)
 
 
 @dataclass
@@ -244,6 +268,8 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
@@ -495,7 +521,8 @@ def validate(config: Config) -> Config:
         f"'train.precision' must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got {shown(t.precision)}",
     )
 
-    need(c.num_workers >= 1, f"'cluster.num_workers' must be >= 1, got {c.num_workers}")
+    validate_workers(c.num_workers)
+    need(c.resize_check_s >= 0, f"'cluster.resize_check_s' must be >= 0 seconds, got {c.resize_check_s}")
     need(c.max_failures >= 0, f"'cluster.max_failures' must be >= 0, got {c.max_failures}")
     for key in ("cpus_per_worker", "gpus_per_worker"):  # Ray refuses fractions finer than 0.0001
         need(
@@ -512,6 +539,27 @@ def validate(config: Config) -> Config:
     need(not (c.backend == "nccl" and not c.use_gpu), "'cluster.backend: nccl' needs 'cluster.use_gpu: true'")
     validate_serve(config.serve)
     return config
+
+
+def validate_workers(num_workers: int | list[int]) -> None:
+    """``cluster.num_workers``: a number >= 1, or ``[min, max]`` with 1 <= min <= max."""
+    if not isinstance(num_workers, list):
+        if num_workers < 1:
+            raise ConfigError(f"'cluster.num_workers' must be >= 1, got {num_workers}")
+        return
+    example = "a number such as 8, or [min, max] such as [4, 8] for an elastic run"
+    if len(num_workers) != 2:
+        raise ConfigError(
+            f"'cluster.num_workers' must be {example}; got a list of {len(num_workers)}: {shown(num_workers)}"
+        )
+    low, high = num_workers
+    if low < 1:
+        raise ConfigError(f"'cluster.num_workers' [min, max] needs min >= 1, got {shown(num_workers)}")
+    if low > high:
+        raise ConfigError(
+            f"'cluster.num_workers' [min, max] needs min <= max, got {shown(num_workers)} "
+            f"(did you mean [{high}, {low}]?)"
+        )
 
 
 def validate_serve(s: ServeConfig) -> ServeConfig:

@@ -194,7 +194,7 @@ def main() -> None:
     except UserError as err:
         cli.die(str(err))
     first = next(iter(configs.values()))
-    batch_size = args.batch_size or first.train.batch_size * first.cluster.num_workers
+    batch_size = args.batch_size or first.train.batch_size * first.cluster.max_workers
     precision = args.precision or first.train.precision
     if precision == "auto":
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"

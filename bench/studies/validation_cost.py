@@ -78,7 +78,7 @@ def main() -> None:
         f"per window, one thread: training {train_s * 1e3:.2f} ms, validation {val_s * 1e3:.2f} ms "
         f"(ratio {val_s / train_s:.2f})"
     )
-    workers, per_series = config.cluster.num_workers, config.data.val_windows_per_series or ALL_PER_SERIES
+    workers, per_series = config.cluster.max_workers, config.data.val_windows_per_series or ALL_PER_SERIES
     steps = config.train.limit_train_batches
     if not isinstance(steps, int):
         print("train.limit_train_batches is a share: an epoch's size depends on the data; no per-epoch shares printed")

@@ -90,7 +90,7 @@ def fingerprint(data: DataConfig, source_sha256: str, num_shards: int) -> str:
 def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Manifest:
     """Prepare (or reuse) the dataset of ``num_shards`` training shards in ``data_dir``.
 
-    ``num_shards`` (default ``cluster.num_workers``) is the largest worker count the dataset
+    ``num_shards`` (default: the most workers ``cluster.num_workers`` allows) is the largest worker count the dataset
     serves: any world size up to it takes its part at run time (:func:`lit_forecast.data.shards.rank_windows`),
     every window once per epoch when the world size divides it.
 
@@ -100,7 +100,7 @@ def prepare(config: Config, data_dir: str, num_shards: int | None = None) -> Man
     Atomic: every file is written under a temporary name and moved into place, and the manifest
     comes last, so an interrupted prepare leaves no manifest pointing at partial files.
     """
-    num_shards = num_shards or config.cluster.num_workers
+    num_shards = num_shards or config.cluster.max_workers
     source = fetch(config.data)
     key = fingerprint(config.data, source.sha256, num_shards)
     manifest_path = storage.join(data_dir, MANIFEST_FILE)

@@ -196,3 +196,35 @@ class ForecastFigure(L.Callback):
             bands=interval_bands(quantiles, pl_module.model.levels, times),
         )
         experiment.add_figure("val/forecast", figure, global_step=trainer.global_step, close=True)
+
+
+class WorldSize(L.Callback):
+    """Records how many workers train: in every checkpoint, and as ``cluster/world_size`` in TensorBoard.
+
+    An elastic run (``cluster.num_workers: [min, max]``) may restart with another number of
+    workers; the checkpoint's count is what a resumed run compares its own with (the console's
+    ``workers: N (was M)`` line), and the scalar, logged by rank 0 at every epoch's start, shows
+    in TensorBoard the epoch at which the run shrank or grew.
+    """
+
+    KEY = "lit_forecast_world_size"
+    TAG = "cluster/world_size"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = trainer.world_size
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0 and trainer.logger is not None:
+            trainer.logger.log_metrics({self.TAG: float(trainer.world_size)}, step=trainer.global_step)
+
+
+def workers_line(world: int, previous: int | None, resumed_epoch: int | None) -> str:
+    """The console line of a worker-group (re)start: ``workers: 3 (was 4), resuming at epoch 5``.
+
+    ``previous``: the workers that wrote the checkpoint (None: unknown or no checkpoint);
+    ``resumed_epoch``: the first epoch to train, counted from 1 (None: a start from scratch).
+    """
+    if resumed_epoch is None:
+        return f"workers: {world}, starting at epoch 1"
+    was = f" (was {previous})" if previous is not None else ""
+    return f"workers: {world}{was}, resuming at epoch {resumed_epoch}"

@@ -28,6 +28,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.config import Config, from_dict, to_dict
 from lit_forecast.data.datamodule import ShardDataModule
+from lit_forecast.data.manifest import read_manifest
 from lit_forecast.errors import RunError, StorageError
 from lit_forecast.layout import (
     CHECKPOINT_FILE,
@@ -39,7 +40,15 @@ from lit_forecast.layout import (
 )
 from lit_forecast.models.factory import module_from_config
 from lit_forecast.models.module import ForecastModule
-from lit_forecast.training.callbacks import DivergenceGuard, EpochLine, ForecastFigure, RandomState, Throughput
+from lit_forecast.training.callbacks import (
+    DivergenceGuard,
+    EpochLine,
+    ForecastFigure,
+    RandomState,
+    Throughput,
+    WorldSize,
+    workers_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,16 @@ def scaling_config(config: Config) -> ScalingConfig:
     resources = {"CPU": c.cpus_per_worker}
     if c.use_gpu:
         resources["GPU"] = c.gpus_per_worker
-    return ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources)
+    if not c.elastic:
+        return ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources)
+    # Elastic: Ray starts once min_workers can be placed, restarts from the last checkpoint with
+    # the workers left after a loss, and grows toward max_workers at the next check.
+    return ScalingConfig(
+        num_workers=(c.min_workers, c.max_workers),
+        use_gpu=c.use_gpu,
+        resources_per_worker=resources,
+        elastic_resize_monitor_interval_s=c.resize_check_s,
+    )
 
 
 def torch_config(config: Config) -> TorchConfig:
@@ -79,6 +97,21 @@ def run_config(config: Config, run: str, callbacks: Sequence = ()) -> RunConfig:
         logging_config=LoggingConfig(log_level="WARNING"),
         callbacks=list(callbacks),
     )
+
+
+def worker_batch_size(config: Config, world: int) -> int:
+    """Windows per optimiser step on each of ``world`` workers.
+
+    Fixed ``cluster.num_workers``: ``train.batch_size``. Elastic (``[min, max]``): the global
+    batch is ``train.batch_size x max`` at any world size, so each worker takes
+    ``global // world`` (at least 1; 256 on 6 workers is 42 each, 252 in all). The learning
+    rate and its schedule then see the same batch, and about the same steps per epoch, after
+    a resize as before it.
+    """
+    t, c = config.train, config.cluster
+    if not c.elastic:
+        return t.batch_size
+    return max(1, t.batch_size * c.max_workers // world)
 
 
 def trainer_arguments(config: Config) -> dict:
@@ -155,11 +188,11 @@ def _train_worker(loop_config: dict) -> None:
     config = from_dict(loop_config["config"])
     run = loop_config["run"]
     context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank, world = context.get_world_rank(), context.get_world_size()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, int(config.cluster.cpus_per_worker)))
 
-    datamodule = ShardDataModule(data_dir(run), config.train.batch_size)
+    datamodule = ShardDataModule(data_dir(run), worker_batch_size(config, world))
     plain, manifest, guard = to_dict(config), datamodule.manifest, DivergenceGuard()
     module = module_from_config(config, manifest)
     if config.train.compile:
@@ -173,6 +206,7 @@ def _train_worker(loop_config: dict) -> None:
             Throughput(),
             EpochLine(loop_config["launched_at"]),
             RandomState(),
+            WorldSize(),
             ForecastFigure(),
             ReportCallback(config.cluster.checkpoint_every_n_epochs, plain, guard, run),
         ],
@@ -182,11 +216,16 @@ def _train_worker(loop_config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
+        if rank == 0:
+            log.info(workers_line(world, None, None))
         trainer.fit(module, datamodule=datamodule)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        path, name, epoch = _readable_checkpoint(run, os.path.basename(checkpoint.path.rstrip("/")), scratch, rank)
+        path, name, epoch, previous = _readable_checkpoint(
+            run, os.path.basename(checkpoint.path.rstrip("/")), scratch, rank
+        )
         if rank == 0:  # Lightning counts epochs from 0, people from 1
+            log.info(workers_line(world, previous, epoch + 2))
             log.warning(
                 "RESUMED from checkpoint %s (epoch %d/%d done); continuing with epoch %d",
                 storage.join(run, name),
@@ -197,13 +236,13 @@ def _train_worker(loop_config: dict) -> None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=path)
 
 
-def _readable_checkpoint(run: str, latest: str, scratch: str, rank: int) -> tuple[str, str, int]:
+def _readable_checkpoint(run: str, latest: str, scratch: str, rank: int) -> tuple[str, str, int, int | None]:
     """A local copy of the newest checkpoint that loads: Ray's latest, or failing that an older one.
 
-    Returns (local path, checkpoint folder name, epoch). Only Ray's latest and the folders older
-    than it are candidates: a newer folder is one whose upload never completed. A checkpoint
-    that cannot be read is named in a warning and skipped; if none can be read, the error
-    names them all.
+    Returns (local path, checkpoint folder name, epoch, the workers that wrote it or None if it
+    does not say). Only Ray's latest and the folders older than it are candidates: a newer folder
+    is one whose upload never completed. A checkpoint that cannot be read is named in a warning
+    and skipped; if none can be read, the error names them all.
     """
     older = [name for name in reversed(checkpoint_folders(run)) if name < latest]
     problems = []
@@ -211,7 +250,8 @@ def _readable_checkpoint(run: str, latest: str, scratch: str, rank: int) -> tupl
         source = storage.join(run, name, CHECKPOINT_FILE)
         try:
             blob = storage.read_bytes(source)
-            epoch = int(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)["epoch"])
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+            epoch, previous = int(state["epoch"]), state.get(WorldSize.KEY)
         except Exception as err:  # any way a file can be broken: truncated, corrupt, missing, not ours
             problems.append(f"{source}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
             if rank == 0:
@@ -220,7 +260,7 @@ def _readable_checkpoint(run: str, latest: str, scratch: str, rank: int) -> tupl
         local = os.path.join(scratch, CHECKPOINT_FILE)
         with open(local, "wb") as out:
             out.write(blob)
-        return local, name, epoch
+        return local, name, epoch, None if previous is None else int(previous)
     raise RunError("no readable checkpoint to resume from:\n  " + "\n  ".join(problems))
 
 
@@ -315,16 +355,36 @@ def _cluster_died_message(err: Exception | None, run: str) -> str:
 
 
 def check_resources(config: Config) -> None:
-    """Refuse, before anything is written, a config this machine cannot run (without RAY_ADDRESS)."""
+    """Refuse, before anything is written, a config this machine cannot run (without RAY_ADDRESS).
+
+    An elastic run (``[min, max]`` workers) needs room for its minimum only: it grows when more frees up.
+    """
     c = config.cluster
     try:
         ray_cluster.check_resources(
-            c.num_workers * c.cpus_per_worker,
-            c.num_workers * c.gpus_per_worker if c.use_gpu else 0,
+            c.min_workers * c.cpus_per_worker,
+            c.min_workers * c.gpus_per_worker if c.use_gpu else 0,
             "cluster.num_workers, cluster.cpus_per_worker or cluster.gpus_per_worker (or use_gpu)",
         )
     except ray_cluster.ResourceError as err:
-        raise RunError(f"{err} (config: {c.num_workers} workers)") from None
+        each = f"{c.cpus_per_worker:g} CPU" + (f" and {c.gpus_per_worker:g} GPU" if c.use_gpu else "")
+        workers = (
+            f"at least {c.min_workers} of {c.num_workers} workers (the elastic minimum)"
+            if c.elastic
+            else f"{c.num_workers} workers"
+        )
+        raise RunError(f"{err} (config: {workers} x {each} each)") from None
+
+
+def check_shards(config: Config, num_shards: int, data: str) -> None:
+    """Refuse a prepared dataset with fewer training shards than the most workers the run may have."""
+    c = config.cluster
+    if num_shards < c.max_workers:
+        raise RunError(
+            f"{data} holds {num_shards} training shard(s), too few for up to {c.max_workers} worker(s) "
+            f"(cluster.num_workers: {c.num_workers}); delete {data} and prepare it again with this config "
+            "(python train.py --prepare-only), or lower cluster.num_workers"
+        )
 
 
 def init_ray(config: Config) -> None:
@@ -337,6 +397,7 @@ def fit(config: Config, run: str, callbacks: Sequence = ()) -> dict:
     """Train ``config`` into the run folder ``run``; returns a plain summary of the result, its
     paths relative to ``run`` (see :func:`lit_forecast.layout.read_summary`). ``callbacks``: see
     :func:`run_config`."""
+    check_shards(config, read_manifest(data_dir(run)).num_shards, data_dir(run))
     init_ray(config)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -120,14 +120,16 @@ def distribution(dimension: Dimension):
 def check_resources(sweep: Sweep, base: dict) -> None:
     """Refuse a budget this machine cannot run at once: every concurrent trial holds a driver CPU and its workers."""
     c = base["cluster"]
-    per_trial = DRIVER_CPUS + c["num_workers"] * c["cpus_per_worker"]
-    gpus = sweep.budget.concurrent * c["num_workers"] * c["gpus_per_worker"] if c["use_gpu"] else 0
+    # An elastic trial ([min, max] workers) starts with its minimum and grows only into free room.
+    workers = c["num_workers"][0] if isinstance(c["num_workers"], list) else c["num_workers"]
+    per_trial = DRIVER_CPUS + workers * c["cpus_per_worker"]
+    gpus = sweep.budget.concurrent * workers * c["gpus_per_worker"] if c["use_gpu"] else 0
     try:
         ray_cluster.check_resources(
             sweep.budget.concurrent * per_trial,
             gpus,
             f"budget.concurrent (each trial takes {per_trial:g} CPUs: {DRIVER_CPUS:g} for its driver and "
-            f"{c['num_workers']} worker(s) x {c['cpus_per_worker']:g}) or cluster.num_workers in the overrides",
+            f"{workers} worker(s) x {c['cpus_per_worker']:g}) or cluster.num_workers in the overrides",
         )
     except ray_cluster.ResourceError as err:
         raise RunError(str(err)) from None

@@ -140,11 +140,13 @@ def test_resume_skips_an_unreadable_latest_checkpoint_and_never_a_newer_partial_
     ]
     for epoch, name in enumerate(names):
         (run / name).mkdir(parents=True)
-        torch.save({"epoch": epoch, "state_dict": {}}, run / name / "checkpoint.ckpt")
+        # The workers that wrote each checkpoint (callbacks.WorldSize); the first is from before it was recorded.
+        world = {"lit_forecast_world_size": epoch + 3} if epoch else {}
+        torch.save({"epoch": epoch, "state_dict": {}, **world}, run / name / "checkpoint.ckpt")
     latest = names[2]  # what Ray registered last; names[3] is a newer folder whose upload never finished
     (run / latest / "checkpoint.ckpt").write_bytes((run / latest / "checkpoint.ckpt").read_bytes()[:50])  # truncated
-    path, name, epoch = ray_train._readable_checkpoint(str(run), latest, str(tmp_path), rank=0)
-    assert (name, epoch) == (names[1], 1) and torch.load(path, weights_only=True)["epoch"] == 1
+    path, name, epoch, workers = ray_train._readable_checkpoint(str(run), latest, str(tmp_path), rank=0)
+    assert (name, epoch, workers) == (names[1], 1, 4) and torch.load(path, weights_only=True)["epoch"] == 1
     assert f"{run / latest / 'checkpoint.ckpt'} cannot be read" in caplog.text
 
     for name in names[:3]:
