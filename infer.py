@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=defaults.RECALIBRATE_DAYS,
         metavar="N",
-        help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
-        "(actuals known by then); costs one extra forecast per series for every slot from N days before "
-        "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands",
+        help="refit the quantile bands at each cutoff on the series' own forecasts at the same time of day on "
+        "each of the N days before it (actuals known by then); about N extra forecasts per series; a series "
+        f"with less known past keeps the checkpoint's bands (default {defaults.RECALIBRATE_DAYS:g}; 0: off)",
     )
     add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -1,66 +1,100 @@
-"""Rolling recalibration: the bands at cutoff t refitted on the model's own forecasts of the days before t.
+"""Rolling recalibration: the bands at cutoff t refitted on the model's forecasts at t's time of day before t.
 
 Training fits one set of widening factors on the validation month (``QuantileCalibration``);
-a later month may be calmer or wilder. ``infer.py --recalibrate-days N`` refits the factors
-at every cutoff t, per series, on the windows whose cutoffs lie in the N days before t and
-whose targets all lie before t: actuals known at t, so nothing is looked ahead. The factors
-multiply the checkpoint's (the fit is on the calibrated forecasts), the median never moves,
-and with fewer than ``QuantileCalibration.MIN_WINDOWS`` such windows a cutoff keeps the
-checkpoint's bands. N is rounded down to whole slots.
+a later month may be calmer or wilder. At every cutoff t, for each series, the factors are
+refitted on that series' windows with cutoffs t - 1 day, t - 2 days, ... t - N days
+(``--recalibrate-days N``, whole days), keeping those whose targets all end by t: actuals known
+at t, so nothing is looked ahead. One scale per level, pooled over the horizon steps (a few
+weeks of windows are too few for one per step and level), multiplies the checkpoint's per-step
+factors (the fit is on the calibrated forecasts); the median never moves. A series with fewer
+than ``MIN_WINDOWS`` such windows at a cutoff keeps the checkpoint's bands there.
 
-Cost: one extra forecast per series for every slot from N days before the first cutoff to the
-last (2,065 for 14 days before the 31 midnights of a month, at 30 min), held in memory at once:
-meant for one or a few series, not a fleet (``MAX_WINDOWS``).
+Cost: the windows at the calibration cutoffs that are not cutoffs themselves. A month of
+midnights needs N extra forecasts per series (the earlier midnights of the month are
+forecast anyway); a single forecast, N.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from lit_forecast.errors import ConfigError
+from lit_forecast.errors import CutoffError
 from lit_forecast.models.quantiles import QuantileCalibration, widen
 from lit_forecast.models.transformer import median_index
 
-MAX_WINDOWS = 100_000  # extra forecasts one call may make for the recalibration (series x calibration cutoffs)
+DAY = pd.Timedelta(days=1)
+MIN_WINDOWS = 7  # calibration windows a series needs at a cutoff (a week of them); fewer: the checkpoint's bands
 
 
 @dataclass
 class RecentForecasts:
-    """The model's forecasts at the calibration cutoffs: what each cutoff's factors are fitted on."""
+    """Forecasts the factors are fitted on: the calibration windows' and the forecast windows' own."""
 
     quantiles: np.ndarray  # (M, H, Q) passengers
-    actual: np.ndarray  # (M, H) passengers
+    actual: np.ndarray  # (M, H) passengers, NaN where unknown
     series_ids: list[str]  # (M,)
     cutoffs: pd.DatetimeIndex  # (M,)
 
 
-def lookback(days: float, freq: str) -> pd.Timedelta:
-    """``days`` rounded down to whole slots of ``freq``: calibration cutoffs stay on the data's grid."""
-    step = pd.Timedelta(freq)
-    return step * int(pd.Timedelta(days=days) // step)
+def offsets(days: float, freq: str, horizon: int) -> list[pd.Timedelta]:
+    """k days for k = 1 .. ``days`` (whole days) whose window's ``horizon`` slots end by the cutoff."""
+    span = horizon * pd.Timedelta(freq)
+    return [k * DAY for k in range(1, int(days) + 1) if k * DAY >= span]
 
 
-def calibration_cutoffs(
-    cutoffs: pd.DatetimeIndex, days: float, freq: str, horizon: int, series: int = 1
-) -> list[pd.Timestamp]:
-    """Every slot from ``days`` before the first cutoff to the last whose targets end before the last cutoff.
+def calibration_cutoffs(cutoffs: Iterable[pd.Timestamp], days: float, freq: str, horizon: int) -> list[pd.Timestamp]:
+    """The calibration cutoffs of ``cutoffs`` that are not among them, sorted: what must be forecast besides."""
+    given = pd.DatetimeIndex(list(cutoffs)).as_unit("ns").asi8
+    shifts = np.asarray([k.value for k in offsets(days, freq, horizon)], dtype=np.int64)
+    extra = np.setdiff1d((given[:, None] - shifts[None, :]).ravel(), given)  # sorted, unique
+    return list(pd.to_datetime(extra, unit="ns"))
 
-    ``series``: how many series each is forecast for; over ``MAX_WINDOWS`` in all is a ConfigError.
+
+def calibration_cutoffs_by_series(
+    series_ids: Iterable[str], cutoffs: Iterable[pd.Timestamp], days: float, freq: str, horizon: int
+) -> dict[tuple[pd.Timestamp, ...], list[str]]:
+    """Series grouped by the extra cutoffs their windows need (one group when every series has the same cutoffs).
+
+    ``series_ids`` and ``cutoffs``: the forecast windows, one pair each.
     """
-    step = pd.Timedelta(freq)
-    first, last = cutoffs.min() - lookback(days, freq), cutoffs.max() - horizon * step
-    at = list(pd.date_range(first, last, freq=step)) if last >= first else []
-    if len(at) * series > MAX_WINDOWS:
-        raise ConfigError(
-            f"--recalibrate-days {days:g} would forecast {len(at) * series:,} extra windows "
-            f"({series:,} series x {len(at):,} slots from {first} on), more than the {MAX_WINDOWS:,} one call may: "
-            f"use fewer days, fewer cutoffs or fewer series per call, or leave the option off for a fleet"
-        )
-    return at
+    by_series: dict[str, list[pd.Timestamp]] = {}
+    for sid, t in zip(series_ids, cutoffs):
+        by_series.setdefault(sid, []).append(pd.Timestamp(t))
+    groups: dict[tuple[pd.Timestamp, ...], list[str]] = {}
+    for sid, own in by_series.items():
+        extra = tuple(calibration_cutoffs(own, days, freq, horizon))
+        if extra:
+            groups.setdefault(extra, []).append(sid)
+    return groups
+
+
+def calibration_forecasts(series, windows, quantiles: np.ndarray, days: float, cut, forecast) -> RecentForecasts:
+    """The forecasts recalibration fits on: ``windows``' own ``quantiles`` and those at the extra calibration
+    cutoffs of each series, cut by ``cut(series, cutoffs) -> WindowSet`` and forecast by ``forecast(WindowSet)``.
+
+    Shared by the plain and the streaming path, so that both fit on the same windows.
+    """
+    spec = windows.spec
+    parts = [(quantiles, windows.actual(), list(windows.series_ids), windows.cutoffs)]
+    groups = calibration_cutoffs_by_series(windows.series_ids, windows.cutoffs, days, spec.freq, spec.horizon)
+    by_id = {s.series_id: s for s in series}
+    for extra, ids in groups.items():
+        try:
+            more = cut([by_id[sid] for sid in ids], list(extra))
+        except CutoffError:  # none can be cut: too little data before the cutoffs
+            continue
+        parts.append((forecast(more), more.actual(), list(more.series_ids), more.cutoffs))
+    return RecentForecasts(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        [sid for p in parts for sid in p[2]],
+        pd.to_datetime(np.concatenate([p[3].as_unit("ns").asi8 for p in parts]), unit="ns"),
+    )
 
 
 def recalibrate(
@@ -72,28 +106,42 @@ def recalibrate(
     days: float,
     freq: str,
 ) -> tuple[np.ndarray, dict]:
-    """(N, H, Q) passengers -> the same with each window's bands refitted on its series' recent forecasts.
+    """(N, H, Q) passengers -> the same with each window's bands refitted on its series' earlier windows.
 
-    Returns the quantiles and counts for the log: windows refitted, and windows left as they were
-    for want of ``QuantileCalibration.MIN_WINDOWS`` calibration windows.
+    ``recent`` may hold the forecast windows themselves: a window is fitted on those of its
+    series at the cutoffs ``t - offsets(...)`` with every actual known. Returns the quantiles
+    and counts for the log: windows refitted, and windows that kept the checkpoint's bands for
+    want of ``MIN_WINDOWS`` calibration windows.
     """
-    horizon, median = quantiles.shape[1], median_index(levels)
-    span, back = horizon * pd.Timedelta(freq), lookback(days, freq)
+    horizon, levels_count, median = quantiles.shape[1], quantiles.shape[2], median_index(levels)
+    shifts = offsets(days, freq, horizon)
+    need = max(MIN_WINDOWS, -(-QuantileCalibration.MIN_WINDOWS // horizon))  # the fit's own minimum, in points
     known = np.isfinite(recent.actual).all(axis=1) & np.isfinite(recent.quantiles).all(axis=(1, 2))
-    by_series: dict[str, list[int]] = {}  # series -> its calibration windows with every actual known
-    for i in np.flatnonzero(known):
-        by_series.setdefault(recent.series_ids[i], []).append(i)
+    row = {(sid, t.value): i for i, (sid, t) in enumerate(zip(recent.series_ids, recent.cutoffs)) if known[i]}
     out, refitted, kept = quantiles.copy(), 0, 0
+    fit = QuantileCalibration(levels, horizon=1)  # one scale per level: every step a sample of it
     for i, (sid, t) in enumerate(zip(series_ids, cutoffs)):
-        rows = np.asarray(by_series.get(sid, []), dtype=np.int64)
-        at = recent.cutoffs[rows] if len(rows) else pd.DatetimeIndex([])
-        rows = rows[(at >= t - back) & (at + span <= t)]  # targets all known at t
-        if len(rows) < QuantileCalibration.MIN_WINDOWS:
+        rows = [r for k in shifts if (r := row.get((sid, (t - k).value))) is not None]
+        if len(rows) < need:
             kept += 1
             continue
-        fit = QuantileCalibration(levels, horizon)
-        fit.update(torch.as_tensor(recent.quantiles[rows]), torch.as_tensor(recent.actual[rows]))
-        factors = fit.compute().double()
+        fit.reset()
+        fit.update(
+            torch.as_tensor(recent.quantiles[rows]).reshape(-1, 1, levels_count),
+            torch.as_tensor(recent.actual[rows]).reshape(-1, 1),
+        )
+        factors = fit.compute().double().expand(horizon, levels_count)
         out[i] = widen(torch.as_tensor(quantiles[i : i + 1]), factors, median).numpy()[0]
         refitted += 1
     return out, {"refitted": refitted, "kept": kept}
+
+
+def describe(counts: dict, days: float) -> str:
+    """One log line for the counts of :func:`recalibrate` (summed over blocks on the streaming path)."""
+    line = f"bands refitted at {counts['refitted']:,} windows on their series' forecasts of the {days:g} days before"
+    if counts["kept"]:
+        line += (
+            f"; {counts['kept']:,} kept the checkpoint's bands (fewer than {MIN_WINDOWS} earlier windows at the "
+            f"cutoff's time of day with known actuals: too little known past before the cutoff)"
+        )
+    return line
