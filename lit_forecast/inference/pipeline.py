@@ -147,7 +147,7 @@ def infer(request: InferenceRequest) -> InferenceResult:
     quantiles = forecast_windows(request, loaded, windows)
     counts = None
     if recalibrating:
-        quantiles, counts = _recalibrate(request, loaded, cut.filled, data, windows, quantiles)
+        quantiles, counts = _recalibrate(request, loaded, series, data, windows, quantiles)
     forecasts = quantiles[..., loaded.model.median_index]  # the median (N, H)
 
     # 2. scoring, where the data holds actuals after the cutoffs
@@ -233,13 +233,21 @@ def _recalibrate(
     """``quantiles`` with each window's bands refitted on its series' forecasts at the same time of day of the
     ``recalibrate_days`` days before its cutoff (:mod:`lit_forecast.inference.recalibration`), and the counts."""
     spec, days = loaded.window, request.recalibrate_days
-    recent = recalibration.calibration_forecasts(
+    extra = recalibration.calibration_windows(
         series,
         windows,
-        quantiles,
         days,
         lambda group, at: cut_windows(group, loaded.series_stats, spec, at, data.max_gap, quiet=True).windows,
-        lambda extra: forecast_windows(request, loaded, extra),
+    )
+    log.info("recalibrating the bands: forecasting %s earlier windows", f"{sum(len(w) for w in extra):,}")
+    recent = recalibration.RecentForecasts.join(
+        [recalibration.RecentForecasts(quantiles, windows.actual(), list(windows.series_ids), windows.cutoffs)]
+        + [
+            recalibration.RecentForecasts(
+                forecast_windows(request, loaded, w), w.actual(), list(w.series_ids), w.cutoffs
+            )
+            for w in extra
+        ]
     )
     quantiles, counts = recalibration.recalibrate(
         quantiles, windows.series_ids, windows.cutoffs, recent, loaded.model.levels, days, spec.freq

@@ -40,6 +40,16 @@ class RecentForecasts:
     series_ids: list[str]  # (M,)
     cutoffs: pd.DatetimeIndex  # (M,)
 
+    @classmethod
+    def join(cls, parts: list[RecentForecasts]) -> RecentForecasts:
+        """One set of the windows of ``parts``, in their order."""
+        return cls(
+            np.concatenate([p.quantiles for p in parts]),
+            np.concatenate([p.actual for p in parts]),
+            [sid for p in parts for sid in p.series_ids],
+            pd.to_datetime(np.concatenate([pd.DatetimeIndex(p.cutoffs).as_unit("ns").asi8 for p in parts]), unit="ns"),
+        )
+
 
 def offsets(days: float, freq: str, horizon: int) -> list[pd.Timedelta]:
     """k days for k = 1 .. ``days`` (whole days) whose window's ``horizon`` slots end by the cutoff."""
@@ -73,28 +83,21 @@ def calibration_cutoffs_by_series(
     return groups
 
 
-def calibration_forecasts(series, windows, quantiles: np.ndarray, days: float, cut, forecast) -> RecentForecasts:
-    """The forecasts recalibration fits on: ``windows``' own ``quantiles`` and those at the extra calibration
-    cutoffs of each series, cut by ``cut(series, cutoffs) -> WindowSet`` and forecast by ``forecast(WindowSet)``.
+def calibration_windows(series: list, windows, days: float, cut) -> list:
+    """The windows at the extra calibration cutoffs of each series of ``windows`` (a WindowSet), each set cut
+    by ``cut(series, cutoffs) -> WindowSet`` from ``series`` (as read, gaps unfilled); [] where none can be.
 
     Shared by the plain and the streaming path, so that both fit on the same windows.
     """
-    spec = windows.spec
-    parts = [(quantiles, windows.actual(), list(windows.series_ids), windows.cutoffs)]
-    groups = calibration_cutoffs_by_series(windows.series_ids, windows.cutoffs, days, spec.freq, spec.horizon)
-    by_id = {s.series_id: s for s in series}
-    for extra, ids in groups.items():
+    spec, by_id, out = windows.spec, {s.series_id: s for s in series}, []
+    for extra, ids in calibration_cutoffs_by_series(
+        windows.series_ids, windows.cutoffs, days, spec.freq, spec.horizon
+    ).items():
         try:
-            more = cut([by_id[sid] for sid in ids], list(extra))
+            out.append(cut([by_id[sid] for sid in ids], list(extra)))
         except CutoffError:  # none can be cut: too little data before the cutoffs
             continue
-        parts.append((forecast(more), more.actual(), list(more.series_ids), more.cutoffs))
-    return RecentForecasts(
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-        [sid for p in parts for sid in p[2]],
-        pd.to_datetime(np.concatenate([p[3].as_unit("ns").asi8 for p in parts]), unit="ns"),
-    )
+    return out
 
 
 def recalibrate(
