@@ -108,21 +108,36 @@ def recalibrate(
     levels: list[float],
     days: float,
     freq: str,
+    per_step: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """(N, H, Q) passengers -> the same with each window's bands refitted on its series' earlier windows.
 
     ``recent`` may hold the forecast windows themselves: a window is fitted on those of its
     series at the cutoffs ``t - offsets(...)`` with every actual known. Returns the quantiles
     and counts for the log: windows refitted, and windows that kept the checkpoint's bands for
-    want of ``MIN_WINDOWS`` calibration windows.
+    want of ``MIN_WINDOWS`` calibration windows. ``per_step``: one factor per step and level instead of
+    per level (``QuantileCalibration.MIN_WINDOWS`` windows each; bench/studies/recalibration.py compares).
     """
-    horizon, levels_count, median = quantiles.shape[1], quantiles.shape[2], median_index(levels)
+    horizon = quantiles.shape[1]
     shifts = offsets(days, freq, horizon)
-    need = max(MIN_WINDOWS, -(-QuantileCalibration.MIN_WINDOWS // horizon))  # the fit's own minimum, in points
+    steps = horizon if per_step else 1  # the fit's horizon; pooled, every step of a window is a sample
+    need = max(MIN_WINDOWS, -(-QuantileCalibration.MIN_WINDOWS * steps // horizon))  # and the fit's own minimum
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of small fits: threads only contend (20 x slower on 2 busy cores)
+    try:
+        out, counts = _refit_each(quantiles, series_ids, cutoffs, recent, levels, shifts, need, steps)
+    finally:
+        torch.set_num_threads(threads)
+    return out, counts
+
+
+def _refit_each(quantiles, series_ids, cutoffs, recent: RecentForecasts, levels, shifts, need: int, steps: int):
+    """The loop of :func:`recalibrate`: one fit per window on the rows of its series at ``t - shifts``."""
+    horizon, levels_count, median = quantiles.shape[1], quantiles.shape[2], median_index(levels)
     known = np.isfinite(recent.actual).all(axis=1) & np.isfinite(recent.quantiles).all(axis=(1, 2))
     row = {(sid, t.value): i for i, (sid, t) in enumerate(zip(recent.series_ids, recent.cutoffs)) if known[i]}
     out, refitted, kept = quantiles.copy(), 0, 0
-    fit = QuantileCalibration(levels, horizon=1)  # one scale per level: every step a sample of it
+    fit = QuantileCalibration(levels, horizon=steps)
     for i, (sid, t) in enumerate(zip(series_ids, cutoffs)):
         rows = [r for k in shifts if (r := row.get((sid, (t - k).value))) is not None]
         if len(rows) < need:
@@ -130,8 +145,8 @@ def recalibrate(
             continue
         fit.reset()
         fit.update(
-            torch.as_tensor(recent.quantiles[rows]).reshape(-1, 1, levels_count),
-            torch.as_tensor(recent.actual[rows]).reshape(-1, 1),
+            torch.as_tensor(recent.quantiles[rows]).reshape(-1, steps, levels_count),
+            torch.as_tensor(recent.actual[rows]).reshape(-1, steps),
         )
         factors = fit.compute().double().expand(horizon, levels_count)
         out[i] = widen(torch.as_tensor(quantiles[i : i + 1]), factors, median).numpy()[0]
