@@ -32,13 +32,16 @@ DAYS = (7, 14, 21, 28)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", help="run folder (default: the latest finished run in runs/)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", help="run folder (default: the latest finished run in runs/)")
+    source.add_argument("--checkpoint", help="a Ray checkpoint folder or .ckpt file")
     parser.add_argument("--cutoffs", default=DECEMBER, help=f"see infer.py --help (default {DECEMBER})")
     parser.add_argument("--days", type=int, nargs="+", default=list(DAYS), help="look-backs to try (days)")
     args = parser.parse_args()
     cli.setup_logging()
     try:
-        loaded = load_checkpoint(layout.best_checkpoint(args.run or layout.latest_run("runs")), "cpu")
+        path = args.checkpoint or layout.best_checkpoint(args.run or layout.latest_run("runs"))
+        loaded = load_checkpoint(path, "cpu")
         data, spec, levels = loaded.config.data, loaded.window, loaded.model.levels
         series = read_series(data)
         history = max(seasonal_naive_lags(spec.slots_per_day).values())

@@ -305,6 +305,35 @@ def test_recalibrated_bands_do_not_look_ahead(checkpoint, zones_csv, tmp_path):
     assert not np.array_equal(frames[0]["q0.9"].to_numpy(), plain["q0.9"].to_numpy())  # the bands were refitted
 
 
+def test_a_series_with_too_little_known_past_keeps_the_checkpoints_bands_with_one_line(
+    checkpoint, zones_csv, tmp_path, caplog
+):
+    """The next day after each series' end: 'a' has 7 earlier days at that time of day, 'b' only 5."""
+    data = zones_csv({"a": taxi_like(slots=W + 7 * 48, seed=1), "b": taxi_like(slots=W + 5 * 48 + 12, seed=2)})
+    frames = {}
+    for days in (14, 0):
+        with caplog.at_level(logging.INFO, logger="lit_forecast"):
+            frames[days] = infer(
+                InferenceRequest(
+                    checkpoint=checkpoint,
+                    data=data,
+                    output=str(tmp_path / f"next{days}.csv"),
+                    use_ray=False,
+                    recalibrate_days=days,
+                )
+            ).frame.set_index(["series_id", "timestamp"])
+    lines = [r.getMessage() for r in caplog.records if "bands refitted" in r.getMessage()]
+    assert lines == [
+        "bands refitted at 1 windows on their series' forecasts of the 14 days before; 1 kept the checkpoint's "
+        "bands (fewer than 7 earlier windows at the cutoff's time of day with known actuals: too little known "
+        "past before the cutoff)"
+    ]
+    refit, static = frames[14], frames[0]
+    np.testing.assert_array_equal(refit.loc["b", "q0.9"], static.loc["b", "q0.9"])
+    assert not np.array_equal(refit.loc["a", "q0.9"], static.loc["a", "q0.9"])
+    np.testing.assert_array_equal(refit["forecast"], static["forecast"])
+
+
 # -- validation windows: bounded and deterministic -------------------------------------------------------
 
 
