@@ -123,7 +123,7 @@ def recalibrate(
     steps = horizon if per_step else 1  # the fit's horizon; pooled, every step of a window is a sample
     need = max(MIN_WINDOWS, -(-QuantileCalibration.MIN_WINDOWS * steps // horizon))  # and the fit's own minimum
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of small fits: threads only contend (20 x slower on 2 busy cores)
+    torch.set_num_threads(1)  # on a busy machine threads only contend (small fits were 20 x slower on 2 cores)
     try:
         out, counts = _refit_each(quantiles, series_ids, cutoffs, recent, levels, shifts, need, steps)
     finally:
@@ -131,27 +131,43 @@ def recalibrate(
     return out, counts
 
 
+FITS_PER_BATCH = 512  # fits of one QuantileCalibration call: about 8 MB of samples and 12 MB of histograms
+
+
 def _refit_each(quantiles, series_ids, cutoffs, recent: RecentForecasts, levels, shifts, need: int, steps: int):
-    """The loop of :func:`recalibrate`: one fit per window on the rows of its series at ``t - shifts``."""
+    """The fits of :func:`recalibrate`: one per window, on the rows of its series at ``t - shifts``.
+
+    Fits of as many rows each are made together: one QuantileCalibration whose ``horizon``
+    axis holds K fits x ``steps`` (its histograms are per column, so this is K separate fits).
+    """
     horizon, levels_count, median = quantiles.shape[1], quantiles.shape[2], median_index(levels)
     known = np.isfinite(recent.actual).all(axis=1) & np.isfinite(recent.quantiles).all(axis=(1, 2))
-    row = {(sid, t.value): i for i, (sid, t) in enumerate(zip(recent.series_ids, recent.cutoffs)) if known[i]}
-    out, refitted, kept = quantiles.copy(), 0, 0
-    fit = QuantileCalibration(levels, horizon=steps)
-    for i, (sid, t) in enumerate(zip(series_ids, cutoffs)):
-        rows = [r for k in shifts if (r := row.get((sid, (t - k).value))) is not None]
+    at = pd.DatetimeIndex(recent.cutoffs).as_unit("ns").asi8.tolist()
+    row = {(sid, t): i for i, (sid, t) in enumerate(zip(recent.series_ids, at)) if known[i]}
+    back = [k.value for k in shifts]  # ns
+    by_count: dict[int, list[tuple[int, list[int]]]] = {}  # rows per fit -> [(window, its rows)]
+    kept = 0
+    for i, (sid, t) in enumerate(zip(series_ids, pd.DatetimeIndex(cutoffs).as_unit("ns").asi8.tolist())):
+        rows = [r for k in back if (r := row.get((sid, t - k))) is not None]
         if len(rows) < need:
             kept += 1
-            continue
-        fit.reset()
-        fit.update(
-            torch.as_tensor(recent.quantiles[rows]).reshape(-1, steps, levels_count),
-            torch.as_tensor(recent.actual[rows]).reshape(-1, steps),
-        )
-        factors = fit.compute().double().expand(horizon, levels_count)
-        out[i] = widen(torch.as_tensor(quantiles[i : i + 1]), factors, median).numpy()[0]
-        refitted += 1
-    return out, {"refitted": refitted, "kept": kept}
+        else:
+            by_count.setdefault(len(rows), []).append((i, rows))
+    out = quantiles.copy()
+    for n, fits in by_count.items():
+        for first in range(0, len(fits), FITS_PER_BATCH):
+            batch = fits[first : first + FITS_PER_BATCH]
+            windows, rows = [i for i, _ in batch], np.asarray([r for _, r in batch])  # (K,), (K, n)
+            K, per = len(batch), horizon // steps  # samples per column from each row
+            q = recent.quantiles[rows].reshape(K, n, steps, per, levels_count)  # (K, n, steps, per, Q)
+            y = recent.actual[rows].reshape(K, n, steps, per)
+            q = q.transpose(1, 3, 0, 2, 4).reshape(n * per, K * steps, levels_count)  # samples x columns
+            y = y.transpose(1, 3, 0, 2).reshape(n * per, K * steps)
+            fit = QuantileCalibration(levels, horizon=K * steps)
+            fit.update(torch.as_tensor(np.ascontiguousarray(q)), torch.as_tensor(np.ascontiguousarray(y)))
+            factors = fit.compute().double().reshape(K, steps, levels_count).expand(K, horizon, levels_count)
+            out[windows] = widen(torch.as_tensor(quantiles[windows]), factors, median).numpy()
+    return out, {"refitted": len(series_ids) - kept, "kept": kept}
 
 
 def describe(counts: dict, days: float) -> str:
