@@ -143,12 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ray", action="store_true", help="forecast in this process with a plain call, without Ray")
     parser.add_argument(
         "--recalibrate-days",
-        type=float,
-        default=defaults.RECALIBRATE_DAYS,
+        type=float,  # None: the default, so that --serve can tell a flag given from one left out
         metavar="N",
-        help="refit the quantile bands at each cutoff on the model's forecasts of the N days before it "
-        "(actuals known by then); costs one extra forecast per series for every slot from N days before "
-        "the first cutoff to the last, so for a few series, not a fleet; default 0: the checkpoint's bands",
+        help="refit the quantile bands at each cutoff on the series' own forecasts at the same time of day on "
+        "each of the N days before it (actuals known by then); about N extra forecasts per series; a series "
+        f"with less known past keeps the checkpoint's bands (default {defaults.RECALIBRATE_DAYS:g}; 0: off)",
     )
     serve_group = add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch_size=args.batch_size,
                 plot_series=args.plot_series,
                 strict=args.strict,
-                recalibrate_days=args.recalibrate_days,
+                recalibrate_days=defaults.RECALIBRATE_DAYS if args.recalibrate_days is None else args.recalibrate_days,
             )
             if _engine(args, request) == "stream":
                 result = _stream(args, request)

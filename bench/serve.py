@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-from bench.inference import random_checkpoint  # the local config's model, random weights
 from ray import serve
 
+from bench.inference import random_checkpoint  # the local config's model, random weights
 from lit_forecast import cli
 from lit_forecast.config import ServeConfig
 from lit_forecast.serving.app import QUIET, deploy, stop_serve

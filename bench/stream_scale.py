@@ -16,6 +16,8 @@ run         one request in this process: ``--step forecast`` (the next day of ev
             cluster that is up. Figures: wall time, windows, forecasts/s (windows x horizon),
             the peak resident memory of the largest process in the tree (driver, raylet, Ray
             workers; psutil every 0.1 s), the load average before and after.
+            ``--recalibrate-days N``: as infer.py's (default: infer.py's default; 0: the checkpoint's
+            bands), recorded in the results under ``<step>.<engine>.recalibrate<N>`` when not the default.
 all         run for both steps and both engines, each in a fresh process (``--engines`` to pick).
 fit         cost = a x zones^b for every figure the results files share.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, TreeMemory
+from lit_forecast.inference import defaults
 
 JANUARY = "2015-01-01..2015-01-31/1D"
 COSTS = ("wall_s", "peak_rss_bytes")
@@ -75,7 +78,7 @@ def make_checkpoint(source: str, work: str) -> str:
     return path
 
 
-def measure(step: str, engine: str, source: str, work: str) -> dict:
+def measure(step: str, engine: str, source: str, work: str, recalibrate_days: float) -> dict:
     """One forecast request on ``engine``, timed after Ray has started."""
     import logging
 
@@ -96,7 +99,11 @@ def measure(step: str, engine: str, source: str, work: str) -> dict:
     if engine == "plain":
         result = infer(
             InferenceRequest(
-                checkpoint=checkpoint, data=source, cutoffs=cutoffs, output=os.path.join(work, f"plain-{step}.parquet")
+                checkpoint=checkpoint,
+                data=source,
+                cutoffs=cutoffs,
+                output=os.path.join(work, f"plain-{step}.parquet"),
+                recalibrate_days=recalibrate_days,
             )
         )
         windows, table = len(result.windows), result.table
@@ -105,7 +112,11 @@ def measure(step: str, engine: str, source: str, work: str) -> dict:
 
         result = infer_streaming(
             InferenceRequest(
-                checkpoint=checkpoint, data=source, cutoffs=cutoffs, output=os.path.join(work, f"stream-{step}")
+                checkpoint=checkpoint,
+                data=source,
+                cutoffs=cutoffs,
+                output=os.path.join(work, f"stream-{step}"),
+                recalibrate_days=recalibrate_days,
             ),
             StreamOptions(overwrite=True),
         )
@@ -120,6 +131,7 @@ def measure(step: str, engine: str, source: str, work: str) -> dict:
     figures = {
         "step": step,
         "engine": engine,
+        "recalibrate_days": recalibrate_days,
         "wall_s": wall,
         "ray_start_s": ray_start,
         "windows": windows,
@@ -135,14 +147,18 @@ def measure(step: str, engine: str, source: str, work: str) -> dict:
 
 def merge(path: str, zones: int, figures: dict) -> None:
     results = json.loads(Path(path).read_text()) if os.path.exists(path) else {"zones": zones}
-    results.setdefault("runs", {})[f"{figures['step']}.{figures['engine']}"] = figures
+    key = f"{figures['step']}.{figures['engine']}"
+    if figures["recalibrate_days"] != defaults.RECALIBRATE_DAYS:
+        key += f".recalibrate{figures['recalibrate_days']:g}"
+    results.setdefault("runs", {})[key] = figures
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def line(f: dict) -> str:
     load = f"load {f['load_before'][0]:.1f} -> {f['load_after'][0]:.1f} on {os.cpu_count()} cores"
     return (
-        f"{f['step']:<9} {f['engine']:<6} {f['windows']:>9,} windows  wall {f['wall_s']:6.1f} s (Ray start "
+        f"{f['step']:<9} {f['engine']:<6} bands refitted on {f['recalibrate_days']:g} days  "
+        f"{f['windows']:>9,} windows  wall {f['wall_s']:6.1f} s (Ray start "
         f"{f['ray_start_s']:.1f} s apart)  {f['forecasts_per_s']:>9,.0f} forecasts/s  largest process "
         f"{f['peak_rss_bytes'] / 2**30:.2f} GiB ({f['peak_rss_process']})  {load}"
     )
@@ -177,6 +193,12 @@ def main() -> None:
         "--engines", default="stream,plain", help="all: engines to run, in order (default stream,plain)"
     )
     parser.add_argument("--timeout", type=float, default=1800, help="all: seconds per run")
+    parser.add_argument(
+        "--recalibrate-days",
+        type=float,
+        default=defaults.RECALIBRATE_DAYS,
+        help=f"as infer.py's (default {defaults.RECALIBRATE_DAYS:g}; 0: the checkpoint's bands)",
+    )
     args = parser.parse_args()
     if args.command == "fit":
         return fit(args.files)
@@ -190,7 +212,7 @@ def main() -> None:
         zones = len(pq.read_table(args.data, columns=["zone"])["zone"].unique())  # fleets name it zone
     if args.command == "run":
         before = list(os.getloadavg())
-        figures = measure(args.step, args.engine, args.data, args.work)
+        figures = measure(args.step, args.engine, args.data, args.work, args.recalibrate_days)
         figures["load_before"], figures["load_after"], figures["zones"] = before, list(os.getloadavg()), zones
         if args.output:
             merge(args.output, zones, figures)
@@ -213,6 +235,8 @@ def main() -> None:
                 args.work,
                 "--output",
                 args.output,
+                "--recalibrate-days",
+                str(args.recalibrate_days),
             ]
             try:
                 subprocess.run(command, check=True, timeout=args.timeout, cwd=ROOT)

@@ -10,4 +10,4 @@ WINDOWS_PER_TASK = 256  # windows each Ray task forecasts
 CPUS_PER_TASK = 1.0
 GPUS_PER_TASK = 0.0  # > 0: a share of a GPU per task, where the cluster has GPUs
 MAX_RETRIES = 3  # a Ray task whose worker dies, or which fails reading the checkpoint, is retried this often
-RECALIBRATE_DAYS = 0.0  # 0: the checkpoint's bands, not refitted
+RECALIBRATE_DAYS = 14.0  # the bands refitted at each cutoff on its series' forecasts of the days before it; 0: off

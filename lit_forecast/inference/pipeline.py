@@ -3,7 +3,8 @@
 Three jobs, one function each, run in turn by :func:`infer`:
 
     forecasting  checkpoint -> model; data -> windows at the cutoffs -> quantiles (Ray tasks or plain)
-                 (:func:`forecast_windows`, plus the optional rolling recalibration of the bands)
+                 (:func:`forecast_windows`, then the bands refitted at each cutoff on the days before it:
+                 :mod:`lit_forecast.inference.recalibration`)
     scoring      with known actuals: the backtest table and per-series scores
                  (:func:`lit_forecast.evaluation.scoring.score_backtest`)
     writing      every file, each path named before anything runs (:mod:`lit_forecast.inference.outputs`)
@@ -27,16 +28,14 @@ from lit_forecast import layout
 from lit_forecast.config import DataConfig
 from lit_forecast.data.source import Series
 from lit_forecast.data.windows import WindowSet
-from lit_forecast.errors import ConfigError, CutoffError
+from lit_forecast.errors import ConfigError
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
 from lit_forecast.evaluation.scoring import Scores, score_backtest
-from lit_forecast.inference import defaults
+from lit_forecast.inference import defaults, recalibration
 from lit_forecast.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from lit_forecast.inference.cutoffs import CutWindows, cut_windows, read_series
 from lit_forecast.inference.forecaster import forecast, model_inputs
 from lit_forecast.inference.outputs import OutputPaths, forecast_frame, plan_outputs, plot_series, write_outputs
-from lit_forecast.inference.recalibration import RecentForecasts, calibration_cutoffs, recalibrate
-from lit_forecast.models.quantiles import QuantileCalibration
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class InferenceRequest:
     windows_per_task: int = defaults.WINDOWS_PER_TASK
     batch_size: int = defaults.BATCH_SIZE
     max_retries: int = defaults.MAX_RETRIES
-    recalibrate_days: float = defaults.RECALIBRATE_DAYS  # > 0: refit the bands at each cutoff on the days before it
+    recalibrate_days: float = defaults.RECALIBRATE_DAYS  # refit the bands at each cutoff on the days before it; 0: off
 
 
 @dataclass
@@ -139,23 +138,16 @@ def infer(request: InferenceRequest) -> InferenceResult:
     windows = cut.windows
     # Before the costly part: a plot that cannot be drawn fails at once.
     plotted = plot_series(request.plot_series, request.plot_cutoff, windows, cut.filled)
-    recalibrating = bool(request.recalibrate_days and levels)
-    if recalibrating:  # before the costly part: a request too large fails at once
-        recent_cutoffs = calibration_cutoffs(
-            windows.cutoffs, request.recalibrate_days, spec.freq, spec.horizon, series=len(set(windows.series_ids))
-        )
-    elif request.recalibrate_days:
-        log.warning(
-            "--recalibrate-days: this checkpoint forecasts one value per slot (no model.quantiles), no bands to refit"
-        )
+    recalibrating = bool(request.recalibrate_days and levels)  # a point model (no model.quantiles) has no bands
     # Every file this run writes (paths.all()) is named here, before the costly part and before anything is
     # written: the one place to check them against the inputs.
     paths: OutputPaths = plan_outputs(request.output, request.plot, loaded.path, windows, evaluating)
 
     # 1. forecasting: windows -> quantiles (N, H, Q) in passengers
     quantiles = forecast_windows(request, loaded, windows)
+    counts = None
     if recalibrating:
-        quantiles = _recalibrate(request, loaded, series, data, windows, quantiles, recent_cutoffs)
+        quantiles, counts = _recalibrate(request, loaded, series, data, windows, quantiles)
     forecasts = quantiles[..., loaded.model.median_index]  # the median (N, H)
 
     # 2. scoring, where the data holds actuals after the cutoffs
@@ -184,8 +176,8 @@ def infer(request: InferenceRequest) -> InferenceResult:
             }
         if cut.unseen:
             scores.table["unseen_series"] = {"count": len(cut.unseen), "series": sorted(cut.unseen)}
-        if recalibrating:
-            scores.table["recalibrate_days"] = request.recalibrate_days
+        if counts is not None:
+            scores.table["recalibration"] = {"days": request.recalibrate_days, **counts}
 
     # 3. writing
     frame = forecast_frame(
@@ -237,43 +229,31 @@ def _recalibrate(
     data: DataConfig,
     windows: WindowSet,
     quantiles: np.ndarray,
-    at: list[pd.Timestamp],
-) -> np.ndarray:
-    """``quantiles`` with each window's bands refitted on its series' last ``recalibrate_days`` days,
-    from the model's forecasts at the calibration cutoffs ``at``."""
+) -> tuple[np.ndarray, dict]:
+    """``quantiles`` with each window's bands refitted on its series' forecasts at the same time of day of the
+    ``recalibrate_days`` days before its cutoff (:mod:`lit_forecast.inference.recalibration`), and the counts."""
     spec, days = loaded.window, request.recalibrate_days
-    try:
-        recent = cut_windows(series, loaded.series_stats, spec, at, data.max_gap, quiet=True).windows if at else None
-    except CutoffError:  # every calibration window skipped: too little data before the cutoffs
-        recent = None
-    if recent is None:
-        log.warning(
-            "--recalibrate-days %g: no forecast can be scored in the %g days before the cutoffs; the "
-            "checkpoint's bands are kept",
-            days,
-            days,
-        )
-        return quantiles
-    log.info(
-        "recalibrating the bands: forecasting %s windows of the %g days before the cutoffs", f"{len(recent):,}", days
-    )
-    done = RecentForecasts(
-        forecast_windows(request, loaded, recent), recent.actual(), recent.series_ids, recent.cutoffs
-    )
-    quantiles, counts = recalibrate(
-        quantiles, windows.series_ids, windows.cutoffs, done, loaded.model.levels, days, spec.freq
-    )
-    log.log(
-        logging.INFO if counts["refitted"] else logging.WARNING,
-        "recalibrated the bands of %s windows on the %g days before each cutoff%s",
-        f"{counts['refitted']:,}",
+    extra = recalibration.calibration_windows(
+        series,
+        windows,
         days,
-        f"; {counts['kept']:,} kept the checkpoint's (fewer than {QuantileCalibration.MIN_WINDOWS} windows with known "
-        f"actuals in those days: more days, or a later cutoff, give them some)"
-        if counts["kept"]
-        else "",
+        lambda group, at: cut_windows(group, loaded.series_stats, spec, at, data.max_gap, quiet=True).windows,
     )
-    return quantiles
+    log.info("recalibrating the bands: forecasting %s earlier windows", f"{sum(len(w) for w in extra):,}")
+    recent = recalibration.RecentForecasts.join(
+        [recalibration.RecentForecasts(quantiles, windows.actual(), list(windows.series_ids), windows.cutoffs)]
+        + [
+            recalibration.RecentForecasts(
+                forecast_windows(request, loaded, w), w.actual(), list(w.series_ids), w.cutoffs
+            )
+            for w in extra
+        ]
+    )
+    quantiles, counts = recalibration.recalibrate(
+        quantiles, windows.series_ids, windows.cutoffs, recent, loaded.model.levels, days, spec.freq
+    )
+    log.log(logging.INFO if counts["refitted"] else logging.WARNING, "%s", recalibration.describe(counts, days))
+    return quantiles, counts
 
 
 def _has_actuals(series: list[Series], cutoffs: list[pd.Timestamp] | None, freq: str) -> bool:

@@ -42,7 +42,13 @@ Differences from the plain path, by design: a series whose readings cannot be pu
 (sparser than data.freq, sums beyond float32) is skipped and counted instead of failing the
 whole input; with ``--cutoffs`` every window needs the baselines' week of history (the plain
 path needs it only when some actual is known); there is no single-window plot, only the
-fleet plot; bands are not recalibrated.
+fleet plot.
+
+Recalibration (--recalibrate-days, on by default): a group holds whole series, so the cut stage
+cuts each series' calibration windows (inference/recalibration.py) beside its forecast windows,
+the actors forecast both, and the write stage refits each forecast window's bands on its
+series' windows in the same block before writing and scoring it (the calibration windows are
+neither written nor scored): the plain path's numbers.
 """
 
 from __future__ import annotations
@@ -79,10 +85,11 @@ from lit_forecast.evaluation import aggregates as agg
 from lit_forecast.evaluation import backtest as bt
 from lit_forecast.evaluation.baselines import seasonal_naive_lags
 from lit_forecast.evaluation.plots import plot_fleet
+from lit_forecast.inference import recalibration
 from lit_forecast.inference.checkpoint import load_checkpoint
 from lit_forecast.inference.cutoffs import SKIP_REASONS, SkippedWindow, cut_windows
 from lit_forecast.inference.forecaster import MODEL_INPUTS, forecast, model_inputs
-from lit_forecast.inference.pipeline import InferenceRequest
+from lit_forecast.inference.pipeline import InferenceRequest, check_request
 from lit_forecast.spec import SeriesStats, WindowSpec, gap_slots, series_label
 
 log = logging.getLogger(__name__)
@@ -241,8 +248,12 @@ def _cut_group(
     history: int | None,
     strict: bool,
     evaluating: bool,
+    recalibrate_days: float = 0.0,
 ) -> dict:
-    """Map_groups UDF: one group's windows as model inputs, and a meta row with its counts and sums."""
+    """Map_groups UDF: one group's windows as model inputs, and a meta row with its counts and sums.
+
+    With ``recalibrate_days`` (and quantile levels) each series' calibration windows follow, flagged.
+    """
     data = DataConfig(**config)
     window = WindowSpec.from_dict(spec)
     group = int(table["group"][0].as_py())
@@ -257,8 +268,10 @@ def _cut_group(
     scaling = {sid: SeriesStats(mean, std) for sid, (mean, std) in stats.items()}
     at = [pd.Timestamp(c) for c in cutoffs] if cutoffs is not None else None
     full = series
+    days = recalibrate_days if _levels(spec) else 0.0
+    back = max(recalibration.offsets(days, window.freq, window.horizon), default=pd.Timedelta(0))
     if not strict:  # strict messages name each series' first slot
-        series = [_recent(s, scaling, window, at, history, data) for s in series]
+        series = [_recent(s, scaling, window, at, history, data, back) for s in series]
     try:
         cut = cut_windows(series, scaling, window, at, data.max_gap, history, strict=strict, quiet=True)
     except CutoffError as err:
@@ -297,13 +310,28 @@ def _cut_group(
         sums.mase_scale, sums.residuals = scales, residuals or {}
         meta["sums"] = sums
         scale = np.array([scales[sid] for sid in windows.series_ids], dtype=np.float64)
-    return _rows(window, meta, windows, scale)
+    extra = []
+    if days:
+        extra = recalibration.calibration_windows(
+            series,
+            windows,
+            days,
+            lambda group, cutoffs: cut_windows(group, scaling, window, cutoffs, data.max_gap, quiet=True).windows,
+        )
+    return _rows(window, meta, windows, scale, extra)
 
 
 def _recent(
-    s: Series, scaling: dict, window: WindowSpec, at: list[pd.Timestamp] | None, history: int | None, data: DataConfig
+    s: Series,
+    scaling: dict,
+    window: WindowSpec,
+    at: list[pd.Timestamp] | None,
+    history: int | None,
+    data: DataConfig,
+    back: pd.Timedelta,
 ) -> Series:
-    """``s`` from a little before its earliest window's history: the same windows at a fraction of the slots.
+    """``s`` from a little before its earliest window's history (``back`` before its earliest cutoff: the
+    calibration windows'): the same windows at a fraction of the slots.
 
     A known series is scaled with the checkpoint's statistics, so its windows depend only on
     the slots they hold and on the gaps filled among them: a gap short enough to be filled
@@ -316,7 +344,7 @@ def _recent(
         return s
     step = pd.Timedelta(window.freq)
     need = max(history or window.input_window, window.input_window) + gap_slots(data.max_gap, window.freq) + 1
-    first = min(at) if at is not None else s.start + len(s.values) * step
+    first = (min(at) if at is not None else s.start + len(s.values) * step) - back
     offset = (first - s.start) / step
     if offset != int(offset):
         return s
@@ -418,32 +446,47 @@ def _series_scores(
     return scales, (residuals if levels else None), moved, none
 
 
-def _rows(window: WindowSpec, meta: dict, windows=None, scale: np.ndarray | None = None) -> dict:
-    """The stage's output: one row per window, and a first row (index -1) carrying ``meta``."""
-    W, H = window.input_window, window.horizon
-    n = len(windows) if windows is not None else 0
-    inputs = model_inputs(windows) if n else None
+def _rows(window: WindowSpec, meta: dict, windows=None, scale: np.ndarray | None = None, extra=()) -> dict:
+    """The stage's output: a first row (index -1) carrying ``meta``, one row per window, then one per window of
+    ``extra`` (calibration windows: ``calibration`` True, fitted on but neither written nor scored).
+
+    ``pool``: how many windows of its series the group holds, so that the write stage can tell a series
+    whose windows Ray Data split over two blocks.
+    """
+    H = window.horizon
+    parts = ([windows] if windows is not None and len(windows) else []) + [w for w in extra if len(w)]
+    n = sum(len(w) for w in parts)
+    forecast_rows = len(windows) if windows is not None else 0
+    ids = [sid for w in parts for sid in w.series_ids]
+    pool = pd.Series(ids, dtype=object).value_counts().to_dict() if ids else {}
     out = {
         "group": np.full(n + 1, meta["group"], dtype=np.int64),
         "index": np.arange(-1, n, dtype=np.int64),
-        "series_id": np.asarray([""] + (list(windows.series_ids) if n else []), dtype=object),
-        "cutoff": np.concatenate([[0], windows.cutoffs.asi8 if n else []]).astype(np.int64),
+        "series_id": np.asarray([""] + ids, dtype=object),
+        "cutoff": np.concatenate([[0]] + [w.cutoffs.as_unit("ns").asi8 for w in parts]).astype(np.int64),
+        "calibration": np.arange(-1, n) >= forecast_rows,
+        "pool": np.asarray([0] + [pool[sid] for sid in ids], dtype=np.int64),
         "in_checkpoint": np.ones(n + 1, dtype=bool),
-        "mase_scale": np.concatenate([[np.nan], scale if n else []]),
-        "actual": np.concatenate([np.full((1, H), np.nan), windows.actual() if n else np.zeros((0, H))]),
+        "mase_scale": np.concatenate([[np.nan], scale if forecast_rows else [], np.full(n - forecast_rows, np.nan)]),
+        "actual": np.concatenate([np.full((1, H), np.nan)] + [w.actual() for w in parts]),
         "meta": np.asarray([pickle.dumps(meta)] + [b""] * n, dtype=object),
     }
-    if n:
-        unseen = set(meta["unseen"])
-        out["in_checkpoint"][1:] = [sid not in unseen for sid in windows.series_ids]
-    shapes = {"past_target": (W,), "past_time": (W, 3), "future_time": (H, 3), "loc": (), "scale": ()}
+    out["calibration"][0] = False
+    unseen = set(meta["unseen"])
+    out["in_checkpoint"][1:] = [sid not in unseen for sid in ids]
+    inputs = [model_inputs(w) for w in parts]
     for name in MODEL_INPUTS:
-        blank = np.zeros((1, *shapes[name]), dtype=np.float32)
-        value = inputs[name] if n else np.zeros((0, *shapes[name]), dtype=np.float32)
+        blank = np.zeros((1, *_input_shape(window, name)), dtype=np.float32)
+        value = np.concatenate([blank] + [x[name] for x in inputs])
         if name.endswith("_time"):  # slot of day, weekday, holiday: small integers travel as int16
-            blank, value = blank.astype(np.int16), value.astype(np.int16)
-        out[name] = np.concatenate([blank, value])
+            value = value.astype(np.int16)
+        out[name] = value
     return out
+
+
+def _input_shape(window: WindowSpec, name: str) -> tuple[int, ...]:
+    W, H = window.input_window, window.horizon
+    return {"past_target": (W,), "past_time": (W, 3), "future_time": (H, 3), "loc": (), "scale": ()}[name]
 
 
 def series_aligned(chunks: list, location: str, series_column: str | None) -> bool:
@@ -522,7 +565,8 @@ class Forecaster:
             for name in ("past_time", "future_time"):
                 inputs[name] = inputs[name].astype(np.int64)
             quantiles[rows] = forecast(self.model, inputs, self.batch_size)
-        keep = ("group", "index", "series_id", "cutoff", "in_checkpoint", "mase_scale", "actual", "meta")
+        keep = ("group", "index", "series_id", "cutoff", "calibration", "pool", "in_checkpoint", "mase_scale")
+        keep += ("actual", "meta")
         return {**{k: batch[k] for k in keep}, "quantiles": quantiles}
 
 
@@ -551,14 +595,25 @@ def forecast_schema(levels: list[float], with_actual: bool) -> pa.Schema:
 WRITE_CPUS = 0
 
 
-def _write_block(batch: dict, folder: str, levels: list[float], median_index: int, freq: str, evaluating: bool) -> dict:
-    """Map_batches UDF: write the block's forecasts as one Parquet file; return its sums and metas (one row)."""
-    rows = np.flatnonzero(batch["index"] >= 0)
+def _write_block(
+    batch: dict,
+    folder: str,
+    levels: list[float],
+    median_index: int,
+    freq: str,
+    evaluating: bool,
+    recalibrate_days: float = 0.0,
+) -> dict:
+    """Map_batches UDF: refit the block's bands, write its forecasts as one Parquet file; return its sums, metas
+    and recalibration counts (one row)."""
     metas = [pickle.loads(m) for m in batch["meta"][batch["index"] < 0]]
+    rows = np.flatnonzero((batch["index"] >= 0) & ~batch["calibration"])
     n = len(rows)
-    model = None
+    model, counts = None, {"refitted": 0, "kept": 0}
     if n:
         quantiles = batch["quantiles"][rows]
+        if recalibrate_days and levels:
+            quantiles, counts = _refit(batch, rows, quantiles, levels, freq, recalibrate_days)
         H = quantiles.shape[1]
         median = quantiles[..., median_index]
         ids = batch["series_id"][rows].tolist()
@@ -589,7 +644,29 @@ def _write_block(batch: dict, folder: str, levels: list[float], median_index: in
                 quantiles if levels else None,
                 levels or None,
             )
-    return {"windows": np.array([n], dtype=np.int64), "payload": np.array([pickle.dumps((model, metas))], dtype=object)}
+    payload = pickle.dumps((model, metas, counts))
+    return {"windows": np.array([n], dtype=np.int64), "payload": np.array([payload], dtype=object)}
+
+
+def _refit(batch: dict, rows: np.ndarray, quantiles: np.ndarray, levels: list[float], freq: str, days: float):
+    """The forecast ``rows``' quantiles refitted on the windows of their series in this block, and the counts."""
+    every = np.flatnonzero(batch["index"] >= 0)
+    ids = batch["series_id"][every].tolist()
+    held = pd.Series(ids, dtype=object).value_counts()
+    split = [sid for sid, pool in zip(ids, batch["pool"][every]) if held[sid] != pool]
+    if split:  # a block sliced by Ray Data: the fit would miss windows, and differ from the plain path
+        raise RuntimeError(
+            f"series {split[0]!r}: its windows were split over two Ray Data blocks, so its bands cannot be refitted "
+            f"as on the plain path; use fewer cutoffs per call, or --recalibrate-days 0"
+        )
+    recent = recalibration.RecentForecasts(
+        batch["quantiles"][every],
+        batch["actual"][every].astype(np.float64),
+        ids,
+        pd.to_datetime(batch["cutoff"][every].astype(np.int64), unit="ns"),
+    )
+    cutoffs = pd.to_datetime(batch["cutoff"][rows].astype(np.int64), unit="ns")
+    return recalibration.recalibrate(quantiles, batch["series_id"][rows].tolist(), cutoffs, recent, levels, days, freq)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,8 +761,7 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
     """Forecast (and with known actuals, backtest) every series of the data on Ray Data; see the module docstring."""
     options = options or StreamOptions()
     started = time.perf_counter()
-    if request.recalibrate_days:
-        raise ConfigError("--recalibrate-days is not available with --engine stream: use --engine plain (a few series)")
+    check_request(request)
     if request.plot_cutoff is not None or request.plot_series is not None:
         raise ConfigError(
             "--plot-cutoff and --plot-series draw one window: use --engine plain (the streaming path "
@@ -760,7 +836,7 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
                 num_gpus,
                 aligned,
             )
-        sums, metas, windows = results
+        sums, metas, windows, refitted = results
         notes = [n for m in metas for n in m["notes"]]
         strict = [n["error"] for n in notes if n.get("stage") == 5]
         if strict:
@@ -783,8 +859,18 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
         bad_series=[why for m in metas for _, why in m["bad"]],
     )
     _log_counts(metas, result, data)
+    recalibrating = bool(request.recalibrate_days and levels)
+    if recalibrating:
+        log.log(
+            logging.INFO if refitted["refitted"] else logging.WARNING,
+            "%s",
+            recalibration.describe(refitted, request.recalibrate_days),
+        )
     if evaluating and sums is not None:
         _score(result, sums, lags, metas, output)
+        if recalibrating:
+            result.table["recalibration"] = {"days": request.recalibrate_days, **refitted}
+            bt.save_table(result.table_path, result.table)
     result.seconds = time.perf_counter() - started
     log.info(
         "forecast %s windows in %.1f s (%s windows/s) -> %s",
@@ -831,6 +917,7 @@ def _run(
         "history": history,
         "strict": request.strict,
         "evaluating": evaluating,
+        "recalibrate_days": request.recalibrate_days,
     }
     items = ray.data.from_items([{"chunk": i} for i in range(len(chunks))], override_num_blocks=len(chunks))
     if aligned:  # every chunk holds whole series: cut where it is read
@@ -878,15 +965,19 @@ def _run(
             "median_index": median_index,
             "freq": freq,
             "evaluating": evaluating,
+            "recalibrate_days": request.recalibrate_days,
         },
     )
     sums = None
     metas: list[dict] = []
     counts = {"windows": 0, "blocks": 0, "groups": 0}
+    refitted = {"refitted": 0, "kept": 0}  # recalibration counts, summed over blocks
     with _progress_line(counts, groups):
         for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
             for count, blob in zip(batch["windows"], batch["payload"]):
-                model, group_metas = pickle.loads(blob)
+                model, group_metas, refits = pickle.loads(blob)
+                for key in refitted:
+                    refitted[key] += refits[key]
                 counts["windows"] += int(count)
                 counts["blocks"] += 1
                 for meta in group_metas:
@@ -895,12 +986,12 @@ def _run(
                         sums = group_sums if sums is None else sums.merge(group_sums)
                     metas.append(meta)
                     counts["groups"] += meta["group"] >= 0
-                    if meta["notes"]:
-                        return sums, metas, counts["windows"]  # a problem that fails the input: the caller reports it
+                    if meta["notes"]:  # a problem that fails the input: the caller reports it
+                        return sums, metas, counts["windows"], refitted
                 if model is not None:
                     part = agg.ScoreSums(len(model.point["n"]), levels, {bt.MODEL: model})
                     sums = part if sums is None else sums.merge(part)
-    return sums, metas, counts["windows"]
+    return sums, metas, counts["windows"], refitted
 
 
 @contextlib.contextmanager

@@ -169,6 +169,27 @@ def test_streaming_forecasts_and_scores_equal_the_plain_path(plain, streamed):
     assert "7 too little history" in streamed.skipped and "1 gap before cutoff" in streamed.skipped
 
 
+def test_both_paths_refit_the_bands_by_default_and_score_the_refitted_ones(plain, streamed, checkpoint, data, tmp_path):
+    """On by default: every window has 13 earlier windows at its time of day (the 14th lacks history)."""
+    assert plain.table["recalibration"] == streamed.table["recalibration"] == {"days": 14.0, "refitted": 27, "kept": 0}
+    static = infer(
+        InferenceRequest(
+            checkpoint=checkpoint,
+            data=data,
+            cutoffs=CUTOFFS,
+            output=str(tmp_path / "static.parquet"),
+            use_ray=False,
+            batch_size=1,
+            recalibrate_days=0,
+        )
+    )
+    assert "recalibration" not in static.table
+    np.testing.assert_array_equal(static.frame["forecast"], plain.frame["forecast"])  # the median never moves
+    assert not np.array_equal(static.frame["q0.9"], plain.frame["q0.9"])
+    model, fixed = plain.table["methods"]["model"]["overall"], static.table["methods"]["model"]["overall"]
+    assert model["wql"] != fixed["wql"]  # the scores are the refitted bands' (the stream's equal the plain's)
+
+
 def test_the_next_day_forecast_streams_the_same_numbers(checkpoint, data, tmp_path):
     plain = infer(
         InferenceRequest(

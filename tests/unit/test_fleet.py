@@ -270,7 +270,7 @@ def test_an_unseen_series_forecast_does_not_look_ahead(checkpoint, zones_csv, tm
 
 
 def test_recalibrated_bands_do_not_look_ahead(checkpoint, zones_csv, tmp_path):
-    """Refitted on the days before the cutoff only: data after it changes none of the quantiles."""
+    """Refitted on the days before the cutoff only (on by default): data after it changes none of the quantiles."""
     values, cutoff = taxi_like(seed=7), 700
     altered = values.copy()
     altered[cutoff:] = altered[cutoff:] * 3 + 500
@@ -284,7 +284,6 @@ def test_recalibrated_bands_do_not_look_ahead(checkpoint, zones_csv, tmp_path):
                 cutoffs=[at(cutoff)],
                 output=str(tmp_path / f"{name}.csv"),
                 use_ray=False,
-                recalibrate_days=3,
             )
         )
         frames.append(result.frame)
@@ -295,6 +294,7 @@ def test_recalibrated_bands_do_not_look_ahead(checkpoint, zones_csv, tmp_path):
             cutoffs=[at(cutoff)],
             output=str(tmp_path / "plain.csv"),
             use_ray=False,
+            recalibrate_days=0,
         )
     ).frame
     for column in ("forecast", "q0.1", "q0.9"):
@@ -303,6 +303,35 @@ def test_recalibrated_bands_do_not_look_ahead(checkpoint, zones_csv, tmp_path):
         frames[0]["forecast"].to_numpy(), plain["forecast"].to_numpy()
     )  # the median never moves
     assert not np.array_equal(frames[0]["q0.9"].to_numpy(), plain["q0.9"].to_numpy())  # the bands were refitted
+
+
+def test_a_series_with_too_little_known_past_keeps_the_checkpoints_bands_with_one_line(
+    checkpoint, zones_csv, tmp_path, caplog
+):
+    """The next day after each series' end: 'a' has 7 earlier days at that time of day, 'b' only 5."""
+    data = zones_csv({"a": taxi_like(slots=W + 7 * 48, seed=1), "b": taxi_like(slots=W + 5 * 48 + 12, seed=2)})
+    frames = {}
+    for days in (14, 0):
+        with caplog.at_level(logging.INFO, logger="lit_forecast"):
+            frames[days] = infer(
+                InferenceRequest(
+                    checkpoint=checkpoint,
+                    data=data,
+                    output=str(tmp_path / f"next{days}.csv"),
+                    use_ray=False,
+                    recalibrate_days=days,
+                )
+            ).frame.set_index(["series_id", "timestamp"])
+    lines = [r.getMessage() for r in caplog.records if "bands refitted" in r.getMessage()]
+    assert lines == [
+        "bands refitted at 1 windows on their series' forecasts of the 14 days before; 1 kept the checkpoint's "
+        "bands (fewer than 7 earlier windows at the cutoff's time of day with known actuals: too little known "
+        "past before the cutoff)"
+    ]
+    refit, static = frames[14], frames[0]
+    np.testing.assert_array_equal(refit.loc["b", "q0.9"], static.loc["b", "q0.9"])
+    assert not np.array_equal(refit.loc["a", "q0.9"], static.loc["a", "q0.9"])
+    np.testing.assert_array_equal(refit["forecast"], static["forecast"])
 
 
 # -- validation windows: bounded and deterministic -------------------------------------------------------

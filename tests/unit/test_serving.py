@@ -156,7 +156,7 @@ def test_cutoff_requests_are_checked_against_the_data():
 
 
 def plain_infer(checkpoint: str, data: str, cutoff_slot: int, tmp_path) -> pd.DataFrame:
-    """infer.py's forecast of one window (no Ray), as its frame."""
+    """infer.py's forecast of one window (no Ray), as its frame, with the checkpoint's bands as served."""
     result = infer(
         InferenceRequest(
             checkpoint=checkpoint,
@@ -164,6 +164,7 @@ def plain_infer(checkpoint: str, data: str, cutoff_slot: int, tmp_path) -> pd.Da
             cutoffs=[at(cutoff_slot)],
             use_ray=False,
             output=str(tmp_path / f"f{cutoff_slot}.csv"),
+            recalibrate_days=0,  # the server does not refit the bands on the days before
         )
     )
     return result.frame
