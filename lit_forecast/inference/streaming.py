@@ -590,9 +590,11 @@ def forecast_schema(levels: list[float], with_actual: bool) -> pa.Schema:
 
 # The write stage reserves no CPU: the forecasting actors may hold every CPU of the cluster for
 # the whole run, and a write task that waited for one would hold every forecast block in the
-# object store until the actors were released at the end. Writing a block is light next to
-# forecasting it.
+# object store until the actors were released at the end. Writing (and refitting) a block is
+# light next to forecasting it. Tasks that reserve nothing are not limited by the CPUs, so
+# WRITERS caps how many run at once: without a cap Ray Data started a worker process per block.
 WRITE_CPUS = 0
+WRITERS = 1
 
 
 def _write_block(
@@ -959,6 +961,7 @@ def _run(
         batch_size=None,
         batch_format="numpy",
         num_cpus=WRITE_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=WRITERS),
         fn_kwargs={
             "folder": tmp,
             "levels": levels,

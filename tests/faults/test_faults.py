@@ -240,6 +240,7 @@ def test_a_nan_loss_stops_the_run_within_its_epoch_and_checkpoints_no_nans(taxi_
     record("loss becomes NaN (lr 1e6)", 1, 1, 0, 0, "refused in epoch 1, no checkpoint of NaN weights")
 
 
+@pytest.mark.slow  # 1-2 minutes; a killed driver is in the default suite (test_ray_train): bench/faults.py runs it
 @pytest.mark.timeout(420)
 def test_driver_killed_while_a_checkpoint_is_written_then_a_corrupt_latest_is_skipped(taxi_like_csv, tmp_path):
     cmd = command(taxi_like_csv, tmp_path, "driver", 6)
@@ -291,6 +292,7 @@ def test_driver_killed_while_a_checkpoint_is_written_then_a_corrupt_latest_is_sk
     )
 
 
+@pytest.mark.slow  # 1.5-3.5 minutes each: bench/faults.py runs them
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_storage_full_or_read_only_mid_run_stops_cleanly_and_the_same_command_resumes(
