@@ -141,9 +141,14 @@ def server_output(process: subprocess.Popen) -> str:
 
 def test_a_forecast_over_http_is_infers_forecast(server, files, tmp_path):
     c = 700
-    frame = infer(
+    frame = infer(  # the server answers with the checkpoint's bands: infer.py's with --recalibrate-days 0
         InferenceRequest(
-            checkpoint=files["first"], data=files["csv"], cutoffs=[at(c)], use_ray=False, output=str(tmp_path / "f.csv")
+            checkpoint=files["first"],
+            data=files["csv"],
+            cutoffs=[at(c)],
+            use_ray=False,
+            output=str(tmp_path / "f.csv"),
+            recalibrate_days=0,
         )
     ).frame
     for body in (history_body(files["values"][:c], c - 1), {"cutoff": f"{at(c):%Y-%m-%dT%H:%M:%S}"}):
