@@ -4,7 +4,6 @@ shards the dataset must hold, the per-worker batch, the console's workers line).
 
 from __future__ import annotations
 
-import logging
 import runpy
 
 import pandas as pd
@@ -21,16 +20,6 @@ from lit_forecast.training.callbacks import workers_line
 ROOT = cfg.DEFAULT_CONFIG.parent.parent
 CONFIGS = ROOT / "configs"
 TRAIN = runpy.run_path(str(ROOT / "train.py"))["main"]
-
-
-@pytest.fixture(autouse=True)
-def package_logger(monkeypatch):
-    """Restore the package logger that the scripts reconfigure; no cluster address from outside."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    logger = logging.getLogger("lit_forecast")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def test_a_range_reads_as_min_and_max_and_a_number_as_both():

@@ -92,15 +92,6 @@ def fleet_with_holes() -> dict[str, np.ndarray]:
     return {"a": taxi_like(seed=0), "b": b, "c": c}
 
 
-@pytest.fixture
-def package_logger():
-    """Restore the package logger that the command line's setup_logging reconfigures."""
-    logger = logging.getLogger("lit_forecast")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def request(checkpoint: str, data: str, tmp_path, **kwargs) -> InferenceRequest:
     return InferenceRequest(
         checkpoint=checkpoint,

@@ -361,15 +361,6 @@ def test_ray_tasks_forecast_exactly_what_the_plain_call_does(local_ray, checkpoi
         forecast_remote(str(junk), windows, windows_per_task=6)
 
 
-@pytest.fixture
-def package_logger():
-    """Restore the package logger that the command line's setup_logging reconfigures."""
-    logger = logging.getLogger("lit_forecast")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def test_infer_command_line(checkpoint, csv, tmp_path, capsys, package_logger):
     main = runpy.run_path(str(cfg.DEFAULT_CONFIG.parent.parent / "infer.py"))["main"]
     main(["--checkpoint", checkpoint, "--data", csv(), "--no-ray", "--output", str(tmp_path / "f.csv")])

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_user_mistakes import TINY, TRAIN, package_logger, refused  # noqa: F401 (package_logger: autouse fixture)
+from test_user_mistakes import TINY, TRAIN, refused
 
 from lit_forecast.data import prepare as prep
 from lit_forecast.data.manifest import MANIFEST_FILE

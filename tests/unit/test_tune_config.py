@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import runpy
 from pathlib import Path
 
@@ -23,15 +22,6 @@ from lit_forecast.training.sweep import Trial
 
 ROOT = cfg.DEFAULT_CONFIG.parent.parent
 TRAIN = runpy.run_path(str(ROOT / "train.py"))["main"]
-
-
-@pytest.fixture(autouse=True)
-def package_logger():
-    """Restore the package logger that the script reconfigures."""
-    logger = logging.getLogger("lit_forecast")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def write(folder: Path, text: str, name: str = "sweep.yaml") -> Path:

@@ -8,7 +8,6 @@ whose files are damaged, checkpoints that are not checkpoints, cutoffs, output p
 
 from __future__ import annotations
 
-import logging
 import os
 import runpy
 import shutil
@@ -29,16 +28,6 @@ ROOT = cfg.DEFAULT_CONFIG.parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
 TRAIN = runpy.run_path(str(ROOT / "train.py"))["main"]
 INFER = runpy.run_path(str(ROOT / "infer.py"))["main"]
-
-
-@pytest.fixture(autouse=True)
-def package_logger(monkeypatch):
-    """Restore the package logger that the scripts reconfigure; no cluster address from outside."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    logger = logging.getLogger("lit_forecast")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def files_under(folder: Path) -> set[str]:
