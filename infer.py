@@ -149,13 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         "each of the N days before it (actuals known by then); about N extra forecasts per series; a series "
         f"with less known past keeps the checkpoint's bands (default {defaults.RECALIBRATE_DAYS:g}; 0: off)",
     )
-    serve_group = add_serve_arguments(parser)
+    add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
     if args.serve or any(getattr(args, flag) is not None for flag in SERVE_FLAGS) or args.config:
         try:
-            serve(args, batch_only_flags(parser, serve_group, args))
+            serve(args, batch_only_flags(parser, args))
         except UserError as err:
             cli.die(str(err))
         return
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     report(result)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """--serve and the server's settings (each overrides the serve: section of --config); returns their group."""
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """--serve and the server's settings (each overrides the serve: section of --config)."""
     group = parser.add_argument_group("online forecasts (--serve)")
     group.add_argument("--serve", action="store_true", help="answer forecasts over HTTP until stopped (see above)")
     group.add_argument("--config", help="YAML config whose serve: section sets the server (default: built-in defaults)")
@@ -210,22 +210,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         "--max-batch-size", type=int, help="forecasts decoded together (serve.max_batch_size, default 32)"
     )
     group.add_argument("--batch-wait-ms", type=float, help="wait for a batch to fill (serve.batch_wait_ms, default 2)")
-    return group
 
 
-def batch_only_flags(parser: argparse.ArgumentParser, serve_group, args: argparse.Namespace) -> list[str]:
-    """The flags given away from their defaults that only a batch forecast reads: all but the serve group's and
-    SHARED_WITH_SERVE, so a flag added to the parser is covered without being listed here."""
-    served = {action.dest for action in serve_group._group_actions} | SHARED_WITH_SERVE
+def batch_only_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The flags given away from their defaults that only a batch forecast reads: every one but the server's
+    (SERVE_FLAGS, --serve, --config) and SHARED_WITH_SERVE, so a flag added to the parser needs no list here."""
+    served = set(SERVE_FLAGS) | {"serve", "config"} | SHARED_WITH_SERVE
     return [
-        action.option_strings[-1]
-        for action in parser._actions
-        if action.dest not in served and getattr(args, action.dest) != action.default
+        "--" + dest.replace("_", "-")
+        for dest, value in vars(args).items()
+        if dest not in served and value != parser.get_default(dest)
     ]
 
 
 # Flags that --serve reads besides its own group: the run selection and the data of cutoff requests.
-SHARED_WITH_SERVE = {"help", "run", "checkpoint", "storage", "data", "verbose"}
+SHARED_WITH_SERVE = {"run", "checkpoint", "storage", "data", "verbose"}
 SERVE_FLAGS = {
     "host": "host",
     "port": "port",

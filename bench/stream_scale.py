@@ -96,30 +96,20 @@ def measure(step: str, engine: str, source: str, work: str, recalibrate_days: fl
     cutoffs = parse_cutoffs([JANUARY]) if step == "backtest" else None
     checkpoint = os.path.join(work, "model.ckpt")
     started = time.perf_counter()
+    request = InferenceRequest(
+        checkpoint=checkpoint,
+        data=source,
+        cutoffs=cutoffs,
+        output=os.path.join(work, f"plain-{step}.parquet" if engine == "plain" else f"stream-{step}"),
+        recalibrate_days=recalibrate_days,
+    )
     if engine == "plain":
-        result = infer(
-            InferenceRequest(
-                checkpoint=checkpoint,
-                data=source,
-                cutoffs=cutoffs,
-                output=os.path.join(work, f"plain-{step}.parquet"),
-                recalibrate_days=recalibrate_days,
-            )
-        )
+        result = infer(request)
         windows, table = len(result.windows), result.table
     else:
         from lit_forecast.inference.streaming import StreamOptions, infer_streaming
 
-        result = infer_streaming(
-            InferenceRequest(
-                checkpoint=checkpoint,
-                data=source,
-                cutoffs=cutoffs,
-                output=os.path.join(work, f"stream-{step}"),
-                recalibrate_days=recalibrate_days,
-            ),
-            StreamOptions(overwrite=True),
-        )
+        result = infer_streaming(request, StreamOptions(overwrite=True))
         windows, table = result.windows, result.table
     wall = time.perf_counter() - started
     memory.stop()

@@ -817,26 +817,26 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
     try:
         with _data_context(cpus, gpus, options.object_store_mb):
             results = _run(
-                chunks,
-                source.location,
-                name,
-                displays,
-                settings,
-                groups,
-                stats,
-                spec_dict,
-                request,
-                evaluating,
-                lags,
-                levels,
-                model.median_index,
-                spec.freq,
-                tmp_location,
-                payload,
-                options,
-                actors,
-                num_gpus,
-                aligned,
+                chunks=chunks,
+                location=source.location,
+                name=name,
+                displays=displays,
+                settings=settings,
+                groups=groups,
+                stats=stats,
+                spec_dict=spec_dict,
+                request=request,
+                evaluating=evaluating,
+                lags=lags,
+                levels=levels,
+                median_index=model.median_index,
+                freq=spec.freq,
+                tmp=tmp_location,
+                payload=payload,
+                options=options,
+                actors=actors,
+                num_gpus=num_gpus,
+                aligned=aligned,
             )
         sums, metas, windows, refitted = results
         notes = [n for m in metas for n in m["notes"]]
@@ -884,7 +884,8 @@ def infer_streaming(request: InferenceRequest, options: StreamOptions | None = N
     return result
 
 
-def _run(
+def _run(  # keyword-only: twenty settings of one dataset, none of which may be swapped
+    *,
     chunks,
     location,
     name,

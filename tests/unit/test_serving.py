@@ -291,6 +291,8 @@ def test_json_bodies_of_answers_round_trip(checkpoint):
     "argv, words",
     [
         (["--serve", "--cutoffs", "2024-01-10", "--output", "f.csv"], "--cutoffs, --output: not used by --serve"),
+        (["--serve", "--batch-size", "64", "--no-ray"], "--batch-size, --no-ray: not used by --serve"),
+        (["--serve", "--recalibrate-days", "0"], "--recalibrate-days: not used by --serve"),
         (["--port", "8001"], "set the server: add --serve"),
     ],
 )
