@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import contextlib
 import logging
@@ -121,6 +120,7 @@ SIGNAL_WORDS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 _received: list[int] = []  # signals seen by the current `interrupts` block, in order
 _raised: list[int] = []  # the signal our handler turned into a KeyboardInterrupt (one at most)
 _nudged: list[int] = []  # set by the watcher when it raises the first signal in the main thread again
+_self_sent: list[int] = []  # signals the nudge sent itself (they reach the wakeup fd too): not a second
 NUDGE_AFTER_S = 15.0  # Ray Train's own abort takes a few seconds; longer than this, the signal was swallowed
 _saying = threading.Lock()  # one line, whether the main thread or the watcher says it
 _said: list[int] = []  # the signal the line was said for (one at most)
@@ -151,6 +151,7 @@ def interrupts(describe: Callable[[int], str]) -> Iterator[None]:
     _received.clear()
     _raised.clear()
     _nudged.clear()
+    _self_sent.clear()
     _said.clear()
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
@@ -215,7 +216,8 @@ def _nudge(signum: int, done: threading.Event) -> None:
     """If the block still runs NUDGE_AFTER_S after a signal (a library took it and carried on), raise it again."""
     if not done.wait(NUDGE_AFTER_S):
         _nudged.append(signum)
-        _thread.interrupt_main(signum)
+        _self_sent.append(signum)
+        signal.pthread_kill(threading.main_thread().ident, signum)  # a real signal: it cuts short a blocking call
 
 
 def _watch(read_end: int, describe: Callable[[int], str], done: threading.Event) -> None:
@@ -229,6 +231,9 @@ def _watch(read_end: int, describe: Callable[[int], str], done: threading.Event)
             return
         for signum in data:
             if signum not in EXIT_STATUS:
+                continue
+            if signum in _self_sent:  # the nudge's own, not the user's
+                _self_sent.remove(signum)
                 continue
             _received.append(signum)
             if len(_received) == 1:

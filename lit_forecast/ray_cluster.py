@@ -76,16 +76,44 @@ def init_ray(cpus_needed: float = 0, gpus_needed: float = 0, hint: str = "the re
 
 @contextlib.contextmanager
 def _keep_sigterm_handler() -> Iterator[None]:
-    """``ray.init`` installs a SIGTERM handler of its own (``sys.exit``); put back the one the script installed."""
+    """A SIGTERM during ``ray.init`` ends it through the script's own handler, even mid-fork.
+
+    ``ray.init`` installs a SIGTERM handler of its own (``sys.exit``). Worse, a SIGTERM that lands
+    while it forks Ray's processes raises inside a fork hook, where Python prints the exception
+    and drops it: the driver would carry on. So for the length of the call Ray's handler is the
+    script's (or Ray's ``sys.exit`` where the script has none), and an exception a fork hook
+    dropped is raised again, quietly, once ``ray.init`` returns. Afterwards the script's handler is
+    put back. If a later Ray moves the hook, its own handler simply stays in place.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     before = signal.getsignal(signal.SIGTERM)
+    handler = before if callable(before) else lambda signum, frame: sys.exit(signum)
+    raised: list[BaseException] = []
+
+    def handle(signum, frame) -> None:
+        try:
+            handler(signum, frame)
+        except BaseException as err:
+            raised.append(err)
+            raise
+
+    hooks, unraisable = ray._private.utils, sys.unraisablehook
+    ray_installs = getattr(hooks, "set_sigterm_handler", None)
+    if ray_installs is not None:
+        hooks.set_sigterm_handler = lambda _ray_handler: signal.signal(signal.SIGTERM, handle)
+    sys.unraisablehook = lambda hook: None if hook.exc_value in raised else unraisable(hook)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
+        if ray_installs is not None:
+            hooks.set_sigterm_handler = ray_installs
         if before is not None:
             signal.signal(signal.SIGTERM, before)
+    if raised:  # ray.init returned: a fork hook swallowed it
+        raise raised[0]
 
 
 def _init_ray(cpus_needed: float, gpus_needed: float, hint: str) -> None:

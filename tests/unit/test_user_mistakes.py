@@ -836,6 +836,52 @@ def test_a_second_ctrl_c_stops_at_once_after_the_hard_stop_cleanups(tmp_path):
     assert (tmp_path / "released").read_text() == "released"
 
 
+SWALLOWED = """
+import time
+from lit_forecast import cli
+cli.NUDGE_AFTER_S = 1.0
+with cli.interrupts(lambda s: f"the work was interrupted ({cli.SIGNAL_WORDS[s]}); kept: all; again: python work.py"):
+    try:
+        print("READY", flush=True)
+        time.sleep(120)
+    except KeyboardInterrupt:  # a library that takes the signal and carries on
+        pass
+    time.sleep(120)
+"""
+
+
+def test_a_signal_a_library_swallowed_still_ends_the_work_with_one_line_not_as_a_second_signal():
+    code, _, err = interrupted([sys.executable, "-c", SWALLOWED], signal.SIGTERM)
+    assert code == 143 and err == "error: the work was interrupted (SIGTERM); kept: all; again: python work.py\n", err
+
+
+def test_a_sigterm_a_fork_hook_drops_during_ray_init_is_raised_once_ray_init_returns(capsys):
+    """ray.init installs its own SIGTERM handler; a signal landing in a fork hook is printed and dropped there."""
+    ray_hooks = pytest.importorskip("ray._private.utils")
+    from lit_forecast import ray_cluster
+
+    class ForkHook:  # an exception raised in __del__ goes where one raised in a fork hook goes: unraisable
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # the handler runs here, between bytecodes
+
+    def script_handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, script_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ray_cluster._keep_sigterm_handler():
+                ray_hooks.set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # what ray.init does
+                hook = ForkHook()
+                del hook
+                reached_the_end_of_ray_init = True
+        assert reached_the_end_of_ray_init and signal.getsignal(signal.SIGTERM) is script_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "Exception ignored" not in capsys.readouterr().err
+
+
 def test_ctrl_c_while_forecasting_says_so_and_how_to_run_again(infer_work):
     tmp_path, csv, checkpoint = infer_work
     output = tmp_path / "out" / "f.csv"
