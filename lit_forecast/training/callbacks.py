@@ -1,6 +1,6 @@
 """Lightning callbacks for training that know nothing of Ray: throughput, the epoch line, a forecast
-figure, a guard that stops a diverging run before it checkpoints NaNs, and random state that makes
-resume exact."""
+figure, a guard that stops a diverging run before it checkpoints NaNs, random state that makes
+resume exact, and the weights' moving average."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 import lightning as L
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from lit_forecast.evaluation.plots import forecast_figure, interval_bands
 
@@ -228,3 +229,35 @@ def workers_line(world: int, previous: int | None, resumed_epoch: int | None) ->
         return f"workers: {world}, starting at epoch 1"
     was = f" (was {previous})" if previous is not None else ""
     return f"workers: {world}{was}, resuming at epoch {resumed_epoch}"
+
+
+class WeightAverage(EMAWeightAveraging):
+    """An exponential moving average of the weights (``train.ema_decay``), used wherever the model is judged.
+
+    Lightning's callback keeps the averaged copy, swaps it in for every validation and writes it
+    as each checkpoint's weights, so ``val/mae``, the best checkpoint and inference all see the
+    average; the raw weights travel beside them and a resumed run goes on from both. One thing
+    is added. The calibration factors are fitted after each validation, on the average's
+    forecasts, into the training module's buffer: they are copied into the average wherever it
+    is read (validation, a checkpoint, the end of training) instead of being averaged.
+    """
+
+    def __init__(self, decay: float):
+        super().__init__(decay=decay)
+
+    def _share_calibration(self, pl_module) -> None:
+        fitted = getattr(pl_module.model, "calibration", None)
+        if self._average_model is not None and fitted is not None:
+            self._average_model.module.model.calibration.copy_(fitted)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._share_calibration(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._share_calibration(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._share_calibration(pl_module)
+        super().on_train_end(trainer, pl_module)

@@ -46,6 +46,7 @@ from lit_forecast.training.callbacks import (
     ForecastFigure,
     RandomState,
     Throughput,
+    WeightAverage,
     WorldSize,
     workers_line,
 )
@@ -208,6 +209,7 @@ def _train_worker(loop_config: dict) -> None:
             RandomState(),
             WorldSize(),
             ForecastFigure(),
+            *([WeightAverage(config.train.ema_decay)] if config.train.ema_decay else []),  # after the figure
             ReportCallback(config.cluster.checkpoint_every_n_epochs, plain, guard, run),
         ],
         logger=TensorBoardLogger(tensorboard_dir(run), name="", version="", default_hp_metric=False),

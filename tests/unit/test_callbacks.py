@@ -1,12 +1,15 @@
-"""Training callbacks without Ray: the divergence guard, and the random state that makes resume exact."""
+"""Training callbacks without Ray: the divergence guard, the random state that makes resume exact, and the
+weights' moving average."""
 
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lit_forecast.training.callbacks import DivergenceGuard, RandomState, Throughput
+from lit_forecast.inference.checkpoint import load_checkpoint
+from lit_forecast.training.callbacks import DivergenceGuard, RandomState, Throughput, WeightAverage
 from tests.unit.test_model import make_batch, make_module
 
 
@@ -25,15 +28,18 @@ class Batches(torch.utils.data.Dataset):
         return self.batches[i]
 
 
+def quiet_trainer(**arguments) -> L.Trainer:
+    """A Lightning Trainer on CPU with no logger, checkpointing, progress bar or summary."""
+    return L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **arguments
+    )
+
+
 def fit(poisoned: int | None, epochs: int = 3) -> tuple[L.Trainer, DivergenceGuard]:
     module = make_module().train()
     guard = DivergenceGuard()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=[Throughput(), guard],
     )
@@ -65,14 +71,11 @@ class SaveAfterFirstEpoch(L.Callback):
 
 
 def weights_after_two_epochs(callbacks, resume_from=None):
+    """The module's state after two epochs (the average's, with a WeightAverage)."""
     L.seed_everything(7, verbose=False)
     module = make_module(dropout=0.1).train()  # dropout and scheduled sampling (tiny.yaml: up to 0.5) draw at random
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=callbacks,
     )
@@ -91,3 +94,48 @@ def test_a_run_resumed_at_an_epoch_boundary_ends_with_the_uninterrupted_weights(
     # Without the random state the resumed epoch shuffles and samples differently.
     blind = weights_after_two_epochs([], resume_from=str(checkpoint))
     assert any(not torch.equal(uninterrupted[name], blind[name]) for name in uninterrupted)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_a_run_with_the_weight_average_resumes_exactly_too(tmp_path, average):
+    checkpoint = tmp_path / "epoch1.ckpt"
+    extra = (lambda: [WeightAverage(0.9)]) if average else (lambda: [])
+    uninterrupted = weights_after_two_epochs([RandomState(), *extra(), SaveAfterFirstEpoch(checkpoint)])
+    resumed = weights_after_two_epochs([RandomState(), *extra()], resume_from=str(checkpoint))
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+
+
+class KeepScore(SaveAfterFirstEpoch):
+    """Checkpoints after epoch 1 and keeps the val/mae that epoch logged."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:
+            self.val_mae = trainer.callback_metrics["val/mae"].item()
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+def test_validation_checkpoints_and_inference_all_see_the_average_and_its_own_calibration(tmp_path):
+    L.seed_everything(7, verbose=False)
+    module = make_module().train()  # quantiles 0.1, 0.5, 0.9: a calibration buffer fitted at each validation
+    keep = KeepScore(tmp_path / "epoch1.ckpt")
+    trainer = quiet_trainer(
+        max_epochs=2,
+        num_sanity_val_steps=0,
+        callbacks=[WeightAverage(0.8), keep],
+    )
+    val = [make_batch(4, seed=100 + i) for i in range(6)]  # 24 windows: enough to fit the factors
+    trainer.fit(module, DataLoader(Batches(8, None), batch_size=None), DataLoader(val, batch_size=None))
+
+    saved = torch.load(keep.path, weights_only=True)
+    averaged, raw = saved["state_dict"], saved["current_model_state"]
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if ".nets." in k)  # the average is saved
+    fitted = raw["model.calibration"]
+    assert not torch.equal(fitted, torch.ones_like(fitted))  # fitted on the first validation...
+    assert torch.equal(averaged["model.calibration"], fitted)  # ...and saved as fitted, not averaged
+
+    model = load_checkpoint(str(keep.path)).model  # what inference forecasts with
+    with torch.no_grad():
+        medians = [model.median(model.forecast_scaled(b["past_target"], b["past_time"], b["future_time"])) for b in val]
+    errors = [(m - b["future_target"]).abs() * b["scale"][:, None] for m, b in zip(medians, val)]
+    assert torch.cat(errors).mean().item() == pytest.approx(keep.val_mae, rel=1e-5)  # the score validation gave it

@@ -123,6 +123,7 @@ def test_wrong_type_names_key(write_yaml, changes, message):
         ({"cluster": {"cpus_per_worker": 0}}, ["'cluster.cpus_per_worker' must be positive"]),
         ({"train": {"warmup_steps": -1}}, ["'train.warmup_steps' must be >= 0"]),
         ({"train": {"min_lr_ratio": 1.5}}, ["'train.min_lr_ratio' must be in [0, 1]"]),
+        ({"train": {"ema_decay": 1.0}}, ["'train.ema_decay' must be in [0, 1)"]),
     ],
 )
 def test_cross_field_rules(write_yaml, changes, fragments):
