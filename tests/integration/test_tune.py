@@ -20,7 +20,7 @@ from test_ray_train import ROOT, environment, read_scalars, run
 
 from lit_forecast import config as cfg
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]  # minutes on 2 cores: run with -m "slow or not slow"
+pytestmark = [pytest.mark.ray]
 
 
 def tune_command(sweep: str, csv_path: Path, storage: Path, name: str, *extra: str) -> list[str]:
@@ -40,7 +40,7 @@ def trial_folders(folder: Path) -> list[Path]:
     return sorted(p.parent for p in folder.glob("*/config.yaml"))
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1500)  # configs/tune-tiny.yaml, which CI runs: a few minutes on 2 cores
 def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_like_csv, tmp_path):
     sweep = tmp_path / "tiny"
     cmd = tune_command("configs/tune-tiny.yaml", taxi_like_csv, tmp_path, "tiny")
@@ -99,6 +99,7 @@ def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_
     assert read_trials(sweep) == trials and "epoch 1/3" not in again.stdout + again.stderr
 
 
+@pytest.mark.slow  # a minute or two on 2 cores: run with -m "slow or not slow"
 @pytest.mark.timeout(600)
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(taxi_like_csv, tmp_path):
     # Each value fits the base config alone (tiny: d_model 16, nhead 2); together they do not
