@@ -123,6 +123,7 @@ def _init_ray(cpus_needed: float, gpus_needed: float, hint: str) -> None:
     if os.environ.get("RAY_ADDRESS"):
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(**quiet)
+        _say_if_short(cpus_needed, gpus_needed, hint)
         return
     check_resources(cpus_needed, gpus_needed, hint)
     cpus, gpus = os.cpu_count() or 1, _gpu_count()
@@ -173,6 +174,27 @@ def _leave_sigterm_to_the_driver() -> None:
         return
     if hasattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
         ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+
+
+def _say_if_short(cpus_needed: float, gpus_needed: float, hint: str) -> None:
+    """On a cluster, one warning if the request exceeds every resource it has now: Ray waits for more.
+
+    Not an error: an autoscaler or nodes joining later can supply it. But a run that only waits
+    should say why.
+    """
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if cpus_needed > cpus or gpus_needed > gpus:
+        log.warning(
+            "the Ray cluster at %s has %g CPU(s) and %g GPU(s) in all, but %g CPU(s) and %g GPU(s) are asked for: "
+            "this waits until nodes join (or an autoscaler adds them); Ctrl-C stops it, or lower %s",
+            os.environ["RAY_ADDRESS"],
+            cpus,
+            gpus,
+            cpus_needed,
+            gpus_needed,
+            hint,
+        )
 
 
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # ray._private.ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE

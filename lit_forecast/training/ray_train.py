@@ -356,6 +356,15 @@ def _cluster_died_message(err: Exception | None, run: str) -> str:
     )
 
 
+RESOURCE_KEYS = "cluster.num_workers, cluster.cpus_per_worker or cluster.gpus_per_worker (or use_gpu)"
+
+
+def resources_needed(config: Config) -> tuple[float, float]:
+    """(CPUs, GPUs) the workers need to start: an elastic run (``[min, max]``) needs its minimum only."""
+    c = config.cluster
+    return c.min_workers * c.cpus_per_worker, c.min_workers * c.gpus_per_worker if c.use_gpu else 0
+
+
 def check_resources(config: Config) -> None:
     """Refuse, before anything is written, a config this machine cannot run (without RAY_ADDRESS).
 
@@ -363,11 +372,7 @@ def check_resources(config: Config) -> None:
     """
     c = config.cluster
     try:
-        ray_cluster.check_resources(
-            c.min_workers * c.cpus_per_worker,
-            c.min_workers * c.gpus_per_worker if c.use_gpu else 0,
-            "cluster.num_workers, cluster.cpus_per_worker or cluster.gpus_per_worker (or use_gpu)",
-        )
+        ray_cluster.check_resources(*resources_needed(config), RESOURCE_KEYS)
     except ray_cluster.ResourceError as err:
         each = f"{c.cpus_per_worker:g} CPU" + (f" and {c.gpus_per_worker:g} GPU" if c.use_gpu else "")
         workers = (
@@ -390,9 +395,9 @@ def check_shards(config: Config, num_shards: int, data: str) -> None:
 
 
 def init_ray(config: Config) -> None:
-    """Join RAY_ADDRESS or start a local Ray that can hold every worker."""
+    """Join RAY_ADDRESS (saying so if it cannot hold the workers yet) or start a local Ray that can."""
     check_resources(config)
-    ray_cluster.init_ray()
+    ray_cluster.init_ray(*resources_needed(config), RESOURCE_KEYS)
 
 
 def fit(config: Config, run: str, callbacks: Sequence = ()) -> dict:

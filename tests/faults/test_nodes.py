@@ -140,6 +140,27 @@ def test_a_node_that_joins_grows_the_run_at_the_next_check(taxi_like_csv, tmp_pa
 
 
 @pytest.mark.timeout(600)
+def test_a_run_the_cluster_cannot_hold_yet_says_so_and_starts_when_a_node_joins(taxi_like_csv, tmp_path, monkeypatch):
+    run_dir = tmp_path / "wait"
+    with simulated_cluster(nodes=1) as cluster:  # worker nodes of 1 CPU, a head without CPUs
+        for key, value in cluster.environment().items():
+            monkeypatch.setenv(key, value)
+        cmd = [sys.executable, "train.py", *train_arguments(taxi_like_csv, tmp_path, "wait", 2, "2")]
+        training = Training(cmd)
+        try:
+            said = training.wait_for("are asked for: this waits until nodes join", 120)
+            cluster.add()
+            code = training.finish(400)
+        finally:
+            training.kill()
+    output = training.output
+    assert code == 0 and (run_dir / "summary.json").is_file(), output[-5000:]
+    line = training.lines[said]
+    assert "has 1 CPU(s) and 0 GPU(s) in all, but 2 CPU(s) and 0 GPU(s) are asked for" in line, line
+    assert "cluster.num_workers" in line and no_driver_traceback(output)
+
+
+@pytest.mark.timeout(600)
 def test_losing_the_head_node_ends_the_driver_with_how_to_resume(taxi_like_csv, tmp_path, monkeypatch):
     epochs, run_dir = 8, tmp_path / "head"
     with simulated_cluster(nodes=2) as cluster:
