@@ -15,7 +15,9 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports below run: one
     guard_startup()
 
 import argparse
+import os
 import shlex
+import signal
 import sys
 
 from lit_forecast import cli, console
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if args.tune:  # Ray Tune handles Ctrl-C itself: it saves the sweep, and the same command resumes it
-            tune_command(args)
+            tune_command(args, command)
             return
         with cli.interrupts(interrupted):
             config = cli.load_config(args)
@@ -69,8 +71,14 @@ def main(argv: list[str] | None = None) -> None:
         cli.die(cli.permission_message(err))
 
 
-def tune_command(args: argparse.Namespace) -> None:
-    """``--tune SWEEP``: load and check the sweep file, run or resume it, print its table."""
+def tune_command(args: argparse.Namespace, command: str) -> None:
+    """``--tune SWEEP``: load and check the sweep file, run or resume it, print its table.
+
+    Ctrl-C stops the sweep through Tune, which saves it: one line then says how many trials are
+    done and gives the command that resumes it (status 130). SIGTERM does the same (143). Before
+    Tune has started, or after it has taken one Ctrl-C, a signal stops the process at once, with
+    the same command.
+    """
     from lit_forecast.training import sweep as sweeps
 
     for flag in ("config", "data", "prepare_only", "resume", "print_config"):
@@ -85,9 +93,35 @@ def tune_command(args: argparse.Namespace) -> None:
     if args.name is not None:
         sweep.run.name = args.name
     cli.setup_logging(args.verbose)
+    folder, received = sweeps.sweep_folder(sweep), []
+
+    def stop_now(signum: int, frame) -> None:  # Tune puts this back once it has taken a Ctrl-C
+        first = received[0] if received else signum
+        said = f"sweep {folder} stopped at once ({cli.SIGNAL_WORDS[first]}). The same command resumes it: {command}"
+        print(f"error: {said}", file=sys.stderr, flush=True)
+        os._exit(cli.EXIT_STATUS[first])
+
+    def terminate(signum: int, frame) -> None:  # as Ctrl-C: Tune's own stop while it runs
+        received.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        (handler if callable(handler) else stop_now)(signum, frame)
+
+    signal.signal(signal.SIGINT, stop_now)
+    signal.signal(signal.SIGTERM, terminate)
     from lit_forecast.training import tune  # Ray Tune only when a sweep runs
 
-    trials, keys, folder = tune.run(sweep)
+    try:
+        trials, keys, folder = tune.run(sweep)
+    except tune.SweepInterrupted as stopped:
+        signum = received[0] if received else signal.SIGINT
+        print(
+            f"error: sweep {stopped.folder} was interrupted ({cli.SIGNAL_WORDS[signum]}) with {stopped.ended} of "
+            f"{stopped.trials} trials done; the finished ones are kept, and an interrupted trial goes on from its "
+            f"last checkpoint. The same command resumes it: {command}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(cli.EXIT_STATUS[signum]) from None
     print(sweeps.format_trials(trials, keys))
     print(f"trials  {folder}/{sweeps.TRIALS_FILE}")
     if sweeps.best(trials) is None:

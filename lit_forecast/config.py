@@ -283,6 +283,18 @@ def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading, overriding, checking
 

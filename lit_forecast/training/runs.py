@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from lit_forecast import console, storage
-from lit_forecast.config import Config, dump, to_dict
+from lit_forecast.config import Config, differences, dump, to_dict
 from lit_forecast.data.manifest import Manifest
 from lit_forecast.data.prepare import prepare
 from lit_forecast.errors import RunError
@@ -33,17 +33,6 @@ from lit_forecast.layout import (
 from lit_forecast.training.run_lock import RunLock
 
 log = logging.getLogger(__name__)
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
 
 
 def prepare_only(config: Config) -> tuple[Manifest, str]:
@@ -123,7 +112,7 @@ def check_run(config: Config, resume: bool) -> tuple[Config, bool]:
             CONFIG_FILE,
         )
         return config, False
-    changed = _differences(_comparable(saved), _comparable(config))
+    changed = differences(_comparable(saved), _comparable(config))
     if changed and not resume and not started:
         log.warning("run %s holds no checkpoint yet: replacing its config (%s)", run, "; ".join(changed))
         return config, False

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from lit_forecast import config as cfg
+from lit_forecast import storage
 from lit_forecast.errors import ConfigError
 
 SWEEP_FILE, TRIALS_FILE, BEST_FILE = "sweep.yaml", "trials.csv", "best.yaml"  # in the sweep's folder
@@ -308,22 +309,35 @@ def trial_config(base: dict, values: dict, storage: str, name: str) -> cfg.Confi
 # The record of a sweep
 
 
+def sweep_folder(sweep: Sweep) -> str:
+    """Where the sweep lives: <storage>/<name>, absolute."""
+    return storage.join(storage.absolute(sweep.run.storage), sweep.run.name)
+
+
 def record(sweep: Sweep, base: dict) -> dict:
     """What a sweep folder keeps of its sweep (``sweep.yaml``): a rerun must match it to resume."""
     # Where the sweep and its base file live may move: the base config's content is what counts.
     return {"sweep": {**cfg.to_dict(sweep), "base": None, "run": None}, "base": base}
 
 
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every dotted key whose value differs between two nested dicts."""
-    out = []
-    for key in sorted(set(old) | set(new), key=str):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
+def changes_since(recorded: dict, wanted: dict) -> list[str]:
+    """How ``wanted`` (a :func:`record`) differs from the record a sweep folder holds.
+
+    Keys added to the configs since the record was written are filled in at their defaults
+    first: a sweep started by an older version resumes unless a value really changed.
+    """
+    recorded = dict(recorded)
+    for section, cls in (("sweep", Sweep), ("base", cfg.Config)):
+        written = recorded.get(section)
+        if not isinstance(written, dict):
+            continue
+        kept = {k: v for k, v in written.items() if section == "base" or k not in ("base", "run")}
+        try:
+            filled = cfg.to_dict(cfg.from_dict(kept, cls))
+        except ConfigError:  # not loadable here: compared as written
+            continue
+        recorded[section] = {**filled, "base": None, "run": None} if section == "sweep" else filled
+    return cfg.differences(recorded, wanted)
 
 
 @dataclass

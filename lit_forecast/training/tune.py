@@ -16,6 +16,7 @@ weak trials on ``val/mae``. The sweep's folder ``<storage>/<name>`` holds::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -31,7 +32,7 @@ from ray.util.placement_group import PlacementGroup, get_current_placement_group
 
 from lit_forecast import cli, ray_cluster, storage
 from lit_forecast.errors import RunError
-from lit_forecast.layout import check_run_name, check_storage
+from lit_forecast.layout import SUMMARY_FILE, check_run_name, check_storage, read_summary
 from lit_forecast.training import runs
 from lit_forecast.training.run_lock import RunLock
 from lit_forecast.training.sweep import (
@@ -45,9 +46,10 @@ from lit_forecast.training.sweep import (
     base_config,
     best,
     best_config,
-    differences,
+    changes_since,
     dimensions,
     record,
+    sweep_folder,
     trial_config,
     trial_status,
     trials_csv,
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 EPOCHS = "epochs"  # epochs completed, added to every report: ASHA's clock (Tune's own iteration count
 # restarts when a resumed trial starts again from its run's last checkpoint)
+ASHA_FILE = "asha.json"  # in the sweep's folder: the scheduler's rungs, for a resumed sweep (ResumableASHA)
 DRIVER_CPUS = 1.0  # each trial's driver (the Tune function that runs the TorchTrainer)
 
 
@@ -70,6 +73,49 @@ class EpochReport(TuneReportCallback):
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs survive a resumed sweep.
+
+    Tune restores a sweep's trials and searcher, not its scheduler: resumed, ASHA would start with
+    empty rungs and let every trial after it through the first ones unopposed. The rungs (trial
+    id -> val/mae at each milestone) are written to ``state`` after every decision and read back
+    the first time the scheduler is used in a process.
+    """
+
+    def __init__(self, state: str, **asha):
+        super().__init__(**asha)
+        self._state, self._read = state, False
+
+    def __setstate__(self, state: dict) -> None:  # unpickled by Tune on a resume: read the rungs again
+        self.__dict__.update(state)
+        self._read = False
+
+    def _read_once(self) -> None:
+        if self._read:
+            return
+        self._read = True
+        if storage.exists(self._state):
+            saved = json.loads(storage.read_text(self._state))
+            for bracket, rungs in zip(self._brackets, saved):
+                for (_, recorded), kept in zip(bracket._rungs, rungs):
+                    recorded.update(kept)
+
+    def _write(self) -> None:
+        rungs = [[{k: float(v) for k, v in recorded.items()} for _, recorded in b._rungs] for b in self._brackets]
+        storage.write_text(self._state, json.dumps(rungs))
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._read_once()
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._write()
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._read_once()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._write()
+
+
 def _trial(values: dict, base: dict, folder: str, alone: bool) -> None:
     """Tune function trainable: train ``base`` with the sampled ``values`` as run ``<folder>/<trial id>``.
 
@@ -79,7 +125,13 @@ def _trial(values: dict, base: dict, folder: str, alone: bool) -> None:
     if alone:
         remove_stopped_trials_workers()
     trial_id = tune.get_context().get_trial_id()
-    runs.train(trial_config(base, values, folder, trial_id), callbacks=[EpochReport()])
+    config = trial_config(base, values, folder, trial_id)
+    if storage.exists(storage.join(folder, trial_id, SUMMARY_FILE)):
+        # Its run finished just before the sweep was stopped, too late for Tune to record: report it again.
+        summary = read_summary(storage.join(folder, trial_id))
+        tune.report({METRIC: summary["best_metrics"][METRIC], EPOCHS: summary["epochs"]})
+        return
+    runs.train(config, callbacks=[EpochReport()])
 
 
 def remove_stopped_trials_workers() -> None:
@@ -117,6 +169,14 @@ def distribution(dimension: Dimension):
     return tune.randint(low_high[0], low_high[1] + 1)  # both bounds included
 
 
+class SweepInterrupted(RunError):
+    """Tune ended before every trial had: it was stopped (Ctrl-C, SIGTERM); the same command resumes it."""
+
+    def __init__(self, folder: str, ended: int, trials: int):
+        super().__init__(f"sweep {folder} stopped with {ended} of {trials} trials done")
+        self.folder, self.ended, self.trials = folder, ended, trials
+
+
 def check_resources(sweep: Sweep, base: dict) -> None:
     """Refuse a budget this machine cannot run at once: every concurrent trial holds a driver CPU and its workers."""
     c = base["cluster"]
@@ -144,7 +204,7 @@ def run(sweep: Sweep) -> tuple[list[Trial], list[str], str]:
     """
     check_storage(sweep.run.storage)
     check_run_name(sweep.run.name)
-    folder = storage.join(storage.absolute(sweep.run.storage), sweep.run.name)
+    folder = sweep_folder(sweep)
     base = base_config(sweep)
     space = dimensions(sweep, base)
     keys = [d.key for d in space]
@@ -164,6 +224,9 @@ def run(sweep: Sweep) -> tuple[list[Trial], list[str], str]:
         else:
             tuner = _new_tuner(sweep, space, trainable, folder, base["train"]["max_epochs"])
         grid = tuner.fit()
+        ended = grid.num_terminated + grid.num_errors
+        if ended < sweep.budget.trials:  # Tune stopped early (Ctrl-C): no table yet, the sweep resumes
+            raise SweepInterrupted(folder, ended, sweep.budget.trials)
         trials = [_row(result, keys, base["train"]["max_epochs"]) for result in grid]
         trials.sort(key=lambda t: t.trial)
         storage.write_text(storage.join(folder, TRIALS_FILE), trials_csv(trials, keys))
@@ -179,7 +242,7 @@ def _check_folder(folder: str, wanted: dict) -> None:
     if not storage.exists(path):
         storage.write_text(path, yaml.safe_dump(wanted, sort_keys=False))
         return
-    changed = differences(yaml.safe_load(storage.read_text(path)) or {}, wanted)
+    changed = changes_since(yaml.safe_load(storage.read_text(path)) or {}, wanted)
     if changed:
         raise RunError(
             f"sweep {folder} exists with a different sweep or base config:\n  "
@@ -201,7 +264,8 @@ def _new_tuner(sweep: Sweep, space: list[Dimension], trainable, folder: str, max
             # Tune's max_concurrent_trials does not limit its own basic generator: the generator does.
             search_alg=BasicVariantGenerator(max_concurrent=b.concurrent, random_state=b.seed),
             # stop_last_trials=False: a trial that reaches max_epochs ends by itself, its run finished and summarised.
-            scheduler=ASHAScheduler(
+            scheduler=ResumableASHA(
+                storage.join(folder, ASHA_FILE),
                 time_attr=EPOCHS,
                 max_t=max_epochs,
                 grace_period=b.grace_epochs,

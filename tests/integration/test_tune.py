@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,10 +41,8 @@ def trial_folders(folder: Path) -> list[Path]:
     return sorted(p.parent for p in folder.glob("*/config.yaml"))
 
 
-@pytest.mark.timeout(1500)  # configs/tune-tiny.yaml, which CI runs: a few minutes on 2 cores
-def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_like_csv, tmp_path):
-    sweep = tmp_path / "tiny"
-    cmd = tune_command("configs/tune-tiny.yaml", taxi_like_csv, tmp_path, "tiny")
+def interrupt_once_trials_have_started(cmd: list[str], sweep: Path, started: int, sent: int) -> tuple[int, str]:
+    """Run the sweep; once ``started`` trials have begun send ``sent`` to its process group. (status, output)"""
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -53,21 +52,40 @@ def test_tiny_sweep_stops_weak_trials_survives_a_kill_and_writes_its_table(taxi_
         text=True,
         start_new_session=True,
     )
-    try:  # kill the sweep once its first trial has finished (or been stopped) and the second has begun
+    try:
         deadline = time.monotonic() + 600
-        while len(trial_folders(sweep)) < 2:
+        while len(trial_folders(sweep)) < started:
             assert proc.poll() is None, proc.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, "the second trial never started"
+            assert time.monotonic() < deadline, f"trial {started} never started"
             time.sleep(0.5)
+        os.killpg(proc.pid, sent)  # SIGINT as a terminal's Ctrl-C sends it; SIGKILL: the driver and its Ray
+        output, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.communicate(timeout=60)
-    assert not (sweep / "trials.csv").exists()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
+    return proc.returncode, output
+
+
+@pytest.mark.timeout(1500)  # configs/tune-tiny.yaml, which CI runs: a few minutes on 2 cores
+def test_tiny_sweep_stops_weak_trials_survives_ctrl_c_and_a_kill_and_writes_its_table(taxi_like_csv, tmp_path):
+    sweep = tmp_path / "tiny"
+    cmd = tune_command("configs/tune-tiny.yaml", taxi_like_csv, tmp_path, "tiny")
+    code, output = interrupt_once_trials_have_started(cmd, sweep, 2, signal.SIGINT)
+    said = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert code == 130 and len(said) == 1, output[-4000:]
+    assert re.fullmatch(
+        rf"error: sweep {re.escape(str(sweep))} was interrupted \(Ctrl-C\) with [0-3] of 4 trials done; .*"
+        rf"The same command resumes it: python train\.py {re.escape(' '.join(cmd[2:]))}",
+        said[0],
+    ), said[0]
+    assert "Traceback" not in output and not (sweep / "trials.csv").exists()  # no table of a sweep half done
+
+    code, output = interrupt_once_trials_have_started(cmd, sweep, 3, signal.SIGKILL)
+    assert "RESUMING sweep" in output and not (sweep / "trials.csv").exists()
 
     done = run(cmd, timeout=1200)
-    output = done.stdout + done.stderr
-    assert "RESUMING sweep" in output
+    assert "RESUMING sweep" in done.stdout + done.stderr
 
     trials = read_trials(sweep)
     assert len(trials) == 4

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+import pickle
 import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -202,14 +204,28 @@ def test_a_rerun_must_be_the_same_sweep(tmp_path):
     path = write(tmp_path, TINY_SWEEP)
     sweep = sweeps.load(path)
     first = sweeps.record(sweep, sweeps.base_config(sweep))
-    assert sweeps.differences(first, yaml.safe_load(yaml.safe_dump(first))) == []  # survives the file
+    assert sweeps.changes_since(yaml.safe_load(yaml.safe_dump(first)), first) == []  # survives the file
     moved = sweeps.load(path, ["run.storage=elsewhere"])
-    assert sweeps.differences(first, sweeps.record(moved, sweeps.base_config(moved))) == []  # the sweep can move
+    assert sweeps.changes_since(first, sweeps.record(moved, sweeps.base_config(moved))) == []  # the sweep can move
     other = sweeps.load(path, ["budget.trials=5", "train.seed=1"])
-    assert sweeps.differences(first, sweeps.record(other, sweeps.base_config(other))) == [
+    assert sweeps.changes_since(first, sweeps.record(other, sweeps.base_config(other))) == [
         "base.train.seed: 42 -> 1",
         "sweep.budget.trials: 16 -> 5",
         "sweep.overrides.train.seed: None -> 1",
+    ]
+
+
+def test_a_sweep_recorded_before_a_config_key_existed_resumes_while_the_key_keeps_its_default(tmp_path):
+    path = write(tmp_path, TINY_SWEEP)
+    sweep = sweeps.load(path)
+    now = sweeps.record(sweep, sweeps.base_config(sweep))
+    older = yaml.safe_load(yaml.safe_dump(now))
+    del older["base"]["train"]["ema_decay"], older["sweep"]["budget"]["grace_epochs"]  # keys added since
+    assert sweeps.changes_since(older, now) == []
+    changed = sweeps.load(path, ["train.ema_decay=0.99"])
+    assert sweeps.changes_since(older, sweeps.record(changed, sweeps.base_config(changed))) == [
+        "base.train.ema_decay: 0.0 -> 0.99",
+        "sweep.overrides.train.ema_decay: None -> 0.99",
     ]
 
 
@@ -224,3 +240,26 @@ def test_each_dimension_becomes_its_tune_sampler():
     assert (logs.lower, logs.upper) == (1e-4, 1e-2) and type(logs.get_sampler()).__name__ == "_LogUniform"
     flat = distribution(sweeps.Dimension("model.dropout", "uniform", (0.0, 0.3)))
     assert (flat.lower, flat.upper) == (0.0, 0.3) and type(flat.get_sampler()).__name__ == "_Uniform"
+
+
+def test_asha_keeps_its_rungs_across_a_resumed_sweep(tmp_path):
+    """Tune restores the scheduler from its pickle, with the rungs it had when the sweep began: none."""
+    from lit_forecast.training.tune import ResumableASHA
+
+    def asha():
+        scheduler = ResumableASHA(
+            str(tmp_path / "asha.json"), time_attr="epochs", max_t=3, grace_period=1, stop_last_trials=False
+        )
+        scheduler.set_search_properties("val/mae", "min")
+        return scheduler
+
+    pickled = pickle.dumps(asha())  # as Tune keeps it for a resume
+    first, strong, weak = asha(), SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    first.on_trial_add(None, strong)
+    assert [first.on_trial_result(None, strong, {"epochs": e, "val/mae": v}) for e, v in [(1, 800.0), (2, 477.0)]] == [
+        "CONTINUE",
+        "CONTINUE",
+    ]
+    resumed = pickle.loads(pickled)
+    resumed.on_trial_add(None, weak)
+    assert resumed.on_trial_result(None, weak, {"epochs": 1, "val/mae": 3000.0}) == "STOP"  # against a's 800
