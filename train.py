@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> None:
 def tune_command(args: argparse.Namespace, command: str) -> None:
     """``--tune SWEEP``: load and check the sweep file, run or resume it, print its table.
 
-    Ctrl-C stops the sweep through Tune, which saves it: one line then says how many trials are
-    done and gives the command that resumes it (status 130). SIGTERM does the same (143). Before
-    Tune has started, or after it has taken one Ctrl-C, a signal stops the process at once, with
-    the same command.
+    Ctrl-C stops the sweep through Tune, which saves it: one line then says how many trials had
+    started and gives the command that resumes it (status 130). SIGTERM does the same (143).
+    Before Tune has started, or at a second signal, the process stops at once, with the same command.
     """
     from lit_forecast.training import sweep as sweeps
 
@@ -95,29 +94,33 @@ def tune_command(args: argparse.Namespace, command: str) -> None:
     cli.setup_logging(args.verbose)
     folder, received = sweeps.sweep_folder(sweep), []
 
-    def stop_now(signum: int, frame) -> None:  # Tune puts this back once it has taken a Ctrl-C
+    def stop_now(signum: int) -> None:
         first = received[0] if received else signum
         said = f"sweep {folder} stopped at once ({cli.SIGNAL_WORDS[first]}). The same command resumes it: {command}"
         print(f"error: {said}", file=sys.stderr, flush=True)
         os._exit(cli.EXIT_STATUS[first])
 
-    def terminate(signum: int, frame) -> None:  # as Ctrl-C: Tune's own stop while it runs
+    def interrupt(signum: int, frame) -> None:
+        """The first Ctrl-C or SIGTERM asks Tune to stop and save the sweep (its SIGUSR1); a second one ends it now."""
+        tune_stops = signal.getsignal(signal.SIGUSR1)  # Tune's own handler while the sweep runs
+        if received or not callable(tune_stops):
+            stop_now(signum)
         received.append(signum)
-        handler = signal.getsignal(signal.SIGINT)
-        (handler if callable(handler) else stop_now)(signum, frame)
+        tune_stops(signal.SIGUSR1, frame)
 
-    signal.signal(signal.SIGINT, stop_now)
-    signal.signal(signal.SIGTERM, terminate)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: Tune stops on SIGUSR1 too
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     from lit_forecast.training import tune  # Ray Tune only when a sweep runs
 
     try:
-        trials, keys, folder = tune.run(sweep)
+        trials, keys, folder = tune.run(sweep, stopped=lambda: bool(received))
     except tune.SweepInterrupted as stopped:
         signum = received[0] if received else signal.SIGINT
         print(
-            f"error: sweep {stopped.folder} was interrupted ({cli.SIGNAL_WORDS[signum]}) with {stopped.ended} of "
-            f"{stopped.trials} trials done; the finished ones are kept, and an interrupted trial goes on from its "
-            f"last checkpoint. The same command resumes it: {command}",
+            f"error: sweep {stopped.folder} was interrupted ({cli.SIGNAL_WORDS[signum]}) after {stopped.started} of "
+            f"{stopped.trials} trials had started; the finished ones are kept, and an interrupted trial goes on "
+            f"from its last checkpoint. The same command resumes it: {command}",
             file=sys.stderr,
             flush=True,
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -172,9 +173,9 @@ def distribution(dimension: Dimension):
 class SweepInterrupted(RunError):
     """Tune ended before every trial had: it was stopped (Ctrl-C, SIGTERM); the same command resumes it."""
 
-    def __init__(self, folder: str, ended: int, trials: int):
-        super().__init__(f"sweep {folder} stopped with {ended} of {trials} trials done")
-        self.folder, self.ended, self.trials = folder, ended, trials
+    def __init__(self, folder: str, started: int, trials: int):
+        super().__init__(f"sweep {folder} stopped after {started} of {trials} trials had started")
+        self.folder, self.started, self.trials = folder, started, trials
 
 
 def check_resources(sweep: Sweep, base: dict) -> None:
@@ -195,12 +196,13 @@ def check_resources(sweep: Sweep, base: dict) -> None:
         raise RunError(str(err)) from None
 
 
-def run(sweep: Sweep) -> tuple[list[Trial], list[str], str]:
+def run(sweep: Sweep, stopped: Callable[[], bool] = lambda: False) -> tuple[list[Trial], list[str], str]:
     """Run (or resume) ``sweep``; returns its trials, the searched keys and the sweep's folder.
 
     Writes ``trials.csv`` and ``best.yaml`` into the folder. A folder holding another sweep is
     refused; a folder holding this one resumes it (finished trials stay as they are, the
-    interrupted ones continue from their runs' last checkpoints).
+    interrupted ones continue from their runs' last checkpoints). ``stopped`` says whether the
+    caller asked Tune to stop: :class:`SweepInterrupted` is raised then, and no table written.
     """
     check_storage(sweep.run.storage)
     check_run_name(sweep.run.name)
@@ -224,9 +226,9 @@ def run(sweep: Sweep) -> tuple[list[Trial], list[str], str]:
         else:
             tuner = _new_tuner(sweep, space, trainable, folder, base["train"]["max_epochs"])
         grid = tuner.fit()
-        ended = grid.num_terminated + grid.num_errors
-        if ended < sweep.budget.trials:  # Tune stopped early (Ctrl-C): no table yet, the sweep resumes
-            raise SweepInterrupted(folder, ended, sweep.budget.trials)
+        # Stopped early (Ctrl-C: Tune counts the trial it stopped as ended): no table yet, the sweep resumes.
+        if stopped() or grid.num_terminated + grid.num_errors < sweep.budget.trials:
+            raise SweepInterrupted(folder, len(grid), sweep.budget.trials)
         trials = [_row(result, keys, base["train"]["max_epochs"]) for result in grid]
         trials.sort(key=lambda t: t.trial)
         storage.write_text(storage.join(folder, TRIALS_FILE), trials_csv(trials, keys))

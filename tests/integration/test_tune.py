@@ -75,7 +75,7 @@ def test_tiny_sweep_stops_weak_trials_survives_ctrl_c_and_a_kill_and_writes_its_
     said = [line for line in output.splitlines() if line.startswith("error: ")]
     assert code == 130 and len(said) == 1, output[-4000:]
     assert re.fullmatch(
-        rf"error: sweep {re.escape(str(sweep))} was interrupted \(Ctrl-C\) with [0-3] of 4 trials done; .*"
+        rf"error: sweep {re.escape(str(sweep))} was interrupted \(Ctrl-C\) after [1-4] of 4 trials had started; .*"
         rf"The same command resumes it: python train\.py {re.escape(' '.join(cmd[2:]))}",
         said[0],
     ), said[0]
