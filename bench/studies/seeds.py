@@ -57,6 +57,7 @@ def score(run: str) -> dict:
             run=run,
             storage=str(Path(run).parent),
             cutoffs=parse_cutoffs([HEADLINE_CUTOFFS]),
+            use_ray=False,  # a plain call, as bench.accuracy makes it
             recalibrate_days=defaults.RECALIBRATE_DAYS,
         )
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_ray_train import checkpoints, command, read_scalars, run
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]  # minutes on 2 cores: run with -m "slow or not slow"
+pytestmark = [pytest.mark.ray]  # about a minute and a half on 2 cores
 
 
 @pytest.mark.timeout(420)
