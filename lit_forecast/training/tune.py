@@ -16,7 +16,6 @@ weak trials on ``val/mae``. The sweep's folder ``<storage>/<name>`` holds::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -60,7 +59,10 @@ log = logging.getLogger(__name__)
 
 EPOCHS = "epochs"  # epochs completed, added to every report: ASHA's clock (Tune's own iteration count
 # restarts when a resumed trial starts again from its run's last checkpoint)
-ASHA_FILE = "asha.json"  # in the sweep's folder: the scheduler's rungs, for a resumed sweep (ResumableASHA)
+# In the sweep's folder: the scheduler's rungs, for a resumed sweep (ResumableASHA). Not .json or .pkl:
+# Tune copies those of the folder's top level to its staging folder on a resume and later uploads
+# them back over the newer ones.
+ASHA_FILE = "asha.yaml"
 DRIVER_CPUS = 1.0  # each trial's driver (the Tune function that runs the TorchTrainer)
 
 
@@ -79,42 +81,39 @@ class ResumableASHA(ASHAScheduler):
 
     Tune restores a sweep's trials and searcher, not its scheduler: resumed, ASHA would start with
     empty rungs and let every trial after it through the first ones unopposed. The rungs (trial
-    id -> val/mae at each milestone) are written to ``state`` after every decision and read back
-    the first time the scheduler is used in a process.
+    id -> val/mae at each milestone) live in ``state`` as well: before each decision the ones
+    found there are added to the scheduler's, and after it the union is written back, so no
+    record is lost whichever copy of the scheduler Tune asks.
     """
 
     def __init__(self, state: str, **asha):
         super().__init__(**asha)
-        self._state, self._read = state, False
+        self._state = state
 
-    def __setstate__(self, state: dict) -> None:  # unpickled by Tune on a resume: read the rungs again
-        self.__dict__.update(state)
-        self._read = False
+    def _saved(self) -> list:
+        return (yaml.safe_load(storage.read_text(self._state)) or []) if storage.exists(self._state) else []
 
-    def _read_once(self) -> None:
-        if self._read:
-            return
-        self._read = True
-        if storage.exists(self._state):
-            saved = json.loads(storage.read_text(self._state))
-            for bracket, rungs in zip(self._brackets, saved):
-                for (_, recorded), kept in zip(bracket._rungs, rungs):
-                    recorded.update(kept)
+    def _merge(self, saved: list) -> None:
+        for bracket, rungs in zip(self._brackets, saved):
+            for (_, recorded), kept in zip(bracket._rungs, rungs):
+                for trial_id, value in kept.items():
+                    recorded.setdefault(trial_id, value)
 
-    def _write(self) -> None:
+    def _sync(self) -> None:
+        self._merge(self._saved())
         rungs = [[{k: float(v) for k, v in recorded.items()} for _, recorded in b._rungs] for b in self._brackets]
-        storage.write_text(self._state, json.dumps(rungs))
+        storage.write_text(self._state, yaml.safe_dump(rungs))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        self._read_once()
+        self._merge(self._saved())
         decision = super().on_trial_result(tune_controller, trial, result)
-        self._write()
+        self._sync()
         return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._read_once()
+        self._merge(self._saved())
         super().on_trial_complete(tune_controller, trial, result)
-        self._write()
+        self._sync()
 
 
 def _trial(values: dict, base: dict, folder: str, alone: bool) -> None:

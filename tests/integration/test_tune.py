@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from test_ray_train import ROOT, environment, read_scalars, run
 
 from lit_forecast import config as cfg
@@ -96,6 +97,10 @@ def test_tiny_sweep_stops_weak_trials_survives_ctrl_c_and_a_kill_and_writes_its_
     assert stopped and all(t["status"] == "stopped" and int(t["epochs"]) < 3 for t in stopped)
     assert all(int(t["epochs"]) == 3 for t in trials if t["status"] == "finished")
     assert all(t["model.d_model"] in ("8", "16") and 1e-4 <= float(t["train.lr"]) <= 1e-2 for t in trials)
+
+    # ASHA's rungs outlived both interruptions: every trial's results are in them.
+    rungs = yaml.safe_load((sweep / "asha.yaml").read_text())
+    assert {trial for rung in rungs[0] for trial in rung} == {t["trial"] for t in trials}
 
     # Every trial is a normal run folder named after its trial id, with its TensorBoard events,
     # whose val/mae per epoch is what the table holds.

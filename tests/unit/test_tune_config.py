@@ -248,7 +248,7 @@ def test_asha_keeps_its_rungs_across_a_resumed_sweep(tmp_path):
 
     def asha():
         scheduler = ResumableASHA(
-            str(tmp_path / "asha.json"), time_attr="epochs", max_t=3, grace_period=1, stop_last_trials=False
+            str(tmp_path / "asha.yaml"), time_attr="epochs", max_t=3, grace_period=1, stop_last_trials=False
         )
         scheduler.set_search_properties("val/mae", "min")
         return scheduler
