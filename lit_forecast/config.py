@@ -1,7 +1,8 @@
 """Typed configuration tree: YAML in, validated dataclasses out.
 
-The dataclass defaults below are the one source of defaults: they are what ``python train.py``
-trains (``configs/local.yaml`` only comments on them). Every key is checked before anything
+The dataclass defaults below are the one source of defaults. ``python train.py`` trains them
+with the four keys a search chose on December (``configs/local.yaml``); every other config
+(the fleet and 8-GPU ones) starts from the defaults alone. Every key is checked before anything
 runs: unknown keys and wrong types fail with the dotted key and the closest valid name, and
 ranges and cross-field rules (split order, ``d_model % nhead``) are checked in :func:`validate`.
 Configs cross process boundaries as plain dicts (:func:`to_dict`) and are validated again on
@@ -114,8 +115,8 @@ class TrainConfig:
     calibrate_quantiles: bool = True
     # An exponential moving average of the weights, updated every optimiser step with this decay
     # (0 = off). Validation, the best-checkpoint choice and every forecast use the average, so the
-    # chosen epoch hangs less on one noisy step. 0.995 spans about 200 steps: two epochs of the
-    # local default (109 steps of 64 windows each).
+    # chosen epoch hangs less on one noisy step. 0.998 spans about 500 steps: two epochs of the
+    # local default (218 steps of 32 windows each). Tried on December (docs/results.md): not chosen.
     ema_decay: float = 0.0
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     seed: int = 42  # seeds weights, shuffling, dropout and sampling (same seed, same run on one machine)

@@ -52,9 +52,12 @@ def test_default_config_is_valid():
     assert cfg.validate(cfg.Config()) is not None
 
 
-def test_the_local_config_is_the_dataclass_defaults():
-    # One source of defaults: what `python train.py` trains is Config() itself.
-    assert cfg.load() == cfg.Config()
+def test_the_local_config_is_the_dataclass_defaults_and_the_searched_keys(tmp_path):
+    # One source of defaults: `python train.py` trains Config() with the four keys the search chose.
+    searched = ["model.d_model=32", "model.dropout=0.054", "train.lr=0.00217", "train.batch_size=16"]
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    assert cfg.load() == cfg.load(tmp_path / "empty.yaml", searched)
+    assert cfg.load(tmp_path / "empty.yaml") == cfg.Config()
     assert cfg.Config().model.members == 2 and cfg.Config().run.name == "nyc_taxi_local"
 
 
