@@ -109,8 +109,7 @@ def tune_command(args: argparse.Namespace, command: str) -> None:
         tune_stops(signal.SIGUSR1, frame)
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: Tune stops on SIGUSR1 too
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    before = {each: signal.signal(each, interrupt) for each in (signal.SIGINT, signal.SIGTERM)}
     from lit_forecast.training import tune  # Ray Tune only when a sweep runs
 
     try:
@@ -125,6 +124,9 @@ def tune_command(args: argparse.Namespace, command: str) -> None:
             flush=True,
         )
         raise SystemExit(cli.EXIT_STATUS[signum]) from None
+    finally:  # for a caller that goes on (a test calling main): its own handlers back
+        for each, handler in before.items():
+            signal.signal(each, handler)
     print(sweeps.format_trials(trials, keys))
     print(f"trials  {folder}/{sweeps.TRIALS_FILE}")
     if sweeps.best(trials) is None:
